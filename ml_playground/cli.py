@@ -1,0 +1,163 @@
+"""Command line: parse -> load config -> dispatch. Known errors become one line on stderr.
+
+Exit codes: 0 ok, 1 other user error, 2 config, 3 unknown experiment, 4 data, 5 checkpoint,
+6 device, 7 export, 8 missing optional dependency, 9 distributed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ml_playground import registry
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import (
+    load_experiment_config,
+    require_export,
+    require_prepare,
+    require_sample,
+    require_train,
+)
+from ml_playground.errors import MLPlaygroundError
+
+log = logging.getLogger("ml_playground")
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    explicit: Path | None = args.exp_config
+    if explicit is not None:
+        return explicit.resolve()
+    return registry.get(args.experiment).default_config
+
+
+def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
+    registry.get(args.experiment)  # unknown names fail here, listing the known ones
+    path = _config_path(args)
+    return load_experiment_config(path), path
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    registry.get(args.experiment).preparer(require_prepare(cfg, path))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    train_cfg = require_train(cfg, path)
+    if train_cfg.hf_model is not None:
+        from ml_playground.finetune.lora import run_finetune
+
+        run_finetune(train_cfg)
+    else:
+        from ml_playground.train.trainer import run_training
+
+        run_training(train_cfg)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    sample_cfg = require_sample(cfg, path)
+    if cfg.train is not None and cfg.train.hf_model is not None:
+        from ml_playground.finetune.lora import run_finetune_sampling
+
+        run_finetune_sampling(sample_cfg, cfg.train)
+    else:
+        from ml_playground.sample import run_sampling
+
+        run_sampling(sample_cfg)
+
+
+def cmd_loop(args: argparse.Namespace) -> None:
+    cmd_prepare(args)
+    cmd_train(args)
+    cmd_sample(args)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    from ml_playground.interop.export import run_export
+
+    run_export(require_export(cfg, path), cfg, path)
+
+
+def cmd_lit(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    from ml_playground.analysis.lit_launcher import run_lit
+
+    run_lit(require_sample(cfg, path), path, port=args.port)
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> None:
+    from ml_playground.train.tensorboard import serve_tensorboard
+
+    serve_tensorboard(args.logdir, port=args.port)
+
+
+def cmd_verify(_args: argparse.Namespace) -> None:
+    from ml_playground.runtime import environment_report
+
+    print(environment_report())
+
+
+def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment name (a folder under ml_playground/experiments)")
+    parser.add_argument(
+        "--exp-config",
+        type=Path,
+        default=None,
+        help="TOML config (default: the experiment's own config.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ml-playground",
+        description="Prepare data, train, sample, finetune and export GPT models from TOML configs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    experiment_commands = {
+        "prepare": (cmd_prepare, "tokenize the experiment's corpus into train.bin/val.bin/meta.json"),
+        "train": (cmd_train, "train (or LoRA-finetune) from [train]; resumes from ckpt_last.pt"),
+        "sample": (cmd_sample, "generate text from the best checkpoint with [sample]"),
+        "loop": (cmd_loop, "prepare, then train, then sample"),
+        "export": (cmd_export, "export to Hugging Face / GGUF / Ollama from [export.ollama]"),
+    }
+    for name, (func, help_text) in experiment_commands.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _add_experiment_args(command)
+        command.set_defaults(func=func)
+
+    lit = sub.add_parser("lit", help="serve the trained model in LIT on 127.0.0.1", description="Serve in LIT.")
+    _add_experiment_args(lit)
+    lit.add_argument("--port", type=int, default=5432, help="port on 127.0.0.1 (default 5432)")
+    lit.set_defaults(func=cmd_lit)
+
+    tb = sub.add_parser("tensorboard", help="serve TensorBoard on 127.0.0.1", description="Serve TensorBoard.")
+    tb.add_argument("--logdir", type=Path, required=True, help="e.g. out/<run>/logs/tb")
+    tb.add_argument("--port", type=int, default=6006, help="port on 127.0.0.1 (default 6006)")
+    tb.set_defaults(func=cmd_tensorboard)
+
+    verify = sub.add_parser("verify", help="print versions and usable devices", description="Check the environment.")
+    verify.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MLPlaygroundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

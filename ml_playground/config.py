@@ -1,0 +1,248 @@
+"""Configuration schema: frozen, slotted, keyword-only dataclasses, one per TOML table.
+
+Validation (types, ranges, unknown keys) is done by pydantic in strict mode: no silent
+str -> int coercion; an int is accepted where a float is expected. Only `config_loader` reads
+TOML; everything else receives these objects. This module does not import torch.
+
+Relative paths resolve against PROJECT_ROOT (the folder that holds the `ml_playground`
+package), so a config means the same thing from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+Device = Literal["cpu", "mps", "cuda"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+def _resolve(path: Path) -> Path:
+    return path if path.is_absolute() else (PROJECT_ROOT / path)
+
+
+# A path given as a TOML string, resolved against PROJECT_ROOT.
+ProjectPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class PrepareConfig:
+    """[prepare]: where the corpus comes from and how it is tokenized."""
+
+    dataset_dir: ProjectPath
+    # "bundled" (the experiment's offline corpus), an http(s):// or file:// URL, or a file path.
+    source: str = "bundled"
+    source_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    tokenizer: Literal["char", "tiktoken"] = "char"
+    encoding: str = "gpt2"
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class ModelConfig:
+    """[train.model]: GPT-2 architecture hyperparameters (nanoGPT names)."""
+
+    n_layer: PositiveInt = 6
+    n_head: PositiveInt = 6
+    n_embd: PositiveInt = 384
+    block_size: PositiveInt = 256
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    bias: bool = False
+    # None: taken from the dataset's metadata (vocabulary size).
+    vocab_size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Self:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class DataConfig:
+    """[train.data]: prepared dataset files and batch shape."""
+
+    dataset_dir: ProjectPath
+    train_bin: str = "train.bin"
+    val_bin: str = "val.bin"
+    # Metadata file name; "meta.json" (ours) or a legacy nanoGPT "meta.pkl".
+    meta_pkl: str = "meta.json"
+    batch_size: PositiveInt = 12
+    block_size: PositiveInt = 64
+    grad_accum_steps: PositiveInt = 1
+    # random: nanoGPT's random windows; shuffled/sequential: each window once per epoch.
+    sampler: Literal["random", "shuffled", "sequential"] = "random"
+
+    @property
+    def train_path(self) -> Path:
+        return self.dataset_dir / self.train_bin
+
+    @property
+    def val_path(self) -> Path:
+        return self.dataset_dir / self.val_bin
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dataset_dir / self.meta_pkl
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class OptimConfig:
+    """[train.optim]: AdamW."""
+
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class ScheduleConfig:
+    """[train.schedule]: linear warmup then cosine decay to min_lr."""
+
+    decay_lr: bool = True
+    warmup_iters: NonNegativeInt = 100
+    lr_decay_iters: PositiveInt = 5000
+    min_lr: float = Field(default=1e-4, ge=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class TrainRuntimeConfig:
+    """[train.runtime]: loop length, evaluation, checkpoints, device."""
+
+    out_dir: ProjectPath
+    max_iters: NonNegativeInt = 5000
+    eval_interval: PositiveInt = 250
+    eval_iters: PositiveInt = 200
+    log_interval: PositiveInt = 10
+    eval_only: bool = False
+    always_save_checkpoint: bool = False
+    seed: int = 1337
+    device: Device = "cpu"
+    dtype: DType = "float32"
+    compile: bool = False
+    # Peak FLOP/s for MFU; None: measured once per run with a matmul probe of the used dtype.
+    peak_flops: float | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class HFModelConfig:
+    """[train.hf_model]: the Hugging Face causal LM to finetune."""
+
+    model_name_or_path: str
+    # Save the LoRA-merged full model next to the adapter after training.
+    merge_on_save: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class PeftConfig:
+    """[train.peft]: LoRA adapter settings."""
+
+    r: PositiveInt = 8
+    lora_alpha: PositiveInt = 16
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class TrainConfig:
+    """[train]: the generic trainer, or HF+PEFT finetuning when [train.hf_model] is present."""
+
+    data: DataConfig
+    runtime: TrainRuntimeConfig
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    hf_model: HFModelConfig | None = None
+    peft: PeftConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[str] = []
+        if self.hf_model is None and self.data.block_size > self.model.block_size:
+            problems.append(
+                f"data.block_size ({self.data.block_size}) exceeds model.block_size ({self.model.block_size})"
+            )
+        if self.schedule.min_lr > self.optim.learning_rate:
+            problems.append(
+                f"schedule.min_lr ({self.schedule.min_lr}) exceeds optim.learning_rate ({self.optim.learning_rate})"
+            )
+        if (self.peft is None) != (self.hf_model is None):
+            problems.append("[train.peft] and [train.hf_model] must be given together")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class SampleRuntimeConfig:
+    """[sample.runtime]: where to find the checkpoint and how to run it."""
+
+    out_dir: ProjectPath
+    device: Device = "cpu"
+    dtype: DType = "float32"
+    seed: int = 1337
+    compile: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class SampleSettings:
+    """[sample.sample]: what to generate. `start` may be "FILE:path" to read the prompt."""
+
+    start: str = "\n"
+    num_samples: PositiveInt = 1
+    max_new_tokens: PositiveInt = 500
+    # 0 means greedy decoding.
+    temperature: float = Field(default=0.8, ge=0)
+    top_k: PositiveInt | None = 200
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class SampleConfig:
+    """[sample]"""
+
+    runtime: SampleRuntimeConfig
+    sample: SampleSettings = SampleSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class OllamaExportConfig:
+    """[export.ollama]: GGUF + Modelfile export."""
+
+    enabled: bool = False
+    export_dir: ProjectPath
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    quant: str = "f16"
+    template: str | None = None
+    # Path to llama.cpp's convert-hf-to-gguf.py; None writes GGUF in-process with `gguf`.
+    convert_bin: ProjectPath | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class ExportConfig:
+    """[export]"""
+
+    ollama: OllamaExportConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class ExperimentConfig:
+    """One experiment TOML file. Each command requires the tables it uses."""
+
+    prepare: PrepareConfig | None = None
+    train: TrainConfig | None = None
+    sample: SampleConfig | None = None
+    export: ExportConfig | None = None

@@ -1,0 +1,99 @@
+"""TOML -> validated `ExperimentConfig`. The only module that reads configuration files.
+
+Every schema violation is collected and reported in one `ConfigError` whose message names the
+file and each dotted key, e.g. `cfg.toml: train.optim.learning_rate: Input should be a valid
+number (got str '3e-4x')`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ml_playground.config import (
+    ExperimentConfig,
+    ExportConfig,
+    PrepareConfig,
+    SampleConfig,
+    TrainConfig,
+)
+from ml_playground.errors import ConfigError
+
+_ADAPTER: TypeAdapter[ExperimentConfig] = TypeAdapter(ExperimentConfig)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    """One line naming the file and every offending dotted key."""
+    problems: list[str] = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif item["type"] not in {"value_error", "assertion_error"}:
+            message = f"{message} (got {_describe(item['input'])})"
+        else:
+            message = message.removeprefix("Value error, ")
+        problems.append(f"{key}: {message}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def parse_experiment_config(data: dict[str, Any], path: Path) -> ExperimentConfig:
+    """Validate an already parsed TOML document; `path` is used in error messages."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def load_experiment_config(path: Path) -> ExperimentConfig:
+    """Read and validate one experiment TOML file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    return parse_experiment_config(data, path)
+
+
+def require_prepare(cfg: ExperimentConfig, path: Path) -> PrepareConfig:
+    if cfg.prepare is None:
+        raise ConfigError(f"{path}: prepare: table [prepare] is required for this command")
+    return cfg.prepare
+
+
+def require_train(cfg: ExperimentConfig, path: Path) -> TrainConfig:
+    if cfg.train is None:
+        raise ConfigError(f"{path}: train: table [train] is required for this command")
+    return cfg.train
+
+
+def require_sample(cfg: ExperimentConfig, path: Path) -> SampleConfig:
+    if cfg.sample is None:
+        raise ConfigError(f"{path}: sample: table [sample] is required for this command")
+    return cfg.sample
+
+
+def require_export(cfg: ExperimentConfig, path: Path) -> ExportConfig:
+    if cfg.export is None:
+        raise ConfigError(f"{path}: export: table [export.ollama] is required for this command")
+    return cfg.export

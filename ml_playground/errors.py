@@ -1,0 +1,61 @@
+"""Error hierarchy: every error a user can cause or fix, with the CLI exit code it maps to.
+
+The CLI catches `MLPlaygroundError`, prints its message as one line on stderr and exits with
+`exit_code`. Anything else escaping the CLI is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MLPlaygroundError(Exception):
+    """Base class for errors the user can act on."""
+
+    exit_code: int = 1
+
+
+class ConfigError(MLPlaygroundError):
+    """A TOML file is missing, malformed or violates the schema (names file and dotted key)."""
+
+    exit_code = 2
+
+
+class ExperimentError(MLPlaygroundError):
+    """An unknown experiment name or a registry conflict."""
+
+    exit_code = 3
+
+
+class DataError(MLPlaygroundError):
+    """A corpus, dataset file or metadata file is missing or invalid."""
+
+    exit_code = 4
+
+
+class CheckpointError(MLPlaygroundError):
+    """A checkpoint is missing, truncated, corrupted or incompatible."""
+
+    exit_code = 5
+
+
+class DeviceError(MLPlaygroundError):
+    """The configured device or dtype is not usable on this machine."""
+
+    exit_code = 6
+
+
+class ExportError(MLPlaygroundError):
+    """An export (Hugging Face, GGUF, Ollama) cannot be produced or verified."""
+
+    exit_code = 7
+
+
+class MissingDependencyError(MLPlaygroundError):
+    """An optional tool (LIT, llama.cpp converter, ...) is not installed; the message says how."""
+
+    exit_code = 8
+
+
+class DistributedError(MLPlaygroundError):
+    """A distributed (torchrun) launch is misconfigured or a peer failed."""
+
+    exit_code = 9

@@ -1,0 +1,35 @@
+"""Progress reporting for long work: a tqdm bar on a terminal, silent when not a TTY or in CI."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    """Bars only where a person watches: stderr is a terminal and CI is not set."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress_bar(total: float | None, desc: str, unit: str = "it", unit_scale: bool = False) -> tqdm[None]:
+    """A manually updated bar (`bar.update(n)`); close it or use it as a context manager."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit_scale,
+        disable=not progress_enabled(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """Iterate `items` with a bar."""
+    yield from tqdm(items, desc=desc, total=total, disable=not progress_enabled(), file=sys.stderr)

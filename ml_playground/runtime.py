@@ -1,0 +1,158 @@
+"""Device, dtype/autocast, seeding and RNG state: the runtime facts shared by train and sample."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml_playground.config import Device, DType
+from ml_playground.errors import DeviceError
+
+TORCH_DTYPES: dict[DType, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def mps_available() -> bool:
+    return bool(torch.backends.mps.is_available())
+
+
+def usable_devices() -> list[str]:
+    devices = ["cpu"]
+    if mps_available():
+        devices.append("mps")
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """A resolved device and compute dtype."""
+
+    device: torch.device
+    dtype: DType
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        # Loss scaling exists for float16 on CUDA only (never on MPS or CPU).
+        return self.dtype == "float16" and self.device_type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward pass; a no-op context in float32."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.torch_dtype)
+
+
+def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None) -> Runtime:
+    """Check that the configured device and dtype work here; never fall back silently."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("device 'cuda' is configured but CUDA is not available; usable: " + ", ".join(usable_devices()))
+        index = 0 if local_rank is None else local_rank
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        torch.cuda.set_device(index)
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise DeviceError("dtype 'bfloat16' is not supported by this GPU; use float16 or float32")
+        return Runtime(torch.device("cuda", index), dtype)
+    if device == "mps":
+        if not mps_available():
+            raise DeviceError("device 'mps' is configured but MPS is not available; usable: " + ", ".join(usable_devices()))
+        return Runtime(torch.device("mps"), dtype)
+    if dtype == "float16":
+        raise DeviceError("dtype 'float16' is not supported on cpu; use bfloat16 or float32")
+    return Runtime(torch.device("cpu"), dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG that training draws from, as tensors/plain values (safe for weights_only loads)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if mps_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and mps_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def environment_report() -> str:
+    """What `make verify` prints."""
+    import tiktoken
+
+    from ml_playground import __version__
+
+    lines = [
+        f"ml_playground {__version__}",
+        f"python {platform.python_version()} ({platform.machine()})",
+        f"torch {torch.__version__}",
+        f"numpy {np.__version__}",
+        f"tiktoken {tiktoken.__version__}",
+        f"devices: {', '.join(usable_devices())}",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set the intra-op thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_playground.atomic import atomic_binary_writer, atomic_text_writer, write_text_atomic
+
+
+def test_replaces_content(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "f.txt"
+    write_text_atomic(target, "one")
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+
+
+def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_binary_writer(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_text_writer_writes_utf8(tmp_path: Path) -> None:
+    target = tmp_path / "t.txt"
+    with atomic_text_writer(target) as handle:
+        handle.write("Grüße 🎭\n")
+    assert target.read_bytes() == "Grüße 🎭\n".encode()

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_playground.config import PROJECT_ROOT
+from ml_playground.config_loader import load_experiment_config
+from ml_playground.errors import ConfigError
+
+VALID = """
+[prepare]
+dataset_dir = "out/ds"
+
+[train.model]
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 16
+
+[train.data]
+dataset_dir = "out/ds"
+batch_size = 4
+block_size = 16
+
+[train.optim]
+learning_rate = 1
+"""
+
+TRAIN_TAIL = """
+[train.runtime]
+out_dir = "out/run"
+max_iters = 10
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_experiment_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / "cfg.toml") in message
+    return message
+
+
+def test_valid_config_loads_and_resolves_paths(tmp_path: Path) -> None:
+    cfg = load_experiment_config(write(tmp_path, VALID + TRAIN_TAIL))
+    assert cfg.train is not None
+    assert cfg.train.optim.learning_rate == 1.0  # an int is fine where a float is expected
+    assert isinstance(cfg.train.optim.learning_rate, float)
+    assert cfg.train.runtime.out_dir == PROJECT_ROOT / "out/run"
+    assert cfg.train.data.train_path == PROJECT_ROOT / "out/ds/train.bin"
+    assert cfg.sample is None
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    message = load_error(tmp_path, VALID + TRAIN_TAIL + "\n[train.schedule]\nwarmup = 3\n")
+    assert "train.schedule.warmup: unknown key" in message
+
+
+def test_unknown_table_is_named(tmp_path: Path) -> None:
+    message = load_error(tmp_path, VALID + TRAIN_TAIL + "\n[trian]\nx = 1\n")
+    assert "trian: unknown key" in message
+
+
+def test_wrong_type_is_not_coerced(tmp_path: Path) -> None:
+    message = load_error(tmp_path, VALID.replace("learning_rate = 1", 'learning_rate = "3e-4x"') + TRAIN_TAIL)
+    assert "train.optim.learning_rate" in message
+    assert "3e-4x" in message
+    message = load_error(tmp_path, VALID.replace("n_layer = 2", 'n_layer = "2"') + TRAIN_TAIL)
+    assert "train.model.n_layer" in message
+
+
+def test_all_problems_reported_together(tmp_path: Path) -> None:
+    text = VALID.replace("n_layer = 2", "n_layer = 0").replace("batch_size = 4", "batch_size = -1") + TRAIN_TAIL
+    message = load_error(tmp_path, text.replace('out_dir = "out/run"', 'out_dir = "out/run"\ndevice = "tpu"'))
+    assert "train.model.n_layer" in message
+    assert "train.data.batch_size" in message
+    assert "train.runtime.device" in message
+
+
+def test_cross_field_rules(tmp_path: Path) -> None:
+    message = load_error(tmp_path, VALID.replace("n_head = 2", "n_head = 3") + TRAIN_TAIL)
+    assert "train.model" in message
+    assert "divisible by n_head" in message
+    message = load_error(tmp_path, VALID.replace("block_size = 16\n\n[train.optim]", "block_size = 32\n\n[train.optim]") + TRAIN_TAIL)
+    assert "data.block_size (32) exceeds model.block_size (16)" in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    message = load_error(tmp_path, VALID + "\n[train.runtime]\nmax_iters = 3\n")
+    assert "train.runtime.out_dir: required key is missing" in message
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[train\nx = 1\n")
+    assert "TOML syntax error" in message
+    assert "line 1" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_experiment_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dropout", "1.0"),
+        ("dropout", "-0.1"),
+        ("n_embd", "0"),
+    ],
+)
+def test_model_ranges(tmp_path: Path, key: str, value: str) -> None:
+    text = VALID.replace("block_size = 16\n\n[train.data]", f"block_size = 16\n{key} = {value}\n\n[train.data]")
+    message = load_error(tmp_path, text + TRAIN_TAIL)
+    assert f"train.model.{key}" in message
