@@ -9,7 +9,7 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -23,7 +23,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_binary_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
     """Yield a binary file that replaces `path` only when the block exits without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,7 +41,7 @@ def atomic_binary_writer(path: Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_text_writer(path: Path) -> Iterator[TextIO]:
+def atomic_text_writer(path: Path) -> Generator[TextIO]:
     """Yield a UTF-8 text file that replaces `path` only when the block exits without error."""
     with atomic_binary_writer(path) as raw:
         # Detaching (not closing) the wrapper keeps `raw` open for the fsync in the outer block.

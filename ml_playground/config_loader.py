@@ -7,6 +7,7 @@ number (got str '3e-4x')`.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
     for item in error.errors(include_url=False):
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         message = item["msg"]
-        if item["type"] == "extra_forbidden":
+        if item["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
             message = "unknown key"
-        elif item["type"] == "missing":
+        elif item["type"] in {"missing", "missing_keyword_argument"}:
             message = "required key is missing"
         elif item["type"] not in {"value_error", "assertion_error"}:
             message = f"{message} (got {_describe(item['input'])})"
@@ -53,7 +54,9 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
 def parse_experiment_config(data: dict[str, Any], path: Path) -> ExperimentConfig:
     """Validate an already parsed TOML document; `path` is used in error messages."""
     try:
-        return _ADAPTER.validate_python(data)
+        # JSON mode: strict scalars, while tables (dicts) still build the nested dataclasses.
+        # TOML dates/times have no JSON form; as strings they fail validation with their key.
+        return _ADAPTER.validate_json(json.dumps(data, default=str))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from None
 

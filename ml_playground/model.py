@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,16 @@ class GPTConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _typed(module: nn.Module, kind: type[M]) -> M:
+    """Narrow a ModuleDict entry to its class (ModuleDict is typed as holding plain Modules)."""
+    if not isinstance(module, kind):
+        raise TypeError(f"expected {kind.__name__}, found {type(module).__name__}")
+    return module
 
 
 class ModelOutput(NamedTuple):
@@ -93,7 +103,8 @@ class CausalSelfAttention(nn.Module):
                 cols = torch.arange(start + T, device=x.device).unsqueeze(0)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        out: Tensor = self.resid_dropout(self.c_proj(y))
+        return out
 
 
 class MLP(nn.Module):
@@ -105,7 +116,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        out: Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return out
 
 
 class Block(nn.Module):
@@ -118,7 +130,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, kv: LayerKV | None = None, start: int = 0) -> Tensor:
         x = x + self.attn(self.ln_1(x), kv, start)
-        return x + self.mlp(self.ln_2(x))
+        out: Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -144,22 +157,23 @@ class GPT(nn.Module):
 
     @property
     def wte(self) -> nn.Embedding:
-        module = self.transformer["wte"]
-        assert isinstance(module, nn.Embedding)
-        return module
+        return _typed(self.transformer["wte"], nn.Embedding)
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        module = self.transformer["h"]
-        assert isinstance(module, nn.ModuleList)
-        return module
+    def wpe(self) -> nn.Embedding:
+        return _typed(self.transformer["wpe"], nn.Embedding)
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [_typed(block, Block) for block in _typed(self.transformer["h"], nn.ModuleList)]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            biases = [p for name, p in module.named_parameters(recurse=False) if name == "bias"]
+            for bias in biases:  # absent when bias=False
+                nn.init.zeros_(bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
@@ -167,7 +181,7 @@ class GPT(nn.Module):
         """Parameter count; position embeddings excluded by default (the tied wte counts once)."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            total -= self.transformer["wpe"].weight.numel()
+            total -= self.wpe.weight.numel()
         return total
 
     def forward(
@@ -184,7 +198,7 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer["drop"](self.wte(idx) + self.transformer["wpe"](pos))  # (B, T, C)
+        x = self.transformer["drop"](self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i], start)
         if cache is not None:

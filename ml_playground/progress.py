@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Never, TypeVar
 
 from tqdm import tqdm
 
@@ -17,9 +17,9 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def progress_bar(total: float | None, desc: str, unit: str = "it", unit_scale: bool = False) -> tqdm[None]:
-    """A manually updated bar (`bar.update(n)`); close it or use it as a context manager."""
-    return tqdm(
+def progress_bar(total: float | None, desc: str, unit: str = "it", unit_scale: bool = False) -> tqdm[Never]:
+    """A manually updated bar (`bar.update(n)`, no iterable: hence `Never`); use it as a context manager."""
+    bar: tqdm[Never] = tqdm(
         total=total,
         desc=desc,
         unit=unit,
@@ -28,6 +28,7 @@ def progress_bar(total: float | None, desc: str, unit: str = "it", unit_scale: b
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    return bar
 
 
 def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import random
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,9 @@ def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None)
     """Check that the configured device and dtype work here; never fall back silently."""
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError("device 'cuda' is configured but CUDA is not available; usable: " + ", ".join(usable_devices()))
+            raise DeviceError(
+                "device 'cuda' is configured but CUDA is not available; usable: " + ", ".join(usable_devices())
+            )
         index = 0 if local_rank is None else local_rank
         if index >= torch.cuda.device_count():
             raise DeviceError(f"cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
@@ -76,7 +78,9 @@ def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None)
         return Runtime(torch.device("cuda", index), dtype)
     if device == "mps":
         if not mps_available():
-            raise DeviceError("device 'mps' is configured but MPS is not available; usable: " + ", ".join(usable_devices()))
+            raise DeviceError(
+                "device 'mps' is configured but MPS is not available; usable: " + ", ".join(usable_devices())
+            )
         return Runtime(torch.device("mps"), dtype)
     if dtype == "float16":
         raise DeviceError("dtype 'float16' is not supported on cpu; use bfloat16 or float32")
@@ -91,7 +95,9 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG that training draws from, as tensors/plain values (safe for weights_only loads)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):
+        raise TypeError("numpy returned a non-legacy RNG state")
     state: dict[str, Any] = {
         "python": list(random.getstate()[1]),
         "python_version": random.getstate()[0],
@@ -148,7 +154,7 @@ def environment_report() -> str:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Generator[None]:
     """Temporarily set the intra-op thread count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -18,9 +18,14 @@ def test_replaces_content(tmp_path: Path) -> None:
 def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_binary_writer(target) as handle:
-        handle.write(b"partial")
-        raise RuntimeError("boom")
+
+    def write_then_fail() -> None:
+        with atomic_binary_writer(target) as handle:
+            handle.write(b"partial")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 

@@ -89,7 +89,9 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     message = load_error(tmp_path, VALID.replace("n_head = 2", "n_head = 3") + TRAIN_TAIL)
     assert "train.model" in message
     assert "divisible by n_head" in message
-    message = load_error(tmp_path, VALID.replace("block_size = 16\n\n[train.optim]", "block_size = 32\n\n[train.optim]") + TRAIN_TAIL)
+    message = load_error(
+        tmp_path, VALID.replace("block_size = 16\n\n[train.optim]", "block_size = 32\n\n[train.optim]") + TRAIN_TAIL
+    )
     assert "data.block_size (32) exceeds model.block_size (16)" in message
 
 
@@ -114,7 +116,7 @@ def test_missing_file(tmp_path: Path) -> None:
     [
         ("dropout", "1.0"),
         ("dropout", "-0.1"),
-        ("n_embd", "0"),
+        ("bias", '"yes"'),
     ],
 )
 def test_model_ranges(tmp_path: Path, key: str, value: str) -> None:

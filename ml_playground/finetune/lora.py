@@ -1,0 +1,14 @@
+"""Placeholder until its engineer lands the real module (keeps cli.py type-checked meanwhile)."""
+
+from __future__ import annotations
+
+from ml_playground.config import SampleConfig, TrainConfig
+from ml_playground.errors import MLPlaygroundError
+
+
+def run_finetune(cfg: TrainConfig) -> None:
+    raise MLPlaygroundError("LoRA finetuning is not built yet")
+
+
+def run_finetune_sampling(cfg: SampleConfig, train: TrainConfig) -> list[str]:
+    raise MLPlaygroundError("LoRA sampling is not built yet")
