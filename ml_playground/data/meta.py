@@ -1,0 +1,188 @@
+"""Dataset metadata: how to decode `train.bin` / `val.bin` (meta.json, versioned).
+
+`read_meta` also accepts a legacy nanoGPT `meta.pkl` ({vocab_size, itos, stoi}), read through a
+restricted unpickler that only admits plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+from ml_playground.atomic import write_text_atomic
+from ml_playground.data.legacy_pickle import load_plain_pickle
+from ml_playground.errors import DataError
+
+META_VERSION = 1
+META_FILENAME = "meta.json"
+
+TokenKind = Literal["char", "tiktoken"]
+TokenDType = Literal["uint16", "uint32"]
+
+
+def dtype_for_vocab(vocab_size: int) -> TokenDType:
+    """uint16 when every id fits, else uint32."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetMeta:
+    """What a prepared dataset holds and how its ids decode."""
+
+    version: int = META_VERSION
+    kind: TokenKind
+    vocab_size: int
+    dtype: TokenDType
+    encoding: str | None = None  # tiktoken encoding name (kind "tiktoken")
+    itos: list[str] | None = None  # id -> character (kind "char")
+    train_tokens: int = 0
+    val_tokens: int = 0
+    source_sha256: str | None = None
+
+    @property
+    def numpy_dtype(self) -> np.dtype[np.unsignedinteger[Any]]:
+        """Little-endian numpy dtype of the token files."""
+        return np.dtype("<u2") if self.dtype == "uint16" else np.dtype("<u4")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype,
+            "encoding": self.encoding,
+            "itos": None if self.itos is None else list(self.itos),
+            "train_tokens": self.train_tokens,
+            "val_tokens": self.val_tokens,
+            "source_sha256": self.source_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "dataset metadata") -> DatasetMeta:
+        """Validate a dict (from meta.json or a checkpoint); errors name `where` and the key."""
+        return _parse(data, where)
+
+
+def _parse(data: object, where: str) -> DatasetMeta:
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    d: dict[str, Any] = {str(k): v for k, v in cast("dict[object, object]", data).items()}
+    problems: list[str] = []
+    unknown = sorted(set(d) - set(DatasetMeta.__slots__))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}")
+
+    def need_int(key: str, minimum: int) -> int:
+        value = d.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            problems.append(f"{key}: expected an integer >= {minimum}, got {value!r}")
+            return minimum
+        return value
+
+    version = need_int("version", 1)
+    if version > META_VERSION:
+        problems.append(f"version: {version} is newer than this code understands ({META_VERSION})")
+    vocab_size = need_int("vocab_size", 1)
+    train_tokens = need_int("train_tokens", 0)
+    val_tokens = need_int("val_tokens", 0)
+    kind = d.get("kind")
+    if kind not in ("char", "tiktoken"):
+        problems.append(f"kind: expected 'char' or 'tiktoken', got {kind!r}")
+    dtype = d.get("dtype")
+    if dtype not in ("uint16", "uint32"):
+        problems.append(f"dtype: expected 'uint16' or 'uint32', got {dtype!r}")
+    elif dtype == "uint16" and vocab_size > 2**16:
+        problems.append(f"dtype: uint16 cannot hold vocab_size {vocab_size}")
+    encoding = d.get("encoding")
+    if encoding is not None and not isinstance(encoding, str):
+        problems.append(f"encoding: expected a string, got {encoding!r}")
+    itos_raw = d.get("itos")
+    itos: list[str] | None = None
+    if itos_raw is not None:
+        entries = cast("list[object]", itos_raw) if isinstance(itos_raw, list) else None
+        if entries is not None and all(isinstance(c, str) for c in entries):
+            itos = [str(c) for c in entries]
+        else:
+            problems.append("itos: expected a list of strings")
+    if kind == "char" and itos is None:
+        problems.append("itos: required for kind 'char'")
+    if kind == "char" and itos is not None and len(itos) != vocab_size:
+        problems.append(f"itos: has {len(itos)} entries but vocab_size is {vocab_size}")
+    if kind == "tiktoken" and encoding is None:
+        problems.append("encoding: required for kind 'tiktoken'")
+    sha = d.get("source_sha256")
+    if sha is not None and not isinstance(sha, str):
+        problems.append(f"source_sha256: expected a string, got {sha!r}")
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
+    return DatasetMeta(
+        version=version,
+        kind="char" if kind == "char" else "tiktoken",
+        vocab_size=vocab_size,
+        dtype="uint16" if dtype == "uint16" else "uint32",
+        encoding=encoding,
+        itos=itos,
+        train_tokens=train_tokens,
+        val_tokens=val_tokens,
+        source_sha256=sha,
+    )
+
+
+def write_meta(path: Path, meta: DatasetMeta) -> None:
+    """Write meta.json atomically."""
+    write_text_atomic(path, json.dumps(meta.to_dict(), ensure_ascii=False, indent=2) + "\n")
+
+
+def _legacy_meta(path: Path) -> DatasetMeta:
+    loaded = load_plain_pickle(path)
+    raw = cast("dict[object, object]", loaded) if isinstance(loaded, dict) else {}
+    vocab_size = raw.get("vocab_size")
+    itos_map = cast("dict[object, object]", raw["itos"]) if isinstance(raw.get("itos"), dict) else None
+    if not isinstance(vocab_size, int) or itos_map is None:
+        raise DataError(f"{path}: expected a nanoGPT meta dict with vocab_size (int) and itos (id -> character)")
+    itos: list[str] = []
+    for i in range(vocab_size):
+        char = itos_map.get(i)
+        if not isinstance(char, str):
+            raise DataError(f"{path}: itos: id {i} is missing or not a string")
+        itos.append(char)
+    dtype = dtype_for_vocab(vocab_size)
+    width = 2 if dtype == "uint16" else 4
+
+    def tokens_in(name: str) -> int:
+        bin_path = path.with_name(name)
+        return bin_path.stat().st_size // width if bin_path.is_file() else 0
+
+    return _parse(
+        {
+            "version": META_VERSION,
+            "kind": "char",
+            "vocab_size": vocab_size,
+            "dtype": dtype,
+            "itos": itos,
+            "train_tokens": tokens_in("train.bin"),
+            "val_tokens": tokens_in("val.bin"),
+        },
+        str(path),
+    )
+
+
+def read_meta(path: Path) -> DatasetMeta:
+    """Read meta.json, or a legacy nanoGPT meta.pkl (by suffix)."""
+    if not path.is_file():
+        hint = ""
+        other = path.with_name("meta.json" if path.suffix == ".pkl" else "meta.pkl")
+        if other.is_file():
+            hint = f"; {other.name} exists beside it: set train.data.meta_pkl = {other.name!r}"
+        raise DataError(f"{path}: dataset metadata not found (run `make prepare` first){hint}")
+    if path.suffix == ".pkl":
+        return _legacy_meta(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    return _parse(data, str(path))

