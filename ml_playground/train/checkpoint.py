@@ -1,0 +1,240 @@
+"""Checkpoint I/O: a versioned schema, atomic writes, `weights_only` loads, legacy migration.
+
+A checkpoint is a plain dict of tensors and JSON-like values (so `torch.load(weights_only=True)`
+can read it without running code). `Checkpoint` is its typed view. This is the one place that
+strips `torch.compile`'s `_orig_mod.` prefixes and the one place that migrates nanoGPT's
+`ckpt.pt` (keys model, model_args, iter_num, best_val_loss, config).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from ml_playground.atomic import atomic_binary_writer
+from ml_playground.errors import CheckpointError
+from ml_playground.model import GPTConfig
+
+SCHEMA_VERSION = 1
+# Legacy nanoGPT checkpoints are migrated to this schema version on load.
+LEGACY_SCHEMA_VERSION = 0
+
+BEST_NAME = "ckpt_best.pt"
+LAST_NAME = "ckpt_last.pt"
+LEGACY_NAME = "ckpt.pt"
+# Discovery order for sampling/export.
+DISCOVERY_ORDER = (BEST_NAME, LAST_NAME, LEGACY_NAME)
+
+MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+_COMPILE_PREFIX = "_orig_mod."
+# nanoGPT's GPT-2 BPE fallback vocabulary size (when no meta.pkl describes the dataset).
+_GPT2_VOCAB_SIZE = 50257
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """Everything exact resume, sampling and export need. Optional parts are None when absent
+    (a migrated legacy nanoGPT checkpoint has no RNG, data position or scaler)."""
+
+    schema_version: int
+    model: dict[str, Tensor]
+    model_args: dict[str, Any]
+    iter_num: int
+    best_val_loss: float
+    config: dict[str, Any]
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    data_state: dict[str, Any] | None = None
+    # DatasetMeta.to_dict(): the tokenizer travels with the weights.
+    dataset_meta: dict[str, Any] | None = None
+    # Extra state of the training target (e.g. a LoRA adapter's settings); JSON-like values.
+    extra: dict[str, Any] | None = None
+
+    @property
+    def is_legacy(self) -> bool:
+        return self.schema_version == LEGACY_SCHEMA_VERSION
+
+    @property
+    def gpt_config(self) -> GPTConfig:
+        return gpt_config_from_args(self.model_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "model_args": self.model_args,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "config": self.config,
+            "rng": self.rng,
+            "data_state": self.data_state,
+            "dataset_meta": self.dataset_meta,
+            "extra": self.extra,
+        }
+
+
+def model_args_of(config: GPTConfig) -> dict[str, Any]:
+    """nanoGPT's `model_args` dict for an architecture."""
+    return {key: getattr(config, key) for key in MODEL_ARG_KEYS}
+
+
+def gpt_config_from_args(model_args: dict[str, Any]) -> GPTConfig:
+    missing = [key for key in MODEL_ARG_KEYS if key not in model_args]
+    if missing:
+        raise CheckpointError(f"model_args: missing keys {', '.join(missing)}")
+    return GPTConfig(
+        n_layer=int(model_args["n_layer"]),
+        n_head=int(model_args["n_head"]),
+        n_embd=int(model_args["n_embd"]),
+        block_size=int(model_args["block_size"]),
+        bias=bool(model_args["bias"]),
+        vocab_size=int(model_args["vocab_size"]),
+        dropout=float(model_args["dropout"]),
+    )
+
+
+def strip_compile_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove torch.compile's `_orig_mod.` prefixes (the only place that does this)."""
+    return {key.removeprefix(_COMPILE_PREFIX): value for key, value in state_dict.items()}
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write atomically: a crash at any moment leaves the previous file intact."""
+    try:
+        with atomic_binary_writer(path) as handle:
+            torch.save(checkpoint.to_dict(), handle)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+
+
+def find_checkpoint(out_dir: Path) -> Path:
+    """ckpt_best.pt, then ckpt_last.pt, then nanoGPT's ckpt.pt; an error when none exists."""
+    for name in DISCOVERY_ORDER:
+        candidate = out_dir / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{out_dir}: no checkpoint found (looked for {', '.join(DISCOVERY_ORDER)})")
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        raw: object = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint (weights_only load): {first_line}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__}); delete it or restore a good copy"
+        ) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (top level is {type(raw).__name__}, expected a dict)")
+    return {str(key): value for key, value in cast("dict[object, Any]", raw).items()}
+
+
+def _field(path: Path, raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in raw:
+        raise CheckpointError(f"{path}: checkpoint key '{key}' is missing")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: checkpoint key '{key}' has type {type(value).__name__}")
+    return value
+
+
+def _optional(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: checkpoint key '{key}' has type {type(value).__name__}")
+    return value  # pyright: ignore[reportUnknownVariableType]
+
+
+def _state_dict(path: Path, raw: dict[str, Any]) -> dict[str, Tensor]:
+    model = _field(path, raw, "model", dict)
+    if not all(isinstance(key, str) and isinstance(value, Tensor) for key, value in model.items()):
+        raise CheckpointError(f"{path}: checkpoint key 'model' is not a state dict of tensors")
+    return strip_compile_prefix(model)
+
+
+def _model_args(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    model_args: dict[str, Any] = _field(path, raw, "model_args", dict)
+    try:
+        gpt_config_from_args(model_args)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return {key: model_args[key] for key in MODEL_ARG_KEYS}
+
+
+def _legacy_dataset_meta(path: Path, model_args: dict[str, Any]) -> dict[str, Any]:
+    """nanoGPT's tokenizer rule: a meta.pkl beside the checkpoint, else GPT-2 BPE."""
+    meta_pkl = path.parent / "meta.pkl"
+    vocab_size = int(model_args["vocab_size"])
+    if vocab_size < _GPT2_VOCAB_SIZE:
+        raise CheckpointError(
+            f"{path}: legacy checkpoint with vocab_size {vocab_size} needs its meta.pkl beside it (expected {meta_pkl})"
+        )
+    return {
+        "version": 1,
+        "kind": "tiktoken",
+        "vocab_size": _GPT2_VOCAB_SIZE,
+        "dtype": "uint16",
+        "encoding": "gpt2",
+        "itos": None,
+        "train_tokens": 0,
+        "val_tokens": 0,
+        "source_sha256": None,
+    }
+
+
+def _migrate_legacy(path: Path, raw: dict[str, Any]) -> Checkpoint:
+    model_args = _model_args(path, raw)
+    config = raw.get("config")
+    best = raw.get("best_val_loss", math.inf)
+    return Checkpoint(
+        schema_version=LEGACY_SCHEMA_VERSION,
+        model=_state_dict(path, raw),
+        model_args=model_args,
+        iter_num=int(raw.get("iter_num", 0)),
+        best_val_loss=float(best.item() if isinstance(best, Tensor) else best),
+        config=dict(config) if isinstance(config, dict) else {},  # pyright: ignore[reportUnknownArgumentType]
+        optimizer=_optional(path, raw, "optimizer"),
+        dataset_meta=_legacy_dataset_meta(path, model_args),
+    )
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint (ours, or nanoGPT's migrated); errors name the file."""
+    raw = _read_raw(path)
+    if "schema_version" not in raw:
+        return _migrate_legacy(path, raw)
+    version = raw["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    return Checkpoint(
+        schema_version=SCHEMA_VERSION,
+        model=_state_dict(path, raw),
+        model_args=_model_args(path, raw),
+        iter_num=int(_field(path, raw, "iter_num", int)),
+        best_val_loss=float(_field(path, raw, "best_val_loss", (int, float))),
+        config=_field(path, raw, "config", dict),
+        optimizer=_optional(path, raw, "optimizer"),
+        scaler=_optional(path, raw, "scaler"),
+        rng=_optional(path, raw, "rng"),
+        data_state=_optional(path, raw, "data_state"),
+        dataset_meta=_optional(path, raw, "dataset_meta"),
+        extra=_optional(path, raw, "extra"),
+    )

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.errors import CheckpointError
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.train.checkpoint import (
+    Checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    model_args_of,
+    save_checkpoint,
+    strip_compile_prefix,
+)
+
+TINY = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
+
+
+def _checkpoint(model: GPT, **overrides: Any) -> Checkpoint:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).loss
+    assert loss is not None
+    loss.backward()
+    optimizer.step()
+    fields: dict[str, Any] = {
+        "schema_version": 1,
+        "model": model.state_dict(),
+        "model_args": model_args_of(model.config),
+        "optimizer": optimizer.state_dict(),
+        "iter_num": 7,
+        "best_val_loss": 1.25,
+        "config": {"runtime": {"out_dir": "/x"}},
+        "rng": {"torch": torch.get_rng_state()},
+        "data_state": {"train": {"cursor": 3}},
+        "dataset_meta": {"kind": "char", "vocab_size": 11},
+    }
+    fields.update(overrides)
+    return Checkpoint(**fields)
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    saved = _checkpoint(model)
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, saved)
+    loaded = load_checkpoint(path)
+    assert loaded.schema_version == 1
+    assert not loaded.is_legacy
+    assert loaded.model_args == model_args_of(TINY)
+    assert loaded.gpt_config == TINY
+    assert loaded.iter_num == 7
+    assert loaded.best_val_loss == 1.25
+    assert loaded.config == {"runtime": {"out_dir": "/x"}}
+    assert loaded.data_state == {"train": {"cursor": 3}}
+    assert loaded.dataset_meta == {"kind": "char", "vocab_size": 11}
+    assert loaded.rng is not None
+    assert torch.equal(loaded.rng["torch"], saved.rng["torch"])  # type: ignore[index]  # rng set above
+    assert loaded.model.keys() == saved.model.keys()
+    assert all(torch.equal(loaded.model[k], v) for k, v in saved.model.items())
+    assert loaded.optimizer is not None
+    fresh = torch.optim.AdamW(GPT(TINY).parameters(), lr=1e-3)
+    fresh.load_state_dict(loaded.optimizer)  # loadable as an optimizer state
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_last.pt"]  # no temp files left
+
+
+def test_find_checkpoint_prefers_best_then_last_then_legacy(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no checkpoint found.*ckpt_best.pt, ckpt_last.pt, ckpt.pt"):
+        find_checkpoint(tmp_path)
+    for name in ("ckpt.pt", "ckpt_last.pt", "ckpt_best.pt"):
+        (tmp_path / name).write_bytes(b"x")
+        assert find_checkpoint(tmp_path) == tmp_path / name
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"ckpt_last.pt: checkpoint is truncated or corrupted"):
+        load_checkpoint(path)
+
+
+def test_garbage_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "ckpt_best.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"ckpt_best\.pt"):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match=r"missing.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """Not on torch's weights_only allow-list: loading it would need to run code."""
+
+
+def test_objects_outside_weights_only_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"evil.pt: refused or unreadable checkpoint \(weights_only load\)"):
+        load_checkpoint(path)
+
+
+def test_missing_key_and_unknown_schema_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    raw = _checkpoint(GPT(TINY)).to_dict()
+    del raw["iter_num"]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"c.pt: checkpoint key 'iter_num' is missing"):
+        load_checkpoint(path)
+    raw = _checkpoint(GPT(TINY)).to_dict()
+    raw["schema_version"] = 99
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="schema_version 99 is not supported"):
+        load_checkpoint(path)
+
+
+def test_strip_compile_prefix() -> None:
+    tensor = torch.zeros(1)
+    assert strip_compile_prefix({"_orig_mod.lm_head.weight": tensor, "x": tensor}).keys() == {"lm_head.weight", "x"}
+
+
+def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
+    """A checkpoint in nanoGPT's train.py format (compiled-model prefixes, tensor best loss)."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=8, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, bias=True)
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    nanogpt = {
+        "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "model_args": {**model_args_of(config), "dropout": 0.0},
+        "iter_num": 250,
+        "best_val_loss": torch.tensor(1.4697),
+        "config": {"dataset": "openwebtext", "batch_size": 12, "compile": True},
+    }
+    path = tmp_path / "ckpt.pt"
+    torch.save(nanogpt, path)
+    assert find_checkpoint(tmp_path) == path
+
+    loaded = load_checkpoint(path)
+    assert loaded.is_legacy
+    assert loaded.iter_num == 250
+    assert math.isclose(loaded.best_val_loss, 1.4697, rel_tol=1e-6)
+    assert loaded.config["dataset"] == "openwebtext"
+    assert loaded.rng is None
+    assert loaded.data_state is None
+    # nanoGPT's rule without a meta.pkl: GPT-2 BPE.
+    assert loaded.dataset_meta is not None
+    assert loaded.dataset_meta["kind"] == "tiktoken"
+    assert loaded.dataset_meta["encoding"] == "gpt2"
+
+    restored = GPT(loaded.gpt_config)
+    restored.load_state_dict(loaded.model)  # strict: every key matches without prefixes
+    idx = torch.tensor([[464, 2068, 7586]])
+    model.eval()
+    restored.eval()
+    assert torch.equal(restored(idx).logits, model(idx).logits)
+
+
+def test_legacy_small_vocab_without_meta_is_an_error(tmp_path: Path) -> None:
+    model = GPT(TINY)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model_args_of(TINY), "iter_num": 1}, path)
+    with pytest.raises(CheckpointError, match=r"vocab_size 11 needs its meta.pkl beside it"):
+        load_checkpoint(path)
