@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ml_playground.atomic import atomic_binary_writer
+from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPTConfig
 
@@ -180,6 +181,8 @@ def _model_args(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 def _legacy_dataset_meta(path: Path, model_args: dict[str, Any]) -> dict[str, Any]:
     """nanoGPT's tokenizer rule: a meta.pkl beside the checkpoint, else GPT-2 BPE."""
     meta_pkl = path.parent / "meta.pkl"
+    if meta_pkl.is_file():
+        return read_meta(meta_pkl).to_dict()
     vocab_size = int(model_args["vocab_size"])
     if vocab_size < _GPT2_VOCAB_SIZE:
         raise CheckpointError(

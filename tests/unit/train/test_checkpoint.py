@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,17 @@ def test_legacy_small_vocab_without_meta_is_an_error(tmp_path: Path) -> None:
     torch.save({"model": model.state_dict(), "model_args": model_args_of(TINY), "iter_num": 1}, path)
     with pytest.raises(CheckpointError, match=r"vocab_size 11 needs its meta.pkl beside it"):
         load_checkpoint(path)
+
+
+def test_legacy_char_checkpoint_takes_meta_pkl_beside_it(tmp_path: Path) -> None:
+    chars = sorted(set("hello world"))
+    config = GPTConfig(block_size=8, vocab_size=len(chars), n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model_args_of(config), "iter_num": 5}, path)
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    loaded = load_checkpoint(path)
+    assert loaded.dataset_meta is not None
+    assert loaded.dataset_meta["kind"] == "char"
+    assert loaded.dataset_meta["itos"] == chars
