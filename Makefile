@@ -23,7 +23,7 @@ PYTEST := $(RUN) pytest
 	integration e2e acceptance prepare train sample loop export tensorboard lit bench gguf-help clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -52,7 +52,7 @@ mypy: $(STAMP) ## mypy --strict
 quality: lint mypy pyright test ## ruff, format check, mypy, pyright, pytest
 
 quality-ext: $(STAMP) ## mutation testing with cosmic-ray (non-fatal)
-	-@$(RUN) python -m ml_playground.devtools.mutation
+	-@$(RUN) python tools/mutation.py
 
 test: $(STAMP) ## all tests
 	$(PYTEST)

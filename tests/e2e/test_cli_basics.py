@@ -1,0 +1,60 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ml_playground.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_at_every_level() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for command in ("prepare", "train", "sample", "loop", "export", "lit", "tensorboard", "verify"):
+        assert command in top.stdout
+        sub = cli(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "usage:" in sub.stdout
+
+
+def test_unknown_experiment_is_one_line_listing_known(tmp_path: Path) -> None:
+    result = cli("train", "no_such_experiment", cwd=tmp_path)
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "unknown experiment 'no_such_experiment'" in lines[0]
+    assert "known experiments:" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_reports_versions_and_devices() -> None:
+    result = cli("verify")
+    assert result.returncode == 0, result.stderr
+    for name in ("python", "torch", "numpy", "tiktoken", "devices: cpu"):
+        assert name in result.stdout
+
+
+def test_make_help_lists_every_target() -> None:
+    result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    targets = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    expected = (
+        "help setup verify format pyright mypy quality quality-ext test unit unit-cov integration e2e "
+        "acceptance prepare train sample loop tensorboard export lit bench gguf-help"
+    )
+    assert set(expected.split()) - targets == set()
+
+
+def test_make_target_without_exp_names_experiments() -> None:
+    result = subprocess.run(["make", "-s", "train"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "EXP is required" in result.stderr
+    assert "experiments:" in result.stderr
