@@ -97,6 +97,8 @@ class CausalSelfAttention(nn.Module):
             k, v = kv.update(start, k, v)  # (B, nh, start+T, hs)
             if T == 1:
                 y = F.scaled_dot_product_attention(q, k, v)  # the new token sees every cached one
+            elif start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # prefill of an empty cache
             else:
                 # Query i sits at absolute position start+i and may see keys 0..start+i.
                 rows = torch.arange(start, start + T, device=x.device).unsqueeze(1)
