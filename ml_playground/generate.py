@@ -95,7 +95,8 @@ def window_start(length: int, start: int, block_size: int, keep: int) -> int:
 
 def _last_logits(model: GPT, idx: Tensor, cache: KVCache | None) -> Tensor:
     """(B, T) ids -> (B, vocab) logits of the last position."""
-    return model(idx, cache=cache, last_only=True).logits[:, -1, :]
+    logits: Tensor = model(idx, cache=cache, last_only=True).logits
+    return logits[:, -1, :]
 
 
 def generate(
