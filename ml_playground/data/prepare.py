@@ -1,0 +1,292 @@
+"""Corpus -> train.bin / val.bin / meta.json, streaming with bounded memory.
+
+The corpus is read in blocks and cut only where BPE pre-tokenization splits anyway (a single
+"\\n" between two printable ASCII characters), so encoding piece by piece gives exactly the ids of
+encoding the whole split at once. The first (1 - val_fraction) of the bytes is the train split,
+the rest the val split (cut at a character boundary), each encoded separately as nanoGPT does.
+Outputs are written atomically; a stamp with the input's sha256 and the settings lets a re-run
+with the same input and settings skip all work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ml_playground.atomic import atomic_binary_writer, write_text_atomic
+from ml_playground.config import PrepareConfig
+from ml_playground.data.meta import META_FILENAME, DatasetMeta, dtype_for_vocab, read_meta, write_meta
+from ml_playground.data.sources import file_sha256, resolve_input
+from ml_playground.errors import DataError
+from ml_playground.progress import progress_bar
+from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+
+log = logging.getLogger(__name__)
+
+PREPARE_FORMAT = 1
+STAMP_FILENAME = ".prepare-stamp.json"
+TRAIN_FILENAME = "train.bin"
+VAL_FILENAME = "val.bin"
+DEFAULT_CHUNK_BYTES = 1 << 20
+# A piece with no safe cut point grows up to this many blocks before it is cut at a space.
+_MAX_BLOCKS_PER_PIECE = 16
+_MIN_SPLIT_TOKENS = 2  # one (input, target) pair
+
+# Writes the experiment's bundled corpus to the given path.
+BundledCorpus = Callable[[Path], None]
+
+
+def _is_printable_ascii(byte: int) -> bool:
+    return 0x21 <= byte <= 0x7E
+
+
+def _last_safe_cut(buf: bytes) -> int:
+    """Index just after the last "\\n" with printable ASCII on both sides; 0 if none."""
+    i = buf.rfind(b"\n", 1, len(buf) - 1)
+    while i > 0:
+        if _is_printable_ascii(buf[i - 1]) and _is_printable_ascii(buf[i + 1]):
+            return i + 1
+        i = buf.rfind(b"\n", 1, i)
+    return 0
+
+
+def _fallback_cut(buf: bytes) -> int:
+    """A cut for a piece without safe points: after the last whitespace, else a char boundary."""
+    space = max(buf.rfind(b" "), buf.rfind(b"\n"))
+    if space > 0:
+        return space + 1
+    end = len(buf) - 1
+    while end > 0 and (buf[end] & 0xC0) == 0x80:  # step back over UTF-8 continuation bytes
+        end -= 1
+    return end if end > 0 else len(buf)
+
+
+def _decode(piece: bytes, offset: int, path: Path) -> str:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: invalid UTF-8 at byte {offset + exc.start}") from None
+
+
+def iter_text(path: Path, start: int, end: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, str]]:
+    """Decoded pieces (byte offset, text) covering bytes [start, end) of `path`, cut at safe points."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        offset = start
+        buf = b""
+        while True:
+            want = min(chunk_bytes, end - offset - len(buf))
+            if want > 0:
+                buf += handle.read(want)
+            at_end = offset + len(buf) >= end
+            if at_end:
+                cut = len(buf)
+            else:
+                cut = _last_safe_cut(buf)
+                if cut == 0:
+                    if len(buf) < _MAX_BLOCKS_PER_PIECE * chunk_bytes:
+                        continue
+                    cut = _fallback_cut(buf)
+            if cut:
+                yield offset, _decode(buf[:cut], offset, path)
+            offset += cut
+            buf = buf[cut:]
+            if at_end:
+                return
+
+
+def split_offset(path: Path, size: int, val_fraction: float) -> int:
+    """Byte offset where the val split starts: (1 - val_fraction) of the file, at a char boundary."""
+    cut = int(size * (1.0 - val_fraction))
+    with path.open("rb") as handle:
+        handle.seek(cut)
+        following = handle.read(4)
+    for byte in following:
+        if (byte & 0xC0) != 0x80:
+            break
+        cut += 1
+    return min(cut, size)
+
+
+def char_vocabulary(path: Path, size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[str]:
+    """Sorted set of characters in the corpus, read piece by piece."""
+    chars: set[str] = set()
+    with progress_bar(size, "vocabulary", unit="B", unit_scale=True) as bar:
+        for _offset, text in iter_text(path, 0, size, chunk_bytes):
+            chars.update(text)
+            bar.update(len(text.encode("utf-8")))
+    return sorted(chars)
+
+
+Encoder = CharTokenizer | TiktokenTokenizer
+
+
+def _encode_pieces(
+    pieces: Iterator[tuple[int, str]], tokenizer: Encoder, on_bytes: Callable[[int], object]
+) -> Iterator[npt.NDArray[Any]]:
+    if isinstance(tokenizer, CharTokenizer):
+        for _offset, text in pieces:
+            yield tokenizer.encode_array(text)
+            on_bytes(len(text.encode("utf-8")))
+        return
+    threads = os.cpu_count() or 1
+    batch: list[str] = []
+
+    def flush() -> Iterator[npt.NDArray[Any]]:
+        for text, ids in zip(batch, tokenizer.encode_batch(batch, num_threads=threads), strict=True):
+            yield np.asarray(ids, dtype=np.uint32)
+            on_bytes(len(text.encode("utf-8")))
+        batch.clear()
+
+    for _offset, text in pieces:
+        batch.append(text)
+        if len(batch) >= 2 * threads:
+            yield from flush()
+    yield from flush()
+
+
+def _write_split(
+    out: BinaryIO,
+    pieces: Iterator[tuple[int, str]],
+    tokenizer: Encoder,
+    dtype: np.dtype[Any],
+    on_bytes: Callable[[int], object],
+) -> int:
+    """Encode `pieces` and append the ids to `out`; returns the token count."""
+    count = 0
+    for ids in _encode_pieces(pieces, tokenizer, on_bytes):
+        out.write(ids.astype(dtype, copy=False).tobytes())
+        count += int(ids.size)
+    return count
+
+
+def _stamp(input_sha256: str, tokenizer: str, encoding: str | None, val_fraction: float) -> dict[str, Any]:
+    return {
+        "format": PREPARE_FORMAT,
+        "input_sha256": input_sha256,
+        "tokenizer": tokenizer,
+        "encoding": encoding,
+        "val_fraction": val_fraction,
+    }
+
+
+def _up_to_date(dataset_dir: Path, stamp: dict[str, Any]) -> DatasetMeta | None:
+    """The existing metadata when stamp, meta and token files all agree with `stamp`; else None."""
+    stamp_path = dataset_dir / STAMP_FILENAME
+    try:
+        if json.loads(stamp_path.read_text(encoding="utf-8")) != stamp:
+            return None
+        meta = read_meta(dataset_dir / META_FILENAME)
+    except (OSError, ValueError, DataError):
+        return None
+    width = meta.numpy_dtype.itemsize
+    for name, tokens in ((TRAIN_FILENAME, meta.train_tokens), (VAL_FILENAME, meta.val_tokens)):
+        bin_path = dataset_dir / name
+        if not bin_path.is_file() or bin_path.stat().st_size != tokens * width:
+            return None
+    return meta
+
+
+def prepare_corpus(
+    input_path: Path,
+    dataset_dir: Path,
+    *,
+    tokenizer: Literal["char", "tiktoken"],
+    encoding: str,
+    val_fraction: float,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> DatasetMeta:
+    """Tokenize `input_path` into dataset_dir/{train.bin,val.bin,meta.json}; skip if up to date."""
+    try:
+        size = input_path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{input_path}: corpus not found") from None
+    if size == 0:
+        raise DataError(f"{input_path}: corpus is empty")
+    input_sha256 = file_sha256(input_path)
+    stamp = _stamp(input_sha256, tokenizer, encoding if tokenizer == "tiktoken" else None, val_fraction)
+    existing = _up_to_date(dataset_dir, stamp)
+    if existing is not None:
+        log.info("%s is up to date for %s; skipping", dataset_dir, input_path)
+        return existing
+
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    (dataset_dir / STAMP_FILENAME).unlink(missing_ok=True)
+    encoder: Encoder = (
+        CharTokenizer(char_vocabulary(input_path, size, chunk_bytes))
+        if tokenizer == "char"
+        else TiktokenTokenizer(encoding)
+    )
+    dtype = dtype_for_vocab(encoder.vocab_size)
+    np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
+    split = split_offset(input_path, size, val_fraction)
+    with (
+        progress_bar(size, "encode", unit="B", unit_scale=True) as bar,
+        atomic_binary_writer(dataset_dir / TRAIN_FILENAME) as train_out,
+        atomic_binary_writer(dataset_dir / VAL_FILENAME) as val_out,
+    ):
+        train_pieces = iter_text(input_path, 0, split, chunk_bytes)
+        train_tokens = _write_split(train_out, train_pieces, encoder, np_dtype, bar.update)
+        val_pieces = iter_text(input_path, split, size, chunk_bytes)
+        val_tokens = _write_split(val_out, val_pieces, encoder, np_dtype, bar.update)
+        for name, count in (("train", train_tokens), ("val", val_tokens)):
+            if count < _MIN_SPLIT_TOKENS:
+                raise DataError(
+                    f"{input_path}: corpus too small: the {name} split has {count} token(s), "
+                    f"need at least one training block (block_size + 1 tokens)"
+                )
+    meta = DatasetMeta(
+        kind="char" if isinstance(encoder, CharTokenizer) else "tiktoken",
+        vocab_size=encoder.vocab_size,
+        dtype=dtype,
+        encoding=encoder.encoding_name if isinstance(encoder, TiktokenTokenizer) else None,
+        itos=encoder.itos if isinstance(encoder, CharTokenizer) else None,
+        train_tokens=train_tokens,
+        val_tokens=val_tokens,
+        source_sha256=input_sha256,
+    )
+    write_meta(dataset_dir / META_FILENAME, meta)
+    write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
+    log.info(
+        "prepared %s: %d train + %d val tokens (%s, vocab %d, %s)",
+        dataset_dir,
+        train_tokens,
+        val_tokens,
+        meta.kind,
+        meta.vocab_size,
+        dtype,
+    )
+    return meta
+
+
+def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorpus | None = None) -> DatasetMeta:
+    """The preparer every experiment shares: resolve [prepare].source, then `prepare_corpus`."""
+    if cfg.source == "bundled":
+        if bundled is None:
+            raise DataError(
+                f"prepare.source: experiment {experiment!r} has no bundled corpus; "
+                "set it to a UTF-8 text file path or an http(s):// URL"
+            )
+        input_path = cfg.dataset_dir / f"{experiment}_bundled.txt"
+        bundled(input_path)
+    else:
+        input_path = resolve_input(
+            cfg.source,
+            cache=cfg.dataset_dir / "input.txt",
+            timeout_s=cfg.download_timeout_s,
+            sha256=cfg.source_sha256,
+        )
+    return prepare_corpus(
+        input_path,
+        cfg.dataset_dir,
+        tokenizer=cfg.tokenizer,
+        encoding=cfg.encoding,
+        val_fraction=cfg.val_fraction,
+    )

@@ -1,0 +1,93 @@
+"""Where a corpus comes from: a local file, a file:// URL, or an http(s):// URL cached locally.
+
+Downloads stream to disk with a timeout, are checked against an optional sha256 pin and are
+written atomically; a cached copy is reused when it came from the same URL (and matches the pin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from ml_playground.atomic import atomic_binary_writer, write_text_atomic
+from ml_playground.config import PROJECT_ROOT
+from ml_playground.errors import DataError
+from ml_playground.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1 << 20
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://", "file://"))
+
+
+def local_path(source: str) -> Path:
+    """A file path or file:// URL as a Path; relative paths resolve against the project root."""
+    if source.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(source).path))
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def file_sha256(path: Path) -> str:
+    """Streaming sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_is_fresh(dest: Path, url: str, sha256: str | None) -> bool:
+    marker = dest.with_name(dest.name + ".url")
+    if not dest.is_file() or not marker.is_file() or marker.read_text(encoding="utf-8").strip() != url:
+        return False
+    return sha256 is None or file_sha256(dest) == sha256
+
+
+def download(url: str, dest: Path, *, timeout_s: float, sha256: str | None) -> Path:
+    """Fetch `url` into `dest` unless a fresh copy is already there; returns `dest`."""
+    if _cache_is_fresh(dest, url, sha256):
+        log.info("using cached %s (from %s)", dest, url)
+        return dest
+    log.info("downloading %s -> %s", url, dest)
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_binary_writer(dest) as out:
+            length = response.headers.get("Content-Length")
+            with progress_bar(int(length) if length else None, "download", unit="B", unit_scale=True) as bar:
+                while block := response.read(_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+                    bar.update(len(block))
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise DataError(
+                    f"{url}: sha256 mismatch (prepare.source_sha256 is {sha256}, download has {digest.hexdigest()})"
+                )
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason})") from None
+    except urllib.error.URLError as exc:
+        raise DataError(f"{url}: download failed ({exc.reason})") from None
+    except TimeoutError:
+        raise DataError(f"{url}: download timed out after {timeout_s}s (prepare.download_timeout_s)") from None
+    write_text_atomic(dest.with_name(dest.name + ".url"), url + "\n")
+    return dest
+
+
+def resolve_input(source: str, *, cache: Path, timeout_s: float, sha256: str | None) -> Path:
+    """The local corpus file for a `[prepare].source` that is a path or URL (not "bundled")."""
+    if source.startswith(("http://", "https://")):
+        return download(source, cache, timeout_s=timeout_s, sha256=sha256)
+    path = local_path(source)
+    if not path.is_file():
+        raise DataError(f"{path}: corpus not found (prepare.source = {source!r}); put a UTF-8 text file there")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise DataError(f"{path}: sha256 does not match prepare.source_sha256 ({sha256})")
+    return path
