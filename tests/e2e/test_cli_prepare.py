@@ -1,0 +1,56 @@
+"""`ml-playground prepare` in a real subprocess: outputs, skipping, one-line data errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare(config: Path, experiment: str = "bundestag_char") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ml_playground.cli", "prepare", experiment, "--exp-config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _config(tmp_path: Path, source: Path) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        f'[prepare]\ndataset_dir = "{tmp_path / "ds"}"\nsource = "{source}"\ntokenizer = "char"\n', encoding="utf-8"
+    )
+    return path
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_prepare_cli_errors_and_success(tmp_path: Path) -> None:
+    corpus = tmp_path / "input.txt"
+    config = _config(tmp_path, corpus)
+
+    line = _one_line_error(prepare(config), 4)
+    assert f"{corpus}: corpus not found" in line
+
+    good = "Grüß Gott.\nDas Parlament tagt.\n".encode() * 30
+    corpus.write_bytes(good + b"\xe4 kaputt\n")
+    line = _one_line_error(prepare(config), 4)
+    assert f"{corpus}: invalid UTF-8 at byte {len(good)}" in line
+
+    corpus.write_bytes(good)
+    first = prepare(config)
+    assert first.returncode == 0, first.stderr
+    assert {"train.bin", "val.bin", "meta.json"} <= {p.name for p in (tmp_path / "ds").iterdir()}
+    second = prepare(config)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stderr
