@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -29,6 +35,8 @@ def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (or keep the old one).
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,3 +60,30 @@ def test_make_target_without_exp_names_experiments() -> None:
     assert result.returncode != 0
     assert "EXP is required" in result.stderr
     assert "experiments:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[prepare]\ndataset_dir = "x"\nsorce = "bundled"\n', "prepare.sorce: unknown key"),
+        ('[prepare]\ndataset_dir = "x"\nval_fraction = "0.1"\n', "prepare.val_fraction"),
+        ('[prepare]\ndataset_dir = "x"\nval_fraction = 1.5\n', "prepare.val_fraction"),
+        ("[prepare\n", "TOML syntax error"),
+        ("[prepare]\n", "prepare.dataset_dir: required key is missing"),
+    ],
+)
+def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text, encoding="utf-8")
+    result = cli("prepare", "shakespeare", "--exp-config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0]
+    assert expected in lines[0]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = cli("train", "shakespeare", "--exp-config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.toml'}: config file not found"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,20 @@ def test_text_writer_writes_utf8(tmp_path: Path) -> None:
     with atomic_text_writer(target) as handle:
         handle.write("Grüße 🎭\n")
     assert target.read_bytes() == "Grüße 🎭\n".encode()
+
+
+def test_new_file_gets_umask_mode_and_existing_mode_is_kept(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.txt"
+    write_text_atomic(fresh, "x")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    kept = tmp_path / "kept.sh"
+    kept.write_text("old")
+    kept.chmod(0o750)
+    write_text_atomic(kept, "new")
+    assert kept.stat().st_mode & 0o777 == 0o750
+
+
+def _current_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
