@@ -1,0 +1,19 @@
+# Typed surface of lit_nlp.api.model (lit-nlp 1.3) that ml_playground.analysis uses.
+import abc
+from collections.abc import Iterable
+from typing import Any
+
+from lit_nlp.api.types import JsonDict, Spec
+
+class Model(metaclass=abc.ABCMeta):
+    @classmethod
+    def init_spec(cls) -> Spec | None: ...
+    def description(self) -> str: ...
+    @property
+    def supports_concurrent_predictions(self) -> bool: ...
+    @abc.abstractmethod
+    def input_spec(self) -> Spec: ...
+    @abc.abstractmethod
+    def output_spec(self) -> Spec: ...
+    @abc.abstractmethod
+    def predict(self, inputs: Iterable[JsonDict], **kw: Any) -> Iterable[JsonDict]: ...
