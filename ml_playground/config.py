@@ -208,6 +208,10 @@ class SampleSettings:
     temperature: float = Field(default=0.8, ge=0)
     top_k: PositiveInt | None = 200
     top_p: float | None = Field(default=None, gt=0, le=1)
+    # Tokens kept when the text outgrows the model's block_size (at most block_size). None keeps
+    # block_size: nanoGPT's sliding window, one full forward per token past block_size. Smaller
+    # values rebuild the KV cache only every block_size - context_keep + 1 tokens (faster).
+    context_keep: PositiveInt | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)

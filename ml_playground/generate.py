@@ -108,6 +108,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     keep: int | None = None,
+    vocab_size: int | None = None,
     cache_dtype: torch.dtype | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     on_token: TokenCallback | None = None,
@@ -115,7 +116,9 @@ def generate(
     """Extend `prompt` (B, T) by `max_new_tokens`; returns (B, T + max_new_tokens) token ids.
 
     `keep` (default `block_size`) is how many tokens survive a crop once the sequence outgrows
-    the model's block. `cache_dtype` is the dtype keys/values have inside `autocast`.
+    the model's block. `vocab_size` limits draws to the tokenizer's ids when the model's
+    vocabulary is padded (nanoGPT pads GPT-2's 50257 to 50304). `cache_dtype` is the dtype
+    keys/values have inside `autocast`.
     """
     block_size = model.config.block_size
     keep = block_size if keep is None else keep
@@ -143,6 +146,8 @@ def generate(
             else:
                 logits = _last_logits(model, tokens[:, length - 1 : length], cache)
             start = new_start
+            if vocab_size is not None:
+                logits = logits[:, :vocab_size]
             token = next_token(logits, params, generator)  # (B,)
             tokens[:, length] = token
             length += 1

@@ -1,10 +1,188 @@
-"""Placeholder until its engineer lands the real module (keeps cli.py type-checked meanwhile)."""
+"""Sampling: checkpoint discovery -> model + tokenizer -> generation -> stdout and out_dir/samples/.
+
+The checkpoint is found in `out_dir` (ckpt_best.pt, ckpt_last.pt, then nanoGPT's ckpt.pt) and
+carries its own tokenizer (`dataset_meta`), so no dataset folder is needed. Tokens stream to
+stdout as they are generated; each finished sample is also saved atomically under
+`out_dir/samples/`.
+"""
 
 from __future__ import annotations
 
-from ml_playground.config import SampleConfig
-from ml_playground.errors import MLPlaygroundError
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ml_playground.atomic import write_text_atomic
+from ml_playground.config import PROJECT_ROOT, SampleConfig, SampleSettings
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
+from ml_playground.generate import SamplingParams, generate
+from ml_playground.model import GPT
+from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
+from ml_playground.tokenizers import Tokenizer, tokenizer_from_meta
+from ml_playground.train.checkpoint import find_checkpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+FILE_PREFIX = "FILE:"
+SEPARATOR = "\n---------------\n"
+
+
+def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Tokenizer, Path]:
+    """The discovered checkpoint as an eval-mode model on the runtime's device, its tokenizer, its path."""
+    path = find_checkpoint(out_dir)
+    checkpoint = load_checkpoint(path)
+    kind = "legacy nanoGPT checkpoint" if checkpoint.is_legacy else f"checkpoint schema v{checkpoint.schema_version}"
+    log.info("sampling from %s (%s, iter %d)", path, kind, checkpoint.iter_num)
+    model = GPT(dataclasses.replace(checkpoint.gpt_config, dropout=0.0))
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match model_args ({detail})") from None
+    model.to(runtime.device).eval()
+    if checkpoint.dataset_meta is None:
+        raise CheckpointError(f"{path}: checkpoint key 'dataset_meta' is missing; cannot decode tokens")
+    meta = DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
+    tokenizer = tokenizer_from_meta(meta)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    return model, tokenizer, path
+
+
+def read_prompt(start: str) -> str:
+    """`start` itself, or the contents of `FILE:path` (relative paths resolve against the project root)."""
+    if not start.startswith(FILE_PREFIX):
+        return start
+    path = Path(start.removeprefix(FILE_PREFIX))
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"sample.sample.start: prompt file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"sample.sample.start: prompt file {path} is not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"sample.sample.start: cannot read prompt file {path} ({exc.strerror})") from None
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ConfigError("sample.sample.start: the prompt is empty; give at least one character")
+    return ids
+
+
+class StreamDecoder:
+    """Token ids -> text pieces as they arrive.
+
+    A BPE token can end in the middle of a multi-byte character; such ids are held back until
+    the character is complete (or `max_pending` ids are waiting, so invalid bytes still show).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_pending: int = 8) -> None:
+        self._tokenizer = tokenizer
+        self._max_pending = max_pending
+        self._pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        self._pending.append(token)
+        text = self._tokenizer.decode(self._pending)
+        if text.endswith("\ufffd") and len(self._pending) < self._max_pending:
+            return ""
+        self._pending.clear()
+        return text
+
+    def flush(self) -> str:
+        text = self._tokenizer.decode(self._pending) if self._pending else ""
+        self._pending.clear()
+        return text
+
+
+def _printer(decoder: StreamDecoder) -> Callable[[Tensor], None]:
+    def on_token(token: Tensor) -> None:  # token: (1,)
+        piece = decoder.push(int(token[0]))
+        if piece:
+            print(piece, end="", flush=True)
+
+    return on_token
+
+
+def sampling_params(settings: SampleSettings) -> SamplingParams:
+    return SamplingParams(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+
+
+def context_keep(settings: SampleSettings, model: GPT) -> int | None:
+    keep = settings.context_keep
+    if keep is not None and keep > model.config.block_size:
+        raise ConfigError(
+            f"sample.sample.context_keep: {keep} exceeds the checkpoint's block_size {model.config.block_size}"
+        )
+    return keep
+
+
+def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: list[str]) -> Path:
+    """Write each sample to samples/<stamp>_<i>.txt and the run's settings to samples/<stamp>.json."""
+    folder = out_dir / "samples"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = 0
+    while (folder / f"{stamp}.json").exists() or (suffix and (folder / f"{stamp}-{suffix}.json").exists()):
+        suffix += 1
+    name = stamp if suffix == 0 else f"{stamp}-{suffix}"
+    record = {
+        "checkpoint": str(checkpoint),
+        "seed": cfg.runtime.seed,
+        "settings": dataclasses.asdict(cfg.sample),
+        "samples": samples,
+    }
+    try:
+        for i, text in enumerate(samples):
+            write_text_atomic(folder / f"{name}_{i:02d}.txt", text)
+        write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise MLPlaygroundError(f"{folder}: cannot write samples ({exc.strerror or exc})") from None
+    return folder / f"{name}.json"
 
 
 def run_sampling(cfg: SampleConfig) -> list[str]:
-    raise MLPlaygroundError("sampling is not built yet")
+    """Generate `num_samples` texts (prompt included), streaming each to stdout; returns them."""
+    runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
+    model, tokenizer, path = load_model_for_inference(cfg.runtime.out_dir, runtime)
+    settings = cfg.sample
+    keep = context_keep(settings, model)
+    prompt_text = read_prompt(settings.start)
+    prompt = torch.tensor([encode_prompt(tokenizer, prompt_text)], dtype=torch.long, device=runtime.device)
+    if cfg.runtime.compile:
+        model.compile()
+    seed_everything(cfg.runtime.seed)
+    generator = torch.Generator().manual_seed(cfg.runtime.seed)
+    params = sampling_params(settings)
+    samples: list[str] = []
+    for _ in range(settings.num_samples):
+        decoder = StreamDecoder(tokenizer)
+        print(prompt_text, end="", flush=True)
+        tokens = generate(
+            model,
+            prompt,
+            settings.max_new_tokens,
+            params,
+            generator=generator,
+            keep=keep,
+            vocab_size=tokenizer.vocab_size,
+            cache_dtype=runtime.torch_dtype,
+            autocast=runtime.autocast,
+            on_token=_printer(decoder),
+        )
+        print(decoder.flush(), end=SEPARATOR, flush=True)
+        samples.append(prompt_text + tokenizer.decode([int(t) for t in tokens[0, prompt.size(1) :]]))
+    saved = save_samples(cfg.runtime.out_dir, path, cfg, samples)
+    log.info("saved %d sample(s) to %s", len(samples), saved.parent)
+    return samples
