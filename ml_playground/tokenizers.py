@@ -174,11 +174,10 @@ class CharTokenizer:
             raise DataError("char vocabulary: empty")
         self._itos = list(itos)
         self._stoi = {c: i for i, c in enumerate(itos)}
-        # Vectorised encoding: code points sorted, with the id each one maps to.
-        points = np.array([ord(c) for c in itos], dtype=np.uint32)
-        order = np.argsort(points)
-        self._sorted_points = points[order]
-        self._ids_of_sorted = order.astype(np.uint32)
+        # Vectorised encoding: a dense table code point -> id (-1: not in the vocabulary).
+        points = np.array([ord(c) for c in itos], dtype=np.int64)
+        self._table = np.full(int(points.max()) + 1, -1, dtype=np.int64)
+        self._table[points] = np.arange(len(itos), dtype=np.int64)
 
     @property
     def kind(self) -> str:
@@ -196,16 +195,16 @@ class CharTokenizer:
         ids: list[int] = self.encode_array(text).tolist()
         return ids
 
-    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+    def encode_array(self, text: str) -> npt.NDArray[np.int64]:
         """Encode with numpy (fast for large chunks); unknown characters are a DataError."""
         points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        slots = np.searchsorted(self._sorted_points, points)
-        slots = np.minimum(slots, len(self._sorted_points) - 1)
-        unknown = self._sorted_points[slots] != points
+        inside = points < len(self._table)
+        ids = self._table[np.where(inside, points, 0)]
+        unknown = ~inside | (ids < 0)
         if unknown.any():
             first = int(np.argmax(unknown))
             raise DataError(f"character {text[first]!r} (position {first}) is not in the char vocabulary")
-        return self._ids_of_sorted[slots]
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         try:

@@ -117,12 +117,15 @@ def split_offset(path: Path, size: int, val_fraction: float) -> int:
 
 def char_vocabulary(path: Path, size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[str]:
     """Sorted set of characters in the corpus, read piece by piece."""
-    chars: set[str] = set()
+    seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
+    done = 0
     with progress_bar(size, "vocabulary", unit="B", unit_scale=True) as bar:
-        for _offset, text in iter_text(path, 0, size, chunk_bytes):
-            chars.update(text)
-            bar.update(len(text.encode("utf-8")))
-    return sorted(chars)
+        for offset, text in iter_text(path, 0, size, chunk_bytes):
+            seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
+            bar.update(offset - done)
+            done = offset
+        bar.update(size - done)
+    return [chr(point) for point in np.flatnonzero(seen).tolist()]
 
 
 Encoder = CharTokenizer | TiktokenTokenizer
