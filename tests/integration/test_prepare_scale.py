@@ -15,12 +15,14 @@ from ml_playground.data.meta import read_meta
 
 _CHILD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     from ml_playground.data.prepare import prepare_corpus
 
     meta = prepare_corpus(Path(sys.argv[1]), Path(sys.argv[2]), tokenizer="char", encoding="gpt2", val_fraction=0.1)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: peak RSS of this process image (ru_maxrss would include the parent's, kept across exec).
+    status = Path("/proc/self/status").read_text()
+    peak_mb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
     print(json.dumps({"peak_rss_mb": peak_mb, "tokens": meta.train_tokens + meta.val_tokens}))
     """
 )
