@@ -1,0 +1,202 @@
+"""Batches of (input, target) windows drawn from memmapped token files, with resumable state.
+
+Modes:
+- random: nanoGPT's independent random windows, from a generator owned by this source (never the
+  global RNG), so its state is saved in checkpoints and resume continues the same stream.
+- shuffled: the non-overlapping windows of the file in a fresh permutation every epoch.
+- sequential: the non-overlapping windows in file order, epoch after epoch.
+
+Rank awareness (DDP): each rank draws from its own random stream; in shuffled/sequential mode
+rank r takes every world_size-th window of the epoch order, so ranks never share a window.
+Evaluation batches come from a separate, fixed stream: each evaluation sees the same windows and
+evaluating never moves the training stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ml_playground.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val"]
+SamplerMode = Literal["random", "shuffled", "sequential"]
+_SPLITS: tuple[Split, ...] = ("train", "val")
+# Distinct generator seeds per (purpose, rank, split), derived from the run's seed.
+_EVAL_STREAM = 7919
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchShape:
+    batch_size: int
+    block_size: int
+
+
+def _open_tokens(path: Path, dtype: np.dtype[Any], block_size: int) -> np.memmap[Any, np.dtype[Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: token file not found (run `make prepare` first)")
+    if path.stat().st_size % dtype.itemsize != 0:
+        raise DataError(f"{path}: size {path.stat().st_size} is not a multiple of {dtype.itemsize} ({dtype})")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    if len(tokens) <= block_size:
+        raise DataError(f"{path}: {len(tokens)} tokens, need more than block_size {block_size}")
+    return tokens
+
+
+class _SplitStream:
+    """The training stream of one split for one rank."""
+
+    def __init__(
+        self,
+        tokens: np.memmap[Any, np.dtype[Any]],
+        mode: SamplerMode,
+        *,
+        stream_seed: int,
+        order_seed: int,
+        rank: int,
+        world: int,
+    ):
+        self.tokens = tokens
+        self.mode = mode
+        # random mode: each rank its own stream; shuffled: one epoch order shared by all ranks.
+        self.generator = torch.Generator().manual_seed(stream_seed)
+        self.order_seed = order_seed
+        self.rank = rank
+        self.world = world
+        self.epoch = 0
+        self.cursor = 0  # position in this rank's share of the epoch order
+
+    def _epoch_order(self, block_size: int) -> Tensor:
+        n_windows = (len(self.tokens) - 1) // block_size
+        if self.mode == "sequential":
+            order = torch.arange(n_windows)
+        else:
+            order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.order_seed + self.epoch))
+        return order[self.rank :: self.world] * block_size
+
+    def starts(self, shape: BatchShape) -> Tensor:
+        if self.mode == "random":
+            high = len(self.tokens) - shape.block_size
+            return torch.randint(high, (shape.batch_size,), generator=self.generator)
+        picked: list[Tensor] = []
+        needed = shape.batch_size
+        while needed > 0:
+            order = self._epoch_order(shape.block_size)
+            if len(order) == 0:
+                raise DataError(f"split has fewer windows of {shape.block_size} tokens than ranks ({self.world})")
+            take = order[self.cursor : self.cursor + needed]
+            picked.append(take)
+            needed -= len(take)
+            self.cursor += len(take)
+            if self.cursor >= len(order):
+                self.epoch += 1
+                self.cursor = 0
+        return torch.cat(picked)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.cursor = int(state["cursor"])
+
+
+class BatchSource:
+    """(x, y) batches of shape (batch_size, block_size); y is x shifted by one token."""
+
+    def __init__(
+        self,
+        *,
+        train_path: Path,
+        val_path: Path,
+        token_dtype: np.dtype[Any],
+        batch_size: int,
+        block_size: int,
+        device: torch.device,
+        mode: SamplerMode = "random",
+        seed: int = 1337,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.shape = BatchShape(batch_size=batch_size, block_size=block_size)
+        self.device = device
+        self.mode = mode
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.tokens = {
+            "train": _open_tokens(train_path, token_dtype, block_size),
+            "val": _open_tokens(val_path, token_dtype, block_size),
+        }
+        self.streams = {
+            split: _SplitStream(
+                self.tokens[split],
+                mode,
+                stream_seed=self._stream_seed(i, rank=rank),
+                order_seed=self._stream_seed(i, rank=0),
+                rank=rank,
+                world=world_size,
+            )
+            for i, split in enumerate(_SPLITS)
+        }
+
+    def _stream_seed(self, split_index: int, *, rank: int, purpose: int = 0) -> int:
+        return (self.seed * 1_000_003 + purpose * 101 + rank * 2 + split_index) % 2**62
+
+    def _windows(self, split: Split, starts: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.tokens[split]
+        T = self.shape.block_size
+        rows = [np.asarray(tokens[s : s + T + 1], dtype=np.int64) for s in cast("list[int]", starts.tolist())]
+        both = torch.from_numpy(np.stack(rows))  # (B, T+1)
+        x, y = both[:, :-1], both[:, 1:]
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+
+    def get_batch(self, split: Split) -> tuple[Tensor, Tensor]:
+        """The next training batch of `split`: x, y each (batch_size, block_size) int64."""
+        return self._windows(split, self.streams[split].starts(self.shape))
+
+    def eval_batches(self, split: Split, count: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """`count` random batches of `split`, the same ones on every call."""
+        generator = torch.Generator().manual_seed(
+            self._stream_seed(_SPLITS.index(split), rank=self.rank, purpose=_EVAL_STREAM)
+        )
+        high = len(self.tokens[split]) - self.shape.block_size
+        for _ in range(count):
+            yield self._windows(split, torch.randint(high, (self.shape.batch_size,), generator=generator))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "streams": {split: stream.state_dict() for split, stream in self.streams.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where a saved source stopped. Exact for the same world size; with another world
+        size the streams restart (and a warning says so)."""
+        if state.get("mode") != self.mode:
+            raise DataError(f"data state was saved with sampler {state.get('mode')!r}, config says {self.mode!r}")
+        if state.get("world_size") != self.world_size:
+            log.warning(
+                "data state was saved with world_size %s, now %d: weights, optimizer and step resume, "
+                "but the data order changes (it restarts from this run's seed)",
+                state.get("world_size"),
+                self.world_size,
+            )
+            return
+        streams: dict[str, dict[str, Any]] = state["streams"]
+        for split, stream in self.streams.items():
+            stream.load_state_dict(streams[split])

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml_playground.data.batches import BatchSource, SamplerMode
+from ml_playground.errors import DataError
+
+N_TRAIN = 200
+N_VAL = 60
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    # Token i has id i % 1000, so a window's first id tells where it starts.
+    train, val = tmp_path / "train.bin", tmp_path / "val.bin"
+    np.arange(N_TRAIN, dtype="<u2").tofile(train)
+    np.arange(N_VAL, dtype="<u2").tofile(val)
+    return train, val
+
+
+def _source(tmp_path: Path, mode: SamplerMode = "random", rank: int = 0, world_size: int = 1) -> BatchSource:
+    train, val = _files(tmp_path)
+    return BatchSource(
+        train_path=train,
+        val_path=val,
+        token_dtype=np.dtype("<u2"),
+        batch_size=4,
+        block_size=10,
+        device=torch.device("cpu"),
+        mode=mode,
+        seed=3,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def test_targets_are_inputs_shifted_by_one(tmp_path: Path) -> None:
+    x, y = _source(tmp_path).get_batch("train")
+    assert x.shape == y.shape == (4, 10)
+    assert x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(y[:, -1], x[:, -1] + 1)
+
+
+def test_sequential_walks_windows_in_order_and_wraps(tmp_path: Path) -> None:
+    source = _source(tmp_path, "sequential")
+    starts = [int(v) for _ in range(6) for v in source.get_batch("train")[0][:, 0]]
+    # (200 - 1) // 10 = 19 windows per epoch, then the order starts again.
+    assert starts == [10 * i for i in range(19)] + [0, 10, 20, 30, 40]
+
+
+def test_shuffled_sees_each_window_once_per_epoch(tmp_path: Path) -> None:
+    source = _source(tmp_path, "shuffled")
+    starts = [int(v) for _ in range(10) for v in source.get_batch("train")[0][:, 0]]
+    first_epoch, second_epoch = starts[:19], starts[19:38]
+    assert sorted(first_epoch) == [10 * i for i in range(19)]
+    assert sorted(second_epoch) == [10 * i for i in range(19)]
+    assert first_epoch != second_epoch
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "sequential"])
+def test_ranks_draw_disjoint_windows(tmp_path: Path, mode: SamplerMode) -> None:
+    seen: list[set[int]] = []
+    for rank in range(2):
+        source = _source(tmp_path, mode, rank=rank, world_size=2)
+        seen.append({int(v) for _ in range(2) for v in source.get_batch("train")[0][:, 0]})
+    assert len(seen[0]) == len(seen[1]) == 8
+    assert not seen[0] & seen[1]
+
+
+def test_random_ranks_draw_different_streams(tmp_path: Path) -> None:
+    a = _source(tmp_path, "random", rank=0, world_size=2).get_batch("train")[0]
+    b = _source(tmp_path, "random", rank=1, world_size=2).get_batch("train")[0]
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["random", "shuffled", "sequential"])
+def test_state_round_trip_continues_the_same_stream(tmp_path: Path, mode: SamplerMode) -> None:
+    source = _source(tmp_path, mode)
+    for _ in range(7):
+        source.get_batch("train")
+    state = source.state_dict()
+    expected = [source.get_batch("train")[0] for _ in range(8)]
+    restored = _source(tmp_path, mode)
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, restored.get_batch("train")[0]) for a in expected)
+
+
+def test_eval_batches_are_fixed_and_leave_training_stream_alone(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    reference = _source(tmp_path)
+    first = [x for x, _ in source.eval_batches("val", 3)]
+    second = [x for x, _ in source.eval_batches("val", 3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert torch.equal(source.get_batch("train")[0], reference.get_batch("train")[0])
+
+
+def test_missing_and_too_short_files_are_data_errors(tmp_path: Path) -> None:
+    train, val = _files(tmp_path)
+    with pytest.raises(DataError, match=r"nope\.bin: token file not found"):
+        BatchSource(
+            train_path=tmp_path / "nope.bin",
+            val_path=val,
+            token_dtype=np.dtype("<u2"),
+            batch_size=1,
+            block_size=4,
+            device=torch.device("cpu"),
+        )
+    with pytest.raises(DataError, match=r"val\.bin: 60 tokens, need more than block_size 64"):
+        BatchSource(
+            train_path=train,
+            val_path=val,
+            token_dtype=np.dtype("<u2"),
+            batch_size=1,
+            block_size=64,
+            device=torch.device("cpu"),
+        )
+
+
+def test_changed_mode_is_an_error(tmp_path: Path) -> None:
+    state = _source(tmp_path, "random").state_dict()
+    with pytest.raises(DataError, match="saved with sampler 'random'"):
+        _source(tmp_path, "sequential").load_state_dict(state)
