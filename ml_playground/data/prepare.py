@@ -197,6 +197,13 @@ def _up_to_date(dataset_dir: Path, stamp: dict[str, Any]) -> DatasetMeta | None:
     return meta
 
 
+def _remove_stale_temp_files(dataset_dir: Path) -> None:
+    """Temp files a killed run left behind (atomic writers clean up only on exceptions)."""
+    for name in (TRAIN_FILENAME, VAL_FILENAME, META_FILENAME, STAMP_FILENAME):
+        for stale in dataset_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def prepare_corpus(
     input_path: Path,
     dataset_dir: Path,
@@ -222,6 +229,7 @@ def prepare_corpus(
 
     dataset_dir.mkdir(parents=True, exist_ok=True)
     (dataset_dir / STAMP_FILENAME).unlink(missing_ok=True)
+    _remove_stale_temp_files(dataset_dir)
     encoder: Encoder = (
         CharTokenizer(char_vocabulary(input_path, size, chunk_bytes))
         if tokenizer == "char"

@@ -137,3 +137,7 @@ def test_failed_run_keeps_previous_outputs(tmp_path: Path) -> None:
         prepare_corpus(path, ds, tokenizer="tiktoken", encoding="gpt2", val_fraction=0.1)
     assert (ds / "train.bin").read_bytes() == before
     assert sorted(p.name for p in ds.iterdir()) == sorted(["train.bin", "val.bin", "meta.json"])
+    (ds / ".train.bin.killed.tmp").write_bytes(b"left by a killed run")
+    path.write_text(SPEECH * 5, encoding="utf-8")
+    prepare_corpus(path, ds, tokenizer="tiktoken", encoding="gpt2", val_fraction=0.1)
+    assert not (ds / ".train.bin.killed.tmp").exists()
