@@ -3,7 +3,8 @@
 MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow the PaLM paper's
 appendix B: 6·N + 12·L·H·Q·T (N parameters without position embeddings, L layers, H heads, Q
 head size, T context). The peak is `train.runtime.peak_flops` when set, otherwise measured once
-per run by timing square matmuls in the dtype the run computes in on its device.
+per run by timing square matmuls in the dtype the run computes in on its device (so MFU is
+relative to what this machine actually achieves, not a datasheet number).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
-
-from ml_playground.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +34,38 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def measure_peak_flops(runtime: Runtime, size: int = 1024, repeats: int = 5) -> float:
-    """Best observed FLOP/s of a (size x size) @ (size x size) matmul in the run's dtype."""
+def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int) -> float:
     # Constant operands: matmul speed does not depend on values, and the probe must not draw from
     # the global RNG (exact resume depends on its state).
-    a = torch.full((size, size), 0.5, device=runtime.device, dtype=runtime.torch_dtype)
-    b = torch.full((size, size), 0.25, device=runtime.device, dtype=runtime.torch_dtype)
-    best = float("inf")
-    for i in range(repeats + 1):
-        _sync(runtime.device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(runtime.device)
-        if i > 0:  # the first call warms up kernels and caches
-            best = min(best, time.perf_counter() - start)
+    a = torch.full((size, size), 0.5, device=device, dtype=dtype)
+    b = torch.full((size, size), 0.25, device=device, dtype=dtype)
+    _sync(device)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+    """Best observed FLOP/s of square matmuls, grown from 256 until one takes >= 20 ms (max 4096)."""
+    size = 256
+    _matmul_seconds(device, dtype, size)  # warm up kernels and caches
+    while size < 4096 and _matmul_seconds(device, dtype, size) < 0.02:
+        size *= 2
+    best = min(_matmul_seconds(device, dtype, size) for _ in range(repeats))
     return 2.0 * size**3 / max(best, 1e-9)
+
+
+def check_cpu_bfloat16(peak_bf16: float, device: torch.device) -> None:
+    """Warn when bfloat16 autocast would slow a CPU run down (no AMX / AVX512-BF16 here)."""
+    peak_fp32 = measure_peak_flops(device, torch.float32)
+    if peak_bf16 < peak_fp32:
+        log.warning(
+            "bfloat16 matmuls run at %.1f GFLOP/s on this CPU vs %.1f in float32 (no AMX/AVX512-BF16): "
+            'set train.runtime.dtype = "float32" for speed',
+            peak_bf16 / 1e9,
+            peak_fp32 / 1e9,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

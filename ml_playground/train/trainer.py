@@ -45,7 +45,13 @@ from ml_playground.train.checkpoint import (
     save_checkpoint,
 )
 from ml_playground.train.distributed import DistInfo, dist_info_from_env
-from ml_playground.train.metrics import MetricsSink, StepStats, measure_peak_flops, palm_flops_per_token
+from ml_playground.train.metrics import (
+    MetricsSink,
+    StepStats,
+    check_cpu_bfloat16,
+    measure_peak_flops,
+    palm_flops_per_token,
+)
 from ml_playground.train.optim import build_optimizer
 from ml_playground.train.schedule import learning_rate
 
@@ -334,12 +340,20 @@ def fit(
             loop.sink.close()
 
 
+def _measured_peak(runtime: Runtime) -> float:
+    peak = measure_peak_flops(runtime.device, runtime.torch_dtype)
+    log.info("peak for MFU: %.1f GFLOP/s (%s matmul probe on %s)", peak / 1e9, runtime.dtype, runtime.device)
+    if runtime.device_type == "cpu" and runtime.dtype == "bfloat16":
+        check_cpu_bfloat16(peak, runtime.device)
+    return peak
+
+
 def _run(loop: Loop, state: TrainState, *, resumed: bool, start: int) -> TrainResult:
     cfg = loop.cfg
     if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
         log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
         return TrainResult(iter_num=start, best_val_loss=state.best_val_loss, last_eval=None)
-    peak = cfg.runtime.peak_flops or measure_peak_flops(loop.runtime)
+    peak = cfg.runtime.peak_flops or _measured_peak(loop.runtime)
     flops_per_token = loop.target.flops_per_token(cfg.data.block_size)
     last_eval: dict[str, float] | None = None
     while True:
