@@ -6,6 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_PYTHON_DOWNLOADS := never
+# Precompile bytecode at install: the environment may set PYTHONDONTWRITEBYTECODE, and without
+# .pyc files every new process (CLI runs, subprocess tests) recompiles torch._dynamo (~10-30 s).
+export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --no-sync
 CLI := $(RUN) ml-playground
 STAMP := .venv/.setup-stamp
