@@ -201,13 +201,18 @@ def _legacy_dataset_meta(path: Path, model_args: dict[str, Any]) -> dict[str, An
     }
 
 
+def _drop_mask_buffers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """nanoGPT on torch < 2.0 saved its causal mask as a buffer `...attn.bias`; we use SDPA's."""
+    return {key: value for key, value in state_dict.items() if not key.endswith((".attn.bias", ".attn.masked_bias"))}
+
+
 def _migrate_legacy(path: Path, raw: dict[str, Any]) -> Checkpoint:
     model_args = _model_args(path, raw)
     config = raw.get("config")
     best = raw.get("best_val_loss", math.inf)
     return Checkpoint(
         schema_version=LEGACY_SCHEMA_VERSION,
-        model=_state_dict(path, raw),
+        model=_drop_mask_buffers(_state_dict(path, raw)),
         model_args=model_args,
         iter_num=int(raw.get("iter_num", 0)),
         best_val_loss=float(best.item() if isinstance(best, Tensor) else best),

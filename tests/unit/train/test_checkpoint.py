@@ -132,8 +132,11 @@ def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
     config = GPTConfig(block_size=8, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, bias=True)
     model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # nanoGPT on torch < 2.0 also saved each layer's causal mask buffer as `attn.bias`.
+    mask = torch.tril(torch.ones(8, 8)).view(1, 1, 8, 8)
     nanogpt = {
-        "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()},
+        "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+        | {"_orig_mod.transformer.h.0.attn.bias": mask},
         "optimizer": optimizer.state_dict(),
         "model_args": {**model_args_of(config), "dropout": 0.0},
         "iter_num": 250,
