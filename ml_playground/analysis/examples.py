@@ -15,7 +15,7 @@ import numpy as np
 
 from ml_playground.config import DataConfig
 from ml_playground.data.meta import read_meta
-from ml_playground.errors import ConfigError, DataError
+from ml_playground.errors import DataError
 from ml_playground.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -28,17 +28,6 @@ SOURCES: tuple[Source, ...] = ("prompt", "validation")
 class Example:
     text: str
     source: Source
-
-
-def resolve_prompt(start: str) -> str:
-    """[sample.sample].start, or the file it names with "FILE:path" (relative to the working dir)."""
-    if not start.startswith("FILE:"):
-        return start
-    path = Path(start.removeprefix("FILE:"))
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"sample.sample.start: cannot read prompt file {path} ({exc})") from None
 
 
 def snippet_offsets(total: int, count: int, length: int) -> list[int]:

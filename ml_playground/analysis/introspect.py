@@ -26,7 +26,8 @@ class SequenceReport:
     ids: list[int]
     # token_losses[i] = -log p(ids[i+1] | ids[:i+1]), shape (T-1,)
     token_losses: Tensor
-    # Next-token distribution after each position: top_ids/top_probs (T, k), probabilities descending.
+    # Next-token distribution after each position over the tokenizer's ids (as the sampler draws
+    # them): top_ids/top_probs (T, k), probabilities descending.
     top_ids: Tensor
     top_probs: Tensor
     # One (n_head, T, T) row-stochastic causal attention map per layer.
@@ -77,8 +78,12 @@ class _Capture:
             handle.remove()
 
 
-def inspect_sequence(model: GPT, ids: list[int], top_k: int) -> SequenceReport:
-    """Run `model` once over `ids` (1 <= len <= block_size) and collect the per-token views."""
+def inspect_sequence(model: GPT, ids: list[int], top_k: int, vocab_size: int | None = None) -> SequenceReport:
+    """Run `model` once over `ids` (1 <= len <= block_size) and collect the per-token views.
+
+    `vocab_size` (the tokenizer's, when the model's vocabulary is padded past it) limits the
+    next-token distribution to ids that decode; the losses use the full logits, as training does.
+    """
     if not 1 <= len(ids) <= model.config.block_size:
         raise ValueError(f"need 1..{model.config.block_size} tokens, got {len(ids)}")
     device = model.wte.weight.device
@@ -98,7 +103,8 @@ def inspect_sequence(model: GPT, ids: list[int], top_k: int) -> SequenceReport:
     log_probs = F.log_softmax(logits, dim=-1)  # (T, vocab)
     targets = idx[0, 1:]
     token_losses = -log_probs[:-1].gather(1, targets.unsqueeze(1)).squeeze(1)  # (T-1,)
-    top = torch.topk(log_probs.exp(), min(top_k, logits.size(-1)), dim=-1)  # sorted, descending
+    next_probs = F.softmax(logits[:, :vocab_size], dim=-1)  # (T, vocab_size)
+    top = torch.topk(next_probs, min(top_k, next_probs.size(-1)), dim=-1)  # sorted, descending
     return SequenceReport(
         ids=list(ids),
         token_losses=token_losses.cpu(),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from ml_playground.config import PROJECT_ROOT, SampleConfig
 from ml_playground.errors import MissingDependencyError, MLPlaygroundError
@@ -90,21 +92,39 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
+def serve(command: list[str]) -> None:
+    """Run the server until it exits; SIGTERM to this process stops the server too.
+
+    Ctrl+C reaches the server directly (same process group); it shuts down and the interrupt is
+    passed on. A server stopped by our SIGTERM is a normal end; any other exit code is an error.
+    """
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        process.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        returncode = process.wait()
+    except KeyboardInterrupt:
+        process.wait(timeout=30)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if returncode != 0 and not (stopping and returncode == -signal.SIGTERM):
+        raise LitServerError(returncode)
+
+
 def run_lit(cfg: SampleConfig, config_path: Path, port: int) -> None:
     """Serve the experiment's best checkpoint in LIT until interrupted."""
     checkpoint = find_checkpoint(cfg.runtime.out_dir)  # fail before installing anything
     check_port_free(port)
     python = ensure_lit_env(LIT_PROJECT, find_uv())
     log.info("LIT: %s on http://%s:%d", checkpoint, HOST, port)
-    process = subprocess.Popen(server_command(python, config_path, port), cwd=PROJECT_ROOT)
-    try:
-        returncode = process.wait()
-    finally:
-        if process.poll() is None:  # interrupted: the server got the same Ctrl+C; give it a moment
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    if returncode != 0:
-        raise LitServerError(returncode)
+    serve(server_command(python, config_path, port))

@@ -8,13 +8,12 @@ import pytest
 
 from ml_playground.analysis.examples import (
     build_examples,
-    resolve_prompt,
     snippet_offsets,
     validation_snippets,
 )
 from ml_playground.config import DataConfig
 from ml_playground.data.meta import DatasetMeta, write_meta
-from ml_playground.errors import ConfigError, DataError
+from ml_playground.errors import DataError
 from ml_playground.tokenizers import CharTokenizer
 
 TEXT = "abcdefghijklmnopqrstuvwxyz" * 3
@@ -67,12 +66,3 @@ def test_a_dataset_of_another_vocabulary_is_an_error(tmp_path: Path) -> None:
     data, _ = _dataset(tmp_path)
     with pytest.raises(DataError, match="vocab_size 26 differs"):
         build_examples("abc", data, CharTokenizer(list("abc")), count=2, length=4)
-
-
-def test_prompt_from_file(tmp_path: Path) -> None:
-    prompt = tmp_path / "prompt.txt"
-    prompt.write_text("Once upon", encoding="utf-8")
-    assert resolve_prompt(f"FILE:{prompt}") == "Once upon"
-    assert resolve_prompt("plain") == "plain"
-    with pytest.raises(ConfigError, match=r"sample\.sample\.start"):
-        resolve_prompt(f"FILE:{tmp_path / 'missing.txt'}")

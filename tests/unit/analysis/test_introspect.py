@@ -43,6 +43,17 @@ def test_top_k_is_the_sorted_next_token_distribution(model: GPT) -> None:
     assert inspect_sequence(model, ids, top_k=100).top_ids.shape == (len(ids), TINY.vocab_size)
 
 
+def test_top_k_covers_only_the_tokenizer_ids_of_a_padded_vocabulary(model: GPT) -> None:
+    ids = [3, 1, 4]
+    report = inspect_sequence(model, ids, top_k=5, vocab_size=6)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+        full_loss = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]))
+    assert int(report.top_ids.max()) < 6
+    torch.testing.assert_close(report.top_probs, torch.topk(F.softmax(logits[:, :6], dim=-1), 5).values)
+    assert math.isclose(report.mean_loss, float(full_loss), rel_tol=1e-5)  # the loss keeps the full vocabulary
+
+
 def test_attention_weights_reproduce_the_attention_output(model: GPT) -> None:
     """The recomputed weights, applied to the values, give exactly what the module computed."""
     attn = model.blocks[0].attn

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ from ml_playground.analysis.lit_launcher import (
     check_port_free,
     ensure_lit_env,
     run_lit,
+    serve,
     server_command,
 )
 from ml_playground.config import SampleConfig, SampleRuntimeConfig
@@ -64,3 +70,28 @@ def test_server_failure_keeps_its_exit_code() -> None:
     error = LitServerError(5)
     assert error.exit_code == 5
     assert str(error) == "LIT server exited with code 5"
+
+
+def test_a_failing_server_is_an_error_with_its_code() -> None:
+    with pytest.raises(LitServerError, match="code 3") as caught:
+        serve([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert caught.value.exit_code == 3
+
+
+def test_sigterm_stops_the_server_and_ends_normally(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    child = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+
+    def terminate_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill <pid>` does to `ml-playground lit`
+
+    killer = threading.Thread(target=terminate_when_started)
+    killer.start()
+    begin = time.monotonic()
+    serve([sys.executable, "-c", child])
+    killer.join()
+    assert time.monotonic() - begin < 50
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
