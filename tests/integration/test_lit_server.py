@@ -195,7 +195,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             process.wait(timeout=30)
     assert process.returncode == 0, log_path.read_text()[-4000:]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", port))  # the server process is gone: its port is free again
+        # The server process is gone: nothing listens on its port (closed connections may linger).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
 
 
 @pytest.fixture(scope="module")
