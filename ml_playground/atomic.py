@@ -61,6 +61,25 @@ def atomic_text_writer(path: Path) -> Generator[TextIO]:
             text.detach()
 
 
+@contextlib.contextmanager
+def atomic_output_path(path: Path) -> Generator[Path]:
+    """Yield a temp path beside `path` for a writer that needs a file name (a library, a
+    subprocess); it replaces `path` only when the block exits without error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_binary_writer(path) as handle:
         handle.write(data)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from ml_playground.config import SampleConfig, TrainConfig
 from ml_playground.errors import MLPlaygroundError
+from ml_playground.interop.export import ExportSource
+
+
+def merged_export_source(cfg: TrainConfig) -> ExportSource:
+    raise MLPlaygroundError("export of LoRA-finetuned models is not built yet")
 
 
 def run_finetune(cfg: TrainConfig) -> None:

@@ -1,0 +1,203 @@
+"""GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2` architecture.
+
+`TENSOR_MAP` names every tensor. No transposes are needed: numpy shape (out, in) of our
+`nn.Linear` weights is ggml's {in, out}, which is what llama.cpp's gpt2 graph expects. The output
+projection is not written: llama.cpp ties it to `token_embd.weight` when `output.weight` is absent.
+
+Tokenizers: GPT-2 BPE is written as llama.cpp's "gpt2" model with the "gpt-2" pre-tokenizer
+(tokens, merges, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
+BPE where each character is one token: single-byte characters need no merge, two-byte characters
+get one merge of their two bytes (characters of three or more UTF-8 bytes are not supported).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gguf
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from ml_playground.atomic import atomic_output_path
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import ExportError
+from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand, gpt2_vocab_and_merges
+from ml_playground.model import GPTConfig
+
+ARCH = "gpt2"
+FloatType = Literal["f32", "f16"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRule:
+    ours: str
+    gguf: str
+
+
+TENSOR_MAP: tuple[TensorRule, ...] = (
+    TensorRule("transformer.wte.weight", "token_embd.weight"),
+    TensorRule("transformer.wpe.weight", "position_embd.weight"),
+    TensorRule("transformer.h.{i}.ln_1.weight", "blk.{i}.attn_norm.weight"),
+    TensorRule("transformer.h.{i}.ln_1.bias", "blk.{i}.attn_norm.bias"),
+    TensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_qkv.weight"),
+    TensorRule("transformer.h.{i}.attn.c_attn.bias", "blk.{i}.attn_qkv.bias"),
+    TensorRule("transformer.h.{i}.attn.c_proj.weight", "blk.{i}.attn_output.weight"),
+    TensorRule("transformer.h.{i}.attn.c_proj.bias", "blk.{i}.attn_output.bias"),
+    TensorRule("transformer.h.{i}.ln_2.weight", "blk.{i}.ffn_norm.weight"),
+    TensorRule("transformer.h.{i}.ln_2.bias", "blk.{i}.ffn_norm.bias"),
+    TensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_up.weight"),
+    TensorRule("transformer.h.{i}.mlp.c_fc.bias", "blk.{i}.ffn_up.bias"),
+    TensorRule("transformer.h.{i}.mlp.c_proj.weight", "blk.{i}.ffn_down.weight"),
+    TensorRule("transformer.h.{i}.mlp.c_proj.bias", "blk.{i}.ffn_down.bias"),
+    TensorRule("transformer.ln_f.weight", "output_norm.weight"),
+    TensorRule("transformer.ln_f.bias", "output_norm.bias"),
+)
+
+
+def gguf_name(ours: str, n_layer: int) -> str:
+    """The GGUF tensor name of one of our tensors."""
+    for rule in TENSOR_MAP:
+        for i in range(n_layer) if "{i}" in rule.ours else [0]:
+            if rule.ours.format(i=i) == ours:
+                return rule.gguf.format(i=i)
+    raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
+
+
+@functools.cache
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (the alphabet of byte-level BPE)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GGUFVocab:
+    """What llama.cpp's BPE tokenizer needs."""
+
+    tokens: list[str]
+    token_types: list[gguf.TokenType]
+    merges: list[str]
+    eos_id: int | None
+
+
+def byte_level(text: str) -> str:
+    table = byte_to_unicode()
+    return "".join(table[b] for b in text.encode("utf-8"))
+
+
+def char_vocab(itos: list[str]) -> GGUFVocab:
+    merges: list[str] = []
+    for char in itos:
+        encoded = char.encode("utf-8")
+        if len(encoded) > 2:
+            raise ExportError(
+                f"char vocabulary: {char!r} takes {len(encoded)} UTF-8 bytes; GGUF export supports up to 2"
+            )
+        if len(encoded) == 2:
+            table = byte_to_unicode()
+            merges.append(f"{table[encoded[0]]} {table[encoded[1]]}")
+    if not merges:
+        # llama.cpp refuses a BPE vocabulary without merges; byte 0xFF never occurs in UTF-8 text,
+        # so this merge can never apply.
+        table = byte_to_unicode()
+        merges.append(f"{table[0xFF]} {table[0xFF]}")
+    tokens = [byte_level(char) for char in itos]
+    return GGUFVocab(tokens=tokens, token_types=[gguf.TokenType.NORMAL] * len(tokens), merges=merges, eos_id=None)
+
+
+def gpt2_vocab() -> GGUFVocab:
+    vocab, merges = gpt2_vocab_and_merges()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    types[GPT2_EOT_ID] = gguf.TokenType.CONTROL
+    return GGUFVocab(tokens=tokens, token_types=types, merges=[f"{a} {b}" for a, b in merges], eos_id=GPT2_EOT_ID)
+
+
+def vocab_for(meta: DatasetMeta, model_vocab_size: int) -> GGUFVocab:
+    if meta.kind == "char":
+        if meta.itos is None:
+            raise ExportError("dataset metadata: kind 'char' has no 'itos'")
+        vocab = char_vocab(meta.itos)
+    elif meta.encoding == "gpt2":
+        vocab = gpt2_vocab()
+    else:
+        raise ExportError(f"dataset metadata: encoding {meta.encoding!r} cannot be exported to GGUF (only 'gpt2')")
+    padding = model_vocab_size - len(vocab.tokens)
+    if padding < 0:
+        raise ExportError(f"model vocab_size {model_vocab_size} is smaller than the tokenizer's {len(vocab.tokens)}")
+    # A padded embedding (e.g. nanoGPT's 50304) gets placeholder tokens that never occur in text.
+    return GGUFVocab(
+        tokens=vocab.tokens + [f"[PAD{i}]" for i in range(padding)],
+        token_types=vocab.token_types + [gguf.TokenType.UNUSED] * padding,
+        merges=vocab.merges,
+        eos_id=vocab.eos_id,
+    )
+
+
+def gguf_tensors(
+    state_dict: dict[str, Tensor], config: GPTConfig, ftype: FloatType
+) -> list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]]:
+    """(name, array) in file order. 2-D weights take `ftype`; norms and biases stay float32."""
+    out: list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]] = []
+    for rule in expand(config.n_layer):
+        tensor = state_dict.get(rule.ours)
+        if tensor is None:
+            if not rule.is_bias or config.bias:
+                raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
+            tensor = torch.zeros(bias_shape(rule, config))  # llama.cpp's gpt2 requires every bias
+        array = tensor.detach().to("cpu", torch.float32).numpy()
+        if ftype == "f16" and array.ndim == 2:
+            out.append((gguf_name(rule.ours, config.n_layer), array.astype(np.float16)))
+        else:
+            out.append((gguf_name(rule.ours, config.n_layer), array))
+    return out
+
+
+def write_gguf(
+    path: Path,
+    state_dict: dict[str, Tensor],
+    config: GPTConfig,
+    meta: DatasetMeta,
+    *,
+    ftype: FloatType,
+    name: str,
+) -> None:
+    """Write a llama.cpp-loadable GGUF file atomically."""
+    vocab = vocab_for(meta, config.vocab_size)
+    tensors = gguf_tensors(state_dict, config, ftype)
+    with atomic_output_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        writer.add_name(name)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_context_length(config.block_size)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_feed_forward_length(4 * config.n_embd)
+        writer.add_block_count(config.n_layer)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.token_types)
+        writer.add_token_merges(vocab.merges)
+        if vocab.eos_id is not None:
+            writer.add_bos_token_id(vocab.eos_id)
+            writer.add_eos_token_id(vocab.eos_id)
+        writer.add_add_bos_token(False)
+        for tensor_name, array in tensors:
+            writer.add_tensor(tensor_name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()

@@ -1,0 +1,95 @@
+"""run_export: checkpoint -> hf/ + model.gguf + Modelfile + SHA256SUMS; no-op when unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+import torch
+
+from ml_playground.config_loader import parse_experiment_config
+from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
+from ml_playground.interop.export import run_export
+from ml_playground.interop.ollama import sha256sums_match
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.tokenizers import CharTokenizer
+from ml_playground.train.checkpoint import Checkpoint, model_args_of, save_checkpoint
+from tests.integration.tiny_gpt import CORPUS
+
+pytestmark = pytest.mark.slow
+
+
+def write_run(out_dir: Path) -> None:
+    itos = sorted(set(CORPUS))
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=32)
+    meta = {"kind": "char", "vocab_size": len(itos), "dtype": "uint16", "itos": itos, "version": 1}
+    meta |= {"encoding": None, "train_tokens": 0, "val_tokens": 0, "source_sha256": None}
+    checkpoint = Checkpoint(
+        schema_version=1,
+        model=GPT(config).state_dict(),
+        model_args=model_args_of(config),
+        iter_num=1,
+        best_val_loss=1.0,
+        config={},
+        dataset_meta=meta,
+    )
+    save_checkpoint(out_dir / "ckpt_best.pt", checkpoint)
+    assert CharTokenizer(itos).vocab_size == config.vocab_size
+
+
+def experiment(tmp_path: Path, **ollama: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {"enabled": True, "export_dir": str(tmp_path / "export"), "model_name": "tiny"}
+    table |= ollama
+    return {
+        "sample": {"runtime": {"out_dir": str(tmp_path / "run")}, "sample": {"temperature": 0.5, "top_k": 5}},
+        "export": {"ollama": table},
+    }
+
+
+def export(tmp_path: Path, **ollama: Any) -> Any:
+    cfg = parse_experiment_config(experiment(tmp_path, **ollama), tmp_path / "cfg.toml")
+    assert cfg.export is not None
+    return run_export(cfg.export, cfg, tmp_path / "cfg.toml")
+
+
+def test_export_writes_every_file_and_is_a_no_op_when_unchanged(tmp_path: Path) -> None:
+    write_run(tmp_path / "run")
+    result = export(tmp_path, quant="f16", template="{{ .Prompt }}")
+    out = tmp_path / "export"
+    assert not result.skipped
+    for name in ("model.gguf", "Modelfile", "README.md", "SHA256SUMS", "hf/config.json", "hf/tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert sha256sums_match(out)
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in modelfile
+    assert "PARAMETER temperature 0.5" in modelfile
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert reader.tensors[0].tensor_type == gguf.GGMLQuantizationType.F16
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert export(tmp_path, quant="f16", template="{{ .Prompt }}").skipped
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+    assert not export(tmp_path, quant="q8_0", template="{{ .Prompt }}").skipped  # a changed setting redoes it
+    types = {t.tensor_type for t in gguf.GGUFReader(out / "model.gguf").tensors}
+    assert gguf.GGMLQuantizationType.Q8_0 in types
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files left
+
+
+def test_disabled_export_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"export\.ollama\.enabled is false"):
+        export(tmp_path, enabled=False)
+
+
+def test_unknown_quant_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"export\.ollama\.quant: unknown type 'q9'"):
+        export(tmp_path, quant="q9")
+
+
+def test_missing_converter_says_how_to_install_it(tmp_path: Path) -> None:
+    write_run(tmp_path / "run")
+    with pytest.raises(MissingDependencyError, match=r"convert_bin: .*not found.*tools/llama_cpp/Readme\.md"):
+        export(tmp_path, convert_bin=str(tmp_path / "convert-hf-to-gguf.py"))

@@ -1,0 +1,70 @@
+"""Our GPT -> HF export, checked by `transformers` itself: logits, greedy generation, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.interop import hf
+from ml_playground.model import GPT
+from tests.integration.tiny_gpt import CORPUS, char_model, gpt2_model, greedy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach the hub; everything is a local directory
+
+
+def load_hf(path: Path) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel
+
+    model: torch.nn.Module = GPT2LMHeadModel.from_pretrained(path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["char", "gpt2"])
+def test_hf_logits_and_greedy_text_equal_ours(tmp_path: Path, kind: str) -> None:
+    from transformers import AutoTokenizer
+
+    model, tokenizer, meta = char_model() if kind == "char" else gpt2_model()
+    hf.export_hf(model.state_dict(), model.config, meta, tmp_path)
+    theirs = load_hf(tmp_path)
+    hf_tokenizer: Any = AutoTokenizer.from_pretrained(tmp_path)  # pyright: ignore[reportUnknownVariableType]  # untyped
+    prompt = "First Citizen:\nBefore we"
+    ids = tokenizer.encode(prompt)
+    assert hf_tokenizer(prompt)["input_ids"] == ids
+
+    window = torch.tensor([tokenizer.encode(CORPUS)[:90]])
+    with torch.no_grad():
+        diff = (theirs(input_ids=window).logits - model(window).logits).abs().max().item()
+    assert diff <= 1e-4
+
+    expected = greedy(model, ids, 50)
+    prompt_ids = torch.tensor([ids])
+    with torch.no_grad():
+        # An explicit attention mask: with a pad id, HF would mask prompt tokens equal to it.
+        generated = theirs.generate(  # type: ignore[operator]  # transformers' generate is untyped
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=50, do_sample=False
+        )
+    assert generated[0].tolist() == expected
+    assert hf_tokenizer.decode(generated[0]) == tokenizer.decode(expected)
+
+
+def test_hf_directory_imports_back_into_the_same_model(tmp_path: Path) -> None:
+    model, _, meta = char_model(steps=5, bias=False)
+    hf.export_hf(model.state_dict(), model.config, meta, tmp_path)
+    # A save by transformers itself (its own key layout and metadata) must import too.
+    saved = tmp_path / "resaved"
+    load_hf(tmp_path).save_pretrained(saved)  # type: ignore[operator]  # untyped transformers API
+    (saved / "tokenizer.json").write_bytes((tmp_path / "tokenizer.json").read_bytes())
+    imported = hf.import_hf(saved)
+    assert imported.config == model.config
+    again = GPT(imported.config)
+    again.load_state_dict(imported.state_dict)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name

@@ -1,0 +1,60 @@
+"""Tiny GPTs for interop tests: a few AdamW steps on a small corpus so the logits are not flat."""
+
+from __future__ import annotations
+
+import torch
+
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n"
+    "First Citizen:\nFirst, you know Caius Marcius is chief enemy to the people.\n\n"
+)
+
+
+def train_briefly(model: GPT, ids: list[int], steps: int, seed: int = 0) -> GPT:
+    """`steps` AdamW steps on random windows of `ids`; returns the model in eval mode."""
+    torch.manual_seed(seed)
+    data = torch.tensor(ids)
+    window = min(32, len(ids) - 1, model.config.block_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(len(data) - window, (8,))
+        x = torch.stack([data[s : s + window] for s in starts])
+        y = torch.stack([data[s + 1 : s + 1 + window] for s in starts])
+        loss = model(x, y).loss
+        assert loss is not None
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def char_model(steps: int = 60, bias: bool = True) -> tuple[GPT, CharTokenizer, DatasetMeta]:
+    itos = sorted(set(CORPUS))
+    tokenizer = CharTokenizer(itos)
+    meta = DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=len(itos), n_layer=2, n_head=2, n_embd=32, bias=bias))
+    return train_briefly(model, tokenizer.encode(CORPUS), steps), tokenizer, meta
+
+
+def gpt2_model(steps: int = 30) -> tuple[GPT, TiktokenTokenizer, DatasetMeta]:
+    tokenizer = TiktokenTokenizer("gpt2")
+    meta = DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, bias=False))
+    return train_briefly(model, tokenizer.encode(CORPUS * 3), steps), tokenizer, meta
+
+
+@torch.no_grad()
+def greedy(model: GPT, ids: list[int], new_tokens: int) -> list[int]:
+    """Our reference greedy decode (full recompute, no cache)."""
+    out = list(ids)
+    for _ in range(new_tokens):
+        logits = model(torch.tensor([out])).logits
+        out.append(int(logits[0, -1].argmax()))
+    return out

@@ -1,0 +1,145 @@
+"""interop.hf: the key map both ways, config.json and tokenizers that encode like ours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import ExportError
+from ml_playground.interop import hf
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\tSpeak,  speak!  "
+
+
+def tiny(bias: bool, vocab_size: int = 40) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=8, bias=bias))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_key_map_round_trip_is_exact(bias: bool) -> None:
+    model = tiny(bias)
+    ours = model.state_dict()
+    converted = hf.to_hf_state_dict(ours, model.config)
+    back = hf.from_hf_state_dict(converted, model.config, "test")
+    assert set(back) == set(ours)
+    for name, tensor in ours.items():
+        assert torch.equal(back[name], tensor), name
+
+
+def test_linear_weights_are_transposed_to_conv1d_layout() -> None:
+    model = tiny(True)
+    converted = hf.to_hf_state_dict(model.state_dict(), model.config)
+    ours = model.state_dict()["transformer.h.1.mlp.c_fc.weight"]  # nn.Linear: (out, in) = (32, 8)
+    assert converted["transformer.h.1.mlp.c_fc.weight"].shape == (8, 32)  # Conv1D: (in, out)
+    assert torch.equal(converted["transformer.h.1.mlp.c_fc.weight"], ours.t())
+    assert torch.equal(converted["transformer.wte.weight"], model.state_dict()["transformer.wte.weight"])
+    assert "lm_head.weight" not in converted  # tied to wte, stored once
+
+
+def test_missing_biases_are_exported_as_zeros_and_detected_on_import() -> None:
+    model = tiny(False)
+    converted = hf.to_hf_state_dict(model.state_dict(), model.config)
+    assert converted["transformer.h.0.attn.c_attn.bias"].shape == (24,)
+    assert converted["transformer.h.0.mlp.c_fc.bias"].shape == (32,)
+    assert converted["transformer.ln_f.bias"].shape == (8,)
+    assert hf.biases_are_zero(converted, 2)
+    converted["transformer.h.1.ln_2.bias"][3] = 0.5
+    assert not hf.biases_are_zero(converted, 2)
+
+
+def test_unknown_tensor_is_an_error() -> None:
+    model = tiny(True)
+    state = dict(model.state_dict())
+    state["transformer.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ExportError, match=r"transformer\.extra\.weight"):
+        hf.to_hf_state_dict(state, model.config)
+
+
+def test_untied_head_is_refused_on_import() -> None:
+    model = tiny(True)
+    converted = hf.to_hf_state_dict(model.state_dict(), model.config)
+    converted["lm_head.weight"] = torch.ones_like(converted["transformer.wte.weight"])
+    with pytest.raises(ExportError, match="not tied"):
+        hf.from_hf_state_dict(converted, model.config, "x.safetensors")
+
+
+def char_meta(text: str) -> DatasetMeta:
+    itos = sorted(set(text))
+    return DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
+
+
+def test_char_tokenizer_encodes_and_decodes_like_ours() -> None:
+    meta = char_meta(TEXT + "äß€")
+    assert meta.itos is not None
+    ours = CharTokenizer(meta.itos)
+    theirs = hf.char_tokenizer(meta.itos)
+    text = TEXT + " ß€ä"
+    ids = theirs.encode(text).ids
+    assert ids == ours.encode(text)
+    assert theirs.decode(ids) == text
+
+
+def test_char_tokenizer_refuses_unknown_characters() -> None:
+    meta = char_meta("abc ")
+    assert meta.itos is not None
+    with pytest.raises(Exception, match=r"Missing \[UNK\]"):
+        hf.char_tokenizer(meta.itos).encode("abz")
+
+
+def test_gpt2_tokenizer_matches_tiktoken() -> None:
+    tokenizer = hf.gpt2_tokenizer()
+    text = TEXT + " héllo wörld 1234 it's  ok\n\n\n"
+    ids = tokenizer.encode(text).ids
+    assert ids == TiktokenTokenizer("gpt2").encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.get_vocab_size() == hf.GPT2_VOCAB_SIZE
+
+
+def test_export_writes_a_loadable_directory_and_imports_back(tmp_path: Path) -> None:
+    model = tiny(False, vocab_size=len(set(TEXT)))
+    meta = char_meta(TEXT)
+    hf.export_hf(model.state_dict(), model.config, meta, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_ctx"] == config["n_positions"] == 16
+    assert config["activation_function"] == "gelu"
+    assert config["eos_token_id"] is None  # a char vocabulary has no end-of-text token
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode("Speak").ids == CharTokenizer(
+        meta.itos or []
+    ).encode("Speak")
+    imported = hf.import_hf(tmp_path)
+    assert imported.config == model.config
+    assert imported.meta.itos == meta.itos
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(imported.state_dict[name], tensor), name
+
+
+def test_gpt2_export_writes_slow_tokenizer_files(tmp_path: Path) -> None:
+    model = tiny(True, vocab_size=hf.GPT2_VOCAB_SIZE)
+    meta = DatasetMeta(kind="tiktoken", vocab_size=hf.GPT2_VOCAB_SIZE, dtype="uint16", encoding="gpt2")
+    hf.export_hf(model.state_dict(), model.config, meta, tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert vocab["<|endoftext|>"] == 50256
+    assert (tmp_path / "merges.txt").read_text().startswith("#version")
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 50256
+    assert hf.import_hf(tmp_path).meta.encoding == "gpt2"
+
+
+def test_import_refuses_other_architectures(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "n_embd": 8}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ExportError, match="model_type"):
+        hf.import_hf(tmp_path)
+
+
+def test_other_tiktoken_encodings_are_refused() -> None:
+    meta = DatasetMeta(kind="tiktoken", vocab_size=100277, dtype="uint32", encoding="cl100k_base")
+    with pytest.raises(ExportError, match="cl100k_base"):
+        hf.tokenizer_for(meta)
