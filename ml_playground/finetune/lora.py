@@ -28,7 +28,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
-from ml_playground.config import HFModelConfig, PeftConfig, SampleConfig, TrainConfig
+from ml_playground.config import PROJECT_ROOT, HFModelConfig, PeftConfig, SampleConfig, TrainConfig
 from ml_playground.data.batches import BatchSource
 from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError, ConfigError
@@ -54,8 +54,10 @@ def load_base(hf_model: HFModelConfig) -> Any:
     """The base causal LM in float32 (a local directory, or a hub name when online)."""
     from transformers import AutoModelForCausalLM
 
+    name = hf_model.model_name_or_path
+    local = PROJECT_ROOT / name  # a relative local directory means the same from any working directory
     try:
-        return AutoModelForCausalLM.from_pretrained(hf_model.model_name_or_path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(local) if local.is_dir() else name, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -240,7 +242,9 @@ def run_finetune(cfg: TrainConfig) -> TrainResult:
     )
     target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path)
     trainable = sum(p.numel() for p in target.trainable_parameters())
-    log.info("LoRA on %s: %d trainable parameters, out_dir %s (pid %d)", target.base_name, trainable, out_dir, os.getpid())
+    log.info(
+        "LoRA on %s: %d trainable parameters, out_dir %s (pid %d)", target.base_name, trainable, out_dir, os.getpid()
+    )
     result = fit(cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint)
     if cfg.hf_model.merge_on_save and dist.is_main:
         best = load_checkpoint(out_dir / BEST_NAME) if (out_dir / BEST_NAME).exists() else None
