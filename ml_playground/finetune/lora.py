@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,9 +241,7 @@ def run_finetune(cfg: TrainConfig) -> TrainResult:
     )
     target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path)
     trainable = sum(p.numel() for p in target.trainable_parameters())
-    log.info(
-        "LoRA on %s: %d trainable parameters, out_dir %s (pid %d)", target.base_name, trainable, out_dir, os.getpid()
-    )
+    log.info("LoRA on %s: %d trainable parameters, out_dir %s", target.base_name, trainable, out_dir)
     result = fit(cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint)
     if cfg.hf_model.merge_on_save and dist.is_main:
         best = load_checkpoint(out_dir / BEST_NAME) if (out_dir / BEST_NAME).exists() else None

@@ -62,7 +62,8 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
         "sample": {"runtime": {"out_dir": str(tmp_path / "run")}, "sample": {"temperature": 0, "max_new_tokens": 10}},
     }
     cfg = parse_experiment_config(raw, tmp_path / "cfg.toml")
-    assert cfg.train is not None and cfg.sample is not None
+    assert cfg.train is not None
+    assert cfg.sample is not None
     result = lora.run_finetune(cfg.train)
     assert result.last_eval is not None
     first = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
@@ -91,4 +92,5 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
         assert (ours.eval()(ids).logits - merged_logits).abs().max().item() <= 1e-4
 
     samples = lora.run_finetune_sampling(cfg.sample, cfg.train)
-    assert len(samples) == 1 and samples[0].startswith("\n")
+    assert len(samples) == 1
+    assert samples[0].startswith("\n")
