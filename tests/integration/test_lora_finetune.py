@@ -77,12 +77,14 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     with lora.peft_compat():
         adapted = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
     merged_dir = tmp_path / "run" / "merged"
-    merged = GPT2LMHeadModel.from_pretrained(merged_dir).eval()
+    merged: Any = GPT2LMHeadModel.from_pretrained(merged_dir)
+    merged.eval()
     ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
     with torch.no_grad():
         adapted_logits = adapted(input_ids=ids).logits
         merged_logits = merged(input_ids=ids).logits
-        base_logits = GPT2LMHeadModel.from_pretrained(base_dir).eval()(input_ids=ids).logits
+        untouched: Any = GPT2LMHeadModel.from_pretrained(base_dir)
+        base_logits = untouched(input_ids=ids).logits
     assert (adapted_logits - merged_logits).abs().max().item() <= 1e-4
     assert (adapted_logits - base_logits).abs().max().item() > 1e-2  # the adapter changed the model
 
