@@ -16,9 +16,9 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,9 @@ def uses_conv1d(model: nn.Module, targets: tuple[str, ...]) -> bool:
     """GPT-2 stores its linear layers as Conv1D (weight (in, out)): LoRA needs fan_in_fan_out."""
     from transformers.pytorch_utils import Conv1D
 
-    return any(isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets)
+    modules: list[tuple[str, nn.Module]] = list(model.named_modules())  # pyright: ignore[reportUnknownArgumentType]  # torch stub
+    conv1d: type[nn.Module] = Conv1D
+    return any(isinstance(m, conv1d) for name, m in modules if name.rsplit(".", 1)[-1] in targets)
 
 
 def lora_config(peft_cfg: PeftConfig, *, fan_in_fan_out: bool) -> Any:
@@ -86,7 +88,7 @@ def lora_config(peft_cfg: PeftConfig, *, fan_in_fan_out: bool) -> Any:
 
 
 @contextlib.contextmanager
-def peft_compat() -> Iterator[None]:
+def peft_compat() -> Generator[None]:
     """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; that FutureWarning is
     theirs to fix, so it is ignored around peft calls (and only that one)."""
     with warnings.catch_warnings():
@@ -100,17 +102,20 @@ def with_adapter(base: Any, peft_cfg: PeftConfig) -> Any:
     missing = [t for t in peft_cfg.target_modules if not any(n.endswith(f".{t}") for n, _ in base.named_modules())]
     if missing:
         raise ConfigError(f"train.peft.target_modules: no module named {', '.join(missing)} in the base model")
+    config = lora_config(peft_cfg, fan_in_fan_out=uses_conv1d(base, peft_cfg.target_modules))
     with peft_compat():
-        return get_peft_model(base, lora_config(peft_cfg, fan_in_fan_out=uses_conv1d(base, peft_cfg.target_modules)))
+        wrapped: Any = get_peft_model(base, config)  # pyright: ignore[reportUnknownVariableType]  # untyped peft
+    return wrapped  # pyright: ignore[reportUnknownVariableType]  # untyped peft
 
 
 def write_adapter(model: Any, folder: Path, base_name: str) -> None:
     """PEFT format (loadable by PeftModel.from_pretrained), each file written atomically."""
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
 
-    state = {name: t.detach().to("cpu").contiguous() for name, t in get_peft_model_state_dict(model).items()}
+    adapter: dict[str, Tensor] = get_peft_model_state_dict(model)
+    state = {name: t.detach().to("cpu").contiguous() for name, t in adapter.items()}
     config: dict[str, Any] = model.peft_config["default"].to_dict()
-    config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
+    config = {key: sorted(cast("set[str]", v)) if isinstance(v, set) else v for key, v in config.items()}
     config |= {"base_model_name_or_path": base_name, "inference_mode": True}
     write_bytes_atomic(folder / ADAPTER_WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
     write_text_atomic(folder / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
@@ -138,15 +143,16 @@ class LoRATarget:
         return contextlib.nullcontext()
 
     def model_state(self) -> dict[str, Tensor]:
-        from peft import get_peft_model_state_dict
+        from peft import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
 
-        return dict(get_peft_model_state_dict(self.model))
+        adapter: dict[str, Tensor] = get_peft_model_state_dict(self.model)
+        return dict(adapter)
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
 
-        result = set_peft_model_state_dict(self.model, state)
-        unexpected = list(getattr(result, "unexpected_keys", []))
+        result: Any = set_peft_model_state_dict(self.model, state)  # pyright: ignore[reportUnknownVariableType]
+        unexpected: list[str] = list(getattr(result, "unexpected_keys", []))  # pyright: ignore[reportUnknownArgumentType]
         if unexpected:
             raise CheckpointError(f"checkpoint adapter has unexpected tensors: {', '.join(unexpected[:3])}")
 
