@@ -133,10 +133,10 @@ def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: li
     """Write each sample to samples/<stamp>_<i>.txt and the run's settings to samples/<stamp>.json."""
     folder = out_dir / "samples"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    suffix = 0
-    while (folder / f"{stamp}.json").exists() or (suffix and (folder / f"{stamp}-{suffix}.json").exists()):
+    name, suffix = stamp, 0
+    while (folder / f"{name}.json").exists():  # several runs within one second
         suffix += 1
-    name = stamp if suffix == 0 else f"{stamp}-{suffix}"
+        name = f"{stamp}-{suffix}"
     record = {
         "checkpoint": str(checkpoint),
         "seed": cfg.runtime.seed,

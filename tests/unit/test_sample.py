@@ -15,7 +15,7 @@ from ml_playground.config import PROJECT_ROOT, DType, SampleConfig, SampleRuntim
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.sample import StreamDecoder, read_prompt, run_sampling
+from ml_playground.sample import StreamDecoder, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
 from ml_playground.train.checkpoint import Checkpoint, model_args_of, save_checkpoint
 
@@ -263,3 +263,10 @@ class TestErrors:
         save_checkpoint(tmp_path / "ckpt_best.pt", checkpoint)
         with pytest.raises(CheckpointError, match=r"ckpt_best\.pt: weights do not match model_args"):
             run_sampling(sample_config(tmp_path))
+
+
+def test_runs_within_one_second_get_their_own_sample_files(tmp_path: Path) -> None:
+    cfg = SampleConfig(runtime=SampleRuntimeConfig(out_dir=tmp_path), sample=SampleSettings())
+    records = [save_samples(tmp_path, tmp_path / "ckpt_best.pt", cfg, [f"text {i}"]) for i in range(3)]
+    assert len(set(records)) == 3
+    assert [json.loads(r.read_text())["samples"] for r in records] == [["text 0"], ["text 1"], ["text 2"]]
