@@ -79,9 +79,25 @@ class DataConfig:
     meta_pkl: str = "meta.json"
     batch_size: PositiveInt = 12
     block_size: PositiveInt = 64
+    # Micro-steps per rank and optimizer step: global batch = batch_size x grad_accum_steps x ranks.
     grad_accum_steps: PositiveInt = 1
+    # Sequences per optimizer step over all ranks; when set, grad_accum_steps is derived from it
+    # (it must divide by batch_size x world size) and must be left at 1.
+    global_batch_size: PositiveInt | None = None
     # random: nanoGPT's random windows; shuffled/sequential: each window once per epoch.
     sampler: Literal["random", "shuffled", "sequential"] = "random"
+
+    @model_validator(mode="after")
+    def _one_batch_rule(self) -> Self:
+        if self.global_batch_size is None:
+            return self
+        if self.grad_accum_steps != 1:
+            raise ValueError("set global_batch_size or grad_accum_steps, not both (one is derived from the other)")
+        if self.global_batch_size % self.batch_size != 0:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) is not divisible by batch_size ({self.batch_size})"
+            )
+        return self
 
     @property
     def train_path(self) -> Path:
@@ -132,6 +148,11 @@ class TrainRuntimeConfig:
     device: Device = "cpu"
     dtype: DType = "float32"
     compile: bool = False
+    # Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every rank; fsdp shards
+    # parameters, gradients and optimizer state over the ranks (torch fully_shard).
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # Seconds any collective may wait for the other ranks before the job fails (no hang).
+    dist_timeout_s: float = Field(default=300.0, gt=0)
     # Peak FLOP/s for MFU; None: measured once per run with a matmul probe of the used dtype.
     peak_flops: float | None = Field(default=None, gt=0)
 

@@ -58,6 +58,9 @@ class Checkpoint:
     dataset_meta: dict[str, Any] | None = None
     # Extra state of the training target (e.g. a LoRA adapter's settings); JSON-like values.
     extra: dict[str, Any] | None = None
+    # Multi-process runs: every rank's {"rng", "data_state"} in rank order (rng/data_state above
+    # are rank 0's), so a resume with the same world size is exact on every rank.
+    rank_states: list[dict[str, Any]] | None = None
 
     @property
     def is_legacy(self) -> bool:
@@ -81,6 +84,7 @@ class Checkpoint:
             "data_state": self.data_state,
             "dataset_meta": self.dataset_meta,
             "extra": self.extra,
+            "rank_states": self.rank_states,
         }
 
 
@@ -160,6 +164,15 @@ def _optional(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any] | Non
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: checkpoint key '{key}' has type {type(value).__name__}")
     return value  # pyright: ignore[reportUnknownVariableType]
+
+
+def _rank_states(path: Path, raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    value = raw.get("rank_states")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):  # pyright: ignore[reportUnknownVariableType]
+        raise CheckpointError(f"{path}: checkpoint key 'rank_states' is not a list of per-rank dicts")
+    return cast("list[dict[str, Any]]", value)
 
 
 def _state_dict(path: Path, raw: dict[str, Any]) -> dict[str, Tensor]:
@@ -245,4 +258,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         data_state=_optional(path, raw, "data_state"),
         dataset_meta=_optional(path, raw, "dataset_meta"),
         extra=_optional(path, raw, "extra"),
+        rank_states=_rank_states(path, raw),
     )

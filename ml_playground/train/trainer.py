@@ -9,6 +9,11 @@ Exact resume: a checkpoint is taken right after an evaluation, before the step w
 number; it holds model, optimizer, scaler, every RNG state and the batch source's position.
 Evaluation draws from its own fixed batch stream and uses no dropout, so it does not move any
 state the next training step reads. Resuming restores all of it and continues with that step.
+
+Under torchrun (see distributed.py) the same loop runs on every rank: the target syncs gradients
+on the last micro-step only, each rank draws its own data, losses are averaged over ranks, rank 0
+alone logs and writes the checkpoint (holding every rank's RNG and data position) while the
+others wait for it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import TypeAdapter
@@ -44,7 +49,23 @@ from ml_playground.train.checkpoint import (
     model_args_of,
     save_checkpoint,
 )
-from ml_playground.train.distributed import DistInfo, dist_info_from_env
+from ml_playground.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    dist_info_from_env,
+    fsdp_grad_sync,
+    fsdp_load_model_state,
+    fsdp_load_optimizer_state,
+    fsdp_model_state,
+    fsdp_optimizer_state,
+    grad_accum_steps_for,
+    process_group,
+    shard_fsdp,
+    translate_peer_failures,
+    wrap_ddp,
+)
 from ml_playground.train.metrics import (
     MetricsSink,
     StepStats,
@@ -81,6 +102,12 @@ class TrainingTarget(Protocol):
 
     def load_model_state(self, state: dict[str, Tensor]) -> None: ...
 
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """`optimizer.state_dict()`, or its full gather when parameters are sharded (FSDP)."""
+        ...
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None: ...
+
     def model_args(self) -> dict[str, Any]:
         """nanoGPT-style architecture description stored as `model_args`."""
         ...
@@ -96,12 +123,24 @@ class TrainingTarget(Protocol):
         ...
 
 
-class GPTTarget:
-    """The GPT of `model.py` as a training target; `compile` wraps the forward in torch.compile."""
+Parallel = Literal["none", "ddp", "fsdp"]
 
-    def __init__(self, model: GPT, *, compile: bool = False):
+
+class GPTTarget:
+    """The GPT of `model.py` as a training target; `compile` wraps the forward in torch.compile.
+
+    parallel (needs an open process group): "ddp" wraps the model in DistributedDataParallel,
+    "fsdp" shards it in place with fully_shard (each block, then the root)."""
+
+    def __init__(self, model: GPT, *, compile: bool = False, parallel: Parallel = "none"):
         self.model = model
-        self.forward: Callable[..., ModelOutput] = torch.compile(model) if compile else model
+        self.parallel = parallel
+        module: nn.Module = model
+        if parallel == "ddp":
+            module = self.ddp = wrap_ddp(model, model.wte.weight.device)
+        elif parallel == "fsdp":
+            shard_fsdp(model, list(model.blocks), model.wte.weight.device)
+        self.forward: Callable[..., ModelOutput] = torch.compile(module) if compile else module
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -116,13 +155,33 @@ class GPTTarget:
         return loss
 
     def grad_sync(self, last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.parallel == "ddp" and not last_micro_step:
+            return self.ddp.no_sync()
+        if self.parallel == "fsdp":
+            return fsdp_grad_sync(self.model, last_micro_step)
         return contextlib.nullcontext()
 
     def model_state(self) -> dict[str, Tensor]:
+        if self.parallel == "fsdp":
+            return fsdp_model_state(self.model)
         return self.model.state_dict()
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(state)
+        if self.parallel == "fsdp":
+            fsdp_load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if self.parallel == "fsdp":
+            return fsdp_optimizer_state(self.model, optimizer)
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        if self.parallel == "fsdp":
+            fsdp_load_optimizer_state(self.model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
 
     def model_args(self) -> dict[str, Any]:
         return model_args_of(self.model.config)
@@ -166,6 +225,7 @@ class Loop:
     batches: BatchSource
     runtime: Runtime
     dist: DistInfo
+    grad_accum_steps: int  # per rank; see grad_accum_steps_for
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dataset_meta: dict[str, Any] | None
@@ -178,7 +238,7 @@ class Loop:
     @property
     def tokens_per_step(self) -> int:
         data = self.cfg.data
-        return data.batch_size * data.block_size * data.grad_accum_steps * self.dist.world_size
+        return data.batch_size * data.block_size * self.grad_accum_steps * self.dist.world_size
 
 
 def ensure_writable(out_dir: Path) -> None:
@@ -200,7 +260,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(loop: Loop) -> Tensor:
     """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (detached)."""
-    accum = loop.cfg.data.grad_accum_steps
+    accum = loop.grad_accum_steps
     total = torch.zeros((), device=loop.runtime.device)
     for micro in range(accum):
         x, y = loop.batches.get_batch("train")
@@ -221,7 +281,7 @@ def train_step(loop: Loop) -> Tensor:
 
 @torch.no_grad()
 def evaluate(loop: Loop) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches of each split (model in eval mode)."""
+    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks."""
     loop.target.set_training(False)
     losses: dict[str, float] = {}
     for split in ("train", "val"):
@@ -229,17 +289,25 @@ def evaluate(loop: Loop) -> dict[str, float]:
         for x, y in loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters):
             with loop.runtime.autocast():
                 values.append(loop.target.loss(x, y).item())
-        losses[split] = sum(values) / len(values)
+        mean = torch.tensor(sum(values) / len(values), dtype=torch.float64, device=loop.runtime.device)
+        losses[split] = all_reduce_mean(loop.dist, mean).item()
     loop.target.set_training(True)
     return losses
 
 
 def build_checkpoint(loop: Loop, state: TrainState) -> Checkpoint:
+    """Called on every rank (gathering sharded weights and per-rank states are collectives);
+    only rank 0's result is complete and written."""
+    rank_states = (
+        all_gather_objects(loop.dist, {"rng": rng_state(), "data_state": loop.batches.state_dict()})
+        if loop.dist.is_distributed
+        else None
+    )
     return Checkpoint(
         schema_version=1,
         model=loop.target.model_state(),
         model_args=loop.target.model_args(),
-        optimizer=loop.optimizer.state_dict(),
+        optimizer=loop.target.optimizer_state(loop.optimizer),
         scaler=loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
         iter_num=state.iter_num,
         best_val_loss=state.best_val_loss,
@@ -248,39 +316,47 @@ def build_checkpoint(loop: Loop, state: TrainState) -> Checkpoint:
         data_state=loop.batches.state_dict(),
         dataset_meta=loop.dataset_meta,
         extra=loop.target.extra_state(),
+        rank_states=rank_states,
     )
 
 
 def maybe_save(loop: Loop, state: TrainState, val_loss: float) -> None:
-    """ckpt_last.pt at every eval; ckpt_best.pt when val improves or always_save_checkpoint."""
+    """ckpt_last.pt at every eval; ckpt_best.pt when val improves or always_save_checkpoint.
+
+    Rank 0 writes; every rank (all hold the same all-reduced val loss) waits until it is done."""
     improved = val_loss < state.best_val_loss
     if improved:
         state.best_val_loss = val_loss
-    if not loop.dist.is_main:
-        return
-    if loop.sink is not None:
-        loop.sink.flush()  # events up to this checkpoint survive a kill
     checkpoint = build_checkpoint(loop, state)
-    save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
-    best = improved or loop.cfg.runtime.always_save_checkpoint
-    if best:
-        save_checkpoint(loop.out_dir / BEST_NAME, checkpoint)
-    log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
-    loop.target.on_checkpoint(loop.out_dir, best)
+    if loop.dist.is_main:
+        if loop.sink is not None:
+            loop.sink.flush()  # events up to this checkpoint survive a kill
+        save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
+        best = improved or loop.cfg.runtime.always_save_checkpoint
+        if best:
+            save_checkpoint(loop.out_dir / BEST_NAME, checkpoint)
+        log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
+        loop.target.on_checkpoint(loop.out_dir, best)
+    barrier(loop.dist)
 
 
 def resume(loop: Loop, checkpoint: Checkpoint) -> TrainState:
-    """Restore weights, optimizer, scaler, data position and RNG; continue at iter_num."""
+    """Restore weights, optimizer, scaler, data position and RNG; continue at iter_num.
+
+    Each rank restores its own RNG and data position when the world size is the one the
+    checkpoint was written with; with another world size only weights, optimizer and step
+    resume (the data order changes, and a warning says so)."""
     loop.target.load_model_state(checkpoint.model)
     if checkpoint.optimizer is None:
         raise CheckpointError(f"{loop.out_dir / LAST_NAME}: has no optimizer state to resume from")
-    loop.optimizer.load_state_dict(checkpoint.optimizer)
+    loop.target.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
     if checkpoint.scaler is not None and loop.scaler.is_enabled():
         loop.scaler.load_state_dict(checkpoint.scaler)
-    if checkpoint.data_state is not None:
-        loop.batches.load_state_dict(checkpoint.data_state)
-    if checkpoint.rng is not None:
-        set_rng_state(checkpoint.rng)
+    rng, data_state = _own_rank_state(loop, checkpoint)
+    if data_state is not None:
+        loop.batches.load_state_dict(data_state)
+    if rng is not None:
+        set_rng_state(rng)
     log.info(
         "resuming from %s at iter %d (best val loss %.4f)",
         loop.out_dir / LAST_NAME,
@@ -288,6 +364,25 @@ def resume(loop: Loop, checkpoint: Checkpoint) -> TrainState:
         checkpoint.best_val_loss,
     )
     return TrainState(iter_num=checkpoint.iter_num, best_val_loss=checkpoint.best_val_loss)
+
+
+def _own_rank_state(loop: Loop, checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(rng, data_state) this rank continues from; (None, None) after a world size change."""
+    saved_world = 1 if checkpoint.rank_states is None else len(checkpoint.rank_states)
+    if saved_world != loop.dist.world_size:
+        if loop.dist.is_main:
+            log.warning(
+                "%s was written by %d rank(s), now %d: weights, optimizer and step resume, but the data "
+                "order changes (each rank's stream restarts from the seed)",
+                loop.out_dir / LAST_NAME,
+                saved_world,
+                loop.dist.world_size,
+            )
+        return None, None
+    if checkpoint.rank_states is None:
+        return checkpoint.rng, checkpoint.data_state
+    own = checkpoint.rank_states[loop.dist.rank]
+    return own.get("rng"), own.get("data_state")
 
 
 def _is_eval_step(cfg: TrainConfig, iter_num: int) -> bool:
@@ -310,6 +405,7 @@ def build_loop(
         batches=batches,
         runtime=runtime,
         dist=dist,
+        grad_accum_steps=grad_accum_steps_for(cfg.data, dist.world_size),
         optimizer=build_optimizer(target.trainable_parameters(), cfg.optim, runtime.device_type),
         scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
         dataset_meta=dataset_meta,
@@ -353,7 +449,8 @@ def _run(loop: Loop, state: TrainState, *, resumed: bool, start: int) -> TrainRe
     if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
         log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
         return TrainResult(iter_num=start, best_val_loss=state.best_val_loss, last_eval=None)
-    peak = cfg.runtime.peak_flops or _measured_peak(loop.runtime)
+    # MFU counts the tokens of all ranks, so it is measured against the peak of all devices.
+    peak = (cfg.runtime.peak_flops or _measured_peak(loop.runtime)) * loop.dist.world_size
     flops_per_token = loop.target.flops_per_token(cfg.data.block_size)
     last_eval: dict[str, float] | None = None
     while True:
@@ -371,18 +468,20 @@ def _run(loop: Loop, state: TrainState, *, resumed: bool, start: int) -> TrainRe
         set_learning_rate(loop.optimizer, lr)
         started = time.perf_counter()
         loss = train_step(loop)
-        if state.iter_num % cfg.runtime.log_interval == 0 and loop.sink is not None:
-            loss_value = loss.item()  # syncs the device: only on log steps
-            stats = StepStats(
-                iter_num=state.iter_num,
-                loss=loss_value,
-                lr=lr,
-                step_seconds=time.perf_counter() - started,
-                tokens=loop.tokens_per_step,
-                flops_per_token=flops_per_token,
-                peak_flops=peak,
-            )
-            loop.sink.log_step(stats)
+        if state.iter_num % cfg.runtime.log_interval == 0:
+            # Every rank joins the mean; it syncs the device, so only on log steps.
+            loss_value = all_reduce_mean(loop.dist, loss).item()
+            if loop.sink is not None:
+                stats = StepStats(
+                    iter_num=state.iter_num,
+                    loss=loss_value,
+                    lr=lr,
+                    step_seconds=time.perf_counter() - started,
+                    tokens=loop.tokens_per_step,
+                    flops_per_token=flops_per_token,
+                    peak_flops=peak,
+                )
+                loop.sink.log_step(stats)
         state.iter_num += 1
     return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=last_eval)
 
@@ -435,17 +534,31 @@ def _load_resume_checkpoint(out_dir: Path) -> Checkpoint | None:
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
-    """`make train`: GPT from [train.model] on the prepared dataset; auto-resumes ckpt_last.pt."""
+    """`make train`: GPT from [train.model] on the prepared dataset; auto-resumes ckpt_last.pt.
+
+    Under torchrun every rank runs this; it opens (and always closes) the process group."""
     dist = dist_info_from_env()
+    grad_accum_steps_for(cfg.data, dist.world_size)  # a global batch that does not divide fails first
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype, dist.local_rank if dist.is_distributed else None)
+    if not dist.is_main:
+        logging.getLogger("ml_playground").setLevel(logging.WARNING)  # rank 0 tells the story
+    with process_group(dist, runtime.device, cfg.runtime.dist_timeout_s), translate_peer_failures(dist, "training"):
+        return _train_gpt(cfg, dist, runtime)
+
+
+def _train_gpt(cfg: TrainConfig, dist: DistInfo, runtime: Runtime) -> TrainResult:
     out_dir = cfg.runtime.out_dir
     if dist.is_main:
         ensure_writable(out_dir)
     meta = read_meta(cfg.data.meta_path)
     checkpoint = _load_resume_checkpoint(out_dir)
     model_args = resolve_model_args(cfg, meta, checkpoint)
-    seed_everything(cfg.runtime.seed + dist.rank)
+    # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
+    # rank 0's anyway), then a different dropout stream per rank.
+    seed_everything(cfg.runtime.seed)
     model = GPT(gpt_config_from_args(model_args)).to(runtime.device)
+    if dist.rank != 0:
+        seed_everything(cfg.runtime.seed + dist.rank)
     log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
     batches = BatchSource(
         train_path=cfg.data.train_path,
@@ -459,12 +572,21 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    target = GPTTarget(model, compile=cfg.runtime.compile)
+    parallel: Parallel = cfg.runtime.parallel if dist.is_distributed else "none"
+    target = GPTTarget(model, compile=cfg.runtime.compile, parallel=parallel)
+    accum = grad_accum_steps_for(cfg.data, dist.world_size)
     log.info(
-        "training on %s (%s), %d tokens per step, out_dir %s (pid %d)",
+        "training on %s (%s), %d rank(s)%s, global batch %d = batch_size %d x grad_accum_steps %d x %d rank(s), "
+        "%d tokens per step, out_dir %s (pid %d)",
         runtime.device,
         runtime.dtype,
-        cfg.data.batch_size * cfg.data.block_size * cfg.data.grad_accum_steps * dist.world_size,
+        dist.world_size,
+        f" ({parallel})" if dist.is_distributed else "",
+        cfg.data.batch_size * accum * dist.world_size,
+        cfg.data.batch_size,
+        accum,
+        dist.world_size,
+        cfg.data.batch_size * cfg.data.block_size * accum * dist.world_size,
         out_dir,
         os.getpid(),
     )

@@ -1,0 +1,160 @@
+"""DDP under real torchrun: 2 CPU processes (gloo) on 127.0.0.1, launched through the CLI.
+
+- 2 ranks x grad_accum_steps 1 trains like 1 rank x grad_accum_steps 2 on the same windows
+  (sequential sampler): the loss curves agree within 1e-5 relative in float32.
+- Only rank 0 writes: one TensorBoard event file, one "saved" line per evaluation.
+- SIGKILL of rank 1 ends the job (non-zero, naming the failed rank) within the timeout; a rerun
+  resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.trainer import run_training
+from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
+from tests.support.torchrun import run, start, write_toml
+
+MAX_ITERS = 120
+EVAL_INTERVAL = 10
+KILL_AFTER_ITER = 20
+BLOCK = 16
+WINDOWS_PER_STEP = 8  # batch_size 4 x 2 ranks (or x 2 micro-steps)
+# A dead rank must end the job within this many seconds (torchrun notices the exit at once;
+# collectives would time out after train.runtime.dist_timeout_s).
+DEATH_TIMEOUT_S = 60
+
+
+def _text_with_whole_steps() -> str:
+    """A corpus whose train split holds a multiple of WINDOWS_PER_STEP windows, so every step of
+    the 1-rank and the 2-rank run covers the same windows, across epochs too."""
+    text = TEXT * 4
+    for length in range(len(text), 0, -1):
+        windows = (int(length * 0.9) - 1) // BLOCK
+        if windows % WINDOWS_PER_STEP == 0 and (int(length * 0.9) - 1) % BLOCK == 0:
+            return text[:length]
+    raise AssertionError("no suitable corpus length")
+
+
+def _table(dataset_dir: Path, out_dir: Path, *, grad_accum_steps: int) -> dict[str, Any]:
+    table = tiny_train_table(dataset_dir, out_dir)
+    table["model"] = {**table["model"], "n_layer": 2, "n_embd": 32, "n_head": 2}
+    table["data"] = {
+        **table["data"],
+        "grad_accum_steps": grad_accum_steps,
+        "sampler": "sequential",
+        "block_size": BLOCK,
+    }
+    table["schedule"] = {"warmup_iters": 5, "lr_decay_iters": MAX_ITERS, "min_lr": 1e-3}
+    table["runtime"] = {
+        **table["runtime"],
+        "max_iters": MAX_ITERS,
+        "eval_interval": EVAL_INTERVAL,
+        "dist_timeout_s": 30.0,
+    }
+    return table
+
+
+def _losses(out_dir: Path) -> list[tuple[int, float]]:
+    return read_scalars(out_dir / "logs" / "tb")["train/loss"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The uninterrupted runs both tests compare against: 1 rank (in this process) and 2 ranks."""
+    root = tmp_path_factory.mktemp("ddp")
+    write_char_dataset(root / "ds", _text_with_whole_steps())
+    run_training(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
+    config = write_toml(root / "two.toml", {"train": _table(root / "ds", root / "two_ranks", grad_accum_steps=1)})
+    result = run(config, nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (root / "two_ranks.log").write_text(result.stdout + result.stderr)
+    return {"root": root, "one_rank": root / "one_rank", "two_ranks": root / "two_ranks"}
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_rank_with_doubled_accumulation(runs: dict[str, Path]) -> None:
+    one, two = _losses(runs["one_rank"]), _losses(runs["two_ranks"])
+    assert [step for step, _ in two] == [step for step, _ in one] == list(range(MAX_ITERS))
+    worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two, strict=True))
+    assert worst < 1e-5, f"largest relative loss difference {worst:.3g}"
+    assert one[-1][1] < one[0][1] - 0.5  # it really trained
+
+
+@pytest.mark.slow
+def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
+    out = runs["two_ranks"]
+    log = (runs["root"] / "two_ranks.log").read_text()
+    evals = MAX_ITERS // EVAL_INTERVAL + 1
+    assert log.count("saved ckpt_last.pt") == evals
+    assert log.count("training on cpu (float32), 2 rank(s) (ddp), global batch 8") == 1
+    assert len(list((out / "logs" / "tb").iterdir())) == 1  # one event file
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt_best.pt", "ckpt_last.pt", "logs"]
+    ckpt = load_checkpoint(out / "ckpt_last.pt")
+    assert ckpt.iter_num == MAX_ITERS
+    assert ckpt.rank_states is not None
+    assert [state["data_state"]["rank"] for state in ckpt.rank_states] == [0, 1]
+
+
+def _rank_pid(launcher: subprocess.Popen[str], rank: int) -> int:
+    """The pid of the worker torchrun started with RANK=rank."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                if f"RANK={rank}".encode() in environ:
+                    return int(child)
+        time.sleep(0.1)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def _kill_rank_one_after(launcher: subprocess.Popen[str], out_dir: Path) -> float:
+    """SIGKILL rank 1 once a checkpoint past KILL_AFTER_ITER exists; return the time of the kill."""
+    victim = _rank_pid(launcher, 1)
+    deadline = time.monotonic() + 240
+    last = out_dir / "ckpt_last.pt"
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, "training ended before rank 1 could be killed"
+        if last.exists() and load_checkpoint(last).iter_num >= KILL_AFTER_ITER:
+            os.kill(victim, signal.SIGKILL)
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint past the kill point in time")
+
+
+@pytest.mark.slow
+def test_dead_rank_ends_job_and_rerun_resumes_exactly(runs: dict[str, Path]) -> None:
+    root = runs["root"]
+    out = root / "killed"
+    config = write_toml(root / "killed.toml", {"train": _table(root / "ds", out, grad_accum_steps=1)})
+    launcher = start(config, nproc=2)
+    try:
+        killed_at = _kill_rank_one_after(launcher, out)
+        output, _ = launcher.communicate(timeout=DEATH_TIMEOUT_S)
+        ended_after = time.monotonic() - killed_at
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+    assert launcher.returncode != 0
+    assert ended_after < DEATH_TIMEOUT_S
+    # torchrun names the rank that died and how.
+    assert "rank      : 1" in output, output[-3000:]
+    assert "Signal 9 (SIGKILL)" in output or "exitcode  : -9" in output, output[-3000:]
+
+    resumed_from = load_checkpoint(out / "ckpt_last.pt").iter_num
+    assert KILL_AFTER_ITER <= resumed_from < MAX_ITERS
+    result = run(config, nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming from {out / 'ckpt_last.pt'} at iter {resumed_from}" in result.stderr
+    assert _losses(out) == _losses(runs["two_ranks"])  # same world size: exact, every step
+    assert load_checkpoint(out / "ckpt_last.pt").iter_num == MAX_ITERS

@@ -1,0 +1,76 @@
+"""Launch the real CLI under torchrun (2 CPU processes, gloo, 127.0.0.1) with a TOML written here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def write_toml(path: Path, tables: dict[str, Any]) -> Path:
+    """Nested dicts of str/int/float/bool as TOML tables (enough for experiment configs)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"[{prefix}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(f"{prefix}.{key}" if prefix else key, value)  # pyright: ignore[reportUnknownArgumentType]
+
+    emit("", tables)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def train_command(config: Path, *, nproc: int, max_restarts: int = 0) -> list[str]:
+    """`make train NPROC=n` without make: torchrun --standalone over the CLI module."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    if nproc == 1:
+        launcher = [sys.executable]
+    restarts = [f"--max-restarts={max_restarts}"] if nproc > 1 else []
+    return [*launcher, *restarts, "-m", "ml_playground.cli", "train", "shakespeare", "--exp-config", str(config)]
+
+
+def environment() -> dict[str, str]:
+    # One intra-op thread per rank: the CPU is shared, and spinning thread pools slow tiny models.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start(config: Path, *, nproc: int, max_restarts: int = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        train_command(config, nproc=nproc, max_restarts=max_restarts),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment(),
+        start_new_session=True,  # the test can end the whole process group if something hangs
+    )
+
+
+def run(config: Path, *, nproc: int, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        train_command(config, nproc=nproc),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=timeout,
+    )
