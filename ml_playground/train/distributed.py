@@ -227,6 +227,10 @@ def fsdp_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     """Full optimizer state keyed by parameter name, on rank 0 (a collective)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    if not optimizer.state:
+        # Before the first step there is nothing to gather, and gathering would initialize the
+        # state with a zero-gradient step (Adam's step count 1), changing the next update.
+        return {"state": {}, "param_groups": []}
     state: dict[str, Any] = get_optimizer_state_dict(model, optimizer, options=_full_options(gather=True))
     return state
 
@@ -234,4 +238,6 @@ def fsdp_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 def fsdp_load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+    if not state.get("state"):
+        return  # saved before the first step: the fresh optimizer is that state
     set_optimizer_state_dict(model, optimizer, state, options=_full_options(gather=False))

@@ -4,7 +4,9 @@
   (sequential sampler): the loss curves agree within 1e-5 relative in float32.
 - Only rank 0 writes: one TensorBoard event file, one "saved" line per evaluation.
 - SIGKILL of rank 1 ends the job (non-zero, naming the failed rank) within the timeout; a rerun
-  resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
+  (`make train NPROC=2`) resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
+- FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
+  the full weights (it loads into a plain GPT).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import pytest
 
+from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.trainer import run_training
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
-from tests.support.torchrun import run, start, write_toml
+from tests.support.torchrun import make_train, run, start, write_toml
 
 MAX_ITERS = 120
 EVAL_INTERVAL = 10
@@ -44,7 +47,7 @@ def _text_with_whole_steps() -> str:
     raise AssertionError("no suitable corpus length")
 
 
-def _table(dataset_dir: Path, out_dir: Path, *, grad_accum_steps: int) -> dict[str, Any]:
+def _table(dataset_dir: Path, out_dir: Path, *, grad_accum_steps: int, parallel: str = "ddp") -> dict[str, Any]:
     table = tiny_train_table(dataset_dir, out_dir)
     table["model"] = {**table["model"], "n_layer": 2, "n_embd": 32, "n_head": 2}
     table["data"] = {
@@ -59,6 +62,7 @@ def _table(dataset_dir: Path, out_dir: Path, *, grad_accum_steps: int) -> dict[s
         "max_iters": MAX_ITERS,
         "eval_interval": EVAL_INTERVAL,
         "dist_timeout_s": 30.0,
+        "parallel": parallel,
     }
     return table
 
@@ -153,8 +157,28 @@ def test_dead_rank_ends_job_and_rerun_resumes_exactly(runs: dict[str, Path]) -> 
 
     resumed_from = load_checkpoint(out / "ckpt_last.pt").iter_num
     assert KILL_AFTER_ITER <= resumed_from < MAX_ITERS
-    result = run(config, nproc=2)
+    result = make_train(config, nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from {out / 'ckpt_last.pt'} at iter {resumed_from}" in result.stderr
     assert _losses(out) == _losses(runs["two_ranks"])  # same world size: exact, every step
     assert load_checkpoint(out / "ckpt_last.pt").iter_num == MAX_ITERS
+
+
+@pytest.mark.slow
+def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> None:
+    root = runs["root"]
+    out = root / "fsdp"
+    table = _table(root / "ds", out, grad_accum_steps=1, parallel="fsdp")
+    result = run(write_toml(root / "fsdp.toml", {"train": table}), nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 rank(s) (fsdp)" in result.stderr
+    ddp, fsdp = _losses(runs["two_ranks"]), _losses(out)
+    assert [step for step, _ in fsdp] == list(range(MAX_ITERS))
+    worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(ddp, fsdp, strict=True))
+    assert worst < 1e-5, f"largest relative loss difference {worst:.3g}"
+
+    sharded, replicated = load_checkpoint(out / "ckpt_last.pt"), load_checkpoint(runs["two_ranks"] / "ckpt_last.pt")
+    assert {k: v.shape for k, v in sharded.model.items()} == {k: v.shape for k, v in replicated.model.items()}
+    GPT(sharded.gpt_config).load_state_dict(sharded.model)  # full tensors, no DTensor shards
+    assert sharded.optimizer is not None
+    assert len(sharded.optimizer["state"]) == len(list(GPT(sharded.gpt_config).parameters()))

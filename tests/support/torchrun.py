@@ -74,3 +74,15 @@ def run(config: Path, *, nproc: int, timeout: float = 240) -> subprocess.Complet
         env=environment(),
         timeout=timeout,
     )
+
+
+def make_train(config: Path, *, nproc: int, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The user's command: `make train EXP=shakespeare CONFIG=... NPROC=n` (torchrun --standalone)."""
+    return subprocess.run(
+        ["make", "-s", "train", "EXP=shakespeare", f"CONFIG={config}", f"NPROC={nproc}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=timeout,
+    )
