@@ -178,6 +178,15 @@ class GPTTarget:
         return optimizer.state_dict()
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        if not state.get("param_groups"):
+            return  # an FSDP run saved before its first step: the fresh optimizer is that state
+        by_name = any(isinstance(key, str) for key in state.get("state", {}))  # FSDP's full state
+        if by_name != (self.parallel == "fsdp") and state.get("state"):
+            raise CheckpointError(
+                f"optimizer state was written by {'an FSDP' if by_name else 'a DDP or single-process'} run: "
+                f"resume it with train.runtime.parallel = {'fsdp' if by_name else 'ddp'!r} under torchrun "
+                "(the weights alone load anywhere)"
+            )
         if self.parallel == "fsdp":
             fsdp_load_optimizer_state(self.model, optimizer, state)
         else:
@@ -349,7 +358,10 @@ def resume(loop: Loop, checkpoint: Checkpoint) -> TrainState:
     loop.target.load_model_state(checkpoint.model)
     if checkpoint.optimizer is None:
         raise CheckpointError(f"{loop.out_dir / LAST_NAME}: has no optimizer state to resume from")
-    loop.target.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
+    try:
+        loop.target.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{loop.out_dir / LAST_NAME}: {exc}") from None
     if checkpoint.scaler is not None and loop.scaler.is_enabled():
         loop.scaler.load_state_dict(checkpoint.scaler)
     rng, data_state = _own_rank_state(loop, checkpoint)

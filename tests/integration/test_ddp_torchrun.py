@@ -5,13 +5,17 @@
 - Only rank 0 writes: one TensorBoard event file, one "saved" line per evaluation.
 - SIGKILL of rank 1 ends the job (non-zero, naming the failed rank) within the timeout; a rerun
   (`make train NPROC=2`) resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
+- A 2-rank checkpoint resumes in one process (weights, optimizer, step; a warning says the data
+  order changes).
 - FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
-  the full weights (it loads into a plain GPT).
+  the full weights (it loads into a plain GPT); resuming its optimizer without FSDP is a clear error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.trainer import run_training
@@ -182,3 +187,37 @@ def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> N
     GPT(sharded.gpt_config).load_state_dict(sharded.model)  # full tensors, no DTensor shards
     assert sharded.optimizer is not None
     assert len(sharded.optimizer["state"]) == len(list(GPT(sharded.gpt_config).parameters()))
+
+    single = root / "fsdp_to_single"
+    single.mkdir()
+    shutil.copy(out / "ckpt_last.pt", single / "ckpt_last.pt")
+    table = _table(root / "ds", single, grad_accum_steps=2)
+    table["runtime"]["max_iters"] = MAX_ITERS + 2
+    with pytest.raises(CheckpointError) as error:
+        run_training(train_config(table))
+    assert str(error.value) == (
+        f"{single / 'ckpt_last.pt'}: optimizer state was written by an FSDP run: resume it with "
+        "train.runtime.parallel = 'fsdp' under torchrun (the weights alone load anywhere)"
+    )
+
+
+@pytest.mark.slow
+def test_two_rank_checkpoint_resumes_in_one_process(runs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    root = runs["root"]
+    out = root / "two_to_one"
+    out.mkdir()
+    shutil.copy(runs["two_ranks"] / "ckpt_last.pt", out / "ckpt_last.pt")
+    table = _table(root / "ds", out, grad_accum_steps=2)
+    table["runtime"]["max_iters"] = MAX_ITERS + 10
+    with caplog.at_level(logging.INFO, logger="ml_playground.train.trainer"):
+        result = run_training(train_config(table))
+    assert f"resuming from {out / 'ckpt_last.pt'} at iter {MAX_ITERS}" in caplog.text
+    assert "was written by 2 rank(s), now 1: weights, optimizer and step resume, but the data order changes" in (
+        caplog.text
+    )
+    assert result.iter_num == MAX_ITERS + 10
+    resumed = load_checkpoint(out / "ckpt_last.pt")
+    assert resumed.optimizer is not None
+    steps = {int(state["step"]) for state in resumed.optimizer["state"].values()}
+    assert steps == {MAX_ITERS + 10}  # Adam continued from the 2-rank run's step count
+    assert resumed.rank_states is None
