@@ -156,6 +156,12 @@ class LoRATarget:
         if unexpected:
             raise CheckpointError(f"checkpoint adapter has unexpected tensors: {', '.join(unexpected[:3])}")
 
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
     def model_args(self) -> dict[str, Any]:
         config = self.model.config
         return {
