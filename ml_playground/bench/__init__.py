@@ -1,0 +1,1 @@
+"""`make bench`: CPU (and CUDA) benchmarks of training, sampling and preparation; not part of the tests."""

@@ -1,0 +1,197 @@
+"""`make bench [CORPUS=path]`: parse options, prepare the corpus, run the cases, print and save.
+
+Prints one table to stdout and writes the same rows, the machine and the measured peaks as JSON
+to `<out-dir>/bench_<UTC stamp>.json` (and `latest.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from ml_playground.bench.context import BenchContext, Peaks
+from ml_playground.bench.nanogpt import load_nanogpt
+from ml_playground.bench.report import Row, format_table, machine_info, row_dict, write_report
+from ml_playground.bench.shapes import FULL, TINY
+from ml_playground.bench.timing import matmul_peak_flops
+from ml_playground.config import PROJECT_ROOT, Device
+from ml_playground.data.prepare import prepare_corpus
+from ml_playground.errors import ConfigError, MLPlaygroundError
+from ml_playground.runtime import resolve_runtime
+
+log = logging.getLogger(__name__)
+
+ALL_CASES = (1, 2, 3, 4, 5)
+DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "bundestag_char_cpu.toml"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    corpus: Path | None
+    out_dir: Path
+    nanogpt_dir: Path | None
+    cases: tuple[int, ...]
+    warmup: int
+    reps: int
+    device: str
+    compile: bool
+    tiny: bool
+    quality_config: Path
+    prepare_mb: float | None
+
+
+def _cases(text: str) -> tuple[int, ...]:
+    try:
+        cases = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected case numbers like 1,3,4, got {text!r}") from None
+    unknown = [case for case in cases if case not in ALL_CASES]
+    if unknown or not cases:
+        raise argparse.ArgumentTypeError(f"cases must be among {ALL_CASES}, got {text!r}")
+    return cases
+
+
+def parse_options(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m ml_playground.bench", description=__doc__)
+    parser.add_argument("--corpus", type=Path, help="text corpus (default: the bundled Shakespeare plays)")
+    parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "out" / "bench", help="JSON reports go here")
+    parser.add_argument("--nanogpt-dir", type=Path, help="a karpathy/nanoGPT checkout to time side by side")
+    parser.add_argument("--cases", type=_cases, default=ALL_CASES, help="comma-separated case numbers (default: all)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up repetitions per variant")
+    parser.add_argument("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile variants")
+    parser.add_argument("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config")
+    parser.add_argument("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: tiny models and inputs (numbers are meaningless)"
+    )
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.reps < 1:
+        parser.error("--warmup must be >= 0 and --reps >= 1")
+    return Options(
+        corpus=args.corpus,
+        out_dir=args.out_dir,
+        nanogpt_dir=args.nanogpt_dir,
+        cases=args.cases,
+        warmup=args.warmup,
+        reps=args.reps,
+        device=args.device,
+        compile=args.compile,
+        tiny=args.tiny,
+        quality_config=args.quality_config,
+        prepare_mb=args.prepare_mb,
+    )
+
+
+def resolve_corpus(corpus: Path | None, work_dir: Path) -> Path:
+    if corpus is not None:
+        if not corpus.is_file():
+            raise ConfigError(f"--corpus: {corpus} is not a file")
+        return corpus
+    from ml_playground.experiments.shakespeare.corpus import write_bundled_corpus
+
+    path = work_dir / "bundled.txt"
+    write_bundled_corpus(path)
+    return path
+
+
+def measure_peaks(device: torch.device, tiny: bool) -> Peaks:
+    size = 256 if tiny else 1024
+    reps = 2 if tiny else 10
+    return Peaks(
+        float32=matmul_peak_flops(torch.float32, device, size=size, reps=reps),
+        bfloat16=matmul_peak_flops(torch.bfloat16, device, size=size, reps=reps),
+    )
+
+
+def build_context(options: Options, work_dir: Path) -> BenchContext:
+    device = resolve_runtime(cast("Device", options.device), "float32").device
+    corpus = resolve_corpus(options.corpus, work_dir)
+    char_dir = work_dir / "char"
+    char_meta = prepare_corpus(corpus, char_dir, tokenizer="char", encoding="gpt2", val_fraction=0.1)
+    sizes = TINY if options.tiny else FULL
+    if options.prepare_mb is not None:
+        sizes = replace(sizes, prepare_mb=options.prepare_mb)
+    return BenchContext(
+        device=device,
+        sizes=sizes,
+        warmup=options.warmup,
+        reps=options.reps,
+        corpus=corpus,
+        char_dir=char_dir,
+        char_meta=char_meta,
+        work_dir=work_dir,
+        peaks=measure_peaks(device, options.tiny),
+        nanogpt=None if options.nanogpt_dir is None else load_nanogpt(options.nanogpt_dir),
+        compile=options.compile,
+        tiny=options.tiny,
+    )
+
+
+def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Row]]]:
+    from ml_playground.bench.prepare_cases import case5_prepare
+    from ml_playground.bench.sample_cases import case4_sampling
+    from ml_playground.bench.train_cases import case1_train_small, case2_train_mid, case3_time_to_quality
+
+    return {
+        1: case1_train_small,
+        2: case2_train_mid,
+        3: lambda ctx: case3_time_to_quality(ctx, options.quality_config),
+        4: case4_sampling,
+        5: case5_prepare,
+    }
+
+
+def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="ml-playground-bench-") as scratch:
+        ctx = build_context(options, Path(scratch))
+        rows: list[Row] = []
+        runners = case_runners(options)
+        seconds: dict[str, float] = {}
+        for case in options.cases:
+            print(f"case {case} ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            rows.extend(runners[case](ctx))
+            seconds[str(case)] = time.perf_counter() - started
+        report: dict[str, Any] = {
+            "command": "python -m ml_playground.bench " + " ".join(sys.argv[1:]),
+            "machine": machine_info(ctx.device),
+            "peak_flops": {"float32": ctx.peaks.float32, "bfloat16": ctx.peaks.bfloat16},
+            "settings": {
+                "corpus": str(ctx.corpus if options.corpus is not None else "bundled"),
+                "nanogpt_dir": None if options.nanogpt_dir is None else str(options.nanogpt_dir),
+                "warmup": options.warmup,
+                "reps": options.reps,
+                "tiny": options.tiny,
+                "compile": options.compile,
+            },
+            "case_seconds": seconds,
+            "rows": [row_dict(row) for row in rows],
+        }
+    return rows, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rows, report = run(options)
+    except MLPlaygroundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    peaks = report["peak_flops"]
+    print(f"peak matmul: fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
+    print(format_table(rows))
+    path = write_report(options.out_dir, report)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,53 @@
+"""`python -m ml_playground.bench --tiny` runs every case end to end and writes a valid JSON report.
+
+No timing is asserted: only that each case ran and reported finite, positive measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ml_playground.bench.runner import main
+from tests.support.tiny_training import TEXT
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4, encoding="utf-8")
+    out_dir = tmp_path / "bench"
+    argv = ["--tiny", "--no-compile", "--warmup", "0", "--reps", "1", "--prepare-mb", "0.05"]
+    code = main([*argv, "--corpus", str(corpus), "--out-dir", str(out_dir)])
+    assert code == 0
+    report = json.loads((out_dir / "latest.json").read_text())
+    assert report["peak_flops"]["float32"] > 0
+    assert report["peak_flops"]["bfloat16"] > 0
+    cases = {row["case"].split()[0] for row in report["rows"]}
+    assert cases == {"1", "2", "3", "4", "5"}
+    by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
+    assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
+    assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "issue 7 reference"
+    assert math.isfinite(by_variant[("2", "bf16 autocast")]["max_loss_gap_vs_fp32"])
+    assert by_variant[("3", "ml-playground bundestag_char_cpu.toml")]["iters"] == 6
+    assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
+    assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
+    assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte
+    table = capsys.readouterr().out
+    assert "peak matmul" in table
+    assert "wrote " in table
+
+
+def test_missing_nanogpt_checkout_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    code = main(
+        ["--tiny", "--corpus", str(corpus), "--nanogpt-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --nanogpt-dir:")
+    assert "model.py not found" in err[-1]

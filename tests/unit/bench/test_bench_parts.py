@@ -1,0 +1,68 @@
+"""The benchmark's pieces that do not time anything: options, report, synthetic corpus, nanoGPT loading."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ml_playground.bench.nanogpt import load_nanogpt, nanogpt_lr
+from ml_playground.bench.prepare_cases import write_synthetic_corpus
+from ml_playground.bench.report import Row, format_table, write_report
+from ml_playground.bench.runner import parse_options
+from ml_playground.bench.timing import time_calls
+from ml_playground.errors import ConfigError
+
+
+def test_cases_option_parses_and_rejects_unknown_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_options(["--cases", "4,1,4"]).cases == (1, 4)
+    with pytest.raises(SystemExit):
+        parse_options(["--cases", "1,9"])
+    assert "cases must be among" in capsys.readouterr().err
+
+
+def test_report_is_valid_json_with_non_finite_values_as_null(tmp_path: Path) -> None:
+    path = write_report(tmp_path, {"rows": [{"metrics": {"mfu": math.inf, "ok": 1.5}}], "peak": math.nan})
+    data = json.loads(path.read_text())
+    assert data == {"rows": [{"metrics": {"mfu": None, "ok": 1.5}}], "peak": None}
+    assert (tmp_path / "latest.json").read_text() == path.read_text()
+
+
+def test_table_has_one_line_per_row_and_aligned_columns() -> None:
+    rows = [Row(case="1 train", variant="a", summary="x"), Row(case="2", variant="longer variant", summary="y")]
+    lines = format_table(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2].index("x") == lines[3].index("y")
+
+
+def test_synthetic_corpus_has_the_requested_size_and_is_deterministic(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    assert write_synthetic_corpus(first, 0.3) == 300_000
+    write_synthetic_corpus(second, 0.3)
+    assert first.stat().st_size == 300_000
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes().isascii()
+
+
+def test_time_calls_counts_only_timed_repetitions() -> None:
+    import torch
+
+    calls: list[int] = []
+    timing = time_calls(lambda: calls.append(1), warmup=2, reps=3, device=torch.device("cpu"))
+    assert len(calls) == 5
+    assert len(timing.samples) == 3
+    assert timing.median >= 0
+
+
+def test_nanogpt_dir_without_model_py_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.py not found"):
+        load_nanogpt(tmp_path)
+
+
+def test_nanogpt_schedule_warms_up_then_decays_to_min_lr() -> None:
+    assert nanogpt_lr(0) == pytest.approx(1e-3 / 101)
+    assert nanogpt_lr(100) == pytest.approx(1e-3)
+    assert nanogpt_lr(2000) == pytest.approx(1e-4)
+    assert nanogpt_lr(1050) == pytest.approx(5.5e-4)
