@@ -36,4 +36,5 @@ class BenchContext:
     peaks: Peaks
     nanogpt: NanoGPT | None
     compile: bool  # include torch.compile variants
+    force_bf16: bool  # run bf16 variants even where bf16 matmuls are slower than fp32
     tiny: bool

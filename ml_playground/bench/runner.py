@@ -44,6 +44,7 @@ class Options:
     reps: int
     device: str
     compile: bool
+    force_bf16: bool
     tiny: bool
     quality_config: Path
     prepare_mb: float | None
@@ -70,6 +71,9 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile variants")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="run bf16 variants even where bf16 matmuls are slower than fp32"
+    )
     parser.add_argument("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config")
     parser.add_argument("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
     parser.add_argument(
@@ -87,6 +91,7 @@ def parse_options(argv: list[str]) -> Options:
         reps=args.reps,
         device=args.device,
         compile=args.compile,
+        force_bf16=args.force_bf16,
         tiny=args.tiny,
         quality_config=args.quality_config,
         prepare_mb=args.prepare_mb,
@@ -134,6 +139,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
         peaks=measure_peaks(device, options.tiny),
         nanogpt=None if options.nanogpt_dir is None else load_nanogpt(options.nanogpt_dir),
         compile=options.compile,
+        force_bf16=options.force_bf16,
         tiny=options.tiny,
     )
 
@@ -174,6 +180,7 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
                 "reps": options.reps,
                 "tiny": options.tiny,
                 "compile": options.compile,
+                "force_bf16": options.force_bf16,
             },
             "case_seconds": seconds,
             "rows": [row_dict(row) for row in rows],

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -156,8 +156,9 @@ class BatchSource:
     def _windows(self, split: Split, starts: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.tokens[split]
         T = self.shape.block_size
-        rows = [np.asarray(tokens[s : s + T + 1], dtype=np.int64) for s in cast("list[int]", starts.tolist())]
-        both = torch.from_numpy(np.stack(rows))  # (B, T+1)
+        # One fancy-indexed read of every window (no per-row Python loop): (B, 1) + (T+1,) -> (B, T+1)
+        index = starts.numpy()[:, None] + np.arange(T + 1)
+        both = torch.from_numpy(tokens[index].astype(np.int64))  # (B, T+1)
         x, y = both[:, :-1], both[:, 1:]
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)

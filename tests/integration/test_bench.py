@@ -20,7 +20,7 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 4, encoding="utf-8")
     out_dir = tmp_path / "bench"
-    argv = ["--tiny", "--no-compile", "--warmup", "0", "--reps", "1", "--prepare-mb", "0.05"]
+    argv = ["--tiny", "--no-compile", "--force-bf16", "--warmup", "0", "--reps", "1", "--prepare-mb", "0.05"]
     code = main([*argv, "--corpus", str(corpus), "--out-dir", str(out_dir)])
     assert code == 0
     report = json.loads((out_dir / "latest.json").read_text())
