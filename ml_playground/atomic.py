@@ -6,7 +6,6 @@ A crash or kill at any moment leaves either the old file or the new one, never a
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Generator
@@ -29,39 +28,6 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
-    """Yield a binary file that replaces `path` only when the block exits without error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        # mkstemp creates 0600; give the file the mode a plain open() would (or keep the old one).
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_text_writer(path: Path) -> Generator[TextIO]:
-    """Yield a UTF-8 text file that replaces `path` only when the block exits without error."""
-    with atomic_binary_writer(path) as raw:
-        # Detaching (not closing) the wrapper keeps `raw` open for the fsync in the outer block.
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
-        try:
-            yield text
-            text.flush()
-        finally:
-            text.detach()
-
-
-@contextlib.contextmanager
 def atomic_output_path(path: Path) -> Generator[Path]:
     """Yield a temp path beside `path` for a writer that needs a file name (a library, a
     subprocess); it replaces `path` only when the block exits without error."""
@@ -70,6 +36,8 @@ def atomic_output_path(path: Path) -> Generator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (or keep the old one).
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         yield tmp
         with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
@@ -78,6 +46,20 @@ def atomic_output_path(path: Path) -> Generator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
+    """Yield a binary file that replaces `path` only when the block exits without error."""
+    with atomic_output_path(path) as tmp, tmp.open("wb") as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path: Path) -> Generator[TextIO]:
+    """Yield a UTF-8 text file that replaces `path` only when the block exits without error."""
+    with atomic_output_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
+        yield handle
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

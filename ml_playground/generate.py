@@ -7,7 +7,8 @@ through the cache, so N new tokens cost N one-token forwards instead of N full-c
 Contexts longer than `block_size`: once the sequence no longer fits, the context is cropped
 to its last `keep` tokens and the cache is rebuilt from them. `keep = block_size` is nanoGPT's
 sliding window (every token sees a full block, at the price of one full forward per token past
-`block_size`); a smaller `keep` rebuilds only every `block_size - keep + 1` tokens. The uncached
+`block_size`, run without the cache since it would be rebuilt at the next token anyway); a smaller
+`keep` rebuilds only every `block_size - keep + 1` tokens. The uncached
 path (`use_cache=False`) follows the same windows, so both give the same tokens.
 """
 
@@ -138,7 +139,10 @@ def generate(
     with torch.inference_mode(), autocast():
         for _ in range(max_new_tokens):
             new_start = window_start(length, max(start, 0), block_size, keep)
-            if cache is None:
+            # A full window slides again on the next token, so a cache built from it would be
+            # thrown away unused: one plain forward is cheaper (nanoGPT's window, keep == block).
+            full_window = length - new_start == block_size
+            if cache is None or (new_start != start and full_window):
                 logits = _last_logits(model, tokens[:, new_start:length], None)
             elif new_start != start:
                 cache.length = 0  # (re)build the cache from the cropped context in one forward

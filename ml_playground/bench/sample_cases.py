@@ -42,9 +42,21 @@ def _prompt(ctx: BenchContext) -> Tensor:
 
 
 def _ours(
-    model: GPT, prompt: Tensor, samples: int, tokens: int, *, use_cache: bool = True, keep: int | None = None
+    model: GPT,
+    prompt: Tensor,
+    samples: int,
+    tokens: int,
+    *,
+    use_cache: bool = True,
+    keep: int | None = None,
+    batched: bool = True,
 ) -> Callable[[], object]:
+    """`samples` generations of `tokens` tokens: one batch (as `sample` draws them) or one by one."""
+
     def run() -> None:
+        if batched:
+            generate(model, prompt.expand(samples, -1), tokens, PARAMS, use_cache=use_cache, keep=keep)
+            return
         for _ in range(samples):
             generate(model, prompt, tokens, PARAMS, use_cache=use_cache, keep=keep)
 
@@ -84,12 +96,12 @@ def case4_sampling(ctx: BenchContext) -> list[Row]:
     total = sizes.samples * sizes.sample_tokens
     case = f"4 sample {sizes.samples}x{sizes.sample_tokens} T{sizes.small.block_size}"
     block = sizes.small.block_size
+    n, length = sizes.samples, sizes.sample_tokens
     variants: dict[str, Callable[[], object]] = {
-        "KV cache (nanoGPT's window)": _ours(small, prompt, sizes.samples, sizes.sample_tokens),
-        f"KV cache, context_keep={block // 2}": _ours(
-            small, prompt, sizes.samples, sizes.sample_tokens, keep=block // 2
-        ),
-        "no cache (nanoGPT's algorithm)": _ours(small, prompt, sizes.samples, sizes.sample_tokens, use_cache=False),
+        "batched, KV cache (nanoGPT's window)": _ours(small, prompt, n, length),
+        f"batched, KV cache, context_keep={block // 2}": _ours(small, prompt, n, length, keep=block // 2),
+        "one by one, KV cache (nanoGPT's window)": _ours(small, prompt, n, length, batched=False),
+        "one by one, no cache (nanoGPT's algorithm)": _ours(small, prompt, n, length, use_cache=False, batched=False),
     }
     seconds = {name: time_calls(fn, warmup=1, reps=reps, device=ctx.device).median for name, fn in variants.items()}
     baseline, source = REFERENCE_SAMPLE_TOKENS_PER_S, "issue 7 reference"

@@ -65,15 +65,7 @@ def our_loop(ctx: BenchContext, cfg: TrainConfig) -> Loop:
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
     seed_everything(cfg.runtime.seed)
     model = GPT(gpt_config_from_args(resolve_model_args(cfg, ctx.char_meta, None))).to(runtime.device)
-    batches = BatchSource(
-        train_path=cfg.data.train_path,
-        val_path=cfg.data.val_path,
-        token_dtype=ctx.char_meta.numpy_dtype,
-        batch_size=cfg.data.batch_size,
-        block_size=cfg.data.block_size,
-        device=runtime.device,
-        seed=cfg.runtime.seed,
-    )
+    batches = BatchSource.for_run(cfg, ctx.char_meta.numpy_dtype, runtime.device)
     target = GPTTarget(model, compile=cfg.runtime.compile)
     return build_loop(cfg, target, batches, runtime, dist=DistInfo(), dataset_meta=None)
 

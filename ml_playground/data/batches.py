@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ml_playground.config import TrainConfig
 from ml_playground.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,24 @@ class BatchSource:
             )
             for i, split in enumerate(_SPLITS)
         }
+
+    @classmethod
+    def for_run(
+        cls, cfg: TrainConfig, token_dtype: np.dtype[Any], device: torch.device, *, rank: int = 0, world_size: int = 1
+    ) -> BatchSource:
+        """The batches a [train] config asks for ([train.data] and the run's seed), for one rank."""
+        return cls(
+            train_path=cfg.data.train_path,
+            val_path=cfg.data.val_path,
+            token_dtype=token_dtype,
+            batch_size=cfg.data.batch_size,
+            block_size=cfg.data.block_size,
+            device=device,
+            mode=cfg.data.sampler,
+            seed=cfg.runtime.seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def _stream_seed(self, split_index: int, *, rank: int, purpose: int = 0) -> int:
         return (self.seed * 1_000_003 + purpose * 101 + rank * 2 + split_index) % 2**62

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -134,25 +136,23 @@ Encoder = CharTokenizer | TiktokenTokenizer
 def _encode_pieces(
     pieces: Iterator[tuple[int, str]], tokenizer: Encoder, on_bytes: Callable[[int], object]
 ) -> Iterator[npt.NDArray[Any]]:
-    if isinstance(tokenizer, CharTokenizer):
-        for _offset, text in pieces:
-            yield tokenizer.encode_array(text)
-            on_bytes(len(text.encode("utf-8")))
-        return
+    """Encode pieces on one thread per core, in order, while this thread reads the next ones.
+
+    tiktoken and numpy release the GIL while they work; at most two pieces per thread are in flight.
+    """
     threads = os.cpu_count() or 1
-    batch: list[str] = []
-
-    def flush() -> Iterator[npt.NDArray[Any]]:
-        for text, ids in zip(batch, tokenizer.encode_batch(batch, num_threads=threads), strict=True):
-            yield np.asarray(ids, dtype=np.uint32)
-            on_bytes(len(text.encode("utf-8")))
-        batch.clear()
-
-    for _offset, text in pieces:
-        batch.append(text)
-        if len(batch) >= 2 * threads:
-            yield from flush()
-    yield from flush()
+    pending: deque[tuple[int, Future[npt.NDArray[Any]]]] = deque()
+    with ThreadPoolExecutor(threads) as pool:
+        for _offset, text in pieces:
+            pending.append((len(text.encode("utf-8")), pool.submit(tokenizer.encode_array, text)))
+            if len(pending) > 2 * threads:
+                size, future = pending.popleft()
+                yield future.result()
+                on_bytes(size)
+        while pending:
+            size, future = pending.popleft()
+            yield future.result()
+            on_bytes(size)
 
 
 def _write_split(

