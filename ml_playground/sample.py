@@ -180,27 +180,32 @@ def run_sampling(cfg: SampleConfig) -> list[str]:
         model.compile()
     seed_everything(cfg.runtime.seed)
     generator = torch.Generator().manual_seed(cfg.runtime.seed)
-    stream = settings.num_samples == 1
-    decoder = StreamDecoder(tokenizer)
-    with progress_bar(None if stream else settings.max_new_tokens, "sampling", unit="tok") as bar:
-        if stream:
-            print(prompt_text, end="", flush=True)
-        tokens = generate(
+    params = sampling_params(settings)
+
+    def draw(on_token: Callable[[Tensor], None]) -> Tensor:
+        return generate(
             model,
             prompt,
             settings.max_new_tokens,
-            sampling_params(settings),
+            params,
             generator=generator,
             keep=keep,
             vocab_size=tokenizer.vocab_size,
             cache_dtype=runtime.torch_dtype,
             autocast=runtime.autocast,
-            on_token=_printer(decoder) if stream else _counter(bar),
+            on_token=on_token,
         )
-    samples = [prompt_text + tokenizer.decode([int(t) for t in row[len(prompt_ids) :]]) for row in tokens]
-    if stream:
+
+    if settings.num_samples == 1:
+        decoder = StreamDecoder(tokenizer)
+        print(prompt_text, end="", flush=True)
+        tokens = draw(_printer(decoder))
         print(decoder.flush(), end=SEPARATOR, flush=True)
     else:
+        with progress_bar(settings.max_new_tokens, "sampling", unit="tok") as bar:
+            tokens = draw(_counter(bar))
+    samples = [prompt_text + tokenizer.decode([int(t) for t in row[len(prompt_ids) :]]) for row in tokens]
+    if settings.num_samples > 1:
         for text in samples:
             print(text, end=SEPARATOR, flush=True)
     saved = save_samples(cfg.runtime.out_dir, path, cfg, samples)

@@ -7,6 +7,7 @@ import logging
 import pickle
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 from ml_playground.config import PROJECT_ROOT, DType, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
+from ml_playground.generate import generate
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.sample import StreamDecoder, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
@@ -123,12 +125,13 @@ class TestStreamDecoder:
 
 
 class TestRunSampling:
-    def test_streams_returns_and_saves_the_same_samples(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    @pytest.mark.parametrize("count", [1, 2])  # one streams token by token, two print when done
+    def test_prints_returns_and_saves_the_same_samples(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], count: int
     ) -> None:
         save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
-        samples = run_sampling(sample_config(tmp_path, num_samples=2, max_new_tokens=30))
-        assert len(samples) == 2
+        samples = run_sampling(sample_config(tmp_path, num_samples=count, max_new_tokens=30))
+        assert len(samples) == count
         assert all(s.startswith("To be") and len(s) == len("To be") + 30 for s in samples)
         assert capsys.readouterr().out == "".join(s + "\n---------------\n" for s in samples)
         (record_path,) = (tmp_path / "samples").glob("*.json")
@@ -137,6 +140,19 @@ class TestRunSampling:
         assert record["checkpoint"] == str(tmp_path / "ckpt_best.pt")
         texts = sorted((tmp_path / "samples").glob("*.txt"))
         assert [p.read_text(encoding="utf-8") for p in texts] == samples
+
+    def test_all_samples_are_drawn_as_one_batch(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
+        batches: list[tuple[int, ...]] = []
+
+        def recording_generate(model: GPT, prompt: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            batches.append(tuple(prompt.shape))
+            return generate(model, prompt, *args, **kwargs)
+
+        monkeypatch.setattr("ml_playground.sample.generate", recording_generate)
+        samples = run_sampling(sample_config(tmp_path, num_samples=3, max_new_tokens=20))
+        assert batches == [(3, len("To be"))]
+        assert len(set(samples)) == 3  # each row draws its own tokens
 
     def test_same_seed_same_text(self, tmp_path: Path) -> None:
         save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
