@@ -38,7 +38,14 @@ from ml_playground.data.batches import BatchSource
 from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.model import GPT, ModelOutput
-from ml_playground.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
+from ml_playground.runtime import (
+    Runtime,
+    keep_freed_memory_for_reuse,
+    resolve_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from ml_playground.train.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -436,6 +443,8 @@ def fit(
     resume_from: Checkpoint | None,
 ) -> TrainResult:
     """Train `target` from [train]; resumes exactly from `resume_from` when given."""
+    if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
+        log.debug("glibc malloc: large blocks come from the heap and freed memory is kept for reuse")
     loop = build_loop(cfg, target, batches, runtime, dist=dist, dataset_meta=dataset_meta)
     state = TrainState() if resume_from is None else resume(loop, resume_from)
     start = state.iter_num

@@ -1,12 +1,17 @@
-"""Runtime: which precision tools each device/dtype gets (no CUDA-only machinery on MPS or CPU)."""
+"""Runtime: precision tools per device/dtype (no CUDA-only machinery on MPS or CPU); the CPU allocator setting."""
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from ml_playground.config import DType
-from ml_playground.runtime import Runtime
+from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps", "cuda"])
@@ -30,3 +35,31 @@ def test_bfloat16_autocasts_matmuls_on_the_runtime_device() -> None:
         assert torch.is_autocast_enabled("cpu")
         assert (a @ a).dtype == torch.bfloat16
     assert (a @ a).dtype == torch.float32  # only inside the context
+
+
+_BLOCK = 128 << 20  # above glibc's largest mmap threshold (32 MiB): mapped and unmapped by default
+
+
+def _resident_bytes() -> int:
+    pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _touched_block() -> np.ndarray:
+    block = np.empty(_BLOCK, dtype=np.uint8)
+    block.fill(1)  # fault every page in
+    return block
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
+def test_freed_large_blocks_stay_resident_for_the_next_step() -> None:
+    assert keep_freed_memory_for_reuse()
+    block = _touched_block()
+    before_free = _resident_bytes()
+    del block
+    # By default glibc would unmap the 128 MiB on free; now it stays, ready for reuse ...
+    assert _resident_bytes() > before_free - _BLOCK // 2
+    # ... and the next block of that size reuses it instead of growing the process.
+    again = _touched_block()
+    assert _resident_bytes() < before_free + _BLOCK // 2
+    del again
