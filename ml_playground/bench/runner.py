@@ -22,11 +22,11 @@ from ml_playground.bench.context import BenchContext, Peaks
 from ml_playground.bench.nanogpt import load_nanogpt
 from ml_playground.bench.report import Row, format_table, machine_info, row_dict, write_report
 from ml_playground.bench.shapes import FULL, TINY
-from ml_playground.bench.timing import matmul_peak_flops
 from ml_playground.config import PROJECT_ROOT, Device
 from ml_playground.data.prepare import prepare_corpus
 from ml_playground.errors import ConfigError, MLPlaygroundError
 from ml_playground.runtime import resolve_runtime
+from ml_playground.train.metrics import measure_peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,12 @@ def resolve_corpus(corpus: Path | None, work_dir: Path) -> Path:
     return path
 
 
-def measure_peaks(device: torch.device, tiny: bool) -> Peaks:
-    size = 256 if tiny else 1024
-    reps = 2 if tiny else 10
+def measure_peaks(device: torch.device) -> Peaks:
+    """The trainer's own probe (best FLOP/s over square matmul sizes), so MFU means the same in
+    `make bench` as in training logs."""
     return Peaks(
-        float32=matmul_peak_flops(torch.float32, device, size=size, reps=reps),
-        bfloat16=matmul_peak_flops(torch.bfloat16, device, size=size, reps=reps),
+        float32=measure_peak_flops(device, torch.float32, repeats=5),
+        bfloat16=measure_peak_flops(device, torch.bfloat16, repeats=5),
     )
 
 
@@ -136,7 +136,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
         char_dir=char_dir,
         char_meta=char_meta,
         work_dir=work_dir,
-        peaks=measure_peaks(device, options.tiny),
+        peaks=measure_peaks(device),
         nanogpt=None if options.nanogpt_dir is None else load_nanogpt(options.nanogpt_dir),
         compile=options.compile,
         force_bf16=options.force_bf16,

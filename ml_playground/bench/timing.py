@@ -1,4 +1,4 @@
-"""Medians after warm-up, and the machine's matmul peak measured in the same run."""
+"""Medians after warm-up."""
 
 from __future__ import annotations
 
@@ -40,11 +40,3 @@ def time_calls(fn: Callable[[], object], *, warmup: int, reps: int, device: torc
         synchronize(device)
         samples.append(time.perf_counter() - started)
     return Timing(samples=tuple(samples))
-
-
-def matmul_peak_flops(dtype: torch.dtype, device: torch.device, *, size: int = 1024, reps: int = 10) -> float:
-    """Best FLOP/s of a (size x size) @ (size x size) matmul: the peak a model could reach."""
-    a = torch.full((size, size), 0.5, dtype=dtype, device=device)
-    b = torch.full((size, size), 0.25, dtype=dtype, device=device)
-    timing = time_calls(lambda: torch.mm(a, b), warmup=2, reps=reps, device=device)
-    return 2.0 * size**3 / max(min(timing.samples), 1e-9)

@@ -47,13 +47,17 @@ def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int) -> floa
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
-    """Best observed FLOP/s of square matmuls, grown from 256 until one takes >= 20 ms (max 4096)."""
-    size = 256
-    _matmul_seconds(device, dtype, size)  # warm up kernels and caches
-    while size < 4096 and _matmul_seconds(device, dtype, size) < 0.02:
+    """Best FLOP/s over square matmuls of 256, 512, ... up to the first size that takes >= 20 ms
+    (max 4096). Every size counts: on CPUs the largest ones outgrow the caches and run slower
+    than the mid-sized matmuls a small model does, which would put its MFU above 100%."""
+    _matmul_seconds(device, dtype, 256)  # warm up kernels and caches
+    best, size = 0.0, 256
+    while True:
+        seconds = min(_matmul_seconds(device, dtype, size) for _ in range(repeats))
+        best = max(best, 2.0 * size**3 / max(seconds, 1e-9))
+        if seconds >= 0.02 or size >= 4096:
+            return best
         size *= 2
-    best = min(_matmul_seconds(device, dtype, size) for _ in range(repeats))
-    return 2.0 * size**3 / max(best, 1e-9)
 
 
 def check_cpu_bfloat16(peak_bf16: float, device: torch.device) -> None:
