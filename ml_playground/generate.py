@@ -8,8 +8,8 @@ Contexts longer than `block_size`: once the sequence no longer fits, the context
 to its last `keep` tokens and the cache is rebuilt from them. `keep = block_size` is nanoGPT's
 sliding window (every token sees a full block, at the price of one full forward per token past
 `block_size`, run without the cache since it would be rebuilt at the next token anyway); a smaller
-`keep` rebuilds only every `block_size - keep + 1` tokens. The uncached
-path (`use_cache=False`) follows the same windows, so both give the same tokens.
+`keep` rebuilds only every `block_size - keep + 1` tokens. The uncached path (`use_cache=False`)
+follows the same windows, so both give the same tokens.
 """
 
 from __future__ import annotations

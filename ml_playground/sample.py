@@ -196,16 +196,17 @@ def run_sampling(cfg: SampleConfig) -> list[str]:
             on_token=on_token,
         )
 
+    def texts(tokens: Tensor) -> list[str]:
+        return [prompt_text + tokenizer.decode([int(t) for t in row[len(prompt_ids) :]]) for row in tokens]
+
     if settings.num_samples == 1:
         decoder = StreamDecoder(tokenizer)
         print(prompt_text, end="", flush=True)
-        tokens = draw(_printer(decoder))
+        samples = texts(draw(_printer(decoder)))
         print(decoder.flush(), end=SEPARATOR, flush=True)
     else:
         with progress_bar(settings.max_new_tokens, "sampling", unit="tok") as bar:
-            tokens = draw(_counter(bar))
-    samples = [prompt_text + tokenizer.decode([int(t) for t in row[len(prompt_ids) :]]) for row in tokens]
-    if settings.num_samples > 1:
+            samples = texts(draw(_counter(bar)))
         for text in samples:
             print(text, end=SEPARATOR, flush=True)
     saved = save_samples(cfg.runtime.out_dir, path, cfg, samples)

@@ -131,8 +131,7 @@ def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 def _gpt2_ranks() -> dict[bytes, int]:
-    encoder: dict[str, int] = json.loads(read_verified(_GPT2_ENCODER))
-    read_verified(_GPT2_MERGES)  # hash-checked too: the ranks below must match the merge list it pins
+    encoder, _merges = gpt2_vocab_and_merges()  # both files hash-checked: the ranks match the merges
     byte_of = {char: b for b, char in byte_to_unicode().items()}
     return {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != ENDOFTEXT}
 

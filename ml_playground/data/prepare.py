@@ -138,21 +138,22 @@ def _encode_pieces(
 ) -> Iterator[npt.NDArray[Any]]:
     """Encode pieces on one thread per core, in order, while this thread reads the next ones.
 
-    tiktoken and numpy release the GIL while they work; at most two pieces per thread are in flight.
+    tiktoken and numpy release the GIL while they work; at most 2 x threads + 1 pieces are in flight.
     """
     threads = os.cpu_count() or 1
     pending: deque[tuple[int, Future[npt.NDArray[Any]]]] = deque()
-    with ThreadPoolExecutor(threads) as pool:
-        for _offset, text in pieces:
-            pending.append((len(text.encode("utf-8")), pool.submit(tokenizer.encode_array, text)))
-            if len(pending) > 2 * threads:
-                size, future = pending.popleft()
-                yield future.result()
-                on_bytes(size)
-        while pending:
+
+    def finished(keep: int) -> Iterator[npt.NDArray[Any]]:
+        while len(pending) > keep:
             size, future = pending.popleft()
             yield future.result()
             on_bytes(size)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _offset, text in pieces:
+            pending.append((len(text.encode("utf-8")), pool.submit(tokenizer.encode_array, text)))
+            yield from finished(keep=2 * threads)
+        yield from finished(keep=0)
 
 
 def _write_split(
