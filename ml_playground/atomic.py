@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
@@ -69,3 +70,24 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def link_or_copy_atomic(source: Path, path: Path) -> None:
+    """Make `path` an atomic copy of `source`: a hard link when the file system allows one (no
+    bytes written; safe because every writer here replaces files instead of changing them), else a
+    byte copy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with atomic_output_path(path) as copy:
+            shutil.copyfile(source, copy)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)

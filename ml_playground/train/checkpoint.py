@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ml_playground.atomic import atomic_binary_writer
+from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
 from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPTConfig
@@ -118,6 +118,14 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     try:
         with atomic_binary_writer(path) as handle:
             torch.save(checkpoint.to_dict(), handle)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+
+
+def copy_checkpoint(source: Path, path: Path) -> None:
+    """`path` becomes `source` (ckpt_best.pt from the ckpt_last.pt just written), atomically."""
+    try:
+        link_or_copy_atomic(source, path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
 

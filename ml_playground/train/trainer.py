@@ -51,6 +51,7 @@ from ml_playground.train.checkpoint import (
     LAST_NAME,
     MODEL_ARG_KEYS,
     Checkpoint,
+    copy_checkpoint,
     gpt_config_from_args,
     load_checkpoint,
     model_args_of,
@@ -349,8 +350,8 @@ def maybe_save(loop: Loop, state: TrainState, val_loss: float) -> None:
             loop.sink.flush()  # events up to this checkpoint survive a kill
         save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
         best = improved or loop.cfg.runtime.always_save_checkpoint
-        if best:
-            save_checkpoint(loop.out_dir / BEST_NAME, checkpoint)
+        if best:  # the same bytes: linked (or copied), not serialized and written again
+            copy_checkpoint(loop.out_dir / LAST_NAME, loop.out_dir / BEST_NAME)
         log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
         loop.target.on_checkpoint(loop.out_dir, best)
     barrier(loop.dist)

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.atomic import atomic_binary_writer, atomic_output_path, atomic_text_writer, write_text_atomic
+from ml_playground.atomic import (
+    atomic_binary_writer,
+    atomic_output_path,
+    atomic_text_writer,
+    link_or_copy_atomic,
+    write_text_atomic,
+)
 
 
 def test_replaces_content(tmp_path: Path) -> None:
@@ -63,3 +69,24 @@ def _current_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-links-copy"])
+def test_link_or_copy_survives_the_source_being_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    if not links:
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise PermissionError("hard links not supported")
+
+        monkeypatch.setattr(os, "link", refuse)
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    write_text_atomic(last, "step 100")
+    write_text_atomic(best, "step 0")
+    link_or_copy_atomic(last, best)
+    assert best.read_text() == "step 100"
+    assert (best.stat().st_ino == last.stat().st_ino) is links
+    write_text_atomic(last, "step 200")  # the next checkpoint replaces last; best keeps its bytes
+    assert best.read_text() == "step 100"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
