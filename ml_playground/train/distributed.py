@@ -24,6 +24,9 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
+
+# torch.distributed's documented store classes, imported there from torch._C without a re-export.
+from torch.distributed import PrefixStore, Store, TCPStore  # pyright: ignore[reportPrivateImportUsage]
 from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground.config import DataConfig
@@ -96,6 +99,28 @@ def grad_accum_steps_for(data: DataConfig, world_size: int) -> int:
     return data.global_batch_size // per_step
 
 
+def _restart_round_store(info: DistInfo, timeout: datetime.timedelta) -> Store | None:
+    """Under torchrun: its store, seen through a prefix of this restart round (None: env://).
+
+    After `torchrun --max-restarts` restarts the workers, the store the agent hosts still holds
+    the previous round's keys, among them the gloo/nccl addresses of workers that are gone; new
+    workers read them and fail connecting to dead ports (pytorch/pytorch#167288). One key prefix
+    per round keeps the rounds apart."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        return None
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        info.world_size,
+        is_master=not agent_hosts_store and info.rank == 0,
+        timeout=timeout,
+        multi_tenant=True,
+    )
+    return PrefixStore(f"ml_playground/restart_{restart}", store)
+
+
 @contextlib.contextmanager
 def process_group(info: DistInfo, device: torch.device, timeout_s: float) -> Generator[None]:
     """Open the default process group for a torchrun launch (nothing for one process); always
@@ -113,6 +138,7 @@ def process_group(info: DistInfo, device: torch.device, timeout_s: float) -> Gen
     with translate_peer_failures(info, "init_process_group"):
         torch_dist.init_process_group(
             backend=backend,
+            store=_restart_round_store(info, timeout),
             rank=info.rank,
             world_size=info.world_size,
             timeout=timeout,

@@ -5,6 +5,8 @@
 - Only rank 0 writes: one TensorBoard event file, one "saved" line per evaluation.
 - SIGKILL of rank 1 ends the job (non-zero, naming the failed rank) within the timeout; a rerun
   (`make train NPROC=2`) resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
+- With `torchrun --max-restarts=1` the same kill restarts both ranks, which resume from
+  ckpt_last.pt on their own; the job succeeds with the uninterrupted run's losses.
 - A 2-rank checkpoint resumes in one process (weights, optimizer, step; a warning says the data
   order changes).
 - FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -165,6 +168,29 @@ def test_dead_rank_ends_job_and_rerun_resumes_exactly(runs: dict[str, Path]) -> 
     result = make_train(config, nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from {out / 'ckpt_last.pt'} at iter {resumed_from}" in result.stderr
+    assert _losses(out) == _losses(runs["two_ranks"])  # same world size: exact, every step
+    assert load_checkpoint(out / "ckpt_last.pt").iter_num == MAX_ITERS
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_resumes_the_job_by_itself(runs: dict[str, Path]) -> None:
+    """torchrun --max-restarts=1: after rank 1 dies, torchrun starts both ranks again and they
+    continue from ckpt_last.pt without anyone rerunning anything; the job then succeeds."""
+    root = runs["root"]
+    out = root / "restarted"
+    config = write_toml(root / "restarted.toml", {"train": _table(root / "ds", out, grad_accum_steps=1)})
+    launcher = start(config, nproc=2, max_restarts=1)
+    try:
+        _kill_rank_one_after(launcher, out)
+        output, _ = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+    assert launcher.returncode == 0, output[-3000:]
+    resumed = re.findall(rf"resuming from {re.escape(str(out / 'ckpt_last.pt'))} at iter (\d+)", output)
+    assert len(resumed) == 1, output[-3000:]  # once: rank 0 of the restarted workers logs it
+    assert KILL_AFTER_ITER <= int(resumed[0]) < MAX_ITERS
     assert _losses(out) == _losses(runs["two_ranks"])  # same world size: exact, every step
     assert load_checkpoint(out / "ckpt_last.pt").iter_num == MAX_ITERS
 
