@@ -32,6 +32,10 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "issue 7 reference"
     assert math.isfinite(by_variant[("2", "bf16 autocast")]["max_loss_gap_vs_fp32"])
+    # MFU divides by the larger of the first probe and one taken after the case's timed steps.
+    fp32, bf16 = by_variant[("1", "ml-playground fp32")], by_variant[("2", "bf16 autocast")]
+    assert fp32["peak_flops"] >= report["peak_flops"]["float32"]
+    assert bf16["peak_flops"] >= report["peak_flops"]["bfloat16"]
     assert by_variant[("3", "ml-playground bundestag_char_cpu.toml")]["iters"] == 6
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
