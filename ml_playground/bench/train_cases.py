@@ -24,11 +24,11 @@ from ml_playground.bench.nanogpt import (
 from ml_playground.bench.report import Row, Value
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import Timing, time_calls
-from ml_playground.config import TrainConfig
+from ml_playground.config import DType, TrainConfig
 from ml_playground.config_loader import load_experiment_config, parse_experiment_config, require_train
 from ml_playground.data.batches import BatchSource
 from ml_playground.model import GPT
-from ml_playground.runtime import resolve_runtime, seed_everything
+from ml_playground.runtime import TORCH_DTYPES, resolve_runtime, seed_everything
 from ml_playground.train.checkpoint import gpt_config_from_args
 from ml_playground.train.distributed import DistInfo
 from ml_playground.train.metrics import TB_SUBDIR, measure_peak_flops
@@ -83,11 +83,10 @@ def interleaved(fns: dict[str, Callable[[], object]], ctx: BenchContext, rounds:
     return {name: Timing(samples=tuple(values)) for name, values in samples.items()}
 
 
-def peak_now(ctx: BenchContext, dtype: str) -> float:
+def peak_now(ctx: BenchContext, dtype: DType) -> float:
     """The larger of the run's first peak probe and one taken now, right after a case's timed
     steps: a single probe that hits a slow moment of a shared machine puts MFU above 100%."""
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    return max(ctx.peaks.of(dtype), measure_peak_flops(ctx.device, torch_dtype, repeats=5))
+    return max(ctx.peaks.of(dtype), measure_peak_flops(ctx.device, TORCH_DTYPES[dtype], repeats=5))
 
 
 def throughput(timing: Timing, tokens_per_iter: int, flops_per_token: float, peak: float) -> dict[str, Value]:
@@ -203,7 +202,9 @@ def case2_train_mid(ctx: BenchContext) -> list[Row]:
         losses: list[float] = []
         warmup = ctx.warmup + (2 if compile else 0)
         timing = time_calls(_step_fn(loop, losses), warmup=warmup, reps=ctx.reps, device=ctx.device)
-        metrics = throughput(timing, tokens, loop.target.flops_per_token(shape.block_size), peak_now(ctx, dtype))
+        metrics = throughput(
+            timing, tokens, loop.target.flops_per_token(shape.block_size), peak_now(ctx, loop.cfg.runtime.dtype)
+        )
         metrics["dtype"] = dtype
         metrics["compile"] = compile
         metrics["final_loss"] = losses[-1]
