@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,27 @@ _CL100K_PATTERN = (
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 ENDOFTEXT = "<|endoftext|>"
+
+# GPT-2's pattern without `\s+(?!\S)`: no lookaround, so tiktoken's regex engine takes its fast path.
+_R50K_PATTERN_NO_LOOKAHEAD = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"""
+# Unicode White_Space: what `\s` matches in tiktoken's regex engine (str.isspace also takes U+001C-U+001F).
+_WHITE_SPACE = (
+    *range(0x09, 0x0E),
+    0x20,
+    0x85,
+    0xA0,
+    0x1680,
+    *range(0x2000, 0x200B),
+    0x2028,
+    0x2029,
+    0x202F,
+    0x205F,
+    0x3000,
+)
+_IS_WHITE_SPACE = np.zeros(_WHITE_SPACE[-1] + 2, dtype=np.bool_)  # code points above the table: not white space
+_IS_WHITE_SPACE[list(_WHITE_SPACE)] = True
+# Cut markers for the fast GPT-2 encoder: control characters, neither white space, letter nor number.
+_MARKERS = tuple(chr(point) for point in (*range(0x01, 0x09), *range(0x0E, 0x1C)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,7 @@ def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
+@functools.cache  # shared by the exact and the fast GPT-2 encodings; tiktoken only reads it
 def _gpt2_ranks() -> dict[bytes, int]:
     encoder, _merges = gpt2_vocab_and_merges()  # both files hash-checked: the ranks match the merges
     byte_of = {char: b for b, char in byte_to_unicode().items()}
@@ -170,6 +192,55 @@ def load_encoding(name: str) -> tiktoken.Encoding:
             },
         )
     raise DataError(f"unknown tiktoken encoding {name!r}; offline encodings: {', '.join(KNOWN_ENCODINGS)}")
+
+
+class Gpt2FastEncoder:
+    r"""GPT-2 ids for large texts, equal to tiktoken's, about twice as fast.
+
+    GPT-2's split pattern ends a run of two or more white-space characters that text follows one
+    character early (`\s+(?!\S)`: "a  b" -> "a", " ", " b"), and that lookahead sends every text
+    through tiktoken's backtracking regex engine. Here a marker (a control character the text does
+    not contain) goes in before the last character of each such run, the text is encoded with the
+    pattern without the lookahead, which then splits exactly as GPT-2 does, and the marker's id is
+    dropped: the marker is a token of its own, also after a space (" X" -> " ", "X"). A text that
+    contains every marker is encoded by tiktoken's GPT-2 directly.
+    """
+
+    def __init__(self, gpt2: tiktoken.Encoding) -> None:
+        self._exact = gpt2
+        self._fast = tiktoken.Encoding(
+            name="gpt2_no_lookahead",
+            pat_str=_R50K_PATTERN_NO_LOOKAHEAD,
+            mergeable_ranks=_gpt2_ranks(),
+            special_tokens={ENDOFTEXT: 50256},
+            explicit_n_vocab=50257,
+        )
+        (space,) = gpt2.encode_ordinary(" ")
+        self._marker_ids: dict[str, int] = {}
+        for marker in _MARKERS:
+            ids = gpt2.encode_ordinary(marker)
+            if len(ids) == 1 and gpt2.encode_ordinary(" " + marker) == [space, ids[0]]:
+                self._marker_ids[marker] = ids[0]
+
+    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+        marker = next((m for m in self._marker_ids if m not in text), None)
+        if marker is None:
+            return self._exact.encode_to_numpy(text, disallowed_special=())
+        # One byte per character for ASCII text, else UTF-32 code points.
+        codec, width = ("ascii", np.uint8) if text.isascii() else ("utf-32-le", np.uint32)
+        points: npt.NDArray[np.unsignedinteger[Any]] = np.frombuffer(text.encode(codec), width)
+        white = np.take(_IS_WHITE_SPACE, points, mode="clip")
+        # Index of the last character of each run of >= 2 white-space characters that text follows.
+        cuts = np.flatnonzero(white[:-2] & white[1:-1] & ~white[2:]) + 1
+        marked = np.insert(points, cuts, ord(marker)).tobytes().decode(codec)
+        ids: npt.NDArray[np.uint32] = self._fast.encode_to_numpy(marked, disallowed_special=())
+        kept: npt.NDArray[np.uint32] = ids[ids != self._marker_ids[marker]]
+        return kept
+
+
+@functools.cache
+def gpt2_fast_encoder() -> Gpt2FastEncoder:
+    return Gpt2FastEncoder(load_encoding("gpt2"))
 
 
 class CharTokenizer:
@@ -256,6 +327,8 @@ class TiktokenTokenizer:
 
     def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
         """`encode` straight into a numpy array (no Python list); tiktoken releases the GIL meanwhile."""
+        if self._encoding.name == "gpt2":
+            return gpt2_fast_encoder().encode_array(text)
         return self._encoding.encode_to_numpy(text, disallowed_special=())
 
     def decode(self, ids: Sequence[int]) -> str:

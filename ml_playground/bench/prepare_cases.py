@@ -16,6 +16,7 @@ from ml_playground.errors import DataError
 
 _BLOCK_BYTES = 4 << 20
 _DISTINCT_BLOCKS = 4
+_COMPARE_MB = 128.0  # input for the side-by-side row against tiktoken's own GPT-2 encoding
 
 
 def _block(rng: np.random.Generator, words: list[str]) -> str:
@@ -52,13 +53,26 @@ def write_synthetic_corpus(path: Path, megabytes: float, seed: int = 1337) -> in
     return written
 
 
-def _prepare_in_child(corpus: Path, dataset_dir: Path, tokenizer: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "ml_playground.bench.prepare_child", str(corpus), str(dataset_dir), tokenizer]
+def _in_child(corpus: Path, *args: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "ml_playground.bench.prepare_child", str(corpus), *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise DataError(f"{corpus}: {tokenizer} preparation failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise DataError(f"{corpus}: {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _bpe_against_tiktoken(corpus: Path, megabytes: float) -> Row:
+    """Preparation's GPT-2 encoder vs tiktoken's own on the same first MB, side by side."""
+    result = _in_child(corpus, "--compare-bpe", str(megabytes))
+    if not result["identical"]:
+        raise DataError(f"{corpus}: the GPT-2 ids of preparation differ from tiktoken's")
+    size = float(result["megabytes"])
+    ours, theirs = size / float(result["prepare_seconds"]), size / float(result["tiktoken_seconds"])
+    metrics: dict[str, Value] = {"input_mb": size, "mb_per_s": ours, "tiktoken_mb_per_s": theirs}
+    metrics["ratio"] = ours / theirs
+    summary = f"{ours:7.1f} MB/s vs {theirs:.1f} MB/s: {ours / theirs:.2f}x, same ids (first {size:.0f} MB)"
+    return Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=metrics)
 
 
 def case5_prepare(ctx: BenchContext) -> list[Row]:
@@ -66,7 +80,7 @@ def case5_prepare(ctx: BenchContext) -> list[Row]:
     size = write_synthetic_corpus(corpus, ctx.sizes.prepare_mb)
     rows: list[Row] = []
     for tokenizer, name in (("tiktoken", "GPT-2 BPE"), ("char", "char-level")):
-        result = _prepare_in_child(corpus, ctx.work_dir / "case5" / tokenizer, tokenizer)
+        result = _in_child(corpus, str(ctx.work_dir / "case5" / tokenizer), tokenizer)
         mb_per_s = size / 1e6 / float(result["seconds"])
         rss_mb = int(result["peak_rss_bytes"]) / 2**20
         metrics: dict[str, Value] = {
@@ -81,4 +95,5 @@ def case5_prepare(ctx: BenchContext) -> list[Row]:
         # Free the disk before the next tokenizer (a GB of char ids is 2 GB of uint16).
         for produced in (ctx.work_dir / "case5" / tokenizer).glob("*.bin"):
             produced.unlink()
+    rows.append(_bpe_against_tiktoken(corpus, min(ctx.sizes.prepare_mb, _COMPARE_MB)))
     return rows

@@ -2,18 +2,27 @@
 
 A separate process per tokenizer, so each peak RSS is that preparation's own (no torch loaded).
 Usage: python -m ml_playground.bench.prepare_child INPUT DATASET_DIR char|tiktoken
+   or: python -m ml_playground.bench.prepare_child INPUT --compare-bpe MEGABYTES
+(the second times tiktoken's own GPT-2 encoding against preparation's on the same first MB).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from ml_playground.data.prepare import prepare_corpus
+import numpy as np
+import numpy.typing as npt
+
+from ml_playground.data.prepare import iter_text, prepare_corpus
+from ml_playground.tokenizers import gpt2_fast_encoder, load_encoding
 
 _TOKENIZERS: dict[str, Literal["char", "tiktoken"]] = {"char": "char", "tiktoken": "tiktoken"}
 
@@ -33,7 +42,44 @@ def peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+_COMPARE_ROUNDS = 4
+
+
+def compare_bpe(input_path: Path, megabytes: float) -> dict[str, Any]:
+    """Seconds of tiktoken's own GPT-2 encoding and of preparation's on the same pieces, all cores.
+
+    The two alternate over quarters of the input, so a drift in machine speed hits both alike.
+    """
+    limit = min(input_path.stat().st_size, int(megabytes * 1e6))
+    pieces = [text for _offset, text in iter_text(input_path, 0, limit)]
+    exact = load_encoding("gpt2")
+    encoders: dict[str, Callable[[str], npt.NDArray[np.uint32]]] = {
+        "tiktoken": lambda text: exact.encode_to_numpy(text, disallowed_special=()),
+        "prepare": gpt2_fast_encoder().encode_array,
+    }
+    seconds = dict.fromkeys(encoders, 0.0)
+    identical = True
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for round_ in range(_COMPARE_ROUNDS):
+            part = pieces[round_::_COMPARE_ROUNDS]
+            ids: dict[str, list[npt.NDArray[np.uint32]]] = {}
+            for name in sorted(encoders, reverse=round_ % 2 == 1):
+                started = time.perf_counter()
+                ids[name] = list(pool.map(encoders[name], part))
+                seconds[name] += time.perf_counter() - started
+            identical &= all(np.array_equal(a, b) for a, b in zip(ids["tiktoken"], ids["prepare"], strict=True))
+    return {
+        "megabytes": limit / 1e6,
+        "tiktoken_seconds": seconds["tiktoken"],
+        "prepare_seconds": seconds["prepare"],
+        "identical": identical,
+    }
+
+
 def main(argv: list[str]) -> int:
+    if argv[1] == "--compare-bpe":
+        print(json.dumps(compare_bpe(Path(argv[0]), float(argv[2]))))
+        return 0
     input_path, dataset_dir = Path(argv[0]), Path(argv[1])
     tokenizer = _TOKENIZERS.get(argv[2])
     if tokenizer is None:

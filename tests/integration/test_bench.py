@@ -40,6 +40,9 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
     assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte
+    against = by_variant[("5", "GPT-2 BPE vs tiktoken's")]  # present only when the ids were identical
+    assert against["input_mb"] == 0.05
+    assert against["ratio"] == pytest.approx(against["mb_per_s"] / against["tiktoken_mb_per_s"])
     table = capsys.readouterr().out
     assert "peak matmul" in table
     assert "wrote " in table

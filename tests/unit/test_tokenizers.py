@@ -3,14 +3,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import (
+    ENDOFTEXT,
     CharTokenizer,
     PackagedFile,
     TiktokenTokenizer,
+    gpt2_fast_encoder,
     load_encoding,
     read_verified,
     tokenizer_from_meta,
@@ -53,6 +56,35 @@ def test_bpe_round_trip(name: str, text: str) -> None:
 def test_batch_encoding_equals_single() -> None:
     tok = TiktokenTokenizer("gpt2")
     assert [tok.encode_array(t).tolist() for t in REAL_TEXT] == [tok.encode(t) for t in REAL_TEXT]
+
+
+# Characters where GPT-2's split is subtle: every Unicode White_Space character, separators that
+# str.isspace counts as space but the regex engine does not, letters, numbers, contractions, markers.
+_SPLIT_ALPHABET = [
+    *"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2005\u200a\u2028\u2029\u202f\u205f\u3000",
+    *"\x1c\x1d\x1e\x1f\u180e\u200b\u3001",
+    *"abZéßÄ漢٣459'!.,-",
+    *("  ", "\n\n", "'s", "'ll", " '", ENDOFTEXT, "\x01", "\x02"),
+]
+
+
+def test_gpt2_fast_encoder_equals_tiktoken_on_whitespace_heavy_text() -> None:
+    fast, exact = gpt2_fast_encoder(), load_encoding("gpt2")
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        picks = rng.integers(0, len(_SPLIT_ALPHABET), size=int(rng.integers(0, 40)))
+        text = "".join(_SPLIT_ALPHABET[int(i)] for i in picks)
+        assert fast.encode_array(text).tolist() == exact.encode_ordinary(text), repr(text)
+    for text in REAL_TEXT:
+        assert fast.encode_array(text).tolist() == exact.encode_ordinary(text)
+
+
+def test_gpt2_fast_encoder_marks_runs_and_falls_back_when_every_marker_is_taken() -> None:
+    exact = load_encoding("gpt2")
+    ascii_text = "SPEAKER:\nline one.\n\nSPEAKER:\n  two  \t three\n\n\n"
+    every_marker = "".join(chr(c) for c in (*range(0x01, 0x09), *range(0x0E, 0x1C)))
+    for text in (ascii_text, ascii_text + "\u00e9", every_marker + ascii_text):
+        assert gpt2_fast_encoder().encode_array(text).tolist() == exact.encode_ordinary(text)
 
 
 def test_unknown_encoding_lists_known() -> None:
