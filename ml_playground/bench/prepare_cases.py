@@ -63,7 +63,7 @@ def _in_child(corpus: Path, *args: str) -> dict[str, Any]:
 
 
 def _bpe_against_tiktoken(corpus: Path, megabytes: float) -> Row:
-    """Preparation's GPT-2 encoder vs tiktoken's own on the same first MB, side by side."""
+    """Preparation's GPT-2 encoder vs tiktoken's own on the same first megabytes, side by side."""
     result = _in_child(corpus, "--compare-bpe", str(megabytes))
     if not result["identical"]:
         raise DataError(f"{corpus}: the GPT-2 ids of preparation differ from tiktoken's")

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml_playground.data.prepare import iter_text, prepare_corpus
-from ml_playground.tokenizers import gpt2_fast_encoder, load_encoding
+from ml_playground.tokenizers import fast_encoder, load_encoding
 
 _TOKENIZERS: dict[str, Literal["char", "tiktoken"]] = {"char": "char", "tiktoken": "tiktoken"}
 
@@ -48,14 +48,15 @@ _COMPARE_ROUNDS = 4
 def compare_bpe(input_path: Path, megabytes: float) -> dict[str, Any]:
     """Seconds of tiktoken's own GPT-2 encoding and of preparation's on the same pieces, all cores.
 
-    The two alternate over quarters of the input, so a drift in machine speed hits both alike.
+    The two alternate over four interleaved quarters of the pieces, so a drift in machine speed
+    hits both alike.
     """
     limit = min(input_path.stat().st_size, int(megabytes * 1e6))
     pieces = [text for _offset, text in iter_text(input_path, 0, limit)]
     exact = load_encoding("gpt2")
     encoders: dict[str, Callable[[str], npt.NDArray[np.uint32]]] = {
         "tiktoken": lambda text: exact.encode_to_numpy(text, disallowed_special=()),
-        "prepare": gpt2_fast_encoder().encode_array,
+        "prepare": fast_encoder("gpt2").encode_array,
     }
     seconds = dict.fromkeys(encoders, 0.0)
     identical = True

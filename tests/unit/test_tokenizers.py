@@ -13,7 +13,7 @@ from ml_playground.tokenizers import (
     CharTokenizer,
     PackagedFile,
     TiktokenTokenizer,
-    gpt2_fast_encoder,
+    fast_encoder,
     load_encoding,
     read_verified,
     tokenizer_from_meta,
@@ -64,12 +64,13 @@ _SPLIT_ALPHABET = [
     *"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2005\u200a\u2028\u2029\u202f\u205f\u3000",
     *"\x1c\x1d\x1e\x1f\u180e\u200b\u3001",
     *"abZéßÄ漢٣459'!.,-",
-    *("  ", "\n\n", "'s", "'ll", " '", ENDOFTEXT, "\x01", "\x02"),
+    *("  ", "\n\n", "\r\n", "'s", "'LL", "'ll", " '", "1234", ENDOFTEXT, "\x01", "\x02"),
 ]
 
 
-def test_gpt2_fast_encoder_equals_tiktoken_on_whitespace_heavy_text() -> None:
-    fast, exact = gpt2_fast_encoder(), load_encoding("gpt2")
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_fast_encoder_equals_tiktoken_on_whitespace_heavy_text(name: str) -> None:
+    fast, exact = fast_encoder(name), load_encoding(name)
     rng = np.random.default_rng(0)
     for _ in range(3000):
         picks = rng.integers(0, len(_SPLIT_ALPHABET), size=int(rng.integers(0, 40)))
@@ -79,12 +80,13 @@ def test_gpt2_fast_encoder_equals_tiktoken_on_whitespace_heavy_text() -> None:
         assert fast.encode_array(text).tolist() == exact.encode_ordinary(text)
 
 
-def test_gpt2_fast_encoder_marks_runs_and_falls_back_when_every_marker_is_taken() -> None:
-    exact = load_encoding("gpt2")
-    ascii_text = "SPEAKER:\nline one.\n\nSPEAKER:\n  two  \t three\n\n\n"
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_fast_encoder_marks_runs_and_falls_back_when_every_marker_is_taken(name: str) -> None:
+    exact = load_encoding(name)
+    ascii_text = "SPEAKER:\nline one.\n\nSPEAKER:\n  two  \t three \n  four\r\n\n\n"
     every_marker = "".join(chr(c) for c in (*range(0x01, 0x09), *range(0x0E, 0x1C)))
     for text in (ascii_text, ascii_text + "\u00e9", every_marker + ascii_text):
-        assert gpt2_fast_encoder().encode_array(text).tolist() == exact.encode_ordinary(text)
+        assert fast_encoder(name).encode_array(text).tolist() == exact.encode_ordinary(text)
 
 
 def test_unknown_encoding_lists_known() -> None:
