@@ -47,6 +47,7 @@ class Options:
     force_bf16: bool
     tiny: bool
     quality_config: Path
+    quality_runs: int
     prepare_mb: float | None
 
 
@@ -75,13 +76,19 @@ def parse_options(argv: list[str]) -> Options:
         "--force-bf16", action="store_true", help="run bf16 variants even where bf16 matmuls are slower than fp32"
     )
     parser.add_argument("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config")
+    parser.add_argument(
+        "--quality-runs",
+        type=int,
+        default=2,
+        help="case 3 runs per side, alternating ours, nanoGPT, nanoGPT, ours, ... (means reported)",
+    )
     parser.add_argument("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
     parser.add_argument(
         "--tiny", action="store_true", help="smoke run: tiny models and inputs (numbers are meaningless)"
     )
     args = parser.parse_args(argv)
-    if args.warmup < 0 or args.reps < 1:
-        parser.error("--warmup must be >= 0 and --reps >= 1")
+    if args.warmup < 0 or args.reps < 1 or args.quality_runs < 1:
+        parser.error("--warmup must be >= 0, --reps and --quality-runs >= 1")
     return Options(
         corpus=args.corpus,
         out_dir=args.out_dir,
@@ -94,6 +101,7 @@ def parse_options(argv: list[str]) -> Options:
         force_bf16=args.force_bf16,
         tiny=args.tiny,
         quality_config=args.quality_config,
+        quality_runs=args.quality_runs,
         prepare_mb=args.prepare_mb,
     )
 
@@ -152,7 +160,7 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
     return {
         1: case1_train_small,
         2: case2_train_mid,
-        3: lambda ctx: case3_time_to_quality(ctx, options.quality_config),
+        3: lambda ctx: case3_time_to_quality(ctx, options.quality_config, options.quality_runs),
         4: case4_sampling,
         5: case5_prepare,
     }
@@ -178,6 +186,7 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
                 "nanogpt_dir": None if options.nanogpt_dir is None else str(options.nanogpt_dir),
                 "warmup": options.warmup,
                 "reps": options.reps,
+                "quality_runs": options.quality_runs,
                 "tiny": options.tiny,
                 "compile": options.compile,
                 "force_bf16": options.force_bf16,

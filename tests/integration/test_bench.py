@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ml_playground.bench import train_cases
 from ml_playground.bench.runner import main
+from tests.support import nanogpt_standin
 from tests.support.tiny_training import TEXT
 
 
@@ -58,3 +62,36 @@ def test_missing_nanogpt_checkout_is_one_line_and_exit_2(tmp_path: Path, capsys:
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --nanogpt-dir:")
     assert "model.py not found" in err[-1]
+
+
+def test_side_by_side_with_a_checkout_alternates_case_3_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkout = tmp_path / "nanoGPT"
+    checkout.mkdir()
+    shutil.copy(Path(nanogpt_standin.__file__), checkout / "model.py")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4, encoding="utf-8")
+    order: list[str] = []
+    for name, side in (("_our_time_to_quality", "ours"), ("_nanogpt_time_to_quality", "nanoGPT")):
+        original = getattr(train_cases, name)
+
+        def recorded(*args: Any, _original: Any = original, _side: str = side) -> Any:
+            order.append(_side)
+            return _original(*args)
+
+        monkeypatch.setattr(train_cases, name, recorded)
+    argv = ["--tiny", "--no-compile", "--warmup", "0", "--reps", "1", "--cases", "1,3,4", "--quality-runs", "3"]
+    code = main([*argv, "--corpus", str(corpus), "--nanogpt-dir", str(checkout), "--out-dir", str(tmp_path / "out")])
+    assert code == 0
+    # ABBA...: a steady drift of the machine's speed hits both sides alike.
+    assert order == ["ours", "nanoGPT", "nanoGPT", "ours", "ours", "nanoGPT"]
+    report = json.loads((tmp_path / "out" / "latest.json").read_text())
+    by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
+    ours, theirs = (
+        by_variant[("3", "ml-playground bundestag_char_cpu.toml")],
+        by_variant[("3", "nanoGPT README config (checkout)")],
+    )
+    assert ours["runs"] == theirs["runs"] == 3
+    assert len(theirs["seconds_per_run"].split(", ")) == 3
+    assert ours["nanogpt_baseline"] == "measured"
+    assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "measured"
+    assert by_variant[("4", "nanoGPT sample.py (checkout)")]["tokens_per_s"] > 0

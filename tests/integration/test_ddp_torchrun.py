@@ -121,8 +121,15 @@ def _rank_pid(launcher: subprocess.Popen[str], rank: int) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         for task in Path(f"/proc/{launcher.pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            for child in children:
+                try:
+                    environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:  # a short-lived child (not a worker) exited meanwhile
+                    continue
                 if f"RANK={rank}".encode() in environ:
                     return int(child)
         time.sleep(0.1)
