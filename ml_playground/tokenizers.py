@@ -204,7 +204,11 @@ def _lookup_table(points: frozenset[int]) -> npt.NDArray[np.bool_]:
 
 
 _IS_WHITE_SPACE = _lookup_table(_WHITE_SPACE)
-_IS_WHITE_SPACE_NOT_NEWLINE = _lookup_table(_WHITE_SPACE - _NEWLINES)
+# Per encoding: the pattern without lookahead, and which characters form the runs it must cut.
+_FAST_SPLITS = {
+    "gpt2": (_R50K_PATTERN_NO_LOOKAHEAD, _IS_WHITE_SPACE),
+    "cl100k_base": (_CL100K_PATTERN_NO_LOOKAHEAD, _lookup_table(_WHITE_SPACE - _NEWLINES)),
+}
 
 
 class FastSplitEncoder:
@@ -222,11 +226,7 @@ class FastSplitEncoder:
 
     def __init__(self, name: str) -> None:
         self._exact = load_encoding(name)
-        pattern, self._run_chars = (
-            (_R50K_PATTERN_NO_LOOKAHEAD, _IS_WHITE_SPACE)
-            if name == "gpt2"
-            else (_CL100K_PATTERN_NO_LOOKAHEAD, _IS_WHITE_SPACE_NOT_NEWLINE)
-        )
+        pattern, self._run_chars = _FAST_SPLITS[name]
         self._fast = _build_encoding(name, pattern, label=f"{name}_no_lookahead")
         (space,) = self._exact.encode_ordinary(" ")
         self._marker_ids: dict[str, int] = {}

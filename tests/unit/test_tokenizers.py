@@ -10,6 +10,7 @@ from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import (
     ENDOFTEXT,
+    KNOWN_ENCODINGS,
     CharTokenizer,
     PackagedFile,
     TiktokenTokenizer,
@@ -68,7 +69,7 @@ _SPLIT_ALPHABET = [
 ]
 
 
-@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+@pytest.mark.parametrize("name", KNOWN_ENCODINGS)
 def test_fast_encoder_equals_tiktoken_on_whitespace_heavy_text(name: str) -> None:
     fast, exact = fast_encoder(name), load_encoding(name)
     rng = np.random.default_rng(0)
@@ -80,7 +81,7 @@ def test_fast_encoder_equals_tiktoken_on_whitespace_heavy_text(name: str) -> Non
         assert fast.encode_array(text).tolist() == exact.encode_ordinary(text)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+@pytest.mark.parametrize("name", KNOWN_ENCODINGS)
 def test_fast_encoder_marks_runs_and_falls_back_when_every_marker_is_taken(name: str) -> None:
     exact = load_encoding(name)
     ascii_text = "SPEAKER:\nline one.\n\nSPEAKER:\n  two  \t three \n  four\r\n\n\n"
