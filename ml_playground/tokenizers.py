@@ -242,8 +242,8 @@ class FastSplitEncoder:
         # One byte per character for ASCII text, else UTF-32 code points.
         codec, width = ("ascii", np.uint8) if text.isascii() else ("utf-32-le", np.uint32)
         points: npt.NDArray[np.unsignedinteger[Any]] = np.frombuffer(text.encode(codec), width)
-        run = np.take(self._run_chars, points, mode="clip")
         white = np.take(_IS_WHITE_SPACE, points, mode="clip")
+        run = white if self._run_chars is _IS_WHITE_SPACE else np.take(self._run_chars, points, mode="clip")
         # Index of the last character of each run (>= 2 run characters) that text follows.
         cuts = np.flatnonzero(run[:-2] & run[1:-1] & ~white[2:]) + 1
         marked = np.insert(points, cuts, ord(marker)).tobytes().decode(codec)

@@ -59,10 +59,11 @@ def test_batch_encoding_equals_single() -> None:
     assert [tok.encode_array(t).tolist() for t in REAL_TEXT] == [tok.encode(t) for t in REAL_TEXT]
 
 
-# Characters where GPT-2's split is subtle: every Unicode White_Space character, separators that
+# Characters where the BPE split is subtle: every Unicode White_Space character, separators that
 # str.isspace counts as space but the regex engine does not, letters, numbers, contractions, markers.
 _SPLIT_ALPHABET = [
-    *"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2005\u200a\u2028\u2029\u202f\u205f\u3000",
+    *"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a",
+    *"\u2028\u2029\u202f\u205f\u3000",
     *"\x1c\x1d\x1e\x1f\u180e\u200b\u3001",
     *"abZéßÄ漢٣459'!.,-",
     *("  ", "\n\n", "\r\n", "'s", "'LL", "'ll", " '", "1234", ENDOFTEXT, "\x01", "\x02"),
