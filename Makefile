@@ -63,8 +63,10 @@ test: $(STAMP) ## all tests
 unit: $(STAMP) ## unit tests
 	$(PYTEST) -m unit
 
-unit-cov: $(STAMP) ## unit tests with coverage report
-	$(PYTEST) -m unit --cov=ml_playground --cov-branch --cov-report=term-missing:skip-covered
+# Unit tests alone cover ~70% (the integration layer covers distributed, export and TensorBoard code):
+# the floor catches a large drop without failing on small refactors.
+unit-cov: $(STAMP) ## unit tests with coverage report (fails below 68%)
+	$(PYTEST) -m unit --cov=ml_playground --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=68
 
 integration: $(STAMP) ## integration tests
 	$(PYTEST) -m integration

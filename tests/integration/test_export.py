@@ -93,3 +93,38 @@ def test_missing_converter_says_how_to_install_it(tmp_path: Path) -> None:
     write_run(tmp_path / "run")
     with pytest.raises(MissingDependencyError, match=r"convert_bin: .*not found.*tools/llama_cpp/Readme\.md"):
         export(tmp_path, convert_bin=str(tmp_path / "convert-hf-to-gguf.py"))
+
+
+STANDIN = Path(__file__).parents[1] / "support" / "converter_standin.py"
+
+
+def gguf_name_of(path: Path) -> str:
+    field = gguf.GGUFReader(path).fields["general.name"]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+@pytest.mark.parametrize(("quant", "tensor_type"), [("f16", "F16"), ("q8_0", "Q8_0")])
+def test_converter_route_runs_the_script_on_the_hf_export(tmp_path: Path, quant: str, tensor_type: str) -> None:
+    write_run(tmp_path / "run")
+    result = export(tmp_path, convert_bin=str(STANDIN), quant=quant)
+    gguf_path = tmp_path / "export" / "model.gguf"
+    assert result.gguf_path == gguf_path
+    assert gguf_name_of(gguf_path) == "standin"  # written by the converter, not the in-process writer
+    types = {t.tensor_type for t in gguf.GGUFReader(gguf_path).tensors}
+    assert getattr(gguf.GGMLQuantizationType, tensor_type) in types
+    assert sha256sums_match(tmp_path / "export")
+    assert not [p.name for p in (tmp_path / "export").iterdir() if p.name.startswith(".")]
+
+
+def test_failing_converter_is_reported_and_keeps_the_previous_gguf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_run(tmp_path / "run")
+    export(tmp_path, quant="f16")
+    gguf_path = tmp_path / "export" / "model.gguf"
+    before = gguf_path.read_bytes()
+    monkeypatch.setenv("CONVERTER_STANDIN_FAIL", "1")
+    with pytest.raises(ExportError, match=r"converter failed \(exit 3\): converter: unsupported tensor layout"):
+        export(tmp_path, convert_bin=str(STANDIN), quant="f16")
+    assert gguf_path.read_bytes() == before
+    assert not [p.name for p in (tmp_path / "export").iterdir() if p.name.startswith(".")]

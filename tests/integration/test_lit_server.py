@@ -1,4 +1,5 @@
-"""LIT end to end: train a tiny model, serve it with `ml-playground lit`, query LIT over HTTP.
+"""LIT end to end: train a tiny model with the trainer, serve it with `ml-playground lit`, query
+LIT over HTTP.
 
 The command creates the LIT environment (lit_nlp/.venv) on first use, as `make lit` does, and
 runs the real LIT server on a free loopback port. It is stopped by PID (SIGTERM, which the
@@ -29,10 +30,11 @@ from ml_playground import registry
 from ml_playground.config_loader import load_experiment_config, require_sample, require_train
 from ml_playground.data.meta import DatasetMeta, write_meta
 from ml_playground.generate import generate
-from ml_playground.model import GPT, GPTConfig
-from ml_playground.sample import run_sampling, sampling_params
+from ml_playground.model import GPT
+from ml_playground.runtime import Runtime
+from ml_playground.sample import load_model_for_inference, run_sampling, sampling_params
 from ml_playground.tokenizers import CharTokenizer
-from ml_playground.train.checkpoint import Checkpoint, model_args_of, save_checkpoint
+from ml_playground.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -97,9 +99,14 @@ n_head = {N_HEAD}
 n_embd = {N_EMBD}
 block_size = {BLOCK_SIZE}
 
+[train.optim]
+learning_rate = 3e-3
+
 [train.runtime]
 out_dir = "{tmp_path / "out"}"
 max_iters = 60
+eval_interval = 30
+eval_iters = 5
 
 [sample.runtime]
 out_dir = "{tmp_path / "out"}"
@@ -114,39 +121,13 @@ temperature = 0.0
     return path
 
 
-def _train_tiny(config_path: Path, tokenizer: CharTokenizer) -> GPT:
-    """A few AdamW steps on train.bin, saved as ckpt_best.pt through the checkpoint module."""
+def _train_tiny(config_path: Path) -> GPT:
+    """Train with the trainer (`run_training`, as `make train` does); the model LIT must serve is
+    the one in the checkpoint it wrote, loaded the way sampling loads it."""
     train = require_train(load_experiment_config(config_path), config_path)
-    torch.manual_seed(0)
-    config = GPTConfig(
-        block_size=BLOCK_SIZE, vocab_size=tokenizer.vocab_size, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD
-    )
-    model = GPT(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    data = torch.from_numpy(np.fromfile(train.data.train_path, dtype=np.uint16).astype(np.int64))
-    loss = torch.tensor(math.inf)
-    for _ in range(train.runtime.max_iters):
-        starts = torch.randint(0, len(data) - BLOCK_SIZE - 1, (train.data.batch_size,))
-        x = torch.stack([data[s : s + BLOCK_SIZE] for s in starts])
-        y = torch.stack([data[s + 1 : s + 1 + BLOCK_SIZE] for s in starts])
-        step_loss = model(x, y).loss
-        assert step_loss is not None
-        optimizer.zero_grad()
-        step_loss.backward()
-        optimizer.step()
-        loss = step_loss.detach()
-    model.eval()
-    meta = DatasetMeta(kind="char", vocab_size=tokenizer.vocab_size, dtype="uint16", itos=tokenizer.itos)
-    checkpoint = Checkpoint(
-        schema_version=1,
-        model=model.state_dict(),
-        model_args=model_args_of(config),
-        iter_num=train.runtime.max_iters,
-        best_val_loss=float(loss),
-        config={},
-        dataset_meta=meta.to_dict(),
-    )
-    save_checkpoint(train.runtime.out_dir / "ckpt_best.pt", checkpoint)
+    run_training(train)
+    model, _, path = load_model_for_inference(train.runtime.out_dir, Runtime(torch.device("cpu"), "float32"))
+    assert path.name == "ckpt_best.pt"
     return model
 
 
@@ -175,7 +156,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp_path = tmp_path_factory.mktemp("lit")
     tokenizer = _prepare_dataset(tmp_path / "data")
     config_path = _write_config(tmp_path)
-    model = _train_tiny(config_path, tokenizer)
+    model = _train_tiny(config_path)
     port = _free_port()
     log_path = tmp_path / "server.log"
     command = [sys.executable, "-m", "ml_playground.cli", "lit", registry.names()[0], "--exp-config", str(config_path)]
