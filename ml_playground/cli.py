@@ -52,22 +52,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         run_finetune(train_cfg)
     else:
-        from ml_playground.train.trainer import run_training
+        from ml_playground.train.run import run_training
 
         run_training(train_cfg)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
-    sample_cfg = require_sample(cfg, path)
-    if cfg.train is not None and cfg.train.hf_model is not None:
-        from ml_playground.finetune.lora import run_finetune_sampling
+    from ml_playground.sample import run_sampling
 
-        run_finetune_sampling(sample_cfg, cfg.train)
-    else:
-        from ml_playground.sample import run_sampling
-
-        run_sampling(sample_cfg)
+    run_sampling(require_sample(cfg, path))
 
 
 def cmd_loop(args: argparse.Namespace) -> None:

@@ -162,8 +162,9 @@ class HFModelConfig:
     """[train.hf_model]: the Hugging Face causal LM to finetune."""
 
     model_name_or_path: str
-    # Save the LoRA-merged full model next to the adapter after training.
-    merge_on_save: bool = False
+    # After training, merge the best adapter into the base and write it to out_dir/merged/ as a
+    # native checkpoint (what `make sample` and `make export` read) and a Hugging Face directory.
+    merge_on_save: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)

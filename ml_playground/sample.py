@@ -29,7 +29,7 @@ from ml_playground.model import GPT
 from ml_playground.progress import progress_bar
 from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
 from ml_playground.tokenizers import Tokenizer, tokenizer_from_meta
-from ml_playground.train.checkpoint import find_checkpoint, load_checkpoint
+from ml_playground.train.checkpoint import load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +39,16 @@ SEPARATOR = "\n---------------\n"
 
 def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Tokenizer, Path]:
     """The discovered checkpoint as an eval-mode model on the runtime's device, its tokenizer, its path."""
-    path = find_checkpoint(out_dir)
-    checkpoint = load_checkpoint(path)
+    path, checkpoint, meta = load_model_checkpoint(out_dir)
     kind = "legacy nanoGPT checkpoint" if checkpoint.is_legacy else f"checkpoint schema v{checkpoint.schema_version}"
     log.info("sampling from %s (%s, iter %d)", path, kind, checkpoint.iter_num)
-    model = GPT(dataclasses.replace(checkpoint.gpt_config, dropout=0.0))
+    model = GPT(dataclasses.replace(checkpoint.arch, dropout=0.0))
     try:
         model.load_state_dict(checkpoint.model)
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match model_args ({detail})") from None
     model.to(runtime.device).eval()
-    if checkpoint.dataset_meta is None:
-        raise CheckpointError(f"{path}: checkpoint key 'dataset_meta' is missing; cannot decode tokens")
-    meta = DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
     tokenizer = tokenizer_from_meta(meta)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

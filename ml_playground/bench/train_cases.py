@@ -30,10 +30,11 @@ from ml_playground.config_loader import load_experiment_config, parse_experiment
 from ml_playground.data.batches import BatchSource
 from ml_playground.model import GPT
 from ml_playground.runtime import TORCH_DTYPES, resolve_runtime, seed_everything
-from ml_playground.train.checkpoint import gpt_config_from_args
 from ml_playground.train.distributed import DistInfo
 from ml_playground.train.metrics import TB_SUBDIR, measure_peak_flops
-from ml_playground.train.trainer import GPTTarget, Loop, build_loop, resolve_model_args, run_training, train_step
+from ml_playground.train.loop import LoopContext, build_loop, train_step
+from ml_playground.train.run import resolve_architecture, run_training
+from ml_playground.train.targets import GPTTarget
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ def train_config(
     return require_train(parse_experiment_config({"train": table}, source), source)
 
 
-def our_loop(ctx: BenchContext, cfg: TrainConfig) -> Loop:
+def our_loop(ctx: BenchContext, cfg: TrainConfig) -> LoopContext:
     """The trainer's own loop state (optimizer, batch source, precision) for `cfg`, fresh weights."""
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
     seed_everything(cfg.runtime.seed)
-    model = GPT(gpt_config_from_args(resolve_model_args(cfg, ctx.char_meta, None))).to(runtime.device)
+    model = GPT(resolve_architecture(cfg, ctx.char_meta, None)).to(runtime.device)
     batches = BatchSource.for_run(cfg, ctx.char_meta.numpy_dtype, runtime.device)
     target = GPTTarget(model, compile=cfg.runtime.compile)
     return build_loop(cfg, target, batches, runtime, dist=DistInfo(), dataset_meta=None)
@@ -106,7 +107,7 @@ def _summary(metrics: dict[str, Value], extra: str = "") -> str:
     return f"{ms:8.1f} ms/iter {tps:9.0f} tok/s  MFU {mfu * 100:5.1f}%{extra}"
 
 
-def _step_fn(loop: Loop, losses: list[float]) -> Callable[[], object]:
+def _step_fn(loop: LoopContext, losses: list[float]) -> Callable[[], object]:
     def step() -> None:
         losses.append(float(train_step(loop).item()))
 

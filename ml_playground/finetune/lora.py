@@ -1,20 +1,25 @@
-"""LoRA finetuning of a Hugging Face causal LM (transformers + peft) on the generic trainer loop.
+"""LoRA finetuning of a Hugging Face causal LM (transformers + peft) as a mode of the one run path.
 
-`LoRATarget` implements the trainer's `TrainingTarget`, so finetuning shares `fit`: schedule,
-gradient accumulation, clipping, evaluation, ckpt_last/ckpt_best rules, auto-resume (adapter
-weights, optimizer, RNG, data position) and the TensorBoard scalars. Checkpoints hold only the
-adapter weights; after every save the adapter is also written in PEFT format:
+`lora_target` builds a `LoRATarget` for `train.run.run`, so finetuning shares everything a run
+has: torchrun/DDP, seeding, schedule, gradient accumulation, clipping, evaluation,
+ckpt_last/ckpt_best rules, exact auto-resume (adapter weights, optimizer, RNG, data position) and
+the TensorBoard scalars. Checkpoints hold only the adapter weights; after every save the adapter
+is also written in PEFT format:
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
-  out_dir/merged/        LoRA merged into the base (GPT-2 bases), when merge_on_save = true
+  out_dir/merged/        with merge_on_save (GPT-2 bases): the best adapter merged into the base,
+                         as a native checkpoint (ckpt_best.pt, which `make sample` and
+                         `make export` read like any other) and as a Hugging Face directory
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
+import math
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -27,24 +32,30 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
-from ml_playground.config import PROJECT_ROOT, HFModelConfig, PeftConfig, SampleConfig, TrainConfig
-from ml_playground.data.batches import BatchSource
-from ml_playground.data.meta import DatasetMeta, read_meta
+from ml_playground.config import PROJECT_ROOT, HFModelConfig, PeftConfig, TrainConfig
+from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
-from ml_playground.interop.export import ExportSource
-from ml_playground.interop.hf import HFImport, export_hf, from_hf_state_dict, gpt_config_from_hf
-from ml_playground.runtime import resolve_runtime, seed_everything
-from ml_playground.tokenizers import tokenizer_from_meta
-from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
-from ml_playground.train.distributed import dist_info_from_env
+from ml_playground.interop.hf import export_hf, from_hf_state_dict, gpt_config_from_hf
+from ml_playground.model import GPTConfig
+from ml_playground.train.checkpoint import (
+    ADAPTER_KIND,
+    BEST_NAME,
+    MERGED_DIR,
+    SCHEMA_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ml_playground.train.distributed import wrap_ddp
+from ml_playground.train.loop import TrainResult
 from ml_playground.train.metrics import palm_flops_per_token
-from ml_playground.train.trainer import TrainResult, ensure_writable, fit
+from ml_playground.train.run import RunContext, run
+from ml_playground.train.targets import Parallel, load_optimizer_state_checked
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 ADAPTER_LAST_DIR = "adapter_last"
-MERGED_DIR = "merged"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
@@ -122,12 +133,22 @@ def write_adapter(model: Any, folder: Path, base_name: str) -> None:
 
 
 class LoRATarget:
-    """A PEFT-wrapped causal LM as the trainer's TrainingTarget; only adapter weights train."""
+    """A PEFT-wrapped causal LM as the loop's TrainingTarget; only adapter weights train.
 
-    def __init__(self, model: Any, peft_cfg: PeftConfig, base_name: str):
+    parallel "ddp" (needs an open process group) wraps it in DistributedDataParallel: the frozen
+    base is identical on every rank, the adapter's gradients are averaged."""
+
+    def __init__(self, model: Any, peft_cfg: PeftConfig, base_name: str, *, parallel: Parallel = "none"):
         self.model = model
         self.peft_cfg = peft_cfg
         self.base_name = base_name
+        self.parallel = parallel
+        self.meta: DatasetMeta | None = None  # set by lora_target; the merged checkpoint's tokenizer
+        self.forward: nn.Module = model
+        if parallel == "ddp":
+            self.forward = self.ddp = wrap_ddp(model, next(model.parameters()).device)
+        elif parallel == "fsdp":
+            raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -136,10 +157,12 @@ class LoRATarget:
         self.model.train(training)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        logits: Tensor = self.model(input_ids=x).logits  # (B, T, vocab)
+        logits: Tensor = self.forward(input_ids=x).logits  # (B, T, vocab)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
     def grad_sync(self, last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.parallel == "ddp" and not last_micro_step:
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     def model_state(self) -> dict[str, Tensor]:
@@ -160,38 +183,47 @@ class LoRATarget:
         return optimizer.state_dict()
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        optimizer.load_state_dict(state)
+        load_optimizer_state_checked(optimizer, state, sharded=False, load=lambda: optimizer.load_state_dict(state))
 
-    def model_args(self) -> dict[str, Any]:
+    def architecture(self) -> GPTConfig:
         config = self.model.config
-        return {
-            "n_layer": int(config.num_hidden_layers),
-            "n_head": int(config.num_attention_heads),
-            "n_embd": int(config.hidden_size),
-            "block_size": int(config.max_position_embeddings),
-            "bias": True,
-            "vocab_size": int(config.vocab_size),
-            "dropout": 0.0,
-        }
+        return GPTConfig(
+            n_layer=int(config.num_hidden_layers),
+            n_head=int(config.num_attention_heads),
+            n_embd=int(config.hidden_size),
+            block_size=int(config.max_position_embeddings),
+            bias=True,
+            vocab_size=int(config.vocab_size),
+            dropout=0.0,
+        )
 
     def flops_per_token(self, context: int) -> float:
-        args = self.model_args()
+        arch = self.architecture()
         return palm_flops_per_token(
             n_params=sum(p.numel() for p in self.model.parameters()),
-            n_layer=args["n_layer"],
-            n_head=args["n_head"],
-            head_size=args["n_embd"] // args["n_head"],
+            n_layer=arch.n_layer,
+            n_head=arch.n_head,
+            head_size=arch.head_size,
             context=context,
         )
 
     def extra_state(self) -> dict[str, Any] | None:
         peft = TypeAdapter(PeftConfig).dump_python(self.peft_cfg, mode="json")
-        return {"kind": "lora", "base_model": self.base_name, "peft": peft}
+        return {"kind": ADAPTER_KIND, "base_model": self.base_name, "peft": peft}
 
     def on_checkpoint(self, out_dir: Path, best: bool) -> None:
         write_adapter(self.model, out_dir / ADAPTER_LAST_DIR, self.base_name)
         if best:
             write_adapter(self.model, out_dir / ADAPTER_DIR, self.base_name)
+
+    def on_finish(self, out_dir: Path) -> None:
+        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/."""
+        if self.meta is None:
+            return
+        best = out_dir / BEST_NAME
+        if best.is_file():
+            self.load_model_state(load_checkpoint(best).model)
+        log.info("merged model -> %s", save_merged(self.model, self.meta, out_dir / MERGED_DIR))
 
 
 def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
@@ -201,109 +233,58 @@ def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
     context = int(base.config.max_position_embeddings)
     if cfg.data.block_size > context:
         problems.append(f"train.data.block_size {cfg.data.block_size} exceeds the base model's context {context}")
+    if cfg.hf_model is not None and cfg.hf_model.merge_on_save and base.config.model_type != "gpt2":
+        problems.append(
+            f"merge_on_save needs a GPT-2 base (found model_type {base.config.model_type!r}); "
+            "set merge_on_save = false to train the adapter alone"
+        )
     if problems:
         raise ConfigError(f"train.hf_model.model_name_or_path: {'; '.join(problems)}")
 
 
-def merged_gpt2(model: Any, meta: DatasetMeta) -> HFImport:
-    """LoRA merged into a copy of the GPT-2 base, converted to our format (for export and sampling)."""
-    import copy
-
+def merged_gpt2(model: Any) -> tuple[dict[str, Tensor], GPTConfig]:
+    """LoRA merged into a copy of the GPT-2 base, as our state dict and architecture."""
     merged = copy.deepcopy(model).merge_and_unload()
     hf_cfg: dict[str, Any] = merged.config.to_dict()
     state = {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
     config = gpt_config_from_hf(hf_cfg, True, Path(str(hf_cfg.get("_name_or_path", "base")), "config.json"))
-    return HFImport(state_dict=from_hf_state_dict(state, config, "merged model"), config=config, meta=meta)
+    return from_hf_state_dict(state, config, "merged model"), config
 
 
-def save_merged(model: Any, meta: DatasetMeta, out_dir: Path) -> Path:
-    merged = merged_gpt2(model, meta)
-    folder = out_dir / MERGED_DIR
-    export_hf(merged.state_dict, merged.config, merged.meta, folder)
+def save_merged(model: Any, meta: DatasetMeta, folder: Path) -> Path:
+    """`folder/ckpt_best.pt` (native, for sampling and export) and the same model as an HF directory."""
+    state_dict, config = merged_gpt2(model)
+    checkpoint = Checkpoint(
+        schema_version=SCHEMA_VERSION,
+        model=state_dict,
+        arch=config,
+        iter_num=0,
+        best_val_loss=math.inf,
+        config={},
+        dataset_meta=meta.to_dict(),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / BEST_NAME, checkpoint)
+    export_hf(state_dict, config, meta, folder)
     return folder
+
+
+def lora_target(ctx: RunContext) -> LoRATarget:
+    """The run's mode for [train.hf_model] + [train.peft]: base + fresh adapter on the run's device."""
+    cfg = ctx.cfg
+    if cfg.hf_model is None or cfg.peft is None:
+        raise ConfigError("train.hf_model and train.peft are required for LoRA finetuning")
+    base = load_base(cfg.hf_model)
+    check_compatible(cfg, base, ctx.meta)
+    model = with_adapter(base, cfg.peft).to(ctx.runtime.device)
+    target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path, parallel=ctx.parallel)
+    if cfg.hf_model.merge_on_save:
+        target.meta = ctx.meta
+    trainable = sum(p.numel() for p in target.trainable_parameters())
+    log.info("LoRA on %s: %d trainable parameters", target.base_name, trainable)
+    return target
 
 
 def run_finetune(cfg: TrainConfig) -> TrainResult:
     """`make train` with [train.hf_model] + [train.peft]; auto-resumes from ckpt_last.pt."""
-    if cfg.hf_model is None or cfg.peft is None:
-        raise ConfigError("train.hf_model and train.peft are required for LoRA finetuning")
-    dist = dist_info_from_env()
-    runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype, dist.local_rank if dist.is_distributed else None)
-    out_dir = cfg.runtime.out_dir
-    if dist.is_main:
-        ensure_writable(out_dir)
-    meta = read_meta(cfg.data.meta_path)
-    seed_everything(cfg.runtime.seed + dist.rank)
-    base = load_base(cfg.hf_model)
-    check_compatible(cfg, base, meta)
-    model = with_adapter(base, cfg.peft).to(runtime.device)
-    last = out_dir / LAST_NAME
-    checkpoint = load_checkpoint(last) if last.exists() else None
-    batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
-    target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path)
-    trainable = sum(p.numel() for p in target.trainable_parameters())
-    log.info("LoRA on %s: %d trainable parameters, out_dir %s", target.base_name, trainable, out_dir)
-    result = fit(cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint)
-    if cfg.hf_model.merge_on_save and dist.is_main:
-        best = load_checkpoint(out_dir / BEST_NAME) if (out_dir / BEST_NAME).exists() else None
-        if best is not None:
-            target.load_model_state(best.model)
-        log.info("merged model -> %s", save_merged(model, meta, out_dir))
-    return result
-
-
-def load_finetuned(train: TrainConfig, out_dir: Path) -> tuple[Any, DatasetMeta]:
-    """Base + best adapter (PEFT format) from `out_dir/adapter`, in eval mode."""
-    from peft import PeftModel
-
-    if train.hf_model is None:
-        raise ConfigError("train.hf_model is required to load a LoRA adapter")
-    adapter = out_dir / ADAPTER_DIR
-    if not (adapter / ADAPTER_CONFIG_FILE).is_file():
-        raise CheckpointError(f"{adapter}: no LoRA adapter found (run `make train` first)")
-    base = load_base(train.hf_model)
-    with peft_compat():
-        model = PeftModel.from_pretrained(base, str(adapter))
-    model.eval()
-    return model, read_meta(train.data.meta_path)
-
-
-def merged_export_source(train: TrainConfig) -> ExportSource:
-    """For `make export`: base + best adapter merged, converted to our format."""
-    out_dir = train.runtime.out_dir
-    adapter = out_dir / ADAPTER_DIR
-    files = sorted(p for p in adapter.glob("*") if p.is_file())
-    if train.hf_model is not None:
-        base = Path(train.hf_model.model_name_or_path)
-        files += sorted(p for p in base.glob("*") if p.is_file() and p.suffix in {".json", ".safetensors"})
-    if not files:
-        raise CheckpointError(f"{adapter}: no LoRA adapter found (run `make train` first)")
-
-    def load() -> HFImport:
-        model, meta = load_finetuned(train, out_dir)
-        return merged_gpt2(model, meta)
-
-    return ExportSource(files=tuple(files), load=load)
-
-
-@torch.no_grad()
-def run_finetune_sampling(cfg: SampleConfig, train: TrainConfig) -> list[str]:
-    """`make sample` for a finetuning experiment: base + adapter, HF generate with [sample.sample]."""
-    settings = cfg.sample
-    model, meta = load_finetuned(train, cfg.runtime.out_dir)
-    tokenizer = tokenizer_from_meta(meta)
-    prompt = settings.start
-    ids = torch.tensor([tokenizer.encode(prompt)])
-    torch.manual_seed(cfg.runtime.seed)
-    greedy = settings.temperature == 0
-    options: dict[str, Any] = {"do_sample": not greedy, "max_new_tokens": settings.max_new_tokens}
-    if not greedy:
-        options |= {"temperature": settings.temperature, "top_k": settings.top_k or 0, "top_p": settings.top_p or 1.0}
-    samples: list[str] = []
-    for _ in range(settings.num_samples):
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
-        text = tokenizer.decode(out[0].tolist())
-        print(text)
-        print("---------------")
-        samples.append(text)
-    return samples
+    return run(cfg, lora_target)

@@ -1,4 +1,7 @@
-"""`make export`: checkpoint (or LoRA-merged model) -> Hugging Face dir -> GGUF -> Ollama files.
+"""`make export`: checkpoint -> Hugging Face dir -> GGUF -> Ollama files.
+
+The checkpoint is found in the [sample] (else [train]) out_dir like sampling finds it; a LoRA
+run's merged model is such a checkpoint (out_dir/merged/), so export never sees how it was trained.
 
 Steps, all written atomically under [export.ollama].export_dir:
   hf/          GPT2LMHeadModel directory (interop.hf)
@@ -27,13 +30,12 @@ from pydantic import TypeAdapter
 
 from ml_playground.atomic import atomic_output_path, write_text_atomic
 from ml_playground.config import ExperimentConfig, ExportConfig, OllamaExportConfig, SampleSettings
-from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop import ollama
 from ml_playground.interop.gguf import FloatType, write_gguf
-from ml_playground.interop.hf import HFImport, export_hf
+from ml_playground.interop.hf import LoadedModel, export_hf
 from ml_playground.tokenizers import ENDOFTEXT
-from ml_playground.train.checkpoint import find_checkpoint, load_checkpoint
+from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class ExportSource:
     """What to export: the files whose bytes decide the result, and how to load the model."""
 
     files: tuple[Path, ...]
-    load: Callable[[], HFImport]
+    load: Callable[[], LoadedModel]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,21 +82,14 @@ def checkpoint_source(out_dir: Path) -> ExportSource:
     """The best checkpoint of a run (ckpt_best.pt, ckpt_last.pt, ckpt.pt)."""
     path = find_checkpoint(out_dir)
 
-    def load() -> HFImport:
-        checkpoint = load_checkpoint(path)
-        if checkpoint.dataset_meta is None:
-            raise ExportError(f"{path}: checkpoint has no dataset_meta; cannot export its tokenizer")
-        meta = DatasetMeta.from_dict(checkpoint.dataset_meta, f"{path}: dataset_meta")
-        return HFImport(state_dict=checkpoint.model, config=checkpoint.gpt_config, meta=meta)
+    def load() -> LoadedModel:
+        _, checkpoint, meta = load_model_checkpoint(out_dir)
+        return LoadedModel(state_dict=checkpoint.model, config=checkpoint.arch, meta=meta)
 
     return ExportSource(files=(path,), load=load)
 
 
 def resolve_source(cfg: ExperimentConfig, config_path: Path) -> ExportSource:
-    if cfg.train is not None and cfg.train.hf_model is not None:
-        from ml_playground.finetune.lora import merged_export_source
-
-        return merged_export_source(cfg.train)
     if cfg.sample is not None:
         return checkpoint_source(cfg.sample.runtime.out_dir)
     if cfg.train is not None:
@@ -163,14 +158,14 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
             raise ExportError(f"{src}: llama.cpp quantization to {quant} failed (status {status})")
 
 
-def write_float_gguf(export: OllamaExportConfig, model: HFImport, hf_dir: Path, out: Path, ftype: FloatType) -> None:
+def write_float_gguf(export: OllamaExportConfig, model: LoadedModel, hf_dir: Path, out: Path, ftype: FloatType) -> None:
     if export.convert_bin is not None:
         run_converter(export.convert_bin, hf_dir, out, ftype)
     else:
         write_gguf(out, model.state_dict, model.config, model.meta, ftype=ftype, name=export.model_name)
 
 
-def write_model_gguf(export: OllamaExportConfig, model: HFImport, hf_dir: Path, gguf_path: Path) -> None:
+def write_model_gguf(export: OllamaExportConfig, model: LoadedModel, hf_dir: Path, gguf_path: Path) -> None:
     """model.gguf in the configured type: float types directly, quantized ones from an f32 GGUF."""
     float_type = FLOAT_TYPES.get(export.quant)
     if float_type is not None:

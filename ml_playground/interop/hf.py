@@ -298,8 +298,9 @@ def export_hf(state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HFImport:
-    """An HF GPT-2 directory in our format."""
+class LoadedModel:
+    """A model in our format, whatever it was read from (a checkpoint, an HF GPT-2 directory):
+    weights with nanoGPT names, the architecture and the tokenizer's metadata."""
 
     state_dict: dict[str, Tensor]
     config: GPTConfig
@@ -340,7 +341,7 @@ def gpt_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfig
     )
 
 
-def import_hf(model_dir: Path) -> HFImport:
+def import_hf(model_dir: Path) -> LoadedModel:
     """Read an HF GPT-2 directory (config.json, model.safetensors, tokenizer.json) into our format."""
     hf_cfg = _read_config(model_dir / CONFIG_FILE)
     weights_path = model_dir / WEIGHTS_FILE
@@ -355,4 +356,4 @@ def import_hf(model_dir: Path) -> HFImport:
     config = gpt_config_from_hf(hf_cfg, bias, model_dir / CONFIG_FILE)
     state_dict = from_hf_state_dict(hf_weights, config, str(weights_path))
     meta = meta_from_tokenizer_json(model_dir / TOKENIZER_FILE)
-    return HFImport(state_dict=state_dict, config=config, meta=meta)
+    return LoadedModel(state_dict=state_dict, config=config, meta=meta)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
-from ml_playground.data.meta import read_meta
+from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPTConfig
 
@@ -32,6 +32,11 @@ LAST_NAME = "ckpt_last.pt"
 LEGACY_NAME = "ckpt.pt"
 # Discovery order for sampling/export.
 DISCOVERY_ORDER = (BEST_NAME, LAST_NAME, LEGACY_NAME)
+
+# `extra["kind"]` of a checkpoint that holds a LoRA adapter's weights alone (resumable, not a model);
+# its run writes the merged whole model to MERGED_DIR beside it.
+ADAPTER_KIND = "lora"
+MERGED_DIR = "merged"
 
 MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 _COMPILE_PREFIX = "_orig_mod."
@@ -46,7 +51,8 @@ class Checkpoint:
 
     schema_version: int
     model: dict[str, Tensor]
-    model_args: dict[str, Any]
+    # The architecture; the file holds it as nanoGPT's `model_args` dict (see model_args_of).
+    arch: GPTConfig
     iter_num: int
     best_val_loss: float
     config: dict[str, Any]
@@ -67,14 +73,14 @@ class Checkpoint:
         return self.schema_version == LEGACY_SCHEMA_VERSION
 
     @property
-    def gpt_config(self) -> GPTConfig:
-        return gpt_config_from_args(self.model_args)
+    def is_adapter(self) -> bool:
+        return self.extra is not None and self.extra.get("kind") == ADAPTER_KIND
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
-            "model_args": self.model_args,
+            "model_args": model_args_of(self.arch),
             "optimizer": self.optimizer,
             "scaler": self.scaler,
             "iter_num": self.iter_num,
@@ -139,6 +145,20 @@ def find_checkpoint(out_dir: Path) -> Path:
     raise CheckpointError(f"{out_dir}: no checkpoint found (looked for {', '.join(DISCOVERY_ORDER)})")
 
 
+def load_model_checkpoint(out_dir: Path) -> tuple[Path, Checkpoint, DatasetMeta]:
+    """The discovered checkpoint of `out_dir` for sampling and export: a whole model with its tokenizer."""
+    path = find_checkpoint(out_dir)
+    checkpoint = load_checkpoint(path)
+    if checkpoint.is_adapter:
+        raise CheckpointError(
+            f"{path}: holds a LoRA adapter, not a whole model; sample or export its merged model in "
+            f"{out_dir / MERGED_DIR} (written when train.hf_model.merge_on_save is true)"
+        )
+    if checkpoint.dataset_meta is None:
+        raise CheckpointError(f"{path}: checkpoint key 'dataset_meta' is missing; cannot decode tokens")
+    return path, checkpoint, DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
+
+
 def _read_raw(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -190,21 +210,20 @@ def _state_dict(path: Path, raw: dict[str, Any]) -> dict[str, Tensor]:
     return strip_compile_prefix(model)
 
 
-def _model_args(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+def _arch(path: Path, raw: dict[str, Any]) -> GPTConfig:
     model_args: dict[str, Any] = _field(path, raw, "model_args", dict)
     try:
-        gpt_config_from_args(model_args)
+        return gpt_config_from_args(model_args)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return {key: model_args[key] for key in MODEL_ARG_KEYS}
 
 
-def _legacy_dataset_meta(path: Path, model_args: dict[str, Any]) -> dict[str, Any]:
+def _legacy_dataset_meta(path: Path, arch: GPTConfig) -> dict[str, Any]:
     """nanoGPT's tokenizer rule: a meta.pkl beside the checkpoint, else GPT-2 BPE."""
     meta_pkl = path.parent / "meta.pkl"
     if meta_pkl.is_file():
         return read_meta(meta_pkl).to_dict()
-    vocab_size = int(model_args["vocab_size"])
+    vocab_size = arch.vocab_size
     if vocab_size < _GPT2_VOCAB_SIZE:
         raise CheckpointError(
             f"{path}: legacy checkpoint with vocab_size {vocab_size} needs its meta.pkl beside it (expected {meta_pkl})"
@@ -228,18 +247,18 @@ def _drop_mask_buffers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _migrate_legacy(path: Path, raw: dict[str, Any]) -> Checkpoint:
-    model_args = _model_args(path, raw)
+    arch = _arch(path, raw)
     config = raw.get("config")
     best = raw.get("best_val_loss", math.inf)
     return Checkpoint(
         schema_version=LEGACY_SCHEMA_VERSION,
         model=_drop_mask_buffers(_state_dict(path, raw)),
-        model_args=model_args,
+        arch=arch,
         iter_num=int(raw.get("iter_num", 0)),
         best_val_loss=float(best.item() if isinstance(best, Tensor) else best),
         config=dict(config) if isinstance(config, dict) else {},  # pyright: ignore[reportUnknownArgumentType]
         optimizer=_optional(path, raw, "optimizer"),
-        dataset_meta=_legacy_dataset_meta(path, model_args),
+        dataset_meta=_legacy_dataset_meta(path, arch),
     )
 
 
@@ -256,7 +275,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=_state_dict(path, raw),
-        model_args=_model_args(path, raw),
+        arch=_arch(path, raw),
         iter_num=int(_field(path, raw, "iter_num", int)),
         best_val_loss=float(_field(path, raw, "best_val_loss", (int, float))),
         config=_field(path, raw, "config", dict),

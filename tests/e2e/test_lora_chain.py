@@ -42,7 +42,7 @@ def cli(*args: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def run_tables(out_dir: Path, data: Path, iters: int) -> str:
+def run_tables(out_dir: Path, data: Path, iters: int, sample_dir: Path | None = None) -> str:
     return f"""
 [train.data]
 dataset_dir = "{data}"
@@ -65,7 +65,7 @@ lr_decay_iters = {iters}
 min_lr = 1e-3
 
 [sample.runtime]
-out_dir = "{out_dir}"
+out_dir = "{sample_dir or out_dir}"
 
 [sample.sample]
 start = "ROMEO:\\n"
@@ -96,7 +96,7 @@ def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
         'tokenizer = "tiktoken"\nencoding = "gpt2"\n\n'
         f'[train.hf_model]\nmodel_name_or_path = "{tmp_path / "base_export" / "hf"}"\nmerge_on_save = true\n\n'
         "[train.peft]\nr = 4\nlora_alpha = 8\n"
-        + run_tables(tmp_path / "lora_run", tmp_path / "lora_data", 30)
+        + run_tables(tmp_path / "lora_run", tmp_path / "lora_data", 30, tmp_path / "lora_run" / "merged")
         + f'\n[export.ollama]\nenabled = true\nexport_dir = "{tmp_path / "lora_export"}"\nmodel_name = "lora"\n'
     )
     lora_cfg.write_text(lora_text + 'quant = "f16"\n')

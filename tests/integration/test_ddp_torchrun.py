@@ -30,7 +30,7 @@ import pytest
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.trainer import run_training
+from ml_playground.train.run import run_training
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 from tests.support.torchrun import make_train, run, start, write_toml
 

@@ -15,7 +15,7 @@ from ml_playground.interop.export import run_export
 from ml_playground.interop.ollama import sha256sums_match
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.tokenizers import CharTokenizer
-from ml_playground.train.checkpoint import Checkpoint, model_args_of, save_checkpoint
+from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from tests.integration.tiny_gpt import CORPUS
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def write_run(out_dir: Path) -> None:
     checkpoint = Checkpoint(
         schema_version=1,
         model=GPT(config).state_dict(),
-        model_args=model_args_of(config),
+        arch=config,
         iter_num=1,
         best_val_loss=1.0,
         config={},

@@ -34,7 +34,7 @@ from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import load_model_for_inference, run_sampling, sampling_params
 from ml_playground.tokenizers import CharTokenizer
-from ml_playground.train.trainer import run_training
+from ml_playground.train.run import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ from ml_playground.data.meta import write_meta
 from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
+from ml_playground.sample import run_sampling
 from tests.integration.tiny_gpt import CORPUS, char_model
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,10 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
             "hf_model": {"model_name_or_path": str(base_dir), "merge_on_save": True},
             "peft": {"r": 4, "lora_alpha": 8},
         },
-        "sample": {"runtime": {"out_dir": str(tmp_path / "run")}, "sample": {"temperature": 0, "max_new_tokens": 10}},
+        "sample": {
+            "runtime": {"out_dir": str(tmp_path / "run" / "merged")},
+            "sample": {"temperature": 0, "max_new_tokens": 10},
+        },
     }
     cfg = parse_experiment_config(raw, tmp_path / "cfg.toml")
     assert cfg.train is not None
@@ -93,6 +97,6 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     with torch.no_grad():
         assert (ours.eval()(ids).logits - merged_logits).abs().max().item() <= 1e-4
 
-    samples = lora.run_finetune_sampling(cfg.sample, cfg.train)
+    samples = run_sampling(cfg.sample)
     assert len(samples) == 1
     assert samples[0].startswith("\n")

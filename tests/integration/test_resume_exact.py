@@ -22,7 +22,7 @@ _TRAIN = (
     "import json, logging, sys\n"
     "from pathlib import Path\n"
     "from ml_playground.config_loader import parse_experiment_config\n"
-    "from ml_playground.train.trainer import run_training\n"
+    "from ml_playground.train.run import run_training\n"
     "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
     "cfg = parse_experiment_config({'train': json.loads(sys.argv[1])}, Path('resume.toml'))\n"
     "assert cfg.train is not None\n"

@@ -8,7 +8,7 @@ import pytest
 
 from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.sample import run_sampling
-from ml_playground.train.trainer import run_training
+from ml_playground.train.run import run_training
 from tests.support.tiny_training import tiny_train_table, train_config, write_char_dataset
 
 CYCLE = "the cat sat on a mat. "

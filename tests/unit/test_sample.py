@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -20,7 +21,7 @@ from ml_playground.generate import generate
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.sample import StreamDecoder, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
-from ml_playground.train.checkpoint import Checkpoint, model_args_of, save_checkpoint
+from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 
 CORPUS = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 ITOS = sorted(set(CORPUS))
@@ -44,7 +45,7 @@ def save_ours(path: Path, model: GPT, meta: DatasetMeta | None = None) -> None:
     checkpoint = Checkpoint(
         schema_version=1,
         model=model.state_dict(),
-        model_args=model_args_of(model.config),
+        arch=model.config,
         iter_num=7,
         best_val_loss=1.5,
         config={},
@@ -271,7 +272,7 @@ class TestErrors:
         checkpoint = Checkpoint(
             schema_version=1,
             model=model.state_dict(),
-            model_args={**model_args_of(model.config), "n_embd": 32},
+            arch=dataclasses.replace(model.config, n_embd=32),
             iter_num=0,
             best_val_loss=1.0,
             config={},

@@ -53,8 +53,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     loaded = load_checkpoint(path)
     assert loaded.schema_version == 1
     assert not loaded.is_legacy
-    assert loaded.model_args == model_args_of(TINY)
-    assert loaded.gpt_config == TINY
+    assert loaded.arch == TINY
     assert loaded.iter_num == 7
     assert loaded.best_val_loss == 1.25
     assert loaded.config == {"runtime": {"out_dir": "/x"}}
@@ -159,7 +158,7 @@ def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
     assert loaded.dataset_meta["kind"] == "tiktoken"
     assert loaded.dataset_meta["encoding"] == "gpt2"
 
-    restored = GPT(loaded.gpt_config)
+    restored = GPT(loaded.arch)
     restored.load_state_dict(loaded.model)  # strict: every key matches without prefixes
     idx = torch.tensor([[464, 2068, 7586]])
     model.eval()

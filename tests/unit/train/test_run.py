@@ -5,17 +5,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from ml_playground.data.batches import BatchSource
 from ml_playground.errors import CheckpointError, ConfigError, DataError, DeviceError
 from ml_playground.model import GPT
-from ml_playground.runtime import Runtime, mps_available
-from ml_playground.train.checkpoint import gpt_config_from_args, load_checkpoint
-from ml_playground.train.distributed import DistInfo
-from ml_playground.train.trainer import GPTTarget, Loop, TrainState, build_loop, maybe_save, run_training
+from ml_playground.runtime import mps_available
+from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.checkpoint import model_args_of
+from ml_playground.train.run import run_training
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 VOCAB = len(set(TEXT))
@@ -39,7 +37,7 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["ckpt_best.pt", "ckpt_last.pt", "logs"]
     ckpt = load_checkpoint(out / "ckpt_last.pt")
     assert ckpt.iter_num == 6
-    assert ckpt.model_args == {
+    assert model_args_of(ckpt.arch) == {
         "n_layer": 1,
         "n_head": 2,
         "n_embd": 16,
@@ -53,7 +51,7 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     assert ckpt.config["runtime"]["out_dir"] == str(out)
     assert ckpt.config["optim"]["learning_rate"] == 1e-2
     assert ckpt.optimizer is not None
-    assert len(ckpt.optimizer["state"]) == sum(1 for _ in GPT(ckpt.gpt_config).parameters())
+    assert len(ckpt.optimizer["state"]) == sum(1 for _ in GPT(ckpt.arch).parameters())
     assert ckpt.rng is not None
     assert set(ckpt.rng) >= {"python", "numpy", "torch"}
     assert ckpt.data_state is not None
@@ -61,55 +59,9 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     assert ckpt.scaler is None  # GradScaler only for float16 on CUDA
     assert math.isfinite(ckpt.best_val_loss)
     assert ckpt.best_val_loss == result.best_val_loss
-    model = GPT(ckpt.gpt_config)
+    model = GPT(ckpt.arch)
     model.load_state_dict(ckpt.model)
     assert all(not key.startswith("_orig_mod.") for key in ckpt.model)
-
-
-def _loop_for(table: dict[str, Any], *, always: bool) -> Loop:
-    table["runtime"]["always_save_checkpoint"] = always
-    cfg = train_config(table)
-    torch.manual_seed(0)
-    model = GPT(gpt_config_from_args({**table["model"], "bias": False, "vocab_size": VOCAB}))
-    batches = BatchSource(
-        train_path=cfg.data.train_path,
-        val_path=cfg.data.val_path,
-        token_dtype=np.dtype("<u2"),
-        batch_size=2,
-        block_size=16,
-        device=torch.device("cpu"),
-    )
-    return build_loop(
-        cfg, GPTTarget(model), batches, Runtime(torch.device("cpu"), "float32"), dist=DistInfo(), dataset_meta=None
-    )
-
-
-def test_best_is_saved_only_on_improvement(table: dict[str, Any]) -> None:
-    loop = _loop_for(table, always=False)
-    out = loop.out_dir
-    state = TrainState(iter_num=0)
-    maybe_save(loop, state, 2.0)
-    assert load_checkpoint(out / "ckpt_best.pt").iter_num == 0
-    assert state.best_val_loss == 2.0
-    state.iter_num = 3
-    maybe_save(loop, state, 2.5)  # worse: only ckpt_last.pt moves on
-    assert load_checkpoint(out / "ckpt_last.pt").iter_num == 3
-    assert load_checkpoint(out / "ckpt_best.pt").iter_num == 0
-    assert load_checkpoint(out / "ckpt_last.pt").best_val_loss == 2.0
-    state.iter_num = 6
-    maybe_save(loop, state, 1.5)
-    assert load_checkpoint(out / "ckpt_best.pt").iter_num == 6
-    assert state.best_val_loss == 1.5
-
-
-def test_always_save_checkpoint_writes_best_at_every_eval(table: dict[str, Any]) -> None:
-    loop = _loop_for(table, always=True)
-    state = TrainState(iter_num=0)
-    maybe_save(loop, state, 2.0)
-    state.iter_num = 3
-    maybe_save(loop, state, 2.5)
-    assert load_checkpoint(loop.out_dir / "ckpt_best.pt").iter_num == 3
-    assert state.best_val_loss == 2.0
 
 
 def test_grad_accumulation_matches_one_big_batch(table: dict[str, Any], tmp_path: Path) -> None:
@@ -130,13 +82,13 @@ def test_checkpoint_model_args_take_precedence(
     run_training(train_config(table))
     table["model"] = {**table["model"], "n_embd": 32, "n_head": 4}
     table["runtime"] = {**table["runtime"], "max_iters": 9}
-    with caplog.at_level(logging.INFO, logger="ml_playground.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="ml_playground.train"):
         result = run_training(train_config(table))
     assert result.iter_num == 9
     assert "checkpoint model_args take precedence over TOML: n_head=2 (TOML 4), n_embd=16 (TOML 32)" in caplog.text
     assert "resuming from" in caplog.text
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
-    assert (ckpt.model_args["n_embd"], ckpt.iter_num) == (16, 9)
+    assert (ckpt.arch.n_embd, ckpt.iter_num) == (16, 9)
 
 
 def test_eval_only_evaluates_without_writing(table: dict[str, Any], tmp_path: Path) -> None:

@@ -1,0 +1,327 @@
+"""The training loop shared by every run mode: fit, train_step, evaluate, maybe_save, resume.
+
+One loop: warmup+cosine LR, gradient accumulation, clipping, eval every `eval_interval` steps,
+`ckpt_last.pt` at every eval, `ckpt_best.pt` when val loss improves (or always with
+`always_save_checkpoint`), exact resume from a checkpoint. What it trains is a `TrainingTarget`
+(targets.py); run.py sets a run up and calls `fit`.
+
+Exact resume: a checkpoint is taken right after an evaluation, before the step with the same
+number; it holds model, optimizer, scaler, every RNG state and the batch source's position.
+Evaluation draws from its own fixed batch stream and uses no dropout, so it does not move any
+state the next training step reads. Resuming restores all of it and continues with that step.
+
+Under torchrun (see distributed.py) the same loop runs on every rank: the target syncs gradients
+on the last micro-step only, each rank draws its own data, losses are averaged over ranks, rank 0
+alone logs and writes the checkpoint (holding every rank's RNG and data position) while the
+others wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter
+from torch import Tensor, nn
+
+from ml_playground.config import TrainConfig
+from ml_playground.data.batches import BatchSource
+from ml_playground.errors import CheckpointError
+from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, rng_state, set_rng_state
+from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, copy_checkpoint, save_checkpoint
+from ml_playground.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    grad_accum_steps_for,
+)
+from ml_playground.train.metrics import MetricsSink, StepStats, check_cpu_bfloat16, measure_peak_flops
+from ml_playground.train.optim import build_optimizer
+from ml_playground.train.schedule import learning_rate
+from ml_playground.train.targets import TrainingTarget
+
+log = logging.getLogger(__name__)
+
+_CONFIG_ADAPTER: TypeAdapter[TrainConfig] = TypeAdapter(TrainConfig)
+
+
+@dataclass(slots=True, kw_only=True)
+class TrainState:
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainResult:
+    iter_num: int
+    best_val_loss: float
+    last_eval: dict[str, float] | None
+
+
+@dataclass(slots=True, kw_only=True)
+class LoopContext:
+    """Everything the steps of one run share (the loop itself is `run_steps`)."""
+
+    cfg: TrainConfig
+    target: TrainingTarget
+    batches: BatchSource
+    runtime: Runtime
+    dist: DistInfo
+    grad_accum_steps: int  # per rank; see grad_accum_steps_for
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dataset_meta: dict[str, Any] | None
+    sink: MetricsSink | None
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.runtime.out_dir
+
+    @property
+    def tokens_per_step(self) -> int:
+        data = self.cfg.data
+        return data.batch_size * data.block_size * self.grad_accum_steps * self.dist.world_size
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_step(loop: LoopContext) -> Tensor:
+    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (detached)."""
+    accum = loop.grad_accum_steps
+    total = torch.zeros((), device=loop.runtime.device)
+    for micro in range(accum):
+        x, y = loop.batches.get_batch("train")
+        with loop.target.grad_sync(micro == accum - 1):
+            with loop.runtime.autocast():
+                loss = loop.target.loss(x, y) / accum
+            scaled: Tensor = loop.scaler.scale(loss)
+            torch.autograd.backward(scaled)
+        total += loss.detach().float()
+    if loop.cfg.optim.grad_clip > 0:
+        loop.scaler.unscale_(loop.optimizer)
+        nn.utils.clip_grad_norm_(loop.target.trainable_parameters(), loop.cfg.optim.grad_clip)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@torch.no_grad()
+def evaluate(loop: LoopContext) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks."""
+    loop.target.set_training(False)
+    losses: dict[str, float] = {}
+    for split in ("train", "val"):
+        values: list[float] = []
+        for x, y in loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters):
+            with loop.runtime.autocast():
+                values.append(loop.target.loss(x, y).item())
+        mean = torch.tensor(sum(values) / len(values), dtype=torch.float64, device=loop.runtime.device)
+        losses[split] = all_reduce_mean(loop.dist, mean).item()
+    loop.target.set_training(True)
+    return losses
+
+
+def build_checkpoint(loop: LoopContext, state: TrainState) -> Checkpoint:
+    """Called on every rank (gathering sharded weights and per-rank states are collectives);
+    only rank 0's result is complete and written."""
+    rank_states = (
+        all_gather_objects(loop.dist, {"rng": rng_state(), "data_state": loop.batches.state_dict()})
+        if loop.dist.is_distributed
+        else None
+    )
+    return Checkpoint(
+        schema_version=1,
+        model=loop.target.model_state(),
+        arch=loop.target.architecture(),
+        optimizer=loop.target.optimizer_state(loop.optimizer),
+        scaler=loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
+        iter_num=state.iter_num,
+        best_val_loss=state.best_val_loss,
+        config=_CONFIG_ADAPTER.dump_python(loop.cfg, mode="json"),
+        rng=rng_state(),
+        data_state=loop.batches.state_dict(),
+        dataset_meta=loop.dataset_meta,
+        extra=loop.target.extra_state(),
+        rank_states=rank_states,
+    )
+
+
+def maybe_save(loop: LoopContext, state: TrainState, val_loss: float) -> None:
+    """ckpt_last.pt at every eval; ckpt_best.pt when val improves or always_save_checkpoint.
+
+    Rank 0 writes; every rank (all hold the same all-reduced val loss) waits until it is done."""
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss = val_loss
+    checkpoint = build_checkpoint(loop, state)
+    if loop.dist.is_main:
+        if loop.sink is not None:
+            loop.sink.flush()  # events up to this checkpoint survive a kill
+        save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
+        best = improved or loop.cfg.runtime.always_save_checkpoint
+        if best:  # the same bytes: linked (or copied), not serialized and written again
+            copy_checkpoint(loop.out_dir / LAST_NAME, loop.out_dir / BEST_NAME)
+        log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
+        loop.target.on_checkpoint(loop.out_dir, best)
+    barrier(loop.dist)
+
+
+def resume(loop: LoopContext, checkpoint: Checkpoint) -> TrainState:
+    """Restore weights, optimizer, scaler, data position and RNG; continue at iter_num.
+
+    Each rank restores its own RNG and data position when the world size is the one the
+    checkpoint was written with; with another world size only weights, optimizer and step
+    resume (the data order changes, and a warning says so)."""
+    loop.target.load_model_state(checkpoint.model)
+    if checkpoint.optimizer is None:
+        raise CheckpointError(f"{loop.out_dir / LAST_NAME}: has no optimizer state to resume from")
+    try:
+        loop.target.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{loop.out_dir / LAST_NAME}: {exc}") from None
+    if checkpoint.scaler is not None and loop.scaler.is_enabled():
+        loop.scaler.load_state_dict(checkpoint.scaler)
+    rng, data_state = _own_rank_state(loop, checkpoint)
+    if data_state is not None:
+        loop.batches.load_state_dict(data_state)
+    if rng is not None:
+        set_rng_state(rng)
+    log.info(
+        "resuming from %s at iter %d (best val loss %.4f)",
+        loop.out_dir / LAST_NAME,
+        checkpoint.iter_num,
+        checkpoint.best_val_loss,
+    )
+    return TrainState(iter_num=checkpoint.iter_num, best_val_loss=checkpoint.best_val_loss)
+
+
+def _own_rank_state(loop: LoopContext, checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(rng, data_state) this rank continues from; (None, None) after a world size change."""
+    saved_world = 1 if checkpoint.rank_states is None else len(checkpoint.rank_states)
+    if saved_world != loop.dist.world_size:
+        if loop.dist.is_main:
+            log.warning(
+                "%s was written by %d rank(s), now %d: weights, optimizer and step resume, but the data "
+                "order changes (each rank's stream restarts from the seed)",
+                loop.out_dir / LAST_NAME,
+                saved_world,
+                loop.dist.world_size,
+            )
+        return None, None
+    if checkpoint.rank_states is None:
+        return checkpoint.rng, checkpoint.data_state
+    own = checkpoint.rank_states[loop.dist.rank]
+    return own.get("rng"), own.get("data_state")
+
+
+def _is_eval_step(cfg: TrainConfig, iter_num: int) -> bool:
+    return iter_num % cfg.runtime.eval_interval == 0 or iter_num == cfg.runtime.max_iters
+
+
+def build_loop(
+    cfg: TrainConfig,
+    target: TrainingTarget,
+    batches: BatchSource,
+    runtime: Runtime,
+    *,
+    dist: DistInfo,
+    dataset_meta: dict[str, Any] | None,
+) -> LoopContext:
+    """Optimizer and grad scaler for `target`; the metrics sink is opened by `fit`."""
+    return LoopContext(
+        cfg=cfg,
+        target=target,
+        batches=batches,
+        runtime=runtime,
+        dist=dist,
+        grad_accum_steps=grad_accum_steps_for(cfg.data, dist.world_size),
+        optimizer=build_optimizer(target.trainable_parameters(), cfg.optim, runtime.device_type),
+        scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
+        dataset_meta=dataset_meta,
+        sink=None,
+    )
+
+
+def fit(
+    cfg: TrainConfig,
+    target: TrainingTarget,
+    batches: BatchSource,
+    runtime: Runtime,
+    *,
+    dist: DistInfo,
+    dataset_meta: dict[str, Any] | None,
+    resume_from: Checkpoint | None,
+) -> TrainResult:
+    """Train `target` from [train]; resumes exactly from `resume_from` when given."""
+    if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
+        log.debug("glibc malloc: large blocks come from the heap and freed memory is kept for reuse")
+    loop = build_loop(cfg, target, batches, runtime, dist=dist, dataset_meta=dataset_meta)
+    state = TrainState() if resume_from is None else resume(loop, resume_from)
+    start = state.iter_num
+    if dist.is_main:
+        loop.sink = MetricsSink(loop.out_dir, purge_step=start if resume_from is not None else None)
+    try:
+        return run_steps(loop, state, resumed=resume_from is not None, start=start)
+    finally:
+        if loop.sink is not None:
+            loop.sink.close()
+
+
+def _measured_peak(runtime: Runtime) -> float:
+    peak = measure_peak_flops(runtime.device, runtime.torch_dtype)
+    log.info("peak for MFU: %.1f GFLOP/s (%s matmul probe on %s)", peak / 1e9, runtime.dtype, runtime.device)
+    if runtime.device_type == "cpu" and runtime.dtype == "bfloat16":
+        check_cpu_bfloat16(peak, runtime.device)
+    return peak
+
+
+def run_steps(loop: LoopContext, state: TrainState, *, resumed: bool, start: int) -> TrainResult:
+    cfg = loop.cfg
+    if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
+        log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
+        return TrainResult(iter_num=start, best_val_loss=state.best_val_loss, last_eval=None)
+    # MFU counts the tokens of all ranks, so it is measured against the peak of all devices.
+    peak = (cfg.runtime.peak_flops or _measured_peak(loop.runtime)) * loop.dist.world_size
+    flops_per_token = loop.target.flops_per_token(cfg.data.block_size)
+    last_eval: dict[str, float] | None = None
+    while True:
+        # The eval at the resumed step already happened (and was saved) before the interruption.
+        if _is_eval_step(cfg, state.iter_num) and (state.iter_num != start or not resumed or cfg.runtime.eval_only):
+            last_eval = evaluate(loop)
+            if loop.sink is not None:
+                loop.sink.log_eval(state.iter_num, last_eval)
+            if cfg.runtime.eval_only:
+                break
+            maybe_save(loop, state, last_eval["val"])
+        if state.iter_num >= cfg.runtime.max_iters:
+            break
+        lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
+        set_learning_rate(loop.optimizer, lr)
+        started = time.perf_counter()
+        loss = train_step(loop)
+        if state.iter_num % cfg.runtime.log_interval == 0:
+            # Every rank joins the mean; it syncs the device, so only on log steps.
+            loss_value = all_reduce_mean(loop.dist, loss).item()
+            if loop.sink is not None:
+                stats = StepStats(
+                    iter_num=state.iter_num,
+                    loss=loss_value,
+                    lr=lr,
+                    step_seconds=time.perf_counter() - started,
+                    tokens=loop.tokens_per_step,
+                    flops_per_token=flops_per_token,
+                    peak_flops=peak,
+                )
+                loop.sink.log_step(stats)
+        state.iter_num += 1
+    return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=last_eval)

@@ -1,0 +1,174 @@
+"""The one run entry point: every training mode (GPT from scratch, LoRA, the benchmark) calls `run`.
+
+`run` owns, once: the torchrun environment, the process group (opened and always closed), the
+runtime (device, dtype), logging per rank, seeding (the same initial weights on every rank, a
+dropout stream per rank), the dataset metadata, the resume checkpoint (`ckpt_last.pt`), the batch
+source and `fit`. A mode supplies only how to build its `TrainingTarget` from a `RunContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml_playground.config import TrainConfig
+from ml_playground.data.batches import BatchSource
+from ml_playground.data.meta import DatasetMeta, read_meta
+from ml_playground.errors import CheckpointError, ConfigError
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
+from ml_playground.train.checkpoint import LAST_NAME, MODEL_ARG_KEYS, Checkpoint, load_checkpoint, model_args_of
+from ml_playground.train.distributed import (
+    DistInfo,
+    dist_info_from_env,
+    grad_accum_steps_for,
+    process_group,
+    translate_peer_failures,
+)
+from ml_playground.train.loop import TrainResult, fit
+from ml_playground.train.targets import GPTTarget, Parallel, TrainingTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """What a mode may read to build its target (the run set it up)."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    runtime: Runtime
+    meta: DatasetMeta
+    # ckpt_last.pt of out_dir when the run resumes; `fit` restores it into the target.
+    checkpoint: Checkpoint | None
+
+    @property
+    def parallel(self) -> Parallel:
+        return self.cfg.runtime.parallel if self.dist.is_distributed else "none"
+
+
+BuildTarget = Callable[[RunContext], TrainingTarget]
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Fail before any work when checkpoints could not be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-probe."):
+            pass
+    except OSError as exc:
+        raise CheckpointError(
+            f"train.runtime.out_dir: {out_dir} cannot be written ({exc.strerror or type(exc).__name__})"
+        ) from None
+
+
+def load_resume_checkpoint(out_dir: Path) -> Checkpoint | None:
+    path = out_dir / LAST_NAME
+    if not path.exists():
+        log.info("no %s in %s: starting a fresh run", LAST_NAME, out_dir)
+        return None
+    # A corrupt file raises here, before anything could overwrite it.
+    return load_checkpoint(path)
+
+
+def run(cfg: TrainConfig, build_target: BuildTarget) -> TrainResult:
+    """Set up a run from [train], build its target, `fit` it; auto-resumes from ckpt_last.pt.
+
+    Under torchrun every rank runs this; it opens (and always closes) the process group."""
+    dist = dist_info_from_env()
+    grad_accum_steps_for(cfg.data, dist.world_size)  # a global batch that does not divide fails first
+    runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype, dist.local_rank if dist.is_distributed else None)
+    if not dist.is_main:
+        logging.getLogger("ml_playground").setLevel(logging.WARNING)  # rank 0 tells the story
+    with process_group(dist, runtime.device, cfg.runtime.dist_timeout_s), translate_peer_failures(dist, "training"):
+        return _run(cfg, build_target, dist, runtime)
+
+
+def _run(cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime) -> TrainResult:
+    out_dir = cfg.runtime.out_dir
+    if dist.is_main:
+        ensure_writable(out_dir)
+    meta = read_meta(cfg.data.meta_path)
+    checkpoint = load_resume_checkpoint(out_dir)
+    ctx = RunContext(cfg=cfg, dist=dist, runtime=runtime, meta=meta, checkpoint=checkpoint)
+    # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
+    # rank 0's anyway), then a different dropout stream per rank.
+    seed_everything(cfg.runtime.seed)
+    target = build_target(ctx)
+    if dist.rank != 0:
+        seed_everything(cfg.runtime.seed + dist.rank)
+    batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
+    _log_run(ctx)
+    result = fit(cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint)
+    if dist.is_main:
+        target.on_finish(out_dir)
+    return result
+
+
+def _log_run(ctx: RunContext) -> None:
+    cfg, dist = ctx.cfg, ctx.dist
+    accum = grad_accum_steps_for(cfg.data, dist.world_size)
+    log.info(
+        "training on %s (%s), %d rank(s)%s, global batch %d = batch_size %d x grad_accum_steps %d x %d rank(s), "
+        "%d tokens per step, out_dir %s (pid %d)",
+        ctx.runtime.device,
+        ctx.runtime.dtype,
+        dist.world_size,
+        f" ({ctx.parallel})" if dist.is_distributed else "",
+        cfg.data.batch_size * accum * dist.world_size,
+        cfg.data.batch_size,
+        accum,
+        dist.world_size,
+        cfg.data.batch_size * cfg.data.block_size * accum * dist.world_size,
+        cfg.runtime.out_dir,
+        os.getpid(),
+    )
+
+
+def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkpoint | None) -> GPTConfig:
+    """TOML [train.model] (+ vocab size from the dataset), overridden by a resumed checkpoint."""
+    model = cfg.model
+    vocab_size = model.vocab_size if model.vocab_size is not None else meta.vocab_size
+    if vocab_size < meta.vocab_size:
+        raise ConfigError(
+            f"train.model.vocab_size: {vocab_size} is smaller than the dataset's vocabulary ({meta.vocab_size})"
+        )
+    toml_arch = GPTConfig(
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        block_size=model.block_size,
+        bias=model.bias,
+        vocab_size=vocab_size,
+        dropout=model.dropout,
+    )
+    if checkpoint is None:
+        return toml_arch
+    arch = checkpoint.arch
+    theirs, ours = model_args_of(arch), model_args_of(toml_arch)
+    differences = [f"{key}={theirs[key]!r} (TOML {ours[key]!r})" for key in MODEL_ARG_KEYS if theirs[key] != ours[key]]
+    if differences:
+        log.warning("checkpoint model_args take precedence over TOML: %s", ", ".join(differences))
+    if cfg.data.block_size > arch.block_size:
+        raise ConfigError(
+            f"train.data.block_size: {cfg.data.block_size} exceeds the checkpoint's block_size {arch.block_size}"
+        )
+    if arch.vocab_size < meta.vocab_size:
+        raise CheckpointError(f"checkpoint vocab_size {arch.vocab_size} is smaller than the dataset's ({meta.vocab_size})")
+    return arch
+
+
+def gpt_target(ctx: RunContext) -> GPTTarget:
+    """The GPT of [train.model] (or of the resumed checkpoint) on the run's device."""
+    model = GPT(resolve_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)).to(ctx.runtime.device)
+    log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
+    return GPTTarget(model, compile=ctx.cfg.runtime.compile, parallel=ctx.parallel)
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """`make train`: GPT from [train.model] on the prepared dataset; auto-resumes ckpt_last.pt."""
+    return run(cfg, gpt_target)
