@@ -70,12 +70,14 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class DataConfig:
-    """[train.data]: prepared dataset files and batch shape."""
+    """[train.data]: prepared dataset files and batch shape. `meta_pkl` is the metadata file
+    (JSON, or a legacy nanoGPT pickle), named as in nanoGPT."""
 
     dataset_dir: ProjectPath
     train_bin: str = "train.bin"
     val_bin: str = "val.bin"
-    # Metadata file name; "meta.json" (ours) or a legacy nanoGPT "meta.pkl".
+    # The dataset's metadata file (vocabulary, tokenizer), whatever its format: our "meta.json" or a
+    # legacy nanoGPT "meta.pkl" (read by the restricted unpickler). The key keeps nanoGPT's name.
     meta_pkl: str = "meta.json"
     batch_size: PositiveInt = 12
     block_size: PositiveInt = 64

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import PROJECT_ROOT, SampleConfig, SampleSettings
-from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
 from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT

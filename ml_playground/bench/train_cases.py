@@ -31,8 +31,8 @@ from ml_playground.data.batches import BatchSource
 from ml_playground.model import GPT
 from ml_playground.runtime import TORCH_DTYPES, resolve_runtime, seed_everything
 from ml_playground.train.distributed import DistInfo
-from ml_playground.train.metrics import TB_SUBDIR, measure_peak_flops
 from ml_playground.train.loop import LoopContext, build_loop, train_step
+from ml_playground.train.metrics import TB_SUBDIR, measure_peak_flops
 from ml_playground.train.run import resolve_architecture, run_training
 from ml_playground.train.targets import GPTTarget
 

@@ -178,7 +178,10 @@ def read_meta(path: Path) -> DatasetMeta:
         other = path.with_name("meta.json" if path.suffix == ".pkl" else "meta.pkl")
         if other.is_file():
             hint = f"; {other.name} exists beside it: set train.data.meta_pkl = {other.name!r}"
-        raise DataError(f"{path}: dataset metadata not found (run `make prepare` first){hint}")
+        raise DataError(
+            f"{path}: dataset metadata not found (train.data.meta_pkl names the metadata file: our meta.json "
+            f"or a legacy nanoGPT meta.pkl; run `make prepare` first){hint}"
+        )
     if path.suffix == ".pkl":
         return _legacy_meta(path)
     try:

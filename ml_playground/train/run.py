@@ -158,7 +158,9 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
             f"train.data.block_size: {cfg.data.block_size} exceeds the checkpoint's block_size {arch.block_size}"
         )
     if arch.vocab_size < meta.vocab_size:
-        raise CheckpointError(f"checkpoint vocab_size {arch.vocab_size} is smaller than the dataset's ({meta.vocab_size})")
+        raise CheckpointError(
+            f"checkpoint vocab_size {arch.vocab_size} is smaller than the dataset's ({meta.vocab_size})"
+        )
     return arch
 
 

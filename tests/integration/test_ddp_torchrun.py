@@ -217,9 +217,9 @@ def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> N
 
     sharded, replicated = load_checkpoint(out / "ckpt_last.pt"), load_checkpoint(runs["two_ranks"] / "ckpt_last.pt")
     assert {k: v.shape for k, v in sharded.model.items()} == {k: v.shape for k, v in replicated.model.items()}
-    GPT(sharded.gpt_config).load_state_dict(sharded.model)  # full tensors, no DTensor shards
+    GPT(sharded.arch).load_state_dict(sharded.model)  # full tensors, no DTensor shards
     assert sharded.optimizer is not None
-    assert len(sharded.optimizer["state"]) == len(list(GPT(sharded.gpt_config).parameters()))
+    assert len(sharded.optimizer["state"]) == len(list(GPT(sharded.arch).parameters()))
 
     single = root / "fsdp_to_single"
     single.mkdir()

@@ -31,7 +31,7 @@ def _checkpoint(model: GPT, **overrides: Any) -> Checkpoint:
     fields: dict[str, Any] = {
         "schema_version": 1,
         "model": model.state_dict(),
-        "model_args": model_args_of(model.config),
+        "arch": model.config,
         "optimizer": optimizer.state_dict(),
         "iter_num": 7,
         "best_val_loss": 1.25,
@@ -54,6 +54,8 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert loaded.schema_version == 1
     assert not loaded.is_legacy
     assert loaded.arch == TINY
+    # On disk the architecture is nanoGPT's model_args dict (so nanoGPT's sample.py reads our files).
+    assert torch.load(path, weights_only=True)["model_args"] == model_args_of(TINY)
     assert loaded.iter_num == 7
     assert loaded.best_val_loss == 1.25
     assert loaded.config == {"runtime": {"out_dir": "/x"}}

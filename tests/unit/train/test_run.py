@@ -11,8 +11,7 @@ import torch
 from ml_playground.errors import CheckpointError, ConfigError, DataError, DeviceError
 from ml_playground.model import GPT
 from ml_playground.runtime import mps_available
-from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.checkpoint import model_args_of
+from ml_playground.train.checkpoint import load_checkpoint, model_args_of
 from ml_playground.train.run import run_training
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
