@@ -9,6 +9,7 @@ import pytest
 from ml_playground import registry
 from ml_playground.config import PROJECT_ROOT
 from ml_playground.config_loader import load_experiment_config
+from ml_playground.train.checkpoint import MERGED_DIR
 
 _PACKAGE = PROJECT_ROOT / "ml_playground"
 SHIPPED: list[Path] = sorted(
@@ -27,9 +28,13 @@ def test_shipped_config_loads(path: Path) -> None:
     assert cfg.prepare is not None
     assert cfg.train is not None
     assert cfg.sample is not None
-    # train reads what prepare writes; sample reads what train writes
+    # train reads what prepare writes; sample reads what train writes (a LoRA run's merged model)
     assert cfg.train.data.dataset_dir == cfg.prepare.dataset_dir
-    assert cfg.sample.runtime.out_dir == cfg.train.runtime.out_dir
+    written = cfg.train.runtime.out_dir
+    if cfg.train.hf_model is not None:
+        assert cfg.train.hf_model.merge_on_save
+        written = written / MERGED_DIR
+    assert cfg.sample.runtime.out_dir == written
 
 
 def test_every_experiment_has_a_valid_default_config() -> None:

@@ -242,7 +242,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(runs: dict[str, Path], caplo
     shutil.copy(runs["two_ranks"] / "ckpt_last.pt", out / "ckpt_last.pt")
     table = _table(root / "ds", out, grad_accum_steps=2)
     table["runtime"]["max_iters"] = MAX_ITERS + 10
-    with caplog.at_level(logging.INFO, logger="ml_playground.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="ml_playground.train"):
         result = run_training(train_config(table))
     assert f"resuming from {out / 'ckpt_last.pt'} at iter {MAX_ITERS}" in caplog.text
     assert "was written by 2 rank(s), now 1: weights, optimizer and step resume, but the data order changes" in (
