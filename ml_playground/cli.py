@@ -1,7 +1,9 @@
 """Command line: parse -> load config -> dispatch. Known errors become one line on stderr.
 
 Exit codes: 0 ok, 1 other user error, 2 config, 3 unknown experiment, 4 data, 5 checkpoint,
-6 device, 7 export, 8 missing optional dependency, 9 distributed, 130 interrupted.
+6 device, 7 export, 8 missing optional dependency, 9 distributed, 10 out_dir in use by another run,
+11 training diverged (non-finite loss); a training run stopped by SIGHUP/SIGINT/SIGTERM saves
+ckpt_last.pt and exits 129/130/143; 130 also for an interrupt outside training.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except MLPlaygroundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

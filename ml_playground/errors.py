@@ -1,7 +1,8 @@
 """Error hierarchy: every error a user can cause or fix, with the CLI exit code it maps to.
 
 The CLI catches `MLPlaygroundError`, prints its message as one line on stderr and exits with
-`exit_code`. Anything else escaping the CLI is a bug and keeps its traceback.
+`exit_code` (a stop by signal is not a failure: it prints "stopped: ..." and exits 128 + signal).
+Anything else escaping the CLI is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ class MLPlaygroundError(Exception):
     """Base class for errors the user can act on."""
 
     exit_code: int = 1
+    label: str = "error"  # the CLI prints "<label>: <message>"
 
 
 class ConfigError(MLPlaygroundError):
@@ -59,3 +61,26 @@ class DistributedError(MLPlaygroundError):
     """A distributed (torchrun) launch is misconfigured or a peer failed."""
 
     exit_code = 9
+
+
+class OutDirBusyError(MLPlaygroundError):
+    """Another training run holds the out_dir's lock (one writer per out_dir)."""
+
+    exit_code = 10
+
+
+class TrainingDivergedError(MLPlaygroundError):
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoints are kept."""
+
+    exit_code = 11
+
+
+class TrainingStoppedError(MLPlaygroundError):
+    """A signal asked the run to stop; it saved ckpt_last.pt and the same command resumes it.
+    Exits with 128 + the signal's number, as a shell reports a process ended by that signal."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

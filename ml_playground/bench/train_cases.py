@@ -109,7 +109,7 @@ def _summary(metrics: dict[str, Value], extra: str = "") -> str:
 
 def _step_fn(loop: LoopContext, losses: list[float]) -> Callable[[], object]:
     def step() -> None:
-        losses.append(float(train_step(loop).item()))
+        losses.append(float(train_step(loop)[0].item()))
 
     return step
 

@@ -188,6 +188,15 @@ def all_reduce_mean(info: DistInfo, value: Tensor) -> Tensor:
     return reduced / info.world_size
 
 
+def all_reduce_min(info: DistInfo, value: Tensor) -> Tensor:
+    """The element-wise minimum of `value` over all ranks (returned as is for one process)."""
+    if not info.is_distributed:
+        return value
+    reduced = value.detach().clone()
+    guarded(info, "all_reduce", lambda: torch_dist.all_reduce(reduced, op=torch_dist.ReduceOp.MIN))
+    return reduced
+
+
 def all_gather_objects(info: DistInfo, value: _T) -> list[_T]:
     """Every rank's `value`, in rank order (picklable objects; small, e.g. RNG and data states)."""
     if not info.is_distributed:

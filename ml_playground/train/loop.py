@@ -14,12 +14,18 @@ Under torchrun (see distributed.py) the same loop runs on every rank: the target
 on the last micro-step only, each rank draws its own data, losses are averaged over ranks, rank 0
 alone logs and writes the checkpoint (holding every rank's RNG and data position) while the
 others wait for it.
+
+Faults (faults.py): a non-finite loss or gradient norm is recorded on the device and read at the
+next log or evaluation step, and before any save, so the run stops before a checkpoint could hold
+it. A stop signal ends the run after the current optimizer step with ckpt_last.pt written (under
+torchrun the ranks agree at the next log or evaluation step, so all stop at the same step).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +34,22 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSource
-from ml_playground.errors import CheckpointError
+from ml_playground.errors import CheckpointError, TrainingStoppedError
 from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, rng_state, set_rng_state
 from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, copy_checkpoint, save_checkpoint
 from ml_playground.train.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_mean,
+    all_reduce_min,
     barrier,
     grad_accum_steps_for,
 )
+from ml_playground.train.faults import NonFiniteGuard, StopRequest
 from ml_playground.train.metrics import MetricsSink, StepStats, check_cpu_bfloat16, measure_peak_flops
 from ml_playground.train.optim import build_optimizer
 from ml_playground.train.schedule import learning_rate
@@ -78,6 +87,10 @@ class LoopContext:
     scaler: torch.amp.GradScaler
     dataset_meta: dict[str, Any] | None
     sink: MetricsSink | None
+    guard: NonFiniteGuard
+    stop: StopRequest
+    # The stop signal all ranks agreed on at the last log or evaluation step (0: none).
+    agreed_stop: int = 0
 
     @property
     def out_dir(self) -> Path:
@@ -94,8 +107,9 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(loop: LoopContext) -> Tensor:
-    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (detached)."""
+def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
+    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (detached) and
+    the gradient norm before clipping (None under a grad scaler, which skips non-finite steps itself)."""
     accum = loop.grad_accum_steps
     total = torch.zeros((), device=loop.runtime.device)
     for micro in range(accum):
@@ -106,13 +120,27 @@ def train_step(loop: LoopContext) -> Tensor:
             scaled: Tensor = loop.scaler.scale(loss)
             torch.autograd.backward(scaled)
         total += loss.detach().float()
-    if loop.cfg.optim.grad_clip > 0:
-        loop.scaler.unscale_(loop.optimizer)
-        nn.utils.clip_grad_norm_(loop.target.trainable_parameters(), loop.cfg.optim.grad_clip)
+    norm = _grad_norm(loop)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     loop.optimizer.zero_grad(set_to_none=True)
-    return total
+    return total, norm
+
+
+def _grad_norm(loop: LoopContext) -> Tensor | None:
+    """Clip to grad_clip (when > 0) and return the total norm before clipping, on the device."""
+    params = loop.target.trainable_parameters()
+    norm: Tensor | None
+    if loop.cfg.optim.grad_clip > 0:
+        loop.scaler.unscale_(loop.optimizer)
+        norm = nn.utils.clip_grad_norm_(params, loop.cfg.optim.grad_clip)
+    elif loop.scaler.is_enabled():
+        return None  # still scaled; the scaler checks for inf/NaN itself
+    else:
+        norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if loop.scaler.is_enabled():
+        return None
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: a sharded norm
 
 
 @torch.no_grad()
@@ -236,8 +264,10 @@ def build_loop(
     *,
     dist: DistInfo,
     dataset_meta: dict[str, Any] | None,
+    stop: StopRequest | None = None,
 ) -> LoopContext:
-    """Optimizer and grad scaler for `target`; the metrics sink is opened by `fit`."""
+    """Optimizer and grad scaler for `target`; the metrics sink is opened by `fit`. `stop` is
+    set by signal handlers (run.py); without one the loop never stops early."""
     return LoopContext(
         cfg=cfg,
         target=target,
@@ -249,6 +279,8 @@ def build_loop(
         scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
         dataset_meta=dataset_meta,
         sink=None,
+        guard=NonFiniteGuard(runtime.device),
+        stop=stop if stop is not None else StopRequest(),
     )
 
 
@@ -261,11 +293,12 @@ def fit(
     dist: DistInfo,
     dataset_meta: dict[str, Any] | None,
     resume_from: Checkpoint | None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train `target` from [train]; resumes exactly from `resume_from` when given."""
     if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
         log.debug("glibc malloc: large blocks come from the heap and freed memory is kept for reuse")
-    loop = build_loop(cfg, target, batches, runtime, dist=dist, dataset_meta=dataset_meta)
+    loop = build_loop(cfg, target, batches, runtime, dist=dist, dataset_meta=dataset_meta, stop=stop)
     state = TrainState() if resume_from is None else resume(loop, resume_from)
     start = state.iter_num
     if dist.is_main:
@@ -285,6 +318,54 @@ def _measured_peak(runtime: Runtime) -> float:
     return peak
 
 
+def check_point(loop: LoopContext) -> None:
+    """At log and evaluation steps and before any save (it syncs the device): fail on a recorded
+    non-finite step; under torchrun also agree on a stop signal, so every rank stops at one step."""
+    flags = torch.stack([loop.guard.step, torch.tensor(-(loop.stop.signum or 0), device=loop.guard.step.device)])
+    reduced = all_reduce_min(loop.dist, flags)
+    bad_step, signum = int(reduced[0]), int(reduced[1])
+    if bad_step != loop.guard.never:
+        raise loop.guard.error(bad_step, f"{loop.out_dir / LAST_NAME}")
+    loop.agreed_stop = -signum
+
+
+def save_last(loop: LoopContext, state: TrainState) -> None:
+    """ckpt_last.pt at a step without evaluation (a stop); ckpt_best.pt stays as it is."""
+    check_point(loop)
+    checkpoint = build_checkpoint(loop, state)
+    if loop.dist.is_main:
+        if loop.sink is not None:
+            loop.sink.flush()
+        save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
+    barrier(loop.dist)
+
+
+def _stop_signal(loop: LoopContext) -> int:
+    """The signal to stop for now (0: go on): one process stops after the step a signal came
+    in; ranks stop where they agreed (check_point)."""
+    return loop.agreed_stop if loop.dist.is_distributed else (loop.stop.signum or 0)
+
+
+def _evaluate_and_save(loop: LoopContext, state: TrainState) -> dict[str, float]:
+    check_point(loop)  # never evaluate and save the weights of a non-finite step
+    losses = evaluate(loop)
+    if loop.sink is not None:
+        loop.sink.log_eval(state.iter_num, losses)
+    if not loop.cfg.runtime.eval_only:
+        maybe_save(loop, state, losses["val"])
+    return losses
+
+
+def _stopped(loop: LoopContext, state: TrainState, signum: int, saved_now: bool) -> TrainingStoppedError:
+    if not saved_now:
+        save_last(loop, state)
+    name = signal.Signals(signum).name
+    return TrainingStoppedError(
+        f"{name} at iter {state.iter_num}: saved {loop.out_dir / LAST_NAME}; the same command resumes from there",
+        signum,
+    )
+
+
 def run_steps(loop: LoopContext, state: TrainState, *, resumed: bool, start: int) -> TrainResult:
     cfg = loop.cfg
     if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
@@ -296,20 +377,23 @@ def run_steps(loop: LoopContext, state: TrainState, *, resumed: bool, start: int
     last_eval: dict[str, float] | None = None
     while True:
         # The eval at the resumed step already happened (and was saved) before the interruption.
-        if _is_eval_step(cfg, state.iter_num) and (state.iter_num != start or not resumed or cfg.runtime.eval_only):
-            last_eval = evaluate(loop)
-            if loop.sink is not None:
-                loop.sink.log_eval(state.iter_num, last_eval)
+        evaluates = _is_eval_step(cfg, state.iter_num) and (state.iter_num != start or not resumed)
+        if evaluates or cfg.runtime.eval_only:
+            last_eval = _evaluate_and_save(loop, state)
             if cfg.runtime.eval_only:
                 break
-            maybe_save(loop, state, last_eval["val"])
         if state.iter_num >= cfg.runtime.max_iters:
             break
+        signum = _stop_signal(loop)
+        if signum:
+            raise _stopped(loop, state, signum, saved_now=evaluates)
         lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
         set_learning_rate(loop.optimizer, lr)
         started = time.perf_counter()
-        loss = train_step(loop)
+        loss, grad_norm = train_step(loop)
+        loop.guard.record(state.iter_num, loss, grad_norm, lr)
         if state.iter_num % cfg.runtime.log_interval == 0:
+            check_point(loop)
             # Every rank joins the mean; it syncs the device, so only on log steps.
             loss_value = all_reduce_mean(loop.dist, loss).item()
             if loop.sink is not None:

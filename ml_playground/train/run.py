@@ -1,13 +1,16 @@
 """The one run entry point: every training mode (GPT from scratch, LoRA, the benchmark) calls `run`.
 
 `run` owns, once: the torchrun environment, the process group (opened and always closed), the
-runtime (device, dtype), logging per rank, seeding (the same initial weights on every rank, a
-dropout stream per rank), the dataset metadata, the resume checkpoint (`ckpt_last.pt`), the batch
-source and `fit`. A mode supplies only how to build its `TrainingTarget` from a `RunContext`.
+runtime (device, dtype), logging per rank, the out_dir lock (one writer per out_dir, held by rank
+0), stop signals (SIGTERM/SIGINT/SIGHUP save and stop, faults.py), seeding (the same initial
+weights on every rank, a dropout stream per rank), the dataset metadata, the resume checkpoint
+(`ckpt_last.pt`), the batch source and `fit`. A mode supplies only how to build its
+`TrainingTarget` from a `RunContext`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -29,6 +32,8 @@ from ml_playground.train.distributed import (
     process_group,
     translate_peer_failures,
 )
+from ml_playground.train.faults import StopRequest, stop_signals
+from ml_playground.train.lock import out_dir_lock
 from ml_playground.train.loop import TrainResult, fit
 from ml_playground.train.targets import GPTTarget, Parallel, TrainingTarget
 
@@ -90,8 +95,18 @@ def run(cfg: TrainConfig, build_target: BuildTarget) -> TrainResult:
 
 def _run(cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime) -> TrainResult:
     out_dir = cfg.runtime.out_dir
-    if dist.is_main:
-        ensure_writable(out_dir)
+    with contextlib.ExitStack() as held:
+        if dist.is_main:  # one writer per out_dir: rank 0 writes for all ranks
+            ensure_writable(out_dir)
+            held.enter_context(out_dir_lock(out_dir))
+        stop = held.enter_context(stop_signals())
+        return _set_up_and_fit(cfg, build_target, dist, runtime, stop)
+
+
+def _set_up_and_fit(
+    cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime, stop: StopRequest
+) -> TrainResult:
+    out_dir = cfg.runtime.out_dir
     meta = read_meta(cfg.data.meta_path)
     checkpoint = load_resume_checkpoint(out_dir)
     ctx = RunContext(cfg=cfg, dist=dist, runtime=runtime, meta=meta, checkpoint=checkpoint)
@@ -103,7 +118,9 @@ def _run(cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: R
         seed_everything(cfg.runtime.seed + dist.rank)
     batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
     _log_run(ctx)
-    result = fit(cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint)
+    result = fit(
+        cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint, stop=stop
+    )
     if dist.is_main:
         target.on_finish(out_dir)
     return result

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     result = run_training(cfg)
     assert result.iter_num == 6
     out = cfg.runtime.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt_best.pt", "ckpt_last.pt", "logs"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "ckpt_best.pt", "ckpt_last.pt", "logs"]
+    assert (out / ".lock").read_text() == f"{os.getpid()}\n"  # the run's out_dir lock names its holder
     ckpt = load_checkpoint(out / "ckpt_last.pt")
     assert ckpt.iter_num == 6
     assert model_args_of(ckpt.arch) == {

@@ -1,0 +1,113 @@
+"""Faults lose nothing: a non-finite step stops the run before any checkpoint holds it, and a
+second run cannot write into an out_dir a run holds."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.errors import OutDirBusyError, TrainingDivergedError
+from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.faults import NonFiniteGuard
+from ml_playground.train.lock import out_dir_lock
+from ml_playground.train.run import run, run_training
+from tests.support.fault_targets import fault_builder
+from tests.support.tiny_training import read_scalars, tiny_train_table, train_config, write_char_dataset
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> dict[str, Any]:
+    write_char_dataset(tmp_path / "ds")
+    table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
+    table["runtime"] |= {"max_iters": 12, "eval_interval": 4}
+    return table
+
+
+def _finite(path: Path) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_checkpoint(path).model.values())
+
+
+@pytest.mark.parametrize(("fault", "log_interval"), [("nan", 1), ("nan", 100), ("inf_grad", 100)])
+def test_a_non_finite_step_stops_the_run_before_any_checkpoint_holds_it(
+    table: dict[str, Any], fault: str, log_interval: int
+) -> None:
+    """Step 5 goes bad; with log_interval 100 it is read only at the eval of step 8, which must
+    then neither evaluate nor save: the checkpoints keep step 4."""
+    table["runtime"] |= {"log_interval": log_interval}
+    cfg = train_config(table)
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at iter 5: loss (nan|[0-9.]+), lr [0-9.]+"):
+        run(cfg, fault_builder(5, fault))
+    out = cfg.runtime.out_dir
+    assert load_checkpoint(out / "ckpt_last.pt").iter_num == 4
+    assert load_checkpoint(out / "ckpt_best.pt").iter_num <= 4
+    assert _finite(out / "ckpt_last.pt")
+    assert _finite(out / "ckpt_best.pt")
+    logged = read_scalars(out / "logs" / "tb")
+    assert [step for step, _ in logged["val/loss"]] == [0, 4]  # no evaluation of the bad weights
+    if fault == "nan" and log_interval == 1:
+        assert [step for step, _ in logged["train/loss"]] == [0, 1, 2, 3, 4]  # stopped at the bad step's log
+        assert all(math.isfinite(value) for _, value in logged["train/loss"])
+
+
+def test_a_finite_run_is_not_stopped(table: dict[str, Any]) -> None:
+    result = run(train_config(table), fault_builder(10**6, "nan"))
+    assert result.iter_num == 12
+
+
+def test_the_guard_keeps_the_first_bad_step() -> None:
+    guard = NonFiniteGuard(torch.device("cpu"))
+    guard.record(0, torch.tensor(2.0), torch.tensor(1.0), 0.1)
+    assert int(guard.step) == guard.never
+    guard.record(1, torch.tensor(2.0), torch.tensor(float("inf")), 0.2)
+    guard.record(2, torch.tensor(float("nan")), None, 0.3)
+    assert int(guard.step) == 1
+    assert (float(guard.loss), float(guard.lr)) == (2.0, 0.2)
+    assert "training diverged at iter 1: loss 2, lr 0.2" in str(guard.error(1, "ckpt_last.pt"))
+
+
+def test_a_second_run_on_a_held_out_dir_fails_at_once_naming_the_holder(table: dict[str, Any]) -> None:
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    out.mkdir(parents=True)
+    busy = rf"{out} is in use by a training run \(pid {os.getpid()}\)"
+    with out_dir_lock(out), pytest.raises(OutDirBusyError, match=busy):
+        run_training(cfg)
+    assert not (out / "ckpt_last.pt").exists()  # the refused run wrote nothing
+    assert run_training(cfg).iter_num == 12  # released with its holder
+
+
+def test_a_killed_holder_leaves_no_stale_lock(table: dict[str, Any]) -> None:
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    out.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib\n"
+            "from ml_playground.train.lock import out_dir_lock\n"
+            "with out_dir_lock(pathlib.Path(sys.argv[1])):\n"
+            "    print('held', flush=True)\n"
+            "    sys.stdin.read()\n",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutDirBusyError, match=rf"pid {holder.pid}\)"):
+            run_training(cfg)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    assert run_training(cfg).iter_num == 12
