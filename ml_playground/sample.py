@@ -48,7 +48,7 @@ def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Toke
         detail = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match model_args ({detail})") from None
     model.to(runtime.device).eval()
-    tokenizer = tokenizer_from_meta(meta)
+    tokenizer = tokenizer_from_meta(meta, where=f"{path}: dataset_meta")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"

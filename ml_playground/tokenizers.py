@@ -354,12 +354,21 @@ class TiktokenTokenizer:
         return self._encoding.decode(id_list)
 
 
-def tokenizer_from_meta(meta: DatasetMeta) -> Tokenizer:
-    """The tokenizer a prepared dataset was encoded with."""
+def tokenizer_from_meta(meta: DatasetMeta, where: str = "dataset metadata") -> Tokenizer:
+    """The tokenizer a prepared dataset was encoded with; its vocabulary must be the metadata's
+    (`where` names the metadata's file in errors)."""
+    tokenizer: Tokenizer
     if meta.kind == "char":
         if meta.itos is None:
-            raise DataError("dataset metadata: kind 'char' requires 'itos'")
-        return CharTokenizer(meta.itos)
-    if meta.encoding is None:
-        raise DataError("dataset metadata: kind 'tiktoken' requires 'encoding'")
-    return TiktokenTokenizer(meta.encoding)
+            raise DataError(f"{where}: kind 'char' requires 'itos'")
+        tokenizer = CharTokenizer(meta.itos)
+    else:
+        if meta.encoding is None:
+            raise DataError(f"{where}: kind 'tiktoken' requires 'encoding'")
+        tokenizer = TiktokenTokenizer(meta.encoding)
+    if tokenizer.vocab_size != meta.vocab_size:
+        raise DataError(
+            f"{where}: vocab_size {meta.vocab_size} does not match its tokenizer "
+            f"({meta.encoding or meta.kind}: {tokenizer.vocab_size} tokens); prepare the dataset again"
+        )
+    return tokenizer

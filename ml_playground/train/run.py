@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSource
+from ml_playground.data.checks import check_dataset
 from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.model import GPT, GPTConfig
@@ -108,6 +109,7 @@ def _set_up_and_fit(
 ) -> TrainResult:
     out_dir = cfg.runtime.out_dir
     meta = read_meta(cfg.data.meta_path)
+    check_dataset(cfg.data, meta)
     checkpoint = load_resume_checkpoint(out_dir)
     ctx = RunContext(cfg=cfg, dist=dist, runtime=runtime, meta=meta, checkpoint=checkpoint)
     # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
