@@ -104,7 +104,7 @@ def case4_sampling(ctx: BenchContext) -> list[Row]:
         "one by one, no cache (nanoGPT's algorithm)": _ours(small, prompt, n, length, use_cache=False, batched=False),
     }
     seconds = {name: time_calls(fn, warmup=1, reps=reps, device=ctx.device).median for name, fn in variants.items()}
-    baseline, source = REFERENCE_SAMPLE_TOKENS_PER_S, "issue 7 reference"
+    baseline, source = REFERENCE_SAMPLE_TOKENS_PER_S, "reference"
     if ctx.nanogpt is not None:
         theirs = ctx.nanogpt.build(sizes.small, ctx.char_meta.vocab_size, ctx.device).eval()
 

@@ -1,4 +1,4 @@
-"""Model and batch shapes of each case: the issue's sizes, or tiny ones for a smoke run."""
+"""Model and batch shapes of each case: the measured sizes, or tiny ones for a smoke run."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def case1_train_small(ctx: BenchContext) -> list[Row]:
             )
         )
     else:
-        baseline, source = REFERENCE_TRAIN_TOKENS_PER_S, "issue 7 reference"
+        baseline, source = REFERENCE_TRAIN_TOKENS_PER_S, "reference"
     ratio = cast("float", ours["tokens_per_s"]) / baseline
     ours |= {"vs_nanogpt": ratio, "nanogpt_baseline": source}
     rows.insert(
@@ -330,7 +330,7 @@ def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> li
             )
         )
     else:
-        baseline, source = REFERENCE_TIME_TO_QUALITY_S, "issue 7 reference"
+        baseline, source = REFERENCE_TIME_TO_QUALITY_S, "reference"
     extra = ""
     seconds = metrics["seconds_to_threshold"]
     if seconds is not None:

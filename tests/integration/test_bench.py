@@ -34,7 +34,7 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert cases == {"1", "2", "3", "4", "5"}
     by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
-    assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "issue 7 reference"
+    assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "reference"
     assert math.isfinite(by_variant[("2", "bf16 autocast")]["max_loss_gap_vs_fp32"])
     # MFU divides by the larger of the first probe and one taken after the case's timed steps.
     fp32, bf16 = by_variant[("1", "ml-playground fp32")], by_variant[("2", "bf16 autocast")]
