@@ -27,6 +27,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ from ml_playground.train.targets import TrainingTarget
 log = logging.getLogger(__name__)
 
 _CONFIG_ADAPTER: TypeAdapter[TrainConfig] = TypeAdapter(TrainConfig)
+
+# Called after every optimizer step (logging included) with the step's iter_num and its mean loss,
+# a detached device tensor (reading it waits for the device). The benchmark timestamps steps with it.
+StepCallback = Callable[[int, Tensor], None]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -294,6 +299,7 @@ def fit(
     dataset_meta: dict[str, Any] | None,
     resume_from: Checkpoint | None,
     stop: StopRequest | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train `target` from [train]; resumes exactly from `resume_from` when given."""
     if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
@@ -304,7 +310,7 @@ def fit(
     if dist.is_main:
         loop.sink = MetricsSink(loop.out_dir, purge_step=start if resume_from is not None else None)
     try:
-        return run_steps(loop, state, resumed=resume_from is not None, start=start)
+        return run_steps(loop, state, resumed=resume_from is not None, start=start, on_step=on_step)
     finally:
         if loop.sink is not None:
             loop.sink.close()
@@ -366,7 +372,9 @@ def _stopped(loop: LoopContext, state: TrainState, signum: int, saved_now: bool)
     )
 
 
-def run_steps(loop: LoopContext, state: TrainState, *, resumed: bool, start: int) -> TrainResult:
+def run_steps(
+    loop: LoopContext, state: TrainState, *, resumed: bool, start: int, on_step: StepCallback | None = None
+) -> TrainResult:
     cfg = loop.cfg
     if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
         log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
@@ -407,5 +415,7 @@ def run_steps(loop: LoopContext, state: TrainState, *, resumed: bool, start: int
                     peak_flops=peak,
                 )
                 loop.sink.log_step(stats)
+        if on_step is not None:
+            on_step(state.iter_num, loss)
         state.iter_num += 1
     return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=last_eval)

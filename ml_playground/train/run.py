@@ -35,7 +35,7 @@ from ml_playground.train.distributed import (
 )
 from ml_playground.train.faults import StopRequest, stop_signals
 from ml_playground.train.lock import out_dir_lock
-from ml_playground.train.loop import TrainResult, fit
+from ml_playground.train.loop import StepCallback, TrainResult, fit
 from ml_playground.train.targets import GPTTarget, Parallel, TrainingTarget
 
 log = logging.getLogger(__name__)
@@ -81,31 +81,39 @@ def load_resume_checkpoint(out_dir: Path) -> Checkpoint | None:
     return load_checkpoint(path)
 
 
-def run(cfg: TrainConfig, build_target: BuildTarget) -> TrainResult:
+def run(cfg: TrainConfig, build_target: BuildTarget, *, on_step: StepCallback | None = None) -> TrainResult:
     """Set up a run from [train], build its target, `fit` it; auto-resumes from ckpt_last.pt.
 
-    Under torchrun every rank runs this; it opens (and always closes) the process group."""
+    Under torchrun every rank runs this; it opens (and always closes) the process group.
+    `on_step` is called after every optimizer step (see `StepCallback`)."""
     dist = dist_info_from_env()
     grad_accum_steps_for(cfg.data, dist.world_size)  # a global batch that does not divide fails first
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype, dist.local_rank if dist.is_distributed else None)
     if not dist.is_main:
         logging.getLogger("ml_playground").setLevel(logging.WARNING)  # rank 0 tells the story
     with process_group(dist, runtime.device, cfg.runtime.dist_timeout_s), translate_peer_failures(dist, "training"):
-        return _run(cfg, build_target, dist, runtime)
+        return _run(cfg, build_target, dist, runtime, on_step)
 
 
-def _run(cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime) -> TrainResult:
+def _run(
+    cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime, on_step: StepCallback | None
+) -> TrainResult:
     out_dir = cfg.runtime.out_dir
     with contextlib.ExitStack() as held:
         if dist.is_main:  # one writer per out_dir: rank 0 writes for all ranks
             ensure_writable(out_dir)
             held.enter_context(out_dir_lock(out_dir))
         stop = held.enter_context(stop_signals())
-        return _set_up_and_fit(cfg, build_target, dist, runtime, stop)
+        return _set_up_and_fit(cfg, build_target, dist, runtime, stop, on_step)
 
 
-def _set_up_and_fit(
-    cfg: TrainConfig, build_target: BuildTarget, dist: DistInfo, runtime: Runtime, stop: StopRequest
+def _set_up_and_fit(  # noqa: PLR0913 - the run's parts, passed down once
+    cfg: TrainConfig,
+    build_target: BuildTarget,
+    dist: DistInfo,
+    runtime: Runtime,
+    stop: StopRequest,
+    on_step: StepCallback | None,
 ) -> TrainResult:
     out_dir = cfg.runtime.out_dir
     meta = read_meta(cfg.data.meta_path)
@@ -121,7 +129,7 @@ def _set_up_and_fit(
     batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
     _log_run(ctx)
     result = fit(
-        cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint, stop=stop
+        cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint, stop=stop, on_step=on_step
     )
     if dist.is_main:
         target.on_finish(out_dir)
