@@ -9,6 +9,7 @@ import torch
 
 from ml_playground.bench.nanogpt import NanoGPT
 from ml_playground.bench.shapes import Sizes
+from ml_playground.config import Device
 from ml_playground.data.meta import DatasetMeta
 
 
@@ -25,7 +26,8 @@ class Peaks:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BenchContext:
-    device: torch.device
+    device_name: Device  # as [train.runtime] and [sample.runtime] name it
+    device: torch.device  # resolved (cuda:0)
     sizes: Sizes
     warmup: int
     reps: int

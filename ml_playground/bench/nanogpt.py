@@ -116,6 +116,15 @@ def nanogpt_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ca
     return float(loss.item())
 
 
+def nanogpt_iteration(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Batch], it: int, *, decay: int = 2000
+) -> float:
+    """Iteration `it` of train.py's loop: the scheduled learning rate, then `nanogpt_step`."""
+    for group in optimizer.param_groups:
+        group["lr"] = nanogpt_lr(it, decay=decay)
+    return nanogpt_step(model, optimizer, batches)
+
+
 @torch.no_grad()
 def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int) -> float:
     model.eval()

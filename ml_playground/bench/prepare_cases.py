@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ml_playground.bench.context import BenchContext
-from ml_playground.bench.report import Row, Value
+from ml_playground.bench.report import BpeComparison, Prepare, Row
 from ml_playground.errors import DataError
 
 _BLOCK_BYTES = 4 << 20
@@ -69,8 +69,7 @@ def _bpe_against_tiktoken(corpus: Path, megabytes: float) -> Row:
         raise DataError(f"{corpus}: the GPT-2 ids of preparation differ from tiktoken's")
     size = float(result["megabytes"])
     ours, theirs = size / float(result["prepare_seconds"]), size / float(result["tiktoken_seconds"])
-    metrics: dict[str, Value] = {"input_mb": size, "mb_per_s": ours, "tiktoken_mb_per_s": theirs}
-    metrics["ratio"] = ours / theirs
+    metrics = BpeComparison(input_mb=size, mb_per_s=ours, tiktoken_mb_per_s=theirs, ratio=ours / theirs)
     summary = f"{ours:7.1f} MB/s vs {theirs:.1f} MB/s: {ours / theirs:.2f}x, same ids (first {size:.0f} MB)"
     return Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=metrics)
 
@@ -83,13 +82,13 @@ def case5_prepare(ctx: BenchContext) -> list[Row]:
         result = _in_child(corpus, str(ctx.work_dir / "case5" / tokenizer), tokenizer)
         mb_per_s = size / 1e6 / float(result["seconds"])
         rss_mb = int(result["peak_rss_bytes"]) / 2**20
-        metrics: dict[str, Value] = {
-            "input_mb": size / 1e6,
-            "seconds": float(result["seconds"]),
-            "mb_per_s": mb_per_s,
-            "peak_rss_mib": rss_mb,
-            "tokens": int(result["tokens"]),
-        }
+        metrics = Prepare(
+            input_mb=size / 1e6,
+            seconds=float(result["seconds"]),
+            mb_per_s=mb_per_s,
+            peak_rss_mib=rss_mb,
+            tokens=int(result["tokens"]),
+        )
         summary = f"{mb_per_s:7.1f} MB/s, peak RSS {rss_mb:5.0f} MiB ({size / 1e6:.0f} MB in {result['seconds']:.1f} s)"
         rows.append(Row(case=f"5 prepare {size / 1e6:.0f} MB", variant=name, summary=summary, metrics=metrics))
         # Free the disk before the next tokenizer (a GB of char ids is 2 GB of uint16).

@@ -1,21 +1,121 @@
-"""Result rows, the console table and the JSON report."""
+"""Result rows with typed metrics per case, the console table and the JSON report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ml_playground.atomic import write_text_atomic
+from ml_playground.config import DType
 
 Value = float | int | str | bool | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """Cases 1-2: median training step of one variant, and what it is compared with."""
+
+    ms_per_iter: float
+    tokens_per_s: float
+    mfu: float
+    peak_flops: float  # the MFU denominator (see `peak_now`)
+    reps: int
+    dtype: DType
+    compile: bool
+    final_loss: float
+    vs_nanogpt: float | None = None  # tokens/s over nanoGPT's
+    nanogpt_baseline: str | None = None  # "measured" (a checkout) or "reference"
+    vs_fp32: float | None = None  # case 2: tokens/s over the float32 variant's
+    max_loss_gap_vs_fp32: float | None = None  # case 2: largest per-step loss difference from float32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    """Case 2's bf16 variants on a CPU whose bf16 matmuls are slower than fp32."""
+
+    skipped: Literal[True] = True
+    bf16_peak_flops: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityRun:
+    """Case 3: one training run to the validation-loss threshold."""
+
+    threshold: float
+    seconds_to_threshold: float | None  # None: never reached
+    iter_at_threshold: int | None
+    final_val_loss: float
+    iters: int
+    total_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """Seconds to the threshold; a run that never reached it counts with its whole time."""
+        return self.total_seconds if self.seconds_to_threshold is None else self.seconds_to_threshold
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quality:
+    """Case 3: the mean of one side's runs (None when a run never reached the threshold)."""
+
+    threshold: float
+    seconds_to_threshold: float | None
+    iter_at_threshold: int | None  # the first run's
+    final_val_loss: float
+    iters: int
+    total_seconds: float
+    runs: int
+    seconds_per_run: tuple[float, ...]  # each run's `QualityRun.seconds`
+    config: str | None = None  # ml-playground's row: the TOML file
+    vs_nanogpt: float | None = None  # seconds over nanoGPT's
+    nanogpt_baseline: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sampling:
+    """Case 4: tokens/s of one sampling variant; the cached long run adds its latency profile."""
+
+    tokens_per_s: float
+    seconds: float
+    tokens: int
+    vs_nanogpt: float | None = None
+    nanogpt_baseline: str | None = None
+    ms_per_token_first_10pct: float | None = None
+    ms_per_token_last_10pct: float | None = None
+    late_over_early: float | None = None  # about 1: the cache keeps a token's cost flat
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepare:
+    """Case 5: one tokenizer's preparation of the synthetic corpus, in its own process."""
+
+    input_mb: float
+    seconds: float
+    mb_per_s: float
+    peak_rss_mib: float
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BpeComparison:
+    """Case 5: preparation's GPT-2 encoder against tiktoken's own on the same text (same ids)."""
+
+    input_mb: float
+    mb_per_s: float
+    tiktoken_mb_per_s: float
+    ratio: float
+
+
+Metrics = Throughput | Skipped | Quality | Sampling | Prepare | BpeComparison
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,7 +125,7 @@ class Row:
     case: str
     variant: str
     summary: str  # the table cell
-    metrics: dict[str, Value] = field(default_factory=dict[str, Value])
+    metrics: Metrics | None = None
 
 
 def cpu_model() -> str:
@@ -74,7 +174,9 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
 
 
 def row_dict(row: Row) -> dict[str, Any]:
-    return {"case": row.case, "variant": row.variant, "summary": row.summary, "metrics": row.metrics}
+    """The row as JSON: every field of its metrics (None as null, tuples as lists)."""
+    metrics = {} if row.metrics is None else dataclasses.asdict(row.metrics)
+    return {"case": row.case, "variant": row.variant, "summary": row.summary, "metrics": metrics}
 
 
 def _finite(value: Any) -> Any:
@@ -83,6 +185,6 @@ def _finite(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {key: _finite(item) for key, item in value.items()}  # pyright: ignore[reportUnknownVariableType]
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_finite(item) for item in value]  # pyright: ignore[reportUnknownVariableType]
     return value

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -42,7 +42,7 @@ class Options:
     cases: tuple[int, ...]
     warmup: int
     reps: int
-    device: str
+    device: Device
     compile: bool
     force_bf16: bool
     tiny: bool
@@ -128,7 +128,7 @@ def measure_peaks(device: torch.device) -> Peaks:
 
 
 def build_context(options: Options, work_dir: Path) -> BenchContext:
-    device = resolve_runtime(cast("Device", options.device), "float32").device
+    device = resolve_runtime(options.device, "float32").device
     corpus = resolve_corpus(options.corpus, work_dir)
     char_dir = work_dir / "char"
     char_meta = prepare_corpus(corpus, char_dir, tokenizer="char", encoding="gpt2", val_fraction=0.1)
@@ -136,6 +136,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
     if options.prepare_mb is not None:
         sizes = replace(sizes, prepare_mb=options.prepare_mb)
     return BenchContext(
+        device_name=options.device,
         device=device,
         sizes=sizes,
         warmup=options.warmup,
@@ -154,8 +155,9 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
 
 def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Row]]]:
     from ml_playground.bench.prepare_cases import case5_prepare
+    from ml_playground.bench.quality_case import case3_time_to_quality
     from ml_playground.bench.sample_cases import case4_sampling
-    from ml_playground.bench.train_cases import case1_train_small, case2_train_mid, case3_time_to_quality
+    from ml_playground.bench.train_cases import case1_train_small, case2_train_mid
 
     return {
         1: case1_train_small,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+
+from ml_playground.config import ModelConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -13,16 +14,17 @@ class ModelShape:
     n_embd: int
     block_size: int
 
-    def table(self) -> dict[str, Any]:
-        """The [train.model] table (no dropout, no bias: nanoGPT's shakespeare_char CPU settings)."""
-        return {
-            "n_layer": self.n_layer,
-            "n_head": self.n_head,
-            "n_embd": self.n_embd,
-            "block_size": self.block_size,
-            "dropout": 0.0,
-            "bias": False,
-        }
+    def applied_to(self, model: ModelConfig) -> ModelConfig:
+        """`model` in this shape, without dropout and bias (nanoGPT's shakespeare_char CPU settings)."""
+        return replace(
+            model,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            block_size=self.block_size,
+            dropout=0.0,
+            bias=False,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

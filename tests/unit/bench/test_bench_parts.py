@@ -1,4 +1,5 @@
-"""The benchmark's pieces that do not time anything: options, report, synthetic corpus, nanoGPT loading."""
+"""The benchmark's pieces that do not time anything: options, report, synthetic corpus, timing helpers,
+nanoGPT loading."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 
 from ml_playground.bench.nanogpt import load_nanogpt, nanogpt_lr
 from ml_playground.bench.prepare_cases import write_synthetic_corpus
-from ml_playground.bench.report import Row, format_table, write_report
+from ml_playground.bench.report import Quality, Row, format_table, row_dict, write_report
 from ml_playground.bench.runner import parse_options
-from ml_playground.bench.timing import time_calls
+from ml_playground.bench.timing import StepClock, alternate, time_calls
 from ml_playground.errors import ConfigError
 
 
@@ -28,6 +29,27 @@ def test_report_is_valid_json_with_non_finite_values_as_null(tmp_path: Path) -> 
     data = json.loads(path.read_text())
     assert data == {"rows": [{"metrics": {"mfu": None, "ok": 1.5}}], "peak": None}
     assert (tmp_path / "latest.json").read_text() == path.read_text()
+
+
+def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path: Path) -> None:
+    metrics = Quality(
+        threshold=1.88,
+        seconds_to_threshold=None,
+        iter_at_threshold=None,
+        final_val_loss=math.inf,
+        iters=6,
+        total_seconds=1.5,
+        runs=2,
+        seconds_per_run=(1.0, 2.0),
+    )
+    row = row_dict(Row(case="3", variant="ours", summary="s", metrics=metrics))
+    assert row["metrics"]["seconds_per_run"] == (1.0, 2.0)
+    assert row["metrics"]["vs_nanogpt"] is None
+    data = json.loads(write_report(tmp_path, {"rows": [row]}).read_text())
+    assert data["rows"][0]["metrics"]["seconds_per_run"] == [1.0, 2.0]
+    assert data["rows"][0]["metrics"]["final_val_loss"] is None  # inf has no JSON
+    assert data["rows"][0]["metrics"]["seconds_to_threshold"] is None
+    assert row_dict(Row(case="1", variant="a", summary="x"))["metrics"] == {}
 
 
 def test_table_has_one_line_per_row_and_aligned_columns() -> None:
@@ -54,6 +76,33 @@ def test_time_calls_counts_only_timed_repetitions() -> None:
     assert len(calls) == 5
     assert len(timing.samples) == 3
     assert timing.median >= 0
+
+
+def test_step_clock_times_the_gaps_between_stamps_after_warmup() -> None:
+    import torch
+
+    clock = StepClock(torch.device("cpu"))
+    for _ in range(5):
+        clock.stamp()
+    assert len(clock.steps(warmup=0).samples) == 4  # the first stamp has nothing before it
+    assert len(clock.steps(warmup=1).samples) == 3
+    assert all(gap >= 0 for gap in clock.steps(warmup=0).samples)
+
+
+def test_alternate_runs_abba_so_drift_hits_both_sides() -> None:
+    order: list[str] = []
+
+    def side(name: str) -> str:
+        order.append(name)
+        return name
+
+    firsts, seconds = alternate(lambda: side("a"), lambda: side("b"), 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert (firsts, seconds) == (["a"] * 3, ["b"] * 3)
+    order.clear()
+    alone: tuple[list[str], list[str]] = alternate(lambda: side("a"), None, 2)
+    assert order == ["a", "a"]
+    assert alone == (["a", "a"], [])
 
 
 def test_nanogpt_dir_without_model_py_is_a_config_error(tmp_path: Path) -> None:

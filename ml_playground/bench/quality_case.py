@@ -1,0 +1,178 @@
+"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88.
+
+With a nanoGPT checkout its README CPU run is timed too, the runs alternating ours, nanoGPT,
+nanoGPT, ours, ... so that a steady drift in the machine's speed over the minutes this takes hits
+both sides alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from ml_playground.bench.context import BenchContext
+from ml_playground.bench.nanogpt import (
+    REFERENCE_TIME_TO_QUALITY_S,
+    NanoGPT,
+    RowBatches,
+    nanogpt_eval,
+    nanogpt_iteration,
+)
+from ml_playground.bench.report import Quality, QualityRun, Row
+from ml_playground.bench.shapes import ModelShape
+from ml_playground.bench.timing import alternate
+from ml_playground.config import TrainConfig
+from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.train.metrics import TB_SUBDIR
+from ml_playground.train.run import run_training
+
+CASE = "3 time to val 1.88"
+QUALITY_THRESHOLD = 1.88
+
+
+def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
+    """The shipped config's [train], pointed at the benchmark corpus and a scratch out_dir.
+
+    The run's MFU uses the peak this benchmark measured instead of probing again (nanoGPT does
+    not probe, so the probe would count against ml-playground's time alone)."""
+    train = require_train(load_experiment_config(config_path), config_path)
+    runtime = replace(
+        train.runtime,
+        out_dir=ctx.work_dir / "case3",
+        device=ctx.device_name,
+        peak_flops=ctx.peaks.of(train.runtime.dtype),
+    )
+    cfg = replace(train, data=replace(train.data, dataset_dir=ctx.char_dir), runtime=runtime)
+    if not ctx.tiny:
+        return cfg
+    small = ctx.sizes.small
+    return replace(
+        cfg,
+        model=small.applied_to(cfg.model),
+        data=replace(cfg.data, block_size=small.block_size, batch_size=ctx.sizes.small_batch),
+        runtime=replace(cfg.runtime, max_iters=6, eval_interval=3, eval_iters=2),
+        schedule=replace(cfg.schedule, warmup_iters=2, lr_decay_iters=6),
+    )
+
+
+def _val_curve(out_dir: Path) -> list[tuple[float, int, float]]:
+    """(wall time, iter, val loss) of every evaluation, from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out_dir / TB_SUBDIR))
+    events.Reload()
+    scalars = cast("list[Any]", events.Scalars("val/loss"))
+    return [(float(e.wall_time), int(e.step), float(e.value)) for e in scalars]
+
+
+def _our_time_to_quality(cfg: TrainConfig) -> QualityRun:
+    """One fresh `run_training` with the shipped config: wall clock to the first val loss <= 1.88."""
+    shutil.rmtree(cfg.runtime.out_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
+    started = time.time()
+    run_training(cfg)
+    total = time.time() - started
+    curve = _val_curve(cfg.runtime.out_dir)
+    reached = next(((t - started, step) for t, step, loss in curve if loss <= QUALITY_THRESHOLD), None)
+    return QualityRun(
+        threshold=QUALITY_THRESHOLD,
+        seconds_to_threshold=None if reached is None else reached[0],
+        iter_at_threshold=None if reached is None else reached[1],
+        final_val_loss=curve[-1][2],
+        iters=cfg.runtime.max_iters,
+        total_seconds=total,
+    )
+
+
+def _nanogpt_time_to_quality(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> QualityRun:
+    """nanoGPT's README CPU run: 2000 iters, eval of 20 batches per split every 250 iters."""
+    shape = ModelShape(n_layer=4, n_head=4, n_embd=128, block_size=64) if not ctx.tiny else ctx.sizes.small
+    batch = 12 if not ctx.tiny else ctx.sizes.small_batch
+    iters, interval, eval_iters = (2000, 250, 20) if not ctx.tiny else (6, 3, 2)
+    started = time.time()
+    torch.manual_seed(1337)
+    model = nanogpt.build(shape, ctx.char_meta.vocab_size, ctx.device)
+    optimizer = nanogpt.optimizer(model, ctx.device)
+    dtype = ctx.char_meta.numpy_dtype
+    train = RowBatches(cfg.data.train_path, dtype, batch, shape.block_size, ctx.device)
+    val = RowBatches(cfg.data.val_path, dtype, batch, shape.block_size, ctx.device)
+    reached: tuple[float, int] | None = None
+    val_loss = float("inf")
+    for it in range(iters + 1):
+        if it % interval == 0 or it == iters:
+            nanogpt_eval(model, train, eval_iters)
+            val_loss = nanogpt_eval(model, val, eval_iters)
+            if reached is None and val_loss <= QUALITY_THRESHOLD:
+                reached = (time.time() - started, it)
+        if it == iters:
+            break
+        nanogpt_iteration(model, optimizer, train, it, decay=iters)
+    return QualityRun(
+        threshold=QUALITY_THRESHOLD,
+        seconds_to_threshold=None if reached is None else reached[0],
+        iter_at_threshold=None if reached is None else reached[1],
+        final_val_loss=val_loss,
+        iters=iters,
+        total_seconds=time.time() - started,
+    )
+
+
+def _mean(runs: list[QualityRun]) -> Quality:
+    """The runs averaged (None when one run never reached the threshold), and each run's time."""
+    reached = [run.seconds_to_threshold for run in runs]
+    return Quality(
+        threshold=runs[0].threshold,
+        seconds_to_threshold=None if None in reached else sum(r for r in reached if r is not None) / len(runs),
+        iter_at_threshold=runs[0].iter_at_threshold,
+        final_val_loss=sum(run.final_val_loss for run in runs) / len(runs),
+        iters=runs[0].iters,
+        total_seconds=sum(run.total_seconds for run in runs) / len(runs),
+        runs=len(runs),
+        seconds_per_run=tuple(run.seconds for run in runs),
+    )
+
+
+def _summary(metrics: Quality) -> str:
+    seconds = metrics.seconds_to_threshold
+    at = "not reached" if seconds is None else f"{seconds:.1f} s (iter {metrics.iter_at_threshold})"
+    each = ", ".join(f"{s:.1f}" for s in metrics.seconds_per_run)
+    runs = f"; mean of {metrics.runs} runs: {each} s" if metrics.runs > 1 else ""
+    final = metrics.final_val_loss
+    return f"{at}; final val {final:.4f} after {metrics.iters} iters in {metrics.total_seconds:.1f} s{runs}"
+
+
+def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> list[Row]:
+    """`runs` runs per side; means reported."""
+    cfg = quality_config(ctx, config_path)
+    # A process pays once for torch.optim's first optimizer, which imports torch._dynamo (~2.5 s
+    # on a 2-core CPU): import it before either clock starts, or only the run timed first pays it.
+    importlib.import_module("torch._dynamo")
+    nanogpt = ctx.nanogpt
+    ours_runs, theirs_runs = alternate(
+        lambda: _our_time_to_quality(cfg),
+        None if nanogpt is None else lambda: _nanogpt_time_to_quality(nanogpt, ctx, cfg),
+        runs,
+    )
+    rows: list[Row] = []
+    if theirs_runs:
+        theirs = _mean(theirs_runs)
+        baseline, source = sum(run.seconds for run in theirs_runs) / len(theirs_runs), "measured"
+        variant = "nanoGPT README config (checkout)"
+        rows.append(Row(case=CASE, variant=variant, summary=_summary(theirs), metrics=theirs))
+    else:
+        baseline, source = REFERENCE_TIME_TO_QUALITY_S, "reference"
+    ours = replace(_mean(ours_runs), config=str(config_path), nanogpt_baseline=source)
+    extra = ""
+    if ours.seconds_to_threshold is not None:
+        ratio = ours.seconds_to_threshold / baseline
+        ours = replace(ours, vs_nanogpt=ratio)
+        extra = f"  {ratio * 100:.0f}% of nanoGPT's {baseline:.0f} s ({source})"
+    rows.insert(
+        0, Row(case=CASE, variant=f"ml-playground {config_path.name}", summary=_summary(ours) + extra, metrics=ours)
+    )
+    return rows

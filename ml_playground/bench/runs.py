@@ -1,0 +1,94 @@
+"""The benchmark's training runs, all through the run entry point that `make train` uses.
+
+A case builds one `TrainConfig` (`train_config`, or the shipped TOML's in case 3) and derives its
+variants with `dataclasses.replace`. `timed_steps` calls `run(cfg, gpt_target, on_step=...)`: the
+callback syncs the device and stamps the end of every step, so a step's time is one whole
+iteration of the trainer's loop (learning rate, micro-steps, clipping, optimizer, logging on log
+steps). Set-up, the evaluations before the first and after the last step and the checkpoints
+written with them fall outside the stamps.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch import Tensor
+
+from ml_playground.bench.context import BenchContext
+from ml_playground.bench.shapes import ModelShape
+from ml_playground.bench.timing import StepClock, Timing
+from ml_playground.config import (
+    DataConfig,
+    DType,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainRuntimeConfig,
+)
+from ml_playground.train.run import RunContext, gpt_target, run
+from ml_playground.train.targets import TrainingTarget
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRun:
+    """What `timed_steps` measured."""
+
+    timing: Timing  # the steps after warm-up
+    losses: tuple[float, ...]  # every step's loss, warm-up included
+    flops_per_token: float  # of the run's target, for MFU
+
+
+def train_config(ctx: BenchContext, shape: ModelShape, batch_size: int) -> TrainConfig:
+    """nanoGPT's train_shakespeare_char optimizer settings around `shape`, on the benchmark's
+    char-level corpus, in float32 without compile; no steps yet (`timed_steps` sets them).
+
+    MFU uses the peak this benchmark measured, so no run probes again."""
+    return TrainConfig(
+        model=shape.applied_to(ModelConfig()),
+        data=DataConfig(dataset_dir=ctx.char_dir, batch_size=batch_size, block_size=shape.block_size),
+        optim=OptimConfig(learning_rate=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0),
+        schedule=ScheduleConfig(warmup_iters=100, lr_decay_iters=2000, min_lr=1e-4),
+        runtime=TrainRuntimeConfig(
+            out_dir=ctx.work_dir / "run",
+            device=ctx.device_name,
+            max_iters=0,
+            eval_iters=1,
+            peak_flops=ctx.peaks.float32,
+        ),
+    )
+
+
+def precision(ctx: BenchContext, cfg: TrainConfig, *, dtype: DType, compile: bool) -> TrainConfig:
+    """`cfg` computing in `dtype` (MFU against that dtype's measured peak), compiled or not."""
+    runtime = replace(cfg.runtime, dtype=dtype, compile=compile, peak_flops=ctx.peaks.of(dtype))
+    return replace(cfg, runtime=runtime)
+
+
+def fresh_run(cfg: TrainConfig, out_dir: Path, *, steps: int) -> TrainConfig:
+    """`cfg` for `steps` steps into an emptied `out_dir` (a leftover ckpt_last.pt would be
+    resumed), evaluating only before the first step and after the last."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    runtime = replace(cfg.runtime, out_dir=out_dir, max_iters=steps, eval_interval=max(steps, 1))
+    return replace(cfg, runtime=runtime)
+
+
+def timed_steps(ctx: BenchContext, cfg: TrainConfig, out_dir: Path, *, warmup: int, reps: int) -> StepRun:
+    """A fresh `run` of warmup + reps timed steps (plus the first, which has no stamp before it)."""
+    clock = StepClock(ctx.device)
+    losses: list[float] = []
+    flops: list[float] = []
+
+    def build(run_ctx: RunContext) -> TrainingTarget:
+        target = gpt_target(run_ctx)
+        flops.append(target.flops_per_token(run_ctx.cfg.data.block_size))
+        return target
+
+    def on_step(_iter_num: int, loss: Tensor) -> None:
+        clock.stamp()
+        losses.append(loss.item())  # the stamp synced the device: no wait here
+
+    run(fresh_run(cfg, out_dir, steps=warmup + reps + 1), build, on_step=on_step)
+    return StepRun(timing=clock.steps(warmup), losses=tuple(losses), flops_per_token=flops[0])
