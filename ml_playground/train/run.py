@@ -107,7 +107,7 @@ def _run(
         return _set_up_and_fit(cfg, build_target, dist, runtime, stop, on_step)
 
 
-def _set_up_and_fit(  # noqa: PLR0913 - the run's parts, passed down once
+def _set_up_and_fit(
     cfg: TrainConfig,
     build_target: BuildTarget,
     dist: DistInfo,
@@ -129,7 +129,15 @@ def _set_up_and_fit(  # noqa: PLR0913 - the run's parts, passed down once
     batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
     _log_run(ctx)
     result = fit(
-        cfg, target, batches, runtime, dist=dist, dataset_meta=meta.to_dict(), resume_from=checkpoint, stop=stop, on_step=on_step
+        cfg,
+        target,
+        batches,
+        runtime,
+        dist=dist,
+        dataset_meta=meta.to_dict(),
+        resume_from=checkpoint,
+        stop=stop,
+        on_step=on_step,
     )
     if dist.is_main:
         target.on_finish(out_dir)
