@@ -1,0 +1,54 @@
+"""A tiny LoRA finetune: a char GPT exported to Hugging Face as the base, a dataset in its
+vocabulary, and the [train] table (as parsed TOML) of a LoRA run on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml_playground.data.meta import DatasetMeta, write_meta
+from ml_playground.interop.hf import export_hf
+from ml_playground.model import GPT
+from ml_playground.tokenizers import CharTokenizer
+
+
+def write_base(model: GPT, meta: DatasetMeta, folder: Path) -> Path:
+    """`model` as a GPT2LMHeadModel directory: the base a LoRA run loads."""
+    export_hf(model.state_dict(), model.config, meta, folder)
+    return folder
+
+
+def write_finetune_dataset(
+    folder: Path, tokenizer: CharTokenizer, meta: DatasetMeta, text: str, *, train_tokens: int | None = None
+) -> Path:
+    """train.bin / val.bin / meta.json of `text` in the base's vocabulary; the first
+    `train_tokens` ids train (80% when None), the rest validate."""
+    ids = np.array(tokenizer.encode(text), dtype="<u2")
+    cut = int(len(ids) * 0.8) if train_tokens is None else train_tokens
+    folder.mkdir(parents=True, exist_ok=True)
+    ids[:cut].tofile(folder / "train.bin")
+    ids[cut:].tofile(folder / "val.bin")
+    write_meta(folder / "meta.json", meta)
+    return folder
+
+
+def lora_train_table(dataset_dir: Path, base_dir: Path, out_dir: Path, *, max_iters: int) -> dict[str, Any]:
+    """A [train] table for LoRA (r 4) on the base, evaluated every 10 steps; tests override keys."""
+    return {
+        "data": {"dataset_dir": str(dataset_dir), "batch_size": 4, "block_size": 16, "grad_accum_steps": 1},
+        "optim": {"learning_rate": 1e-2, "grad_clip": 1.0},
+        "schedule": {"warmup_iters": 2, "lr_decay_iters": max_iters, "min_lr": 1e-3},
+        "runtime": {
+            "out_dir": str(out_dir),
+            "max_iters": max_iters,
+            "eval_interval": 10,
+            "eval_iters": 2,
+            "log_interval": 1,
+            "seed": 7,
+            "peak_flops": 1e12,
+        },
+        "hf_model": {"model_name_or_path": str(base_dir)},
+        "peft": {"r": 4, "lora_alpha": 8},
+    }
