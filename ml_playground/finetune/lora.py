@@ -8,8 +8,9 @@ is also written in PEFT format:
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
-  out_dir/merged/        with merge_on_save (GPT-2 bases): the best adapter merged into the base,
-                         as a native checkpoint (ckpt_best.pt, which `make sample` and
+  out_dir/merged/        with merge_on_save (GPT-2 bases), when the run ends: ckpt_best.pt's adapter
+                         merged into a copy of the base, as a native checkpoint (ckpt_best.pt with
+                         that checkpoint's step, val loss and run config, which `make sample` and
                          `make export` read like any other) and as a Hugging Face directory
 """
 
@@ -19,7 +20,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -217,13 +217,25 @@ class LoRATarget:
             write_adapter(self.model, out_dir / ADAPTER_DIR, self.base_name)
 
     def on_finish(self, out_dir: Path) -> None:
-        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/."""
+        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/.
+
+        Merged from a copy: the trained model (on rank 0, the same as on every other rank) keeps
+        the weights the run ended with."""
         if self.meta is None:
             return
-        best = out_dir / BEST_NAME
-        if best.is_file():
-            self.load_model_state(load_checkpoint(best).model)
-        log.info("merged model -> %s", save_merged(self.model, self.meta, out_dir / MERGED_DIR))
+        best_path = out_dir / BEST_NAME
+        if not best_path.is_file():
+            log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
+            return
+        best = load_checkpoint(best_path)
+        log.info("merged model -> %s", save_merged(self.model, self.meta, out_dir / MERGED_DIR, source=best))
+
+
+def load_adapter_state(model: Any, state: dict[str, Tensor]) -> None:
+    """Copy adapter weights (peft's names, as `get_peft_model_state_dict` gives them) into `model`."""
+    from peft import set_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
+
+    set_peft_model_state_dict(model, state)
 
 
 def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
@@ -242,25 +254,31 @@ def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
         raise ConfigError(f"train.hf_model.model_name_or_path: {'; '.join(problems)}")
 
 
-def merged_gpt2(model: Any) -> tuple[dict[str, Tensor], GPTConfig]:
-    """LoRA merged into a copy of the GPT-2 base, as our state dict and architecture."""
-    merged = copy.deepcopy(model).merge_and_unload()
+def merged_gpt2(model: Any, adapter: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], GPTConfig]:
+    """LoRA (the model's own, or `adapter`) merged into a copy of the GPT-2 base, as our state dict
+    and architecture; `model` itself is left as it is."""
+    copied = copy.deepcopy(model)
+    if adapter is not None:
+        load_adapter_state(copied, adapter)
+    merged = copied.merge_and_unload()
     hf_cfg: dict[str, Any] = merged.config.to_dict()
     state = {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
     config = gpt_config_from_hf(hf_cfg, True, Path(str(hf_cfg.get("_name_or_path", "base")), "config.json"))
     return from_hf_state_dict(state, config, "merged model"), config
 
 
-def save_merged(model: Any, meta: DatasetMeta, folder: Path) -> Path:
-    """`folder/ckpt_best.pt` (native, for sampling and export) and the same model as an HF directory."""
-    state_dict, config = merged_gpt2(model)
+def save_merged(model: Any, meta: DatasetMeta, folder: Path, *, source: Checkpoint) -> Path:
+    """The adapter of `source` (a checkpoint of this run) merged into the base: `folder/ckpt_best.pt`
+    (native, for sampling and export; with the source's step, val loss and run config) and the same
+    model as an HF directory."""
+    state_dict, config = merged_gpt2(model, source.model)
     checkpoint = Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=state_dict,
         arch=config,
-        iter_num=0,
-        best_val_loss=math.inf,
-        config={},
+        iter_num=source.iter_num,
+        best_val_loss=source.best_val_loss,
+        config=source.config,
         dataset_meta=meta.to_dict(),
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ for it; the adapter-only run folder is refused with one line naming merged/.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +24,17 @@ from torch.overrides import TorchFunctionMode
 
 from ml_playground.config import ExperimentConfig, SampleConfig
 from ml_playground.config_loader import parse_experiment_config
+from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, ConfigError, DeviceError
-from ml_playground.finetune.lora import peft_compat, run_finetune
+from ml_playground.finetune.lora import LoRATarget, lora_target, peft_compat, run_finetune
 from ml_playground.interop.export import run_export
 from ml_playground.model import GPT
-from ml_playground.runtime import torch_threads
+from ml_playground.runtime import resolve_runtime, torch_threads
 from ml_playground.sample import SEPARATOR, run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.distributed import DistInfo
+from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
 from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import train_config
@@ -157,6 +162,42 @@ def test_merged_checkpoint_is_base_plus_best_adapter(lora_run: LoRARun) -> None:
         ours = model(ids).logits
         assert (ours - adapted(lora_run)(input_ids=ids).logits).abs().max().item() <= 1e-4
         assert (ours - base(input_ids=ids).logits).abs().max().item() > 1e-2  # not the base's weights
+    best = load_checkpoint(lora_run.out_dir / "ckpt_best.pt")
+    assert best.iter_num > 0
+    assert (merged.iter_num, merged.best_val_loss, merged.config) == (best.iter_num, best.best_val_loss, best.config)
+
+
+def fresh_target(run: LoRARun, out_dir: Path) -> LoRATarget:
+    """The target a LoRA run on `out_dir` builds (a fresh adapter), outside any run."""
+    cfg = train_config(lora_train_table(run.root / "ds", run.base_dir, out_dir, max_iters=40))
+    meta = read_meta(cfg.data.meta_path)
+    runtime = resolve_runtime("cpu", "float32")
+    return lora_target(RunContext(cfg=cfg, dist=DistInfo(), runtime=runtime, meta=meta, checkpoint=None))
+
+
+def test_merge_reads_the_best_adapter_and_leaves_the_model_alone(lora_run: LoRARun, tmp_path: Path) -> None:
+    """`on_finish` of a target holding other weights (a fresh adapter) merges ckpt_best.pt's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(lora_run.out_dir / "ckpt_best.pt", out / "ckpt_best.pt")
+    target = fresh_target(lora_run, out)
+    fresh = {key: value.clone() for key, value in target.model_state().items()}
+    target.on_finish(out)
+    assert all(torch.equal(value, fresh[key]) for key, value in target.model_state().items())
+    merged = load_checkpoint(out / "merged" / "ckpt_best.pt")
+    expected = load_checkpoint(lora_run.out_dir / "merged" / "ckpt_best.pt")
+    assert merged.model.keys() == expected.model.keys()
+    assert all(torch.equal(value, expected.model[key]) for key, value in merged.model.items())
+
+
+def test_no_best_checkpoint_merges_nothing_and_says_so(
+    lora_run: LoRARun, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = fresh_target(lora_run, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ml_playground.finetune.lora"):
+        target.on_finish(tmp_path)
+    assert f"no ckpt_best.pt in {tmp_path} (no evaluation saved one): nothing to merge" in caplog.text
+    assert not (tmp_path / "merged").exists()
 
 
 def test_file_prompt(lora_run: LoRARun) -> None:
