@@ -1,0 +1,128 @@
+"""Exact resume of a LoRA finetune: a process killed with SIGKILL after a checkpoint and started
+again reproduces the uninterrupted run bit for bit (per-step losses, adapter, merged model), with
+adapter dropout, random windows and gradient accumulation on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.finetune.lora import run_finetune
+from ml_playground.runtime import torch_threads
+from ml_playground.train.checkpoint import load_checkpoint
+from tests.integration.tiny_gpt import CORPUS, char_model
+from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_training import read_scalars, train_config
+
+pytestmark = pytest.mark.slow
+
+_FINETUNE = (
+    "import json, logging, sys\n"
+    "from pathlib import Path\n"
+    "from ml_playground.config_loader import parse_experiment_config\n"
+    "from ml_playground.finetune.lora import run_finetune\n"
+    "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    "cfg = parse_experiment_config({'train': json.loads(sys.argv[1])}, Path('resume.toml'))\n"
+    "assert cfg.train is not None\n"
+    "run_finetune(cfg.train)\n"
+)
+MAX_ITERS = 80
+KILL_AFTER_ITER = 20
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the base is a local directory; never reach the hub
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base and the dataset."""
+    root = tmp_path_factory.mktemp("lora_resume")
+    with torch_threads(1):
+        model, tokenizer, meta = char_model(steps=20)
+    write_base(model, meta, root / "base")
+    write_finetune_dataset(root / "ds", tokenizer, meta, "\n".join(reversed(CORPUS.splitlines())) * 4)
+    return root
+
+
+def _table(root: Path, out_dir: Path) -> dict[str, Any]:
+    table = lora_train_table(root / "ds", root / "base", out_dir, max_iters=MAX_ITERS)
+    table["data"] = {**table["data"], "grad_accum_steps": 2}
+    table["peft"] = {**table["peft"], "lora_dropout": 0.1}
+    return table
+
+
+def _start(table: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _FINETUNE, json.dumps(table)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # One intra-op thread: the CPU is shared, and spinning thread pools only slow tiny models down.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _kill_mid_run(table: dict[str, Any], out_dir: Path) -> int:
+    """Start finetuning, SIGKILL it once a checkpoint past KILL_AFTER_ITER exists; return that iter."""
+    process = _start(table)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            last = out_dir / "ckpt_last.pt"
+            if last.exists() and load_checkpoint(last).iter_num >= KILL_AFTER_ITER:
+                process.send_signal(signal.SIGKILL)
+                break
+            assert process.poll() is None, "finetuning finished before it could be killed"
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    return load_checkpoint(out_dir / "ckpt_last.pt").iter_num
+
+
+def _train_losses(out_dir: Path) -> list[tuple[int, float]]:
+    return read_scalars(out_dir / "logs" / "tb")["train/loss"]
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_sigkill_and_resume_is_bit_identical(root: Path) -> None:
+    reference_dir, resumed_dir = root / "reference", root / "resumed"
+    with torch_threads(1):
+        run_finetune(train_config(_table(root, reference_dir)))
+
+    killed_at = _kill_mid_run(_table(root, resumed_dir), resumed_dir)
+    assert KILL_AFTER_ITER <= killed_at < MAX_ITERS
+    assert not (resumed_dir / "merged").exists()  # written only when a run ends
+    process = _start(_table(root, resumed_dir))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"resuming from {resumed_dir / 'ckpt_last.pt'} at iter {killed_at}" in output
+
+    reference_losses = _train_losses(reference_dir)
+    assert [step for step, _ in reference_losses] == list(range(MAX_ITERS))
+    assert _train_losses(resumed_dir) == reference_losses  # exact float equality, every step
+    reference, resumed = load_checkpoint(reference_dir / "ckpt_last.pt"), load_checkpoint(resumed_dir / "ckpt_last.pt")
+    assert resumed.iter_num == reference.iter_num == MAX_ITERS
+    assert resumed.is_adapter
+    assert _equal(resumed.model, reference.model)
+    assert resumed.best_val_loss == reference.best_val_loss
+    for folder in ("adapter", "adapter_last"):  # the PEFT copies, byte for byte
+        name = "adapter_model.safetensors"
+        assert (resumed_dir / folder / name).read_bytes() == (reference_dir / folder / name).read_bytes()
+    merged = load_checkpoint(resumed_dir / "merged" / "ckpt_best.pt")
+    assert _equal(merged.model, load_checkpoint(reference_dir / "merged" / "ckpt_best.pt").model)
