@@ -3,8 +3,8 @@
 `lora_target` builds a `LoRATarget` for `train.run.run`, so finetuning shares everything a run
 has: torchrun/DDP, seeding, schedule, gradient accumulation, clipping, evaluation,
 ckpt_last/ckpt_best rules, exact auto-resume (adapter weights, optimizer, RNG, data position) and
-the TensorBoard scalars. Checkpoints hold only the adapter weights; after every save the adapter
-is also written in PEFT format:
+the TensorBoard scalars. Checkpoints hold only the adapter weights (a resume checks that they fit
+[train.peft]); after every save the adapter is also written in PEFT format:
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
@@ -40,6 +40,7 @@ from ml_playground.model import GPTConfig
 from ml_playground.train.checkpoint import (
     ADAPTER_KIND,
     BEST_NAME,
+    LAST_NAME,
     MERGED_DIR,
     SCHEMA_VERSION,
     Checkpoint,
@@ -172,12 +173,11 @@ class LoRATarget:
         return dict(adapter)
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
-        from peft import set_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
-
-        result: Any = set_peft_model_state_dict(self.model, state)  # pyright: ignore[reportUnknownVariableType]
-        unexpected: list[str] = list(getattr(result, "unexpected_keys", []))  # pyright: ignore[reportUnknownArgumentType]
-        if unexpected:
-            raise CheckpointError(f"checkpoint adapter has unexpected tensors: {', '.join(unexpected[:3])}")
+        """Adapter weights of the same LoRA settings (DDP shares the parameters, so every rank loads)."""
+        mismatch = adapter_mismatch(state, self.model_state())
+        if mismatch:
+            raise CheckpointError(f"checkpoint adapter does not fit train.peft: {mismatch}")
+        load_adapter_state(self.model, state)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
@@ -228,6 +228,9 @@ class LoRATarget:
             log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
             return
         best = load_checkpoint(best_path)
+        mismatch = adapter_mismatch(best.model, self.model_state())
+        if mismatch:
+            raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
         log.info("merged model -> %s", save_merged(self.model, self.meta, out_dir / MERGED_DIR, source=best))
 
 
@@ -236,6 +239,25 @@ def load_adapter_state(model: Any, state: dict[str, Tensor]) -> None:
     from peft import set_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
 
     set_peft_model_state_dict(model, state)
+
+
+def adapter_mismatch(state: dict[str, Tensor], own: dict[str, Tensor]) -> str:
+    """How saved adapter weights differ from this model's adapter in names and shapes ("" when they fit)."""
+    problems: list[str] = []
+    missing = [name for name in own if name not in state]
+    unexpected = [name for name in state if name not in own]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    shapes = [
+        f"{name} {tuple(state[name].shape)} vs {tuple(own[name].shape)} here"
+        for name in own
+        if name in state and state[name].shape != own[name].shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
+    return "; ".join(problems)
 
 
 def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
@@ -287,6 +309,20 @@ def save_merged(model: Any, meta: DatasetMeta, folder: Path, *, source: Checkpoi
     return folder
 
 
+def check_resumable(checkpoint: Checkpoint, path: Path, target: LoRATarget) -> None:
+    """The resume checkpoint must hold an adapter of the configured LoRA settings."""
+    if not checkpoint.is_adapter:
+        raise CheckpointError(
+            f"{path}: holds a whole model, not a LoRA adapter; give the LoRA run its own train.runtime.out_dir"
+        )
+    mismatch = adapter_mismatch(checkpoint.model, target.model_state())
+    if mismatch:
+        raise CheckpointError(
+            f"{path}: adapter does not fit train.peft ({mismatch}); resume with the settings it was "
+            "written with, or use another train.runtime.out_dir"
+        )
+
+
 def lora_target(ctx: RunContext) -> LoRATarget:
     """The run's mode for [train.hf_model] + [train.peft]: base + fresh adapter on the run's device."""
     cfg = ctx.cfg
@@ -296,6 +332,8 @@ def lora_target(ctx: RunContext) -> LoRATarget:
     check_compatible(cfg, base, ctx.meta)
     model = with_adapter(base, cfg.peft).to(ctx.runtime.device)
     target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path, parallel=ctx.parallel)
+    if ctx.checkpoint is not None:
+        check_resumable(ctx.checkpoint, cfg.runtime.out_dir / LAST_NAME, target)
     if cfg.hf_model.merge_on_save:
         target.meta = ctx.meta
     trainable = sum(p.numel() for p in target.trainable_parameters())

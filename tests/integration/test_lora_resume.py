@@ -1,11 +1,13 @@
 """Exact resume of a LoRA finetune: a process killed with SIGKILL after a checkpoint and started
 again reproduces the uninterrupted run bit for bit (per-step losses, adapter, merged model), with
-adapter dropout, random windows and gradient accumulation on CPU."""
+adapter dropout, random windows and gradient accumulation on CPU. A checkpoint that does not fit
+the configured adapter is refused with one line naming it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground.errors import CheckpointError
 from ml_playground.finetune.lora import run_finetune
 from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
@@ -126,3 +129,62 @@ def test_sigkill_and_resume_is_bit_identical(root: Path) -> None:
         assert (resumed_dir / folder / name).read_bytes() == (reference_dir / folder / name).read_bytes()
     merged = load_checkpoint(resumed_dir / "merged" / "ckpt_best.pt")
     assert _equal(merged.model, load_checkpoint(reference_dir / "merged" / "ckpt_best.pt").model)
+
+
+@pytest.fixture(scope="module")
+def short_run(root: Path) -> Path:
+    """A finished 2-step finetune (checkpoints, merged model): `_table`'s settings, LoRA on c_attn and c_proj."""
+    table = _table(root, root / "short")
+    table["peft"] = {**table["peft"], "target_modules": ["c_attn", "c_proj"]}
+    table["runtime"] = {**table["runtime"], "max_iters": 2, "eval_interval": 2}
+    with torch_threads(1):
+        run_finetune(train_config(table))
+    return root / "short"
+
+
+def _resume_in(root: Path, out: Path, checkpoint: Path, **peft: Any) -> CheckpointError:
+    """Resume `checkpoint` (as out/ckpt_last.pt) with short_run's settings and `peft` changed; the error."""
+    out.mkdir()
+    shutil.copy(checkpoint, out / "ckpt_last.pt")
+    table = _table(root, out)
+    table["peft"] = {**table["peft"], "target_modules": ["c_attn", "c_proj"], **peft}
+    with pytest.raises(CheckpointError) as error, torch_threads(1):
+        run_finetune(train_config(table))
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("peft", "problem"),
+    [
+        pytest.param(
+            {"r": 8},
+            "shape(s) differ, e.g. base_model.model.transformer.h.0.attn.c_attn.lora_A.weight (4, 32) vs (8, 32)",
+            id="other-rank",
+        ),
+        pytest.param(
+            {"target_modules": ["c_attn"]},
+            "unexpected tensor(s), e.g. base_model.model.transformer.h.0.attn.c_proj",
+            id="fewer-modules",
+        ),
+        pytest.param(
+            {"target_modules": ["c_attn", "c_proj", "c_fc"]},
+            "tensor(s) missing, e.g. base_model.model.transformer.h.0.mlp.c_fc",
+            id="more-modules",
+        ),
+    ],
+)
+def test_resume_with_other_adapter_settings_is_one_line(
+    root: Path, short_run: Path, tmp_path: Path, peft: dict[str, Any], problem: str
+) -> None:
+    message = str(_resume_in(root, tmp_path / "run", short_run / "ckpt_last.pt", **peft))
+    assert message.startswith(f"{tmp_path / 'run' / 'ckpt_last.pt'}: adapter does not fit train.peft (")
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_resume_from_a_whole_model_is_one_line(root: Path, short_run: Path, tmp_path: Path) -> None:
+    error = _resume_in(root, tmp_path / "run", short_run / "merged" / "ckpt_best.pt")  # a GPT checkpoint
+    assert str(error) == (
+        f"{tmp_path / 'run' / 'ckpt_last.pt'}: holds a whole model, not a LoRA adapter; give the LoRA run its own "
+        "train.runtime.out_dir"
+    )
