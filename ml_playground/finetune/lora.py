@@ -133,6 +133,11 @@ def write_adapter(model: Any, folder: Path, base_name: str) -> None:
     write_text_atomic(folder / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
 
 
+def refuse_fsdp(parallel: Parallel) -> None:
+    if parallel == "fsdp":
+        raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
+
+
 class LoRATarget:
     """A PEFT-wrapped causal LM as the loop's TrainingTarget; only adapter weights train.
 
@@ -146,10 +151,9 @@ class LoRATarget:
         self.parallel = parallel
         self.meta: DatasetMeta | None = None  # set by lora_target; the merged checkpoint's tokenizer
         self.forward: nn.Module = model
+        refuse_fsdp(parallel)
         if parallel == "ddp":
             self.forward = self.ddp = wrap_ddp(model, next(model.parameters()).device)
-        elif parallel == "fsdp":
-            raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -328,6 +332,7 @@ def lora_target(ctx: RunContext) -> LoRATarget:
     cfg = ctx.cfg
     if cfg.hf_model is None or cfg.peft is None:
         raise ConfigError("train.hf_model and train.peft are required for LoRA finetuning")
+    refuse_fsdp(ctx.parallel)  # before every rank loads the base
     base = load_base(cfg.hf_model)
     check_compatible(cfg, base, ctx.meta)
     model = with_adapter(base, cfg.peft).to(ctx.runtime.device)

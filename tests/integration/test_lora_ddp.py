@@ -8,6 +8,7 @@
 - The merge at the end (rank 0, model still DDP-wrapped) is base + best adapter, as PEFT computes it.
 - SIGKILL of rank 1 after a checkpoint, then a rerun through the CLI, reproduces the
   uninterrupted 2-rank run bit for bit (losses, adapter, merged model).
+- FSDP is refused with one line before any rank loads the base.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground.finetune.lora import peft_compat, run_finetune
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import ConfigError
+from ml_playground.finetune.lora import lora_target, peft_compat, run_finetune
 from ml_playground.model import GPT
-from ml_playground.runtime import torch_threads
+from ml_playground.runtime import resolve_runtime, torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.distributed import DistInfo
+from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
 from tests.support.lora_ranks import checkpoint_past, kill_when, rank_pid, read_report, run_ranks
 from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
@@ -166,3 +171,19 @@ def test_dead_rank_then_rerun_resumes_exactly(runs: Path) -> None:
         load_checkpoint(reference / "merged" / "ckpt_best.pt"),
     )
     assert _equal(merged.model, expected_merged.model)
+
+
+def test_fsdp_is_refused_before_the_base_loads(tmp_path: Path) -> None:
+    """Under torchrun (a 2-rank context) with parallel "fsdp": one line, before any rank reads the base."""
+    table = lora_train_table(tmp_path / "ds", tmp_path / "no_base", tmp_path / "run", max_iters=2)
+    table["runtime"] = {**table["runtime"], "parallel": "fsdp"}
+    ctx = RunContext(
+        cfg=train_config(table),
+        dist=DistInfo(rank=0, world_size=2),
+        runtime=resolve_runtime("cpu", "float32"),
+        meta=DatasetMeta(kind="char", vocab_size=3, dtype="uint16", itos=["a", "b", "c"]),
+        checkpoint=None,
+    )
+    with pytest.raises(ConfigError) as error:
+        lora_target(ctx)
+    assert str(error.value) == "train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'"
