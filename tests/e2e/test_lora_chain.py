@@ -1,5 +1,6 @@
 """The whole interop chain through the CLI, offline: train a tiny shakespeare-like GPT -> export
-HF -> LoRA finetune -> merge -> GGUF f16 and q8_0 -> llama.cpp reproduces logits and greedy text."""
+HF -> LoRA finetune -> merge -> GGUF f16 and q8_0 -> llama.cpp reproduces logits and greedy text.
+Sampling the LoRA run's own folder (adapter only) is one error line naming merged/."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ COMEDY = (
 )
 
 
-def cli(*args: str) -> None:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "ml_playground.cli", *args],
         cwd=ROOT,
         capture_output=True,
@@ -39,6 +40,10 @@ def cli(*args: str) -> None:
         timeout=600,
         env=env,
     )
+
+
+def cli(*args: str) -> None:
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -103,6 +108,17 @@ def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
     cli("prepare", "shakespeare_lora", "--exp-config", str(lora_cfg))
     cli("train", "shakespeare_lora", "--exp-config", str(lora_cfg))
     assert (tmp_path / "lora_run" / "adapter" / "adapter_model.safetensors").is_file()
+    # Pointed at the run's own folder (adapter only), the sampler says in one line where the model is.
+    adapter_only = tmp_path / "adapter_only.toml"
+    adapter_only.write_text(run_tables(tmp_path / "lora_run", tmp_path / "lora_data", 30))
+    refused = run_cli("sample", "shakespeare_lora", "--exp-config", str(adapter_only))
+    assert refused.returncode == 5  # CheckpointError
+    assert "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'lora_run' / 'ckpt_best.pt'}: holds a LoRA adapter, not a whole model; sample or "
+        f"export its merged model in {tmp_path / 'lora_run' / 'merged'} (written when "
+        "train.hf_model.merge_on_save is true)"
+    )
     cli("sample", "shakespeare_lora", "--exp-config", str(lora_cfg))
     cli("export", "shakespeare_lora", "--exp-config", str(lora_cfg))
 
