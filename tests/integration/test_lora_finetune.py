@@ -4,6 +4,7 @@ adapter, and the merged model equals base + adapter."""
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ml_playground.data.meta import write_meta
 from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
+from ml_playground.runtime import torch_threads
 from ml_playground.sample import run_sampling
 from tests.integration.tiny_gpt import CORPUS, char_model
 
@@ -33,6 +35,12 @@ def write_dataset(folder: Path, ids: list[int], meta: Any) -> None:
     np.array(ids[:split], dtype="<u2").tofile(folder / "train.bin")
     np.array(ids[split:], dtype="<u2").tofile(folder / "val.bin")
     write_meta(folder / "meta.json", meta)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Generator[None]:
+    with torch_threads(1):  # the CPU is shared; spinning thread pools slow tiny models down
+        yield
 
 
 def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
