@@ -111,7 +111,16 @@ def peft_compat() -> Generator[None]:
 def with_adapter(base: Any, peft_cfg: PeftConfig) -> Any:
     from peft import get_peft_model
 
-    missing = [t for t in peft_cfg.target_modules if not any(n.endswith(f".{t}") for n, _ in base.named_modules())]
+    names = [name for name, _ in base.named_modules()]
+    missing = [t for t in peft_cfg.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    tied = base.get_output_embeddings()
+    if tied is not None and tied.weight is base.get_input_embeddings().weight:
+        for target in peft_cfg.target_modules:
+            if any((n == target or n.endswith(f".{target}")) and module is tied for n, module in base.named_modules()):
+                raise ConfigError(
+                    f"train.peft.target_modules: {target} shares its weight with the token embedding "
+                    "(tied), so an adapter on it cannot be merged; leave it out"
+                )
     if missing:
         raise ConfigError(f"train.peft.target_modules: no module named {', '.join(missing)} in the base model")
     config = lora_config(peft_cfg, fan_in_fan_out=uses_conv1d(base, peft_cfg.target_modules))

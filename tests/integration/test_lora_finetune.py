@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from ml_playground.config import HFModelConfig, PeftConfig
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.data.meta import write_meta
+from ml_playground.errors import ConfigError
 from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
@@ -108,3 +110,19 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     samples = run_sampling(cfg.sample)
     assert len(samples) == 1
     assert samples[0].startswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["lm_head"], r"lm_head shares its weight with the token embedding \(tied\)"),
+        (["c_attn", "q_proj"], r"no module named q_proj in the base model"),
+    ],
+)
+def test_adapter_targets_are_checked_against_the_base(tmp_path: Path, targets: list[str], message: str) -> None:
+    base_model, _, meta = char_model(steps=1)
+    base_dir = tmp_path / "base"
+    hf.export_hf(base_model.state_dict(), base_model.config, meta, base_dir)
+    base = lora.load_base(HFModelConfig(model_name_or_path=str(base_dir)))
+    with pytest.raises(ConfigError, match=message):
+        lora.with_adapter(base, PeftConfig(target_modules=tuple(targets)))
