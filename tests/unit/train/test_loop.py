@@ -12,7 +12,7 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import Runtime
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo
-from ml_playground.train.loop import LoopContext, TrainState, build_loop, maybe_save
+from ml_playground.train.loop import LoopContext, TrainState, build_loop, maybe_save, train_step
 from ml_playground.train.targets import GPTTarget
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
 
@@ -69,3 +69,36 @@ def test_always_save_checkpoint_writes_best_at_every_eval(table: dict[str, Any])
     maybe_save(loop, state, 2.5)
     assert load_checkpoint(loop.out_dir / "ckpt_best.pt").iter_num == 3
     assert state.best_val_loss == 2.0
+
+
+def _gradients_of_train_steps(table: dict[str, Any], *, batch_size: int, accum: int, steps: int) -> list[Any]:
+    """(mean loss, {name: gradient}) of each train_step, the gradients as the optimizer sees them."""
+    table["data"] = {**table["data"], "batch_size": batch_size, "grad_accum_steps": accum, "sampler": "sequential"}
+    table["optim"] = {**table["optim"], "grad_clip": 0.0}  # clipping would rescale a wrong gradient
+    cfg = train_config(table)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**table["model"], vocab_size=VOCAB))
+    batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"))
+    runtime = Runtime(torch.device("cpu"), "float32")
+    loop = build_loop(cfg, GPTTarget(model), batches, runtime, dist=DistInfo(), dataset_meta=None)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        seen.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+
+    loop.optimizer.register_step_pre_hook(record)
+    losses = [float(train_step(loop)) for _ in range(steps)]
+    return list(zip(losses, seen, strict=True))
+
+
+def test_grad_accumulation_matches_one_big_batch(table: dict[str, Any]) -> None:
+    """batch 8 x accum 1 and batch 4 x accum 2 see the same windows (sequential sampler): the
+    gradient the optimizer steps with is the same mean, not a sum over micro-steps."""
+    big = _gradients_of_train_steps(table, batch_size=8, accum=1, steps=3)
+    split = _gradients_of_train_steps(table, batch_size=4, accum=2, steps=3)
+    for (big_loss, big_grads), (split_loss, split_grads) in zip(big, split, strict=True):
+        assert split_loss == pytest.approx(big_loss, rel=1e-6)
+        assert split_grads.keys() == big_grads.keys()
+        assert len(big_grads) == sum(1 for _ in GPT(GPTConfig(**table["model"], vocab_size=VOCAB)).parameters())
+        for name, grad in big_grads.items():
+            torch.testing.assert_close(split_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
