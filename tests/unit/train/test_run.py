@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,56 @@ def test_checkpoint_model_args_take_precedence(
     assert (ckpt.arch.n_embd, ckpt.iter_num) == (16, 9)
 
 
+def _files(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative name) with the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_eval_only_evaluates_without_writing(table: dict[str, Any], tmp_path: Path) -> None:
+    """eval_only on a fresh out_dir: one evaluation at iter 0, no step, no checkpoint; TensorBoard
+    gets the eval scalars and nothing else is written."""
+    out = tmp_path / "out"
     table["runtime"] = {**table["runtime"], "eval_only": True}
     result = run_training(train_config(table))
     assert result.iter_num == 0
     assert result.last_eval is not None
-    assert not (tmp_path / "out" / "ckpt_last.pt").exists()
+    files = _files(out)
+    assert files.pop(".lock") == sha256(f"{os.getpid()}\n".encode()).hexdigest()  # the run's out_dir lock
+    (event_file,) = files
+    assert event_file.startswith("logs/tb/events.out.tfevents.")
+    scalars = read_scalars(out / "logs" / "tb")
+    ((step, val_loss),) = scalars["val/loss"]
+    assert step == 0
+    assert val_loss == pytest.approx(result.last_eval["val"])  # TensorBoard stores float32
+    assert "train/loss" not in scalars
 
 
-def test_bfloat16_autocast_trains_on_cpu(table: dict[str, Any]) -> None:
-    table["runtime"] = {**table["runtime"], "dtype": "bfloat16", "max_iters": 3}
+def test_eval_only_evaluates_the_checkpoint_and_changes_no_file(table: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    trained = run_training(train_config(table))
+    before = {name: data for name, data in _files(out).items() if not name.startswith("logs/")}
+    assert set(before) == {".lock", "ckpt_best.pt", "ckpt_last.pt"}
+    table["runtime"] = {**table["runtime"], "eval_only": True}
     result = run_training(train_config(table))
-    assert result.last_eval is not None
-    assert math.isfinite(result.last_eval["val"])
+    assert result.iter_num == trained.iter_num == 6
+    assert result.last_eval == trained.last_eval  # the saved weights on the same eval batches
+    assert {name: data for name, data in _files(out).items() if not name.startswith("logs/")} == before
+
+
+def test_bfloat16_autocast_trains_on_cpu_like_float32(table: dict[str, Any], tmp_path: Path) -> None:
+    """Eval and train losses of a bf16 autocast run stay within 1e-3 (relative) of float32's over
+    3 steps (measured: ~1e-5), and differ from them: bf16 was really used."""
+    losses: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for dtype in ("float32", "bfloat16"):
+        table["runtime"] = {**table["runtime"], "dtype": dtype, "max_iters": 3, "out_dir": str(tmp_path / dtype)}
+        run_training(train_config(table))
+        scalars = read_scalars(tmp_path / dtype / "logs" / "tb")
+        losses[dtype] = {tag: scalars[tag] for tag in ("val/loss", "eval/train_loss", "train/loss")}
+    fp32, bf16 = losses["float32"], losses["bfloat16"]
+    for tag, series in fp32.items():
+        assert [step for step, _ in bf16[tag]] == [step for step, _ in series]
+        assert [value for _, value in bf16[tag]] == pytest.approx([value for _, value in series], rel=1e-3), tag
+    assert bf16 != fp32
 
 
 def test_tensorboard_scalars_are_written(table: dict[str, Any], tmp_path: Path) -> None:
