@@ -22,6 +22,7 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.sample import StreamDecoder, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
+from tests.support.greedy import float32_shortfalls
 
 CORPUS = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 ITOS = sorted(set(CORPUS))
@@ -194,10 +195,15 @@ class TestRunSampling:
         (text,) = run_sampling(sample_config(tmp_path, temperature=2.0, top_k=None, max_new_tokens=60))
         assert len(text) == len("To be") + 60
 
-    def test_bfloat16_autocast(self, tmp_path: Path) -> None:
-        save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
-        (text,) = run_sampling(sample_config(tmp_path, dtype="bfloat16"))
+    def test_bfloat16_autocast_picks_what_float32_picks(self, tmp_path: Path) -> None:
+        """Greedy bf16 sampling: every token is float32's argmax up to bf16 rounding (within 0.05
+        of the float32 maximum; these logits spread ~0.5 from max to median)."""
+        model = tiny_gpt(len(ITOS))
+        save_ours(tmp_path / "ckpt_best.pt", model)
+        (text,) = run_sampling(sample_config(tmp_path, dtype="bfloat16", temperature=0.0))
         assert len(text) == len("To be") + 40
+        tokens = CharTokenizer(ITOS).encode(text)
+        assert max(float32_shortfalls(model, tokens, prompt_length=len("To be"))) < 0.05
 
     def test_gpt2_bpe_checkpoint(self, tmp_path: Path) -> None:
         meta = DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2")
