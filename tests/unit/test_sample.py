@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import pickle
+import sys
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook
 
 from ml_playground.config import PROJECT_ROOT, DType, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
@@ -142,6 +145,35 @@ class TestRunSampling:
         assert record["checkpoint"] == str(tmp_path / "ckpt_best.pt")
         texts = sorted((tmp_path / "samples").glob("*.txt"))
         assert [p.read_text(encoding="utf-8") for p in texts] == samples
+
+    def test_one_sample_streams_each_token_as_it_is_drawn(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """stdout gets the prompt, then every new character right after the forward pass that drew
+        it (before the next one runs), then the separator; not the whole text at the end."""
+        save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
+        events: list[tuple[str, str]] = []
+
+        class RecordingStdout(io.StringIO):
+            def write(self, text: str) -> int:
+                if text:
+                    events.append(("print", text))
+                return super().write(text)
+
+        def on_forward(module: nn.Module, _args: Any, _output: Any) -> None:
+            if isinstance(module, GPT):
+                events.append(("forward", ""))
+
+        monkeypatch.setattr(sys, "stdout", RecordingStdout())
+        handle = register_module_forward_hook(on_forward)
+        try:
+            (text,) = run_sampling(sample_config(tmp_path, max_new_tokens=10))
+        finally:
+            handle.remove()
+        drawn = text.removeprefix("To be")
+        assert len(drawn) == 10
+        steps = [event for char in drawn for event in (("forward", ""), ("print", char))]
+        assert events == [("print", "To be"), *steps, ("print", "\n---------------\n")]
 
     def test_all_samples_are_drawn_as_one_batch(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         save_ours(tmp_path / "ckpt_best.pt", tiny_gpt(len(ITOS)))
