@@ -3,14 +3,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from ml_playground.analysis.lit_launcher import (
+    LIT_PROJECT,
     LitServerError,
     check_port_free,
     ensure_lit_env,
@@ -60,10 +60,31 @@ def test_a_busy_port_is_reported() -> None:
             check_port_free(port)
 
 
-def test_no_checkpoint_fails_before_installing_anything(tmp_path: Path) -> None:
-    cfg = SampleConfig(runtime=SampleRuntimeConfig(out_dir=tmp_path))
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_no_checkpoint_fails_before_installing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uv (the one that would create or sync the LIT environment) is a stand-in that records its
+    arguments: without a checkpoint it never runs; with one, the same launch reaches it."""
+    calls = tmp_path / "uv-calls.txt"
+    uv = tmp_path / "uv"
+    uv.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\nexit 3\n', encoding="utf-8")
+    uv.chmod(0o755)
+    monkeypatch.setenv("UV", str(uv))
+    out_dir = tmp_path / "run"
+    cfg = SampleConfig(runtime=SampleRuntimeConfig(out_dir=out_dir))
     with pytest.raises(CheckpointError, match="no checkpoint found"):
-        run_lit(cfg, tmp_path / "c.toml", port=5999)
+        run_lit(cfg, tmp_path / "c.toml", port=_free_port())
+    assert not calls.exists()
+
+    out_dir.mkdir()
+    (out_dir / "ckpt_best.pt").touch()
+    with pytest.raises(MissingDependencyError, match="uv exited with 3"):
+        run_lit(cfg, tmp_path / "c.toml", port=_free_port())
+    assert calls.read_text(encoding="utf-8").split()[:4] == ["sync", "--project", str(LIT_PROJECT), "--locked"]
 
 
 def test_server_failure_keeps_its_exit_code() -> None:
@@ -78,20 +99,47 @@ def test_a_failing_server_is_an_error_with_its_code() -> None:
     assert caught.value.exit_code == 3
 
 
-def test_sigterm_stops_the_server_and_ends_normally(tmp_path: Path) -> None:
-    started = tmp_path / "started"
-    child = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+# A stand-in server: it announces itself (with its pid) only once its parent, the launcher,
+# catches SIGTERM (bit 15 of SigCgt in /proc/<ppid>/status), so the test's SIGTERM can never
+# arrive before the handler; then it waits to be stopped. It gives up after 120 s.
+_SERVER = """
+import os, sys, time
+def launcher_catches_sigterm():
+    with open(f"/proc/{os.getppid()}/status") as status:
+        mask = next(line.split()[1] for line in status if line.startswith("SigCgt:"))
+    return int(mask, 16) >> 14 & 1
+deadline = time.monotonic() + 120
+while not launcher_catches_sigterm():
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.01)
+print("serving", os.getpid(), flush=True)
+time.sleep(600)
+"""
+# The launcher: `serve` on the stand-in, then whether the default SIGTERM handling is back.
+_LAUNCHER = f"""
+import signal, sys
+from ml_playground.analysis.lit_launcher import serve
+serve([sys.executable, "-c", {_SERVER!r}])
+print("restored", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+"""
 
-    def terminate_when_started() -> None:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)  # what `kill <pid>` does to `ml-playground lit`
 
-    killer = threading.Thread(target=terminate_when_started)
-    killer.start()
-    begin = time.monotonic()
-    serve([sys.executable, "-c", child])
-    killer.join()
-    assert time.monotonic() - begin < 50
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc (Linux)")
+def test_sigterm_stops_the_server_and_ends_normally() -> None:
+    """What `kill <pid>` does to `ml-playground lit`: the launcher stops its server and exits 0."""
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None
+        announced = launcher.stdout.readline().split()
+        assert announced[:1] == ["serving"], announced
+        launcher.send_signal(signal.SIGTERM)
+        rest, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 0
+    assert rest == "restored True\n"
+    with pytest.raises(ProcessLookupError):  # the server was stopped and reaped
+        os.kill(int(announced[1]), 0)
