@@ -28,7 +28,7 @@ def test_shipped_config_loads(path: Path) -> None:
     assert cfg.prepare is not None
     assert cfg.train is not None
     assert cfg.sample is not None
-    # train reads what prepare writes; sample reads what train writes (a LoRA run's merged model)
+    # train reads what prepare writes; sample reads what train writes (a LoRA run: its merged model)
     assert cfg.train.data.dataset_dir == cfg.prepare.dataset_dir
     written = cfg.train.runtime.out_dir
     if cfg.train.hf_model is not None:
