@@ -12,7 +12,7 @@ import torch
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop.export import run_export
-from ml_playground.interop.ollama import sha256sums_match
+from ml_playground.interop.ollama import sha256_of, sha256sums_match
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
@@ -21,9 +21,9 @@ from tests.integration.tiny_gpt import CORPUS
 pytestmark = pytest.mark.slow
 
 
-def write_run(out_dir: Path) -> None:
+def write_run(out_dir: Path, seed: int = 0) -> None:
     itos = sorted(set(CORPUS))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = GPTConfig(block_size=32, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=32)
     meta = {"kind": "char", "vocab_size": len(itos), "dtype": "uint16", "itos": itos, "version": 1}
     meta |= {"encoding": None, "train_tokens": 0, "val_tokens": 0, "source_sha256": None}
@@ -77,6 +77,56 @@ def test_export_writes_every_file_and_is_a_no_op_when_unchanged(tmp_path: Path) 
     types = {t.tensor_type for t in gguf.GGUFReader(out / "model.gguf").tensors}
     assert gguf.GGMLQuantizationType.Q8_0 in types
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files left
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_retrained_checkpoint_is_exported_again(tmp_path: Path) -> None:
+    """Same settings, new checkpoint bytes (a further training run): the export is redone and
+    carries the new weights."""
+    write_run(tmp_path / "run", seed=0)
+    assert not export(tmp_path, quant="f32").skipped
+    out = tmp_path / "export"
+    before = _file_digests(out)
+    write_run(tmp_path / "run", seed=1)  # same path and architecture, other weights
+    assert not export(tmp_path, quant="f32").skipped
+    after = _file_digests(out)
+    assert after["model.gguf"] != before["model.gguf"]
+    assert after["hf/model.safetensors"] != before["hf/model.safetensors"]
+    assert after["Modelfile"] == before["Modelfile"]
+    assert sha256sums_match(out)
+    torch.manual_seed(1)
+    retrained = GPT(GPTConfig(block_size=32, vocab_size=len(set(CORPUS)), n_layer=1, n_head=2, n_embd=32))
+    exported = {t.name: t for t in gguf.GGUFReader(out / "model.gguf").tensors}
+    embedding = exported["token_embd.weight"].data
+    assert torch.equal(torch.from_numpy(embedding.copy()), retrained.wte.weight.detach())
+    assert export(tmp_path, quant="f32").skipped  # and then it is up to date again
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["edit Modelfile", "truncate model.gguf", "delete hf/config.json", "delete SHA256SUMS", "delete export.json"],
+)
+def test_a_damaged_export_folder_is_exported_again(tmp_path: Path, damage: str) -> None:
+    """A file of the export edited or deleted (inputs and settings unchanged): the export is
+    redone and every file is as the first export wrote it."""
+    write_run(tmp_path / "run")
+    export(tmp_path, quant="f16")
+    out = tmp_path / "export"
+    written = _file_digests(out)
+    action, name = damage.split(" ")
+    target = out / name
+    if action == "edit":
+        target.write_text(target.read_text(encoding="utf-8") + "PARAMETER temperature 2.0\n", encoding="utf-8")
+    elif action == "truncate":
+        target.write_bytes(target.read_bytes()[:1000])
+    else:
+        target.unlink()
+    assert not export(tmp_path, quant="f16").skipped
+    assert _file_digests(out) == written
+    assert export(tmp_path, quant="f16").skipped
 
 
 def test_disabled_export_is_an_error(tmp_path: Path) -> None:
