@@ -150,12 +150,28 @@ def process_group(info: DistInfo, device: torch.device, timeout_s: float) -> Gen
         torch_dist.destroy_process_group()
 
 
+# gloo reports a collective that timed out or lost its peer as a plain RuntimeError, not a
+# DistError (torch 2.15): "[.../gloo/transport/tcp/...] Timed out waiting 3000ms for send
+# operation to complete", then "Application timeout caused pair closure" on later collectives
+# over the same pair. Its message is all that tells them from other RuntimeErrors.
+_GLOO_PEER_FAILURES = ("gloo/transport/", "Application timeout caused pair closure")
+
+
+def _is_peer_failure(exc: RuntimeError) -> bool:
+    """Whether `exc` is a collective failing because a peer died or timed out (not a bug)."""
+    if isinstance(exc, torch_dist.DistError):
+        return True
+    return any(marker in str(exc) for marker in _GLOO_PEER_FAILURES)
+
+
 @contextlib.contextmanager
 def translate_peer_failures(info: DistInfo, what: str) -> Generator[None]:
     """A collective that fails because a peer died or timed out becomes one DistributedError line."""
     try:
         yield
-    except torch_dist.DistError as exc:
+    except RuntimeError as exc:  # DistError is a RuntimeError
+        if not _is_peer_failure(exc):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(
             f"rank {info.rank}/{info.world_size}: {what} failed, a peer process died or timed out "

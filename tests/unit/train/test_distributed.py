@@ -21,6 +21,7 @@ from ml_playground.train.distributed import (
     dist_info_from_env,
     grad_accum_steps_for,
     process_group,
+    translate_peer_failures,
 )
 from tests.support.tiny_training import tiny_train_table, train_config
 
@@ -133,3 +134,19 @@ def test_missing_peer_fails_within_the_timeout(monkeypatch: pytest.MonkeyPatch) 
     assert message.startswith("rank 0/2: init_process_group failed, a peer process died or timed out")
     assert "\n" not in message
     assert not torch.distributed.is_initialized()
+
+
+def test_gloo_timeouts_become_one_line_and_other_runtime_errors_stay_bugs() -> None:
+    """gloo reports a timed-out collective as a plain RuntimeError (its message as torch 2.15
+    words it); that is a peer failure. Any other RuntimeError is a bug and keeps its traceback."""
+    two_ranks = DistInfo(rank=1, world_size=2)
+    gloo = "[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv"
+    for message in (gloo, "Application timeout caused pair closure"):
+        with pytest.raises(DistributedError) as error, translate_peer_failures(two_ranks, "training"):
+            raise RuntimeError(message)
+        assert str(error.value).startswith(
+            f"rank 1/2: training failed, a peer process died or timed out (RuntimeError: {message}"
+        )
+    with pytest.raises(RuntimeError) as bug, translate_peer_failures(two_ranks, "training"):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert str(bug.value) == "mat1 and mat2 shapes cannot be multiplied"
