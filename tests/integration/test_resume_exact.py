@@ -1,35 +1,33 @@
 """Exact resume: a training process killed with SIGKILL mid-run and restarted reproduces the
-uninterrupted run bit for bit (per-step losses and final weights) on CPU."""
+uninterrupted run bit for bit (per-step losses and final weights) on CPU, and the restarted run
+marks its TensorBoard events so that what the killed run logged past its checkpoint is purged.
+
+The kill comes from tests/support/kill_switch.py at a fixed point (5 steps past the checkpoint at
+iter 20, TensorBoard flushed), so a busy machine cannot let the run finish before it."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 
 from ml_playground.train.checkpoint import load_checkpoint
+from tests.support.kill_switch import spec
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
+from tests.support.torchrun import write_toml
 
-_TRAIN = (
-    "import json, logging, sys\n"
-    "from pathlib import Path\n"
-    "from ml_playground.config_loader import parse_experiment_config\n"
-    "from ml_playground.train.run import run_training\n"
-    "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
-    "cfg = parse_experiment_config({'train': json.loads(sys.argv[1])}, Path('resume.toml'))\n"
-    "assert cfg.train is not None\n"
-    "run_training(cfg.train)\n"
-)
+ROOT = Path(__file__).resolve().parents[2]
 MAX_ITERS = 80
+EVAL_INTERVAL = 10
 KILL_AFTER_ITER = 20
+STEPS_PAST_CHECKPOINT = 5
 
 
 def _table(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -37,61 +35,67 @@ def _table(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
     table["model"] = {**table["model"], "n_layer": 2, "n_embd": 32, "n_head": 2, "dropout": 0.1}
     table["data"] = {**table["data"], "grad_accum_steps": 2}
     table["schedule"] = {"warmup_iters": 5, "lr_decay_iters": MAX_ITERS, "min_lr": 1e-3}
-    table["runtime"] = {**table["runtime"], "max_iters": MAX_ITERS, "eval_interval": 10}
+    table["runtime"] = {**table["runtime"], "max_iters": MAX_ITERS, "eval_interval": EVAL_INTERVAL}
     return table
 
 
-def _start(table: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", _TRAIN, json.dumps(table)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+def _train(config: Path, *, module: str = "ml_playground.cli", env: dict[str, str] | None = None) -> str:
+    """`ml-playground train` (or the kill switch around it); returns stderr, where the CLI logs."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "train", "shakespeare", "--exp-config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
         text=True,
+        timeout=300,  # a hang, not a speed check
         # One intra-op thread: the CPU is shared, and spinning thread pools only slow tiny models down.
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
-
-
-def _finish(table: dict[str, Any]) -> str:
-    process = _start(table)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    return output
+    expected = -signal.SIGKILL if module != "ml_playground.cli" else 0
+    assert result.returncode == expected, result.stderr[-3000:]
+    return result.stderr
 
 
 def _train_losses(out_dir: Path) -> list[tuple[int, float]]:
     return read_scalars(out_dir / "logs" / "tb")["train/loss"]
 
 
-def _kill_mid_run(table: dict[str, Any], out_dir: Path) -> int:
-    """Start training, SIGKILL it once a checkpoint past KILL_AFTER_ITER exists; return that iter."""
-    process = _start(table)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            last = out_dir / "ckpt_last.pt"
-            if last.exists() and load_checkpoint(last).iter_num >= KILL_AFTER_ITER:
-                process.send_signal(signal.SIGKILL)
-                break
-            assert process.poll() is None, "training finished before it could be killed"
-            time.sleep(0.02)
-    finally:
-        process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    return load_checkpoint(out_dir / "ckpt_last.pt").iter_num
+def _raw_events(logdir: Path) -> list[list[Any]]:
+    """Every event of every event file, file by file in the order they were written, exactly as
+    stored: nothing dropped or reordered (EventAccumulator purges out-of-order steps by itself)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files: list[list[Any]] = []
+    for path in logdir.iterdir():
+        files.append(list(cast("Iterator[Any]", EventFileLoader(str(path)).Load())))
+    return sorted(files, key=lambda events: float(events[0].wall_time))
+
+
+def _train_loss_steps(events: list[Any]) -> list[int]:
+    return [int(e.step) for e in events if e.HasField("summary") and e.summary.value[0].tag == "train/loss"]
+
+
+def _session_starts(events: list[Any]) -> list[tuple[int, int]]:
+    """(position, step) of every SessionLog START event: TensorBoard purges events of earlier
+    files at or past that step."""
+    return [
+        (i, int(e.step))
+        for i, e in enumerate(events)
+        if e.HasField("session_log") and e.session_log.status == e.session_log.START
+    ]
 
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     write_char_dataset(tmp_path / "ds")
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
-    _finish(_table(tmp_path / "ds", reference_dir))
+    _train(write_toml(tmp_path / "reference.toml", {"train": _table(tmp_path / "ds", reference_dir)}))
 
-    killed_at = _kill_mid_run(_table(tmp_path / "ds", resumed_dir), resumed_dir)
-    assert KILL_AFTER_ITER <= killed_at < MAX_ITERS
-    output = _finish(_table(tmp_path / "ds", resumed_dir))
-    assert f"resuming from {resumed_dir / 'ckpt_last.pt'} at iter {killed_at}" in output
+    config = write_toml(tmp_path / "resumed.toml", {"train": _table(tmp_path / "ds", resumed_dir)})
+    kill = spec(rank=0, after_iter=KILL_AFTER_ITER, steps=STEPS_PAST_CHECKPOINT, marker=tmp_path / "killed")
+    _train(config, module="tests.support.kill_switch", env=kill)
+    assert load_checkpoint(resumed_dir / "ckpt_last.pt").iter_num == KILL_AFTER_ITER
+    output = _train(config)
+    assert f"resuming from {resumed_dir / 'ckpt_last.pt'} at iter {KILL_AFTER_ITER}" in output
 
     reference_losses = _train_losses(reference_dir)
     assert [step for step, _ in reference_losses] == list(range(MAX_ITERS))
@@ -102,3 +106,16 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert resumed.model.keys() == reference.model.keys()
     assert all(torch.equal(resumed.model[key], value) for key, value in reference.model.items())
     assert resumed.best_val_loss == reference.best_val_loss
+
+    # The raw event files: the killed run logged (and flushed) 5 steps past its checkpoint; the
+    # restarted run's file opens with a START marker at the resume step, ahead of its scalars,
+    # which is what makes TensorBoard drop those 5 steps of the killed run.
+    (reference_events,) = _raw_events(reference_dir / "logs" / "tb")
+    assert _session_starts(reference_events) == []  # a fresh run purges nothing
+    killed_events, resumed_events = _raw_events(resumed_dir / "logs" / "tb")
+    assert _train_loss_steps(killed_events) == list(range(KILL_AFTER_ITER + STEPS_PAST_CHECKPOINT))
+    assert _session_starts(killed_events) == []
+    ((position, step),) = _session_starts(resumed_events)
+    assert step == KILL_AFTER_ITER
+    assert all(not e.HasField("summary") for e in resumed_events[:position])
+    assert _train_loss_steps(resumed_events) == list(range(KILL_AFTER_ITER, MAX_ITERS))
