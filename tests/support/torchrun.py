@@ -39,28 +39,40 @@ def write_toml(path: Path, tables: dict[str, Any]) -> Path:
     return path
 
 
-def train_command(config: Path, *, nproc: int, max_restarts: int = 0) -> list[str]:
-    """`make train NPROC=n` without make: torchrun --standalone over the CLI module."""
+CLI = "ml_playground.cli"
+
+
+def torchrun_command(*module_args: str, nproc: int, max_restarts: int = 0) -> list[str]:
+    """`python -m <module_args>` on nproc ranks: torchrun --standalone (plain Python for one)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     if nproc == 1:
         launcher = [sys.executable]
     restarts = [f"--max-restarts={max_restarts}"] if nproc > 1 else []
-    return [*launcher, *restarts, "-m", "ml_playground.cli", "train", "shakespeare", "--exp-config", str(config)]
+    return [*launcher, *restarts, "-m", *module_args]
 
 
-def environment() -> dict[str, str]:
+def train_command(config: Path, *, nproc: int, max_restarts: int = 0, module: str = CLI) -> list[str]:
+    """`make train NPROC=n` without make: torchrun --standalone over the CLI module (or a module
+    that runs the CLI, such as tests.support.kill_switch)."""
+    args = (module, "train", "shakespeare", "--exp-config", str(config))
+    return torchrun_command(*args, nproc=nproc, max_restarts=max_restarts)
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     # One intra-op thread per rank: the CPU is shared, and spinning thread pools slow tiny models.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def start(config: Path, *, nproc: int, max_restarts: int = 0) -> subprocess.Popen[str]:
+def start(
+    config: Path, *, nproc: int, max_restarts: int = 0, module: str = CLI, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        train_command(config, nproc=nproc, max_restarts=max_restarts),
+        train_command(config, nproc=nproc, max_restarts=max_restarts, module=module),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=environment(),
+        env=environment(env),
         start_new_session=True,  # the test can end the whole process group if something hangs
     )
 
