@@ -8,6 +8,8 @@
   (`make train NPROC=2`) resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
 - With `torchrun --max-restarts=1` the same kill restarts both ranks, which resume from
   ckpt_last.pt on their own; the job succeeds with the uninterrupted run's losses.
+- Both ranks build the same initial weights, then draw different dropout masks (a dropout
+  stream per rank).
 - A 2-rank checkpoint resumes in one process (weights, optimizer, step; a warning says the data
   order changes).
 - FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,7 +36,7 @@ from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.run import run_training
 from tests.support.kill_switch import spec as kill_spec
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
-from tests.support.torchrun import make_train, run, start, write_toml
+from tests.support.torchrun import ROOT, environment, make_train, run, start, torchrun_command, write_toml
 
 KILL_SWITCH = "tests.support.kill_switch"
 MAX_ITERS = 120
@@ -226,3 +229,25 @@ def test_two_rank_checkpoint_resumes_in_one_process(runs: dict[str, Path], caplo
     steps = {int(state["step"]) for state in resumed.optimizer["state"].values()}
     assert steps == {MAX_ITERS + 10}  # Adam continued from the 2-rank run's step count
     assert resumed.rank_states is None
+
+
+@pytest.mark.slow
+def test_ranks_share_initial_weights_but_draw_their_own_dropout(runs: dict[str, Path]) -> None:
+    """`run` seeds every rank alike before building the model (DDP would hide a difference by
+    broadcasting rank 0's weights, FSDP would shard mismatched ones), then reseeds each rank, so
+    the ranks' dropout masks differ (one shared stream would repeat the same mask on every rank)."""
+    root = runs["root"]
+    table = _table(root / "ds", root / "probe", grad_accum_steps=1)
+    table["model"]["dropout"] = 0.1
+    table["runtime"] |= {"max_iters": 2, "eval_interval": 2}
+    config = write_toml(root / "probe.toml", {"train": table})
+    command = torchrun_command("tests.support.rank_probe", str(config), str(root / "probe_records"), nproc=2)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment(), timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    records = [json.loads((root / "probe_records" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    masks = [record["first_dropout_mask"] for record in records]
+    assert len(masks[0]) == len(masks[1]) == 4 * BLOCK * 32  # batch x block x n_embd
+    for mask in masks:
+        assert 0.05 < mask.count("1") / len(mask) < 0.15  # dropout 0.1 really dropped
+    assert masks[0] != masks[1]
