@@ -129,7 +129,8 @@ def test_missing_peer_fails_within_the_timeout(monkeypatch: pytest.MonkeyPatch) 
     two_ranks = DistInfo(rank=0, world_size=2)
     with pytest.raises(DistributedError) as error, process_group(two_ranks, torch.device("cpu"), 2.0):
         pass
-    assert time.monotonic() - started < 30
+    # The configured 2 s, not torch's default of 30 min; generous, so a busy machine cannot fail it.
+    assert time.monotonic() - started < 120
     message = str(error.value)
     assert message.startswith("rank 0/2: init_process_group failed, a peer process died or timed out")
     assert "\n" not in message
