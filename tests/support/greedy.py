@@ -1,4 +1,4 @@
-"""How close greedy tokens drawn in lower precision are to float32's choices."""
+"""How close greedy tokens drawn another way (bf16 autocast, torch.compile) are to eager float32's picks."""
 
 from __future__ import annotations
 
