@@ -44,7 +44,7 @@ def arm(value: str) -> None:
         if not steps_since_save and state.iter_num >= int(after_iter):
             steps_since_save.append(0)
 
-    def train_step(loop: LoopContext) -> Tensor:
+    def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
         if steps_since_save and steps_since_save[0] == int(steps):
             if loop.sink is not None:
                 loop.sink.flush()

@@ -87,7 +87,7 @@ def _gradients_of_train_steps(table: dict[str, Any], *, batch_size: int, accum: 
         seen.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
 
     loop.optimizer.register_step_pre_hook(record)
-    losses = [float(train_step(loop)) for _ in range(steps)]
+    losses = [float(train_step(loop)[0]) for _ in range(steps)]
     return list(zip(losses, seen, strict=True))
 
 
