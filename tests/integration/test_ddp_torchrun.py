@@ -116,7 +116,7 @@ def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
     assert log.count("saved ckpt_last.pt") == evals
     assert log.count("training on cpu (float32), 2 rank(s) (ddp), global batch 8") == 1
     assert len(list((out / "logs" / "tb").iterdir())) == 1  # one event file
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt_best.pt", "ckpt_last.pt", "logs"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "ckpt_best.pt", "ckpt_last.pt", "logs"]  # rank 0's lock
     ckpt = load_checkpoint(out / "ckpt_last.pt")
     assert ckpt.iter_num == MAX_ITERS
     assert ckpt.rank_states is not None

@@ -111,6 +111,7 @@ def test_only_rank_zero_writes(runs: Path) -> None:
     assert len(files) > 10
     assert [path for path in files if str(path) not in written] == []  # the audit saw every file made
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",  # rank 0's out_dir lock
         "adapter",
         "adapter_last",
         "ckpt_best.pt",
