@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
 from ml_playground.config import PROJECT_ROOT
 from ml_playground.train.checkpoint import load_checkpoint
+from tests.support import torchrun
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
+from tests.support.torchrun import write_toml
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +139,39 @@ def test_ctrl_c_on_the_cli_saves_and_exits_130(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     iter_num = int(line.split("at iter ")[1].split(":")[0])
     assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == iter_num
+
+
+def test_under_torchrun_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    """SIGTERM reaches rank 1 only; the ranks agree at the next log step, both save-and-stop at
+    the same iter, and a rerun resumes there to the weights of an uninterrupted 2-rank run."""
+    write_char_dataset(tmp_path / "ds")
+    table = _table(tmp_path / "ds", tmp_path / "out")
+    table["runtime"] |= {"max_iters": 100_000, "eval_interval": 10, "log_interval": 3}
+    config = write_toml(tmp_path / "run.toml", {"train": table})
+    process = torchrun.start(config, nproc=2)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "out" / "ckpt_last.pt").exists():  # both ranks are training
+            assert process.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        ranks = [p for p in psutil.Process(process.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+        assert len(ranks) == 1
+        ranks[0].send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stops = [line for line in output.splitlines() if line.startswith("stopped: SIGTERM at iter ")]
+    assert len(stops) == 2, output[-3000:]  # rank 0 got no signal, yet stopped too
+    assert stops[0] == stops[1]  # the same step and the same saved file on both ranks
+    step = int(stops[0].split("at iter ")[1].split(":")[0])
+    assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == step
+
+    for out in ("out", "reference"):
+        table["runtime"] |= {"max_iters": step + 4, "out_dir": str(tmp_path / out)}
+        finished = torchrun.run(write_toml(tmp_path / f"{out}.toml", {"train": table}), nproc=2)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    resumed, reference = (load_checkpoint(tmp_path / out / "ckpt_last.pt") for out in ("out", "reference"))
+    assert resumed.iter_num == reference.iter_num == step + 4
+    assert all(torch.equal(resumed.model[key], value) for key, value in reference.model.items())
