@@ -28,7 +28,7 @@ from ml_playground.model import GPT
 from ml_playground.progress import progress_bar
 from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
 from ml_playground.tokenizers import Tokenizer, tokenizer_from_meta
-from ml_playground.train.checkpoint import load_model_checkpoint
+from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ SEPARATOR = "\n---------------\n"
 
 def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Tokenizer, Path]:
     """The discovered checkpoint as an eval-mode model on the runtime's device, its tokenizer, its path."""
-    path, checkpoint, meta = load_model_checkpoint(out_dir)
+    path = find_checkpoint(out_dir)
+    checkpoint, meta = load_model_checkpoint(path)
     kind = "legacy nanoGPT checkpoint" if checkpoint.is_legacy else f"checkpoint schema v{checkpoint.schema_version}"
     log.info("sampling from %s (%s, iter %d)", path, kind, checkpoint.iter_num)
     model = GPT(dataclasses.replace(checkpoint.arch, dropout=0.0))

@@ -76,13 +76,18 @@ def load_base(hf_model: HFModelConfig) -> Any:
         ) from None
 
 
+def modules_named(model: nn.Module, target: str) -> list[nn.Module]:
+    """The modules a peft `target_modules` entry selects: those whose last name part is `target`."""
+    modules: list[tuple[str, nn.Module]] = list(model.named_modules())  # pyright: ignore[reportUnknownArgumentType]  # torch stub
+    return [module for name, module in modules if name.rsplit(".", 1)[-1] == target]
+
+
 def uses_conv1d(model: nn.Module, targets: tuple[str, ...]) -> bool:
     """GPT-2 stores its linear layers as Conv1D (weight (in, out)): LoRA needs fan_in_fan_out."""
     from transformers.pytorch_utils import Conv1D
 
-    modules: list[tuple[str, nn.Module]] = list(model.named_modules())  # pyright: ignore[reportUnknownArgumentType]  # torch stub
     conv1d: type[nn.Module] = Conv1D
-    return any(isinstance(m, conv1d) for name, m in modules if name.rsplit(".", 1)[-1] in targets)
+    return any(isinstance(m, conv1d) for target in targets for m in modules_named(model, target))
 
 
 def lora_config(peft_cfg: PeftConfig, *, fan_in_fan_out: bool) -> Any:
@@ -111,16 +116,16 @@ def peft_compat() -> Generator[None]:
 def with_adapter(base: Any, peft_cfg: PeftConfig) -> Any:
     from peft import get_peft_model
 
-    names = [name for name, _ in base.named_modules()]
-    missing = [t for t in peft_cfg.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    selected = {target: modules_named(base, target) for target in peft_cfg.target_modules}
     tied = base.get_output_embeddings()
     if tied is not None and tied.weight is base.get_input_embeddings().weight:
-        for target in peft_cfg.target_modules:
-            if any((n == target or n.endswith(f".{target}")) and module is tied for n, module in base.named_modules()):
+        for target, modules in selected.items():
+            if any(module is tied for module in modules):
                 raise ConfigError(
                     f"train.peft.target_modules: {target} shares its weight with the token embedding "
                     "(tied), so an adapter on it cannot be merged; leave it out"
                 )
+    missing = [target for target, modules in selected.items() if not modules]
     if missing:
         raise ConfigError(f"train.peft.target_modules: no module named {', '.join(missing)} in the base model")
     config = lora_config(peft_cfg, fan_in_fan_out=uses_conv1d(base, peft_cfg.target_modules))
@@ -153,12 +158,21 @@ class LoRATarget:
     parallel "ddp" (needs an open process group) wraps it in DistributedDataParallel: the frozen
     base is identical on every rank, the adapter's gradients are averaged."""
 
-    def __init__(self, model: Any, peft_cfg: PeftConfig, base_name: str, *, parallel: Parallel = "none"):
+    def __init__(
+        self,
+        model: Any,
+        peft_cfg: PeftConfig,
+        base_name: str,
+        *,
+        parallel: Parallel = "none",
+        merge_meta: DatasetMeta | None = None,
+    ):
         self.model = model
         self.peft_cfg = peft_cfg
         self.base_name = base_name
         self.parallel = parallel
-        self.meta: DatasetMeta | None = None  # set by lora_target; the merged checkpoint's tokenizer
+        # With merge_on_save, the tokenizer the merged checkpoint carries; None: no merge at the end.
+        self.merge_meta = merge_meta
         self.forward: nn.Module = model
         refuse_fsdp(parallel)
         if parallel == "ddp":
@@ -234,7 +248,7 @@ class LoRATarget:
 
         Merged from a copy: the trained model (on rank 0, the same as on every other rank) keeps
         the weights the run ended with."""
-        if self.meta is None:
+        if self.merge_meta is None:
             return
         best_path = out_dir / BEST_NAME
         if not best_path.is_file():
@@ -244,7 +258,7 @@ class LoRATarget:
         mismatch = adapter_mismatch(best.model, self.model_state())
         if mismatch:
             raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
-        log.info("merged model -> %s", save_merged(self.model, self.meta, out_dir / MERGED_DIR, source=best))
+        log.info("merged model -> %s", save_merged(self.model, self.merge_meta, out_dir / MERGED_DIR, source=best))
 
 
 def load_adapter_state(model: Any, state: dict[str, Tensor]) -> None:
@@ -345,11 +359,10 @@ def lora_target(ctx: RunContext) -> LoRATarget:
     base = load_base(cfg.hf_model)
     check_compatible(cfg, base, ctx.meta)
     model = with_adapter(base, cfg.peft).to(ctx.runtime.device)
-    target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path, parallel=ctx.parallel)
+    merge_meta = ctx.meta if cfg.hf_model.merge_on_save else None
+    target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path, parallel=ctx.parallel, merge_meta=merge_meta)
     if ctx.checkpoint is not None:
         check_resumable(ctx.checkpoint, cfg.runtime.out_dir / LAST_NAME, target)
-    if cfg.hf_model.merge_on_save:
-        target.meta = ctx.meta
     trainable = sum(p.numel() for p in target.trainable_parameters())
     log.info("LoRA on %s: %d trainable parameters", target.base_name, trainable)
     return target

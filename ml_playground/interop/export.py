@@ -83,7 +83,7 @@ def checkpoint_source(out_dir: Path) -> ExportSource:
     path = find_checkpoint(out_dir)
 
     def load() -> LoadedModel:
-        _, checkpoint, meta = load_model_checkpoint(out_dir)
+        checkpoint, meta = load_model_checkpoint(path)  # the file the fingerprint read
         return LoadedModel(state_dict=checkpoint.model, config=checkpoint.arch, meta=meta)
 
     return ExportSource(files=(path,), load=load)

@@ -145,18 +145,17 @@ def find_checkpoint(out_dir: Path) -> Path:
     raise CheckpointError(f"{out_dir}: no checkpoint found (looked for {', '.join(DISCOVERY_ORDER)})")
 
 
-def load_model_checkpoint(out_dir: Path) -> tuple[Path, Checkpoint, DatasetMeta]:
-    """The discovered checkpoint of `out_dir` for sampling and export: a whole model with its tokenizer."""
-    path = find_checkpoint(out_dir)
+def load_model_checkpoint(path: Path) -> tuple[Checkpoint, DatasetMeta]:
+    """A checkpoint for sampling and export (`path` from find_checkpoint): a whole model with its tokenizer."""
     checkpoint = load_checkpoint(path)
     if checkpoint.is_adapter:
         raise CheckpointError(
             f"{path}: holds a LoRA adapter, not a whole model; sample or export its merged model in "
-            f"{out_dir / MERGED_DIR} (written when train.hf_model.merge_on_save is true)"
+            f"{path.parent / MERGED_DIR} (written when train.hf_model.merge_on_save is true)"
         )
     if checkpoint.dataset_meta is None:
         raise CheckpointError(f"{path}: checkpoint key 'dataset_meta' is missing; cannot decode tokens")
-    return path, checkpoint, DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
+    return checkpoint, DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
 
 
 def _read_raw(path: Path) -> dict[str, Any]:

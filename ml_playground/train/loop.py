@@ -133,17 +133,18 @@ def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
 
 
 def _grad_norm(loop: LoopContext) -> Tensor | None:
-    """Clip to grad_clip (when > 0) and return the total norm before clipping, on the device."""
+    """Clip to grad_clip (when > 0) and return the total norm before clipping, on the device; None
+    under a grad scaler, whose step skips inf/NaN gradients itself."""
     params = loop.target.trainable_parameters()
-    norm: Tensor | None
+    scaled = loop.scaler.is_enabled()
     if loop.cfg.optim.grad_clip > 0:
         loop.scaler.unscale_(loop.optimizer)
         norm = nn.utils.clip_grad_norm_(params, loop.cfg.optim.grad_clip)
-    elif loop.scaler.is_enabled():
-        return None  # still scaled; the scaler checks for inf/NaN itself
+    elif scaled:
+        return None
     else:
         norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if loop.scaler.is_enabled():
+    if scaled:
         return None
     return norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: a sharded norm
 
