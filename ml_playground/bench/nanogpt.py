@@ -40,7 +40,7 @@ class NanoGPT:
     module: ModuleType
     checkout: Path
 
-    def build(self, shape: ModelShape, vocab_size: int, device: torch.device) -> nn.Module:
+    def build(self, shape: ModelShape, vocab_size: int, device: torch.device, *, dropout: float = 0.0) -> nn.Module:
         config_class = cast("Callable[..., Any]", self.module.GPTConfig)
         model_class = cast("Callable[[Any], nn.Module]", self.module.GPT)
         config = config_class(
@@ -49,7 +49,7 @@ class NanoGPT:
             n_embd=shape.n_embd,
             block_size=shape.block_size,
             vocab_size=vocab_size,
-            dropout=0.0,
+            dropout=dropout,
             bias=False,
         )
         return model_class(config).to(device)
@@ -77,7 +77,8 @@ def load_nanogpt(checkout: Path) -> NanoGPT:
 
 
 class RowBatches:
-    """nanoGPT's get_batch: reopen the memmap, random starts, one row tensor per start, stack."""
+    """nanoGPT's get_batch: reopen the memmap, random starts, one row tensor per start, stack;
+    on CUDA pinned and copied without blocking."""
 
     def __init__(self, path: Path, dtype: np.dtype[Any], batch_size: int, block_size: int, device: torch.device):
         self.path = path
@@ -92,6 +93,8 @@ class RowBatches:
         T = self.block_size
         x = torch.stack([torch.from_numpy(data[i : i + T].astype(np.int64)) for i in starts])
         y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + T].astype(np.int64)) for i in starts])
+        if self.device.type == "cuda":  # pinned and asynchronous, as train.py copies on CUDA
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
 
@@ -125,10 +128,43 @@ def nanogpt_iteration(
     return nanogpt_step(model, optimizer, batches)
 
 
+def nanogpt_gpu_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    batches: Callable[[], Batch],
+    *,
+    grad_clip: float,
+    read_loss: bool,
+    bf16: bool = True,
+) -> tuple[Tensor, Batch]:
+    """One step as nanoGPT's GPU scripts take it (grad_accum 1): bfloat16 autocast forward, the
+    next batch fetched while the device runs it, backward, clip (train.py; bench.py has none),
+    fused AdamW, `zero_grad(set_to_none=True)`. `read_loss` waits for the loss as `loss.item()`
+    does (bench.py every step, train.py every log_interval). Returns the loss and the next batch."""
+    x, y = batch
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        _, loss = cast("tuple[Tensor, Tensor]", model(x, y))
+    following = batches()
+    torch.autograd.backward(loss)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if read_loss:
+        loss.item()
+    return loss.detach(), following
+
+
 @torch.no_grad()
-def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int) -> float:
+def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, bf16: bool = False) -> float:
+    """train.py's estimate_loss for one split (under its autocast context when `bf16`)."""
     model.eval()
-    losses = [float(cast("tuple[Tensor, Tensor]", model(*batches()))[1].item()) for _ in range(iters)]
+    losses: list[float] = []
+    for _ in range(iters):
+        x, y = batches()
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses.append(float(cast("tuple[Tensor, Tensor]", model(x, y))[1].item()))
     model.train()
     return sum(losses) / len(losses)
 

@@ -47,6 +47,25 @@ class Skipped:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSkipped:
+    """Cases 6-7 on a device other than CUDA (outside a --tiny smoke run)."""
+
+    skipped: Literal[True] = True
+    needs: str = "cuda"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WholeRun:
+    """Case 7: one whole training run, evaluations, checkpoints and compilation included."""
+
+    seconds: float
+    iters: int
+    final_val_loss: float
+    best_val_loss: float
+    vs_nanogpt: float | None = None  # seconds over nanoGPT's
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QualityRun:
     """Case 3: one training run to the validation-loss threshold."""
 
@@ -115,7 +134,7 @@ class BpeComparison:
     ratio: float
 
 
-Metrics = Throughput | Skipped | Quality | Sampling | Prepare | BpeComparison
+Metrics = Throughput | Skipped | GpuSkipped | Quality | WholeRun | Sampling | Prepare | BpeComparison
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,7 +30,8 @@ from ml_playground.train.metrics import measure_peak_flops
 
 log = logging.getLogger(__name__)
 
-ALL_CASES = (1, 2, 3, 4, 5)
+ALL_CASES = (1, 2, 3, 4, 5, 6, 7)
+GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "bundestag_char_cpu.toml"
 
 
@@ -67,7 +68,11 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--corpus", type=Path, help="text corpus (default: the bundled Shakespeare plays)")
     parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "out" / "bench", help="JSON reports go here")
     parser.add_argument("--nanogpt-dir", type=Path, help="a karpathy/nanoGPT checkout to time side by side")
-    parser.add_argument("--cases", type=_cases, default=ALL_CASES, help="comma-separated case numbers (default: all)")
+    parser.add_argument(
+        "--cases",
+        type=_cases,
+        help="comma-separated case numbers (default: 1-5, and the GPU cases 6-7 with --device cuda or --tiny)",
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up repetitions per variant")
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
@@ -89,11 +94,15 @@ def parse_options(argv: list[str]) -> Options:
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.reps < 1 or args.quality_runs < 1:
         parser.error("--warmup must be >= 0, --reps and --quality-runs >= 1")
+    cases: tuple[int, ...] | None = args.cases
+    if cases is None:
+        gpu = args.device == "cuda" or args.tiny
+        cases = ALL_CASES if gpu else tuple(case for case in ALL_CASES if case not in GPU_CASES)
     return Options(
         corpus=args.corpus,
         out_dir=args.out_dir,
         nanogpt_dir=args.nanogpt_dir,
-        cases=args.cases,
+        cases=cases,
         warmup=args.warmup,
         reps=args.reps,
         device=args.device,
@@ -154,6 +163,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
 
 
 def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Row]]]:
+    from ml_playground.bench.gpu_cases import case6_gpu_steps, case7_gpu_run
     from ml_playground.bench.prepare_cases import case5_prepare
     from ml_playground.bench.quality_case import case3_time_to_quality
     from ml_playground.bench.sample_cases import case4_sampling
@@ -165,6 +175,8 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
         3: lambda ctx: case3_time_to_quality(ctx, options.quality_config, options.quality_runs),
         4: case4_sampling,
         5: case5_prepare,
+        6: case6_gpu_steps,
+        7: case7_gpu_run,
     }
 
 

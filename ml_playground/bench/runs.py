@@ -75,10 +75,13 @@ def fresh_run(cfg: TrainConfig, out_dir: Path, *, steps: int) -> TrainConfig:
     return replace(cfg, runtime=runtime)
 
 
-def timed_steps(ctx: BenchContext, cfg: TrainConfig, out_dir: Path, *, warmup: int, reps: int) -> StepRun:
-    """A fresh `run` of warmup + reps timed steps (plus the first, which has no stamp before it)."""
-    clock = StepClock(ctx.device)
-    losses: list[float] = []
+def timed_steps(
+    ctx: BenchContext, cfg: TrainConfig, out_dir: Path, *, warmup: int, reps: int, every: int = 1
+) -> StepRun:
+    """A fresh `run` of warmup + reps timed steps (plus the first, which has no stamp before it),
+    stamped every `every` steps (`StepClock`); reps is rounded up to whole windows."""
+    clock = StepClock(ctx.device, every=every)
+    losses: list[Tensor] = []
     flops: list[float] = []
 
     def build(run_ctx: RunContext) -> TrainingTarget:
@@ -88,7 +91,10 @@ def timed_steps(ctx: BenchContext, cfg: TrainConfig, out_dir: Path, *, warmup: i
 
     def on_step(_iter_num: int, loss: Tensor) -> None:
         clock.stamp()
-        losses.append(loss.item())  # the stamp synced the device: no wait here
+        losses.append(loss)  # read after the run: reading it now would wait for the device
 
+    warmup = -(-warmup // every) * every
+    reps = -(-reps // every) * every
     run(fresh_run(cfg, out_dir, steps=warmup + reps + 1), build, on_step=on_step)
-    return StepRun(timing=clock.steps(warmup), losses=tuple(losses), flops_per_token=flops[0])
+    values = tuple(float(loss) for loss in losses)
+    return StepRun(timing=clock.steps(warmup), losses=values, flops_per_token=flops[0])

@@ -48,21 +48,33 @@ def time_calls(fn: Callable[[], object], *, warmup: int, reps: int, device: torc
 
 
 class StepClock:
-    """A timestamp at the end of every step, after a device sync; a step's time is the gap
-    between its stamp and the previous one (so the first step is never timed)."""
+    """A timestamp after a device sync at the end of every `every`-th step; a step's time is the
+    gap between two stamps over the steps between them (so the first step is never timed).
 
-    def __init__(self, device: torch.device) -> None:
+    every=1 times single steps (CPU: medians of steps); on a GPU a sync per step would keep the
+    host from queueing the next step while the device runs this one, which no trainer does, so
+    GPU cases stamp windows of several steps."""
+
+    def __init__(self, device: torch.device, *, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
         self.device = device
+        self.every = every
+        self.calls = 0
         self.stamps: list[float] = []
 
     def stamp(self) -> None:
-        synchronize(self.device)
-        self.stamps.append(time.perf_counter())
+        self.calls += 1
+        if (self.calls - 1) % self.every == 0:
+            synchronize(self.device)
+            self.stamps.append(time.perf_counter())
 
     def steps(self, warmup: int) -> Timing:
-        """The gaps between stamps, the first `warmup` left out."""
-        gaps = [b - a for a, b in itertools.pairwise(self.stamps)]
-        return Timing(samples=tuple(gaps[warmup:]))
+        """Mean seconds per step of each window between stamps; windows that start within the
+        first `warmup` steps after the first stamp are left out."""
+        gaps = [(b - a) / self.every for a, b in itertools.pairwise(self.stamps)]
+        skip = -(-warmup // self.every)
+        return Timing(samples=tuple(gaps[skip:]))
 
 
 def alternate(first: Callable[[], A], second: Callable[[], B] | None, runs: int) -> tuple[list[A], list[B]]:

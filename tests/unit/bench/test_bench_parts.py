@@ -24,6 +24,13 @@ def test_cases_option_parses_and_rejects_unknown_numbers(capsys: pytest.CaptureF
     assert "cases must be among" in capsys.readouterr().err
 
 
+def test_gpu_cases_run_by_default_only_on_cuda_or_in_a_smoke_run() -> None:
+    assert parse_options([]).cases == (1, 2, 3, 4, 5)
+    assert parse_options(["--device", "cuda"]).cases == (1, 2, 3, 4, 5, 6, 7)
+    assert parse_options(["--tiny"]).cases == (1, 2, 3, 4, 5, 6, 7)
+    assert parse_options(["--cases", "6"]).cases == (6,)
+
+
 def test_report_is_valid_json_with_non_finite_values_as_null(tmp_path: Path) -> None:
     path = write_report(tmp_path, {"rows": [{"metrics": {"mfu": math.inf, "ok": 1.5}}], "peak": math.nan})
     data = json.loads(path.read_text())
@@ -87,6 +94,28 @@ def test_step_clock_times_the_gaps_between_stamps_after_warmup() -> None:
     assert len(clock.steps(warmup=0).samples) == 4  # the first stamp has nothing before it
     assert len(clock.steps(warmup=1).samples) == 3
     assert all(gap >= 0 for gap in clock.steps(warmup=0).samples)
+
+
+def test_windowed_step_clock_syncs_at_window_ends_and_reports_seconds_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from ml_playground.bench import timing
+
+    now = iter(float(t) for t in range(100))
+    synced: list[int] = []
+    clock = StepClock(torch.device("cpu"), every=4)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(now))
+    monkeypatch.setattr(timing, "synchronize", lambda _device: synced.append(clock.calls))
+    for _ in range(13):  # stamps after steps 1, 5, 9, 13: three windows of four steps
+        clock.stamp()
+    assert synced == [1, 5, 9, 13]
+    assert clock.steps(warmup=0).samples == (0.25, 0.25, 0.25)  # one second per window of four
+    assert len(clock.steps(warmup=4).samples) == 2
+    assert len(clock.steps(warmup=5).samples) == 1  # a window that starts within the warm-up goes
+    with pytest.raises(ValueError, match="every"):
+        StepClock(torch.device("cpu"), every=0)
 
 
 def test_alternate_runs_abba_so_drift_hits_both_sides() -> None:
