@@ -58,8 +58,13 @@ class ModelConfig:
     block_size: PositiveInt = 256
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
-    # None: taken from the dataset's metadata (vocabulary size).
+    # Rows of the token embedding and output head: vocab_size (None: the dataset's vocabulary size;
+    # it may not be smaller) rounded up to a multiple of vocab_multiple, which gives the head's
+    # matmul a fast width (GPT-2's 50257 -> 50304, as nanoGPT pads it). The dataset's ids stay the
+    # tokens: the rows past them get -inf logits (never sampled, no loss, no gradient), exports
+    # and LIT drop them, and checkpoints record the padded size. 1 keeps the size unpadded.
     vocab_size: PositiveInt | None = None
+    vocab_multiple: PositiveInt = 64
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Self:

@@ -8,7 +8,7 @@ checkpoints load directly and Hugging Face / GGUF exports are a key map with tra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -18,19 +18,36 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GPTConfig:
-    """The architecture; stored in checkpoints as `model_args` (nanoGPT's keys)."""
+    """The architecture; stored in checkpoints as `model_args` (nanoGPT's keys, `real_vocab_size` aside)."""
 
     block_size: int
+    # Rows of the token embedding and the output head (possibly padded past the tokenizer's ids).
     vocab_size: int
     n_layer: int
     n_head: int
     n_embd: int
     dropout: float = 0.0
     bias: bool = False
+    # The tokenizer's ids are 0..real_vocab_size-1 when the rows are padded past them (None: every
+    # row is a token). Not in `model_args`: checkpoints take it from their dataset metadata.
+    real_vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.real_vocab_size is not None and not 0 < self.real_vocab_size <= self.vocab_size:
+            raise ValueError(f"real_vocab_size {self.real_vocab_size} must be in [1, vocab_size={self.vocab_size}]")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def real_vocab(self) -> int:
+        """How many rows are tokens (the tokenizer's vocabulary)."""
+        return self.vocab_size if self.real_vocab_size is None else self.real_vocab_size
+
+    def with_real_vocab(self, size: int) -> GPTConfig:
+        """This architecture whose first `size` rows are tokens (`size` <= vocab_size)."""
+        return replace(self, real_vocab_size=size if size < self.vocab_size else None)
 
 
 M = TypeVar("M", bound=nn.Module)
@@ -44,7 +61,7 @@ def _typed(module: nn.Module, kind: type[M]) -> M:
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, T, vocab) or (B, 1, vocab) when last_only
+    logits: Tensor  # (B, T, vocab_size) or (B, 1, vocab_size) when last_only; padding rows -inf
     loss: Tensor | None
 
 
@@ -208,7 +225,12 @@ class GPT(nn.Module):
         x = self.transformer["ln_f"](x)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(x)  # (B, T, vocab_size): the full, padded width keeps the matmul fast
+        real = self.config.real_vocab_size
+        if real is not None:
+            # Padding rows are not tokens: -inf is never sampled and drops out of the loss's softmax,
+            # so they get no gradient. In place is safe: the head's backward does not read its output.
+            logits[..., real:] = float("-inf")
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

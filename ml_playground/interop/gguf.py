@@ -25,7 +25,7 @@ from torch import Tensor
 from ml_playground.atomic import atomic_output_path
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
-from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand
+from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand, tokens_only
 from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
@@ -111,25 +111,14 @@ def gpt2_vocab() -> GGUFVocab:
     return GGUFVocab(tokens=tokens, token_types=types, merges=[f"{a} {b}" for a, b in merges], eos_id=GPT2_EOT_ID)
 
 
-def vocab_for(meta: DatasetMeta, model_vocab_size: int) -> GGUFVocab:
+def vocab_for(meta: DatasetMeta) -> GGUFVocab:
     if meta.kind == "char":
         if meta.itos is None:
             raise ExportError("dataset metadata: kind 'char' has no 'itos'")
-        vocab = char_vocab(meta.itos)
-    elif meta.encoding == "gpt2":
-        vocab = gpt2_vocab()
-    else:
-        raise ExportError(f"dataset metadata: encoding {meta.encoding!r} cannot be exported to GGUF (only 'gpt2')")
-    padding = model_vocab_size - len(vocab.tokens)
-    if padding < 0:
-        raise ExportError(f"model vocab_size {model_vocab_size} is smaller than the tokenizer's {len(vocab.tokens)}")
-    # A padded embedding (e.g. nanoGPT's 50304) gets placeholder tokens that never occur in text.
-    return GGUFVocab(
-        tokens=vocab.tokens + [f"[PAD{i}]" for i in range(padding)],
-        token_types=vocab.token_types + [gguf.TokenType.UNUSED] * padding,
-        merges=vocab.merges,
-        eos_id=vocab.eos_id,
-    )
+        return char_vocab(meta.itos)
+    if meta.encoding == "gpt2":
+        return gpt2_vocab()
+    raise ExportError(f"dataset metadata: encoding {meta.encoding!r} cannot be exported to GGUF (only 'gpt2')")
 
 
 def gguf_tensors(
@@ -160,8 +149,12 @@ def write_gguf(
     ftype: FloatType,
     name: str,
 ) -> None:
-    """Write a llama.cpp-loadable GGUF file atomically."""
-    vocab = vocab_for(meta, config.vocab_size)
+    """Write a llama.cpp-loadable GGUF file atomically; its vocabulary is the tokenizer's
+    (padding rows dropped)."""
+    state_dict, config = tokens_only(state_dict, config, meta)
+    vocab = vocab_for(meta)
+    if len(vocab.tokens) != config.vocab_size:
+        raise ExportError(f"tokenizer has {len(vocab.tokens)} tokens but its metadata says {meta.vocab_size}")
     tensors = gguf_tensors(state_dict, config, ftype)
     with atomic_output_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -76,6 +76,7 @@ KEY_MAP: tuple[KeyRule, ...] = (
 )
 # Our tied output projection: the same tensor as the token embedding, so it is not stored twice.
 OURS_TIED = "lm_head.weight"
+OURS_WTE = "transformer.wte.weight"
 
 
 def expand(n_layer: int) -> list[KeyRule]:
@@ -99,6 +100,22 @@ def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
         if f".{part}." in rule.ours:
             return (size,)
     return (config.n_embd,)
+
+
+def tokens_only(
+    state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMeta
+) -> tuple[dict[str, Tensor], GPTConfig]:
+    """Weights and architecture without the embedding rows past the tokenizer's vocabulary.
+
+    Padding rows are not tokens (our model gives them -inf logits), so every export shows the
+    tokenizer's vocabulary only and other implementations compute the same distribution."""
+    if config.vocab_size < meta.vocab_size:
+        raise ExportError(f"model vocab_size {config.vocab_size} is smaller than the tokenizer's {meta.vocab_size}")
+    if config.vocab_size == meta.vocab_size:
+        return state_dict, config
+    rows = meta.vocab_size
+    trimmed = {name: tensor[:rows] if name in (OURS_WTE, OURS_TIED) else tensor for name, tensor in state_dict.items()}
+    return trimmed, replace(config, vocab_size=rows, real_vocab_size=None)
 
 
 def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
@@ -287,9 +304,9 @@ def write_json(path: Path, data: object) -> None:
 
 
 def export_hf(state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMeta, out_dir: Path) -> None:
-    """Write a GPT2LMHeadModel directory (float32 weights) with a tokenizer matching `meta`."""
-    if config.vocab_size < meta.vocab_size:
-        raise ExportError(f"model vocab_size {config.vocab_size} is smaller than the tokenizer's {meta.vocab_size}")
+    """Write a GPT2LMHeadModel directory (float32 weights) with a tokenizer matching `meta`;
+    its vocabulary is the tokenizer's (padding rows dropped)."""
+    state_dict, config = tokens_only(state_dict, config, meta)
     tensors = {name: tensor.float() for name, tensor in to_hf_state_dict(state_dict, config).items()}
     write_bytes_atomic(out_dir / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     write_json(out_dir / CONFIG_FILE, hf_config(config, meta))

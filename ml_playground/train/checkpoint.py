@@ -51,7 +51,8 @@ class Checkpoint:
 
     schema_version: int
     model: dict[str, Tensor]
-    # The architecture; the file holds it as nanoGPT's `model_args` dict (see model_args_of).
+    # The architecture; the file holds it as nanoGPT's `model_args` dict (see model_args_of), and
+    # `real_vocab_size` comes from `dataset_meta` when the rows are padded past its vocabulary.
     arch: GPTConfig
     iter_num: int
     best_val_loss: float
@@ -217,6 +218,16 @@ def _arch(path: Path, raw: dict[str, Any]) -> GPTConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
+def _with_tokens(arch: GPTConfig, dataset_meta: dict[str, Any] | None) -> GPTConfig:
+    """`model_args` hold the padded row count; the tokens are the dataset metadata's vocabulary.
+
+    A tokenizer larger than the model is left to the readers' checks (sampling and export name it)."""
+    tokens = None if dataset_meta is None else dataset_meta.get("vocab_size")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 < tokens <= arch.vocab_size:
+        return arch
+    return arch.with_real_vocab(tokens)
+
+
 def _legacy_dataset_meta(path: Path, arch: GPTConfig) -> dict[str, Any]:
     """nanoGPT's tokenizer rule: a meta.pkl beside the checkpoint, else GPT-2 BPE."""
     meta_pkl = path.parent / "meta.pkl"
@@ -249,15 +260,16 @@ def _migrate_legacy(path: Path, raw: dict[str, Any]) -> Checkpoint:
     arch = _arch(path, raw)
     config = raw.get("config")
     best = raw.get("best_val_loss", math.inf)
+    dataset_meta = _legacy_dataset_meta(path, arch)
     return Checkpoint(
         schema_version=LEGACY_SCHEMA_VERSION,
         model=_drop_mask_buffers(_state_dict(path, raw)),
-        arch=arch,
+        arch=_with_tokens(arch, dataset_meta),
         iter_num=int(raw.get("iter_num", 0)),
         best_val_loss=float(best.item() if isinstance(best, Tensor) else best),
         config=dict(config) if isinstance(config, dict) else {},  # pyright: ignore[reportUnknownArgumentType]
         optimizer=_optional(path, raw, "optimizer"),
-        dataset_meta=_legacy_dataset_meta(path, arch),
+        dataset_meta=dataset_meta,
     )
 
 
@@ -271,10 +283,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: checkpoint schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
         )
+    dataset_meta = _optional(path, raw, "dataset_meta")
     return Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=_state_dict(path, raw),
-        arch=_arch(path, raw),
+        arch=_with_tokens(_arch(path, raw), dataset_meta),
         iter_num=int(_field(path, raw, "iter_num", int)),
         best_val_loss=float(_field(path, raw, "best_val_loss", (int, float))),
         config=_field(path, raw, "config", dict),
@@ -282,7 +295,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         scaler=_optional(path, raw, "scaler"),
         rng=_optional(path, raw, "rng"),
         data_state=_optional(path, raw, "data_state"),
-        dataset_meta=_optional(path, raw, "dataset_meta"),
+        dataset_meta=dataset_meta,
         extra=_optional(path, raw, "extra"),
         rank_states=_rank_states(path, raw),
     )

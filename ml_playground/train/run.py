@@ -164,8 +164,16 @@ def _log_run(ctx: RunContext) -> None:
     )
 
 
+def padded_vocab_size(size: int, multiple: int) -> int:
+    """`size` rounded up to a multiple of `multiple` (GPT-2's 50257 -> 50304 with 64)."""
+    return -(-size // multiple) * multiple
+
+
 def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkpoint | None) -> GPTConfig:
-    """TOML [train.model] (+ vocab size from the dataset), overridden by a resumed checkpoint."""
+    """TOML [train.model] (+ vocab size from the dataset), overridden by a resumed checkpoint.
+
+    The dataset's ids are the tokens; embedding rows past them (padding to `vocab_multiple`, or an
+    explicit larger `vocab_size`) are masked in the model."""
     model = cfg.model
     vocab_size = model.vocab_size if model.vocab_size is not None else meta.vocab_size
     if vocab_size < meta.vocab_size:
@@ -178,9 +186,9 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
         n_embd=model.n_embd,
         block_size=model.block_size,
         bias=model.bias,
-        vocab_size=vocab_size,
+        vocab_size=padded_vocab_size(vocab_size, model.vocab_multiple),
         dropout=model.dropout,
-    )
+    ).with_real_vocab(meta.vocab_size)
     if checkpoint is None:
         return toml_arch
     arch = checkpoint.arch
@@ -192,9 +200,9 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
         raise ConfigError(
             f"train.data.block_size: {cfg.data.block_size} exceeds the checkpoint's block_size {arch.block_size}"
         )
-    if arch.vocab_size < meta.vocab_size:
+    if arch.real_vocab < meta.vocab_size:
         raise CheckpointError(
-            f"checkpoint vocab_size {arch.vocab_size} is smaller than the dataset's ({meta.vocab_size})"
+            f"checkpoint vocabulary ({arch.real_vocab} tokens) is smaller than the dataset's ({meta.vocab_size})"
         )
     return arch
 

@@ -117,9 +117,23 @@ def test_missing_file(tmp_path: Path) -> None:
         ("dropout", "1.0"),
         ("dropout", "-0.1"),
         ("bias", '"yes"'),
+        ("vocab_multiple", "0"),
+        ("vocab_multiple", "-64"),
+        ("vocab_multiple", '"64"'),
+        ("vocab_multiple", "6.4"),
     ],
 )
 def test_model_ranges(tmp_path: Path, key: str, value: str) -> None:
     text = VALID.replace("block_size = 16\n\n[train.data]", f"block_size = 16\n{key} = {value}\n\n[train.data]")
     message = load_error(tmp_path, text + TRAIN_TAIL)
     assert f"train.model.{key}" in message
+
+
+def test_vocab_multiple_defaults_to_64_and_may_be_one(tmp_path: Path) -> None:
+    cfg = load_experiment_config(write(tmp_path, VALID + TRAIN_TAIL))
+    assert cfg.train is not None
+    assert cfg.train.model.vocab_multiple == 64
+    text = VALID.replace("block_size = 16\n\n[train.data]", "block_size = 16\nvocab_multiple = 1\n\n[train.data]")
+    cfg = load_experiment_config(write(tmp_path, text + TRAIN_TAIL))
+    assert cfg.train is not None
+    assert cfg.train.model.vocab_multiple == 1

@@ -41,12 +41,20 @@ def test_char_vocab_uses_byte_level_tokens_and_merges_for_two_byte_characters() 
         writer.char_vocab(["a", "€"])
 
 
-def test_padded_embedding_gets_unused_tokens() -> None:
-    vocab = writer.vocab_for(char_meta(["a", "b"]), 5)
-    assert vocab.tokens[2:] == ["[PAD0]", "[PAD1]", "[PAD2]"]
-    assert vocab.token_types[2:] == [gguf.TokenType.UNUSED] * 3
-    with pytest.raises(ExportError, match="smaller"):
-        writer.vocab_for(char_meta(["a", "b"]), 1)
+def test_padded_model_is_written_with_the_tokenizer_vocabulary_only(tmp_path: Path) -> None:
+    itos = list("abcdef \n")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32, real_vocab_size=len(itos)))
+    path = tmp_path / "m.gguf"
+    writer.write_gguf(path, model.state_dict(), model.config, char_meta(itos), ftype="f32", name="tiny")
+    reader = gguf.GGUFReader(path)
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert [bytes(tokens.parts[i]).decode() for i in tokens.data] == [writer.byte_level(c) for c in itos]
+    embd = {t.name: t for t in reader.tensors}["token_embd.weight"]
+    expected = model.wte.weight[: len(itos)].detach().numpy()
+    assert np.array_equal(np.asarray(embd.data, dtype=np.float32).reshape(expected.shape), expected)
+    with pytest.raises(ExportError, match="smaller than the tokenizer"):
+        writer.write_gguf(path, model.state_dict(), model.config, char_meta(list("x") * 65), ftype="f32", name="t")
 
 
 @pytest.mark.parametrize("ftype", ["f32", "f16"])

@@ -8,15 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, ConfigError, DataError, DeviceError
-from ml_playground.model import GPT
+from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import mps_available
-from ml_playground.train.checkpoint import load_checkpoint, model_args_of
-from ml_playground.train.run import run_training
+from ml_playground.train.checkpoint import MODEL_ARG_KEYS, load_checkpoint, model_args_of
+from ml_playground.train.run import padded_vocab_size, resolve_architecture, run_training
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 VOCAB = len(set(TEXT))
+PADDED = 64  # VOCAB rounded up to the default vocab_multiple
+# best_val_loss of `table`'s run with vocab_multiple = 1, recorded before vocabulary padding existed.
+UNPADDED_BEST_VAL_LOSS = 3.210308313369751
 
 
 @pytest.fixture
@@ -40,9 +45,10 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
         "n_embd": 16,
         "block_size": 16,
         "bias": False,
-        "vocab_size": VOCAB,
+        "vocab_size": PADDED,
         "dropout": 0.0,
     }
+    assert ckpt.arch.real_vocab == VOCAB
     assert ckpt.dataset_meta is not None
     assert ckpt.dataset_meta["kind"] == "char"
     assert ckpt.config["runtime"]["out_dir"] == str(out)
@@ -74,6 +80,52 @@ def test_checkpoint_model_args_take_precedence(
     assert "resuming from" in caplog.text
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
     assert (ckpt.arch.n_embd, ckpt.iter_num) == (16, 9)
+
+
+def test_padded_size_is_what_the_checkpoint_file_records(table: dict[str, Any], tmp_path: Path) -> None:
+    """The raw file keeps nanoGPT's model_args keys; vocab_size is the tensors' (padded) row count."""
+    run_training(train_config(table))
+    raw = torch.load(tmp_path / "out" / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    assert set(raw["model_args"]) == set(MODEL_ARG_KEYS)  # GPTConfig(**model_args) works in nanoGPT
+    assert raw["model_args"]["vocab_size"] == PADDED
+    assert raw["model"]["transformer.wte.weight"].shape == (PADDED, 16)
+    assert raw["dataset_meta"]["vocab_size"] == VOCAB
+
+
+def test_vocab_multiple_and_vocab_size_set_the_rows(table: dict[str, Any], tmp_path: Path) -> None:
+    meta = read_meta(tmp_path / "ds" / "meta.json")
+
+    def arch(**model: int) -> GPTConfig:
+        table["model"] = {**tiny_train_table(tmp_path / "ds", tmp_path / "out")["model"], **model}
+        return resolve_architecture(train_config(table), meta, None)
+
+    assert (arch().vocab_size, arch().real_vocab_size) == (PADDED, VOCAB)
+    assert (arch(vocab_multiple=1).vocab_size, arch(vocab_multiple=1).real_vocab_size) == (VOCAB, None)
+    assert arch(vocab_multiple=10).vocab_size == 40
+    assert (arch(vocab_size=65).vocab_size, arch(vocab_size=65).real_vocab) == (128, VOCAB)
+    assert (arch(vocab_size=40, vocab_multiple=1).vocab_size, arch(vocab_size=40, vocab_multiple=1).real_vocab) == (
+        40,
+        VOCAB,
+    )
+    assert [padded_vocab_size(n, 64) for n in (1, 64, 65, 50257)] == [64, 64, 128, 50304]
+
+
+def test_vocab_multiple_one_reproduces_the_unpadded_model(table: dict[str, Any], tmp_path: Path) -> None:
+    table["model"] = {**table["model"], "vocab_multiple": 1}
+    cfg = train_config(table)
+    arch = resolve_architecture(cfg, read_meta(tmp_path / "ds" / "meta.json"), None)
+    assert arch == GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)
+    result = run_training(cfg)
+    assert result.best_val_loss == pytest.approx(UNPADDED_BEST_VAL_LOSS, rel=1e-5)
+
+
+def test_padded_run_resumes_with_its_padded_rows(table: dict[str, Any], tmp_path: Path) -> None:
+    run_training(train_config(table))
+    table["model"] = {**table["model"], "vocab_multiple": 1}  # the checkpoint's architecture wins
+    table["runtime"] = {**table["runtime"], "max_iters": 9}
+    assert run_training(train_config(table)).iter_num == 9
+    ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
+    assert (ckpt.arch.vocab_size, ckpt.arch.real_vocab) == (PADDED, VOCAB)
 
 
 def _files(folder: Path) -> dict[str, str]:
