@@ -27,11 +27,15 @@ def load_hf(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["char", "gpt2"])
-def test_hf_logits_and_greedy_text_equal_ours(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "vocab_multiple"), [("char", 1), ("gpt2", 1), ("char", 64), ("gpt2", 64)])
+def test_hf_logits_and_greedy_text_equal_ours(tmp_path: Path, kind: str, vocab_multiple: int) -> None:
+    """Padded models (vocab_multiple 64: GPT-2's 50257 rows -> 50304) export the tokenizer's rows only."""
     from transformers import AutoTokenizer
 
-    model, tokenizer, meta = char_model() if kind == "char" else gpt2_model()
+    model, tokenizer, meta = (
+        char_model(vocab_multiple=vocab_multiple) if kind == "char" else gpt2_model(vocab_multiple=vocab_multiple)
+    )
+    assert model.config.vocab_size % vocab_multiple == 0
     hf.export_hf(model.state_dict(), model.config, meta, tmp_path)
     theirs = load_hf(tmp_path)
     hf_tokenizer: Any = AutoTokenizer.from_pretrained(tmp_path)  # pyright: ignore[reportUnknownVariableType]  # untyped
@@ -41,7 +45,9 @@ def test_hf_logits_and_greedy_text_equal_ours(tmp_path: Path, kind: str) -> None
 
     window = torch.tensor([tokenizer.encode(CORPUS)[:90]])
     with torch.no_grad():
-        diff = (theirs(input_ids=window).logits - model(window).logits).abs().max().item()
+        their_logits = theirs(input_ids=window).logits
+        diff = (their_logits - model(window).logits[..., : meta.vocab_size]).abs().max().item()
+    assert their_logits.shape[-1] == meta.vocab_size  # the tokenizer's vocabulary, not the padded rows
     assert diff <= 1e-4
 
     expected = greedy(model, ids, 50)

@@ -7,6 +7,7 @@ import torch
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+from ml_playground.train.run import padded_vocab_size
 
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -33,20 +34,26 @@ def train_briefly(model: GPT, ids: list[int], steps: int, seed: int = 0) -> GPT:
     return model.eval()
 
 
-def char_model(steps: int = 60, bias: bool = True) -> tuple[GPT, CharTokenizer, DatasetMeta]:
+def tiny_config(vocab: int, vocab_multiple: int, bias: bool) -> GPTConfig:
+    """2 layers, 32 wide; `vocab` tokens in rows padded to a multiple of `vocab_multiple`."""
+    rows = padded_vocab_size(vocab, vocab_multiple)
+    return GPTConfig(block_size=96, vocab_size=rows, n_layer=2, n_head=2, n_embd=32, bias=bias).with_real_vocab(vocab)
+
+
+def char_model(steps: int = 60, bias: bool = True, vocab_multiple: int = 1) -> tuple[GPT, CharTokenizer, DatasetMeta]:
     itos = sorted(set(CORPUS))
     tokenizer = CharTokenizer(itos)
     meta = DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=96, vocab_size=len(itos), n_layer=2, n_head=2, n_embd=32, bias=bias))
+    model = GPT(tiny_config(len(itos), vocab_multiple, bias))
     return train_briefly(model, tokenizer.encode(CORPUS), steps), tokenizer, meta
 
 
-def gpt2_model(steps: int = 30) -> tuple[GPT, TiktokenTokenizer, DatasetMeta]:
+def gpt2_model(steps: int = 30, vocab_multiple: int = 1) -> tuple[GPT, TiktokenTokenizer, DatasetMeta]:
     tokenizer = TiktokenTokenizer("gpt2")
     meta = DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=96, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, bias=False))
+    model = GPT(tiny_config(50257, vocab_multiple, bias=False))
     return train_briefly(model, tokenizer.encode(CORPUS * 3), steps), tokenizer, meta
 
 
