@@ -208,6 +208,10 @@ def test_info_describes_model_and_dataset(served: Served) -> None:
         **{f"layer_{i}/attention": "AttentionHeads" for i in range(N_LAYER)},
     }
     assert {key: spec["__name__"] for key, spec in output.items()} == expected
+    # The model's rows are padded (default vocab_multiple 64); LIT shows the tokenizer's vocabulary.
+    assert (served.model.config.vocab_size, served.model.config.real_vocab) == (64, served.tokenizer.vocab_size)
+    assert output["perplexity"]["max_val"] == served.tokenizer.vocab_size
+    assert f"vocab {served.tokenizer.vocab_size})" in info["models"]["gpt"]["description"]
     assert info["models"]["gpt"]["spec"]["input"]["text"]["__name__"] == "TextSegment"
     assert set(info["datasets"]["experiment"]["spec"]) == {"text", "source"}
 
@@ -245,6 +249,7 @@ def test_per_token_views_have_the_model_shapes_and_values(served: Served, exampl
         assert tokens == [served.tokenizer.decode([t]) for t in ids]
         top = preds["TokenTopKPreds"][i]["pred_tokens"]
         assert len(top) == len(ids)
+        assert all(token in served.tokenizer.itos for row in top for token, _ in row)  # no padding ids
         assert all(len(row) == TOP_K for row in top)
         probs = [[p for _, p in row] for row in top]
         assert all(row == sorted(row, reverse=True) and 0 < sum(row) <= 1 + 1e-5 for row in probs)

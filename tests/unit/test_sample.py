@@ -20,9 +20,10 @@ from torch.nn.modules.module import register_module_forward_hook
 from ml_playground.config import PROJECT_ROOT, DType, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
-from ml_playground.generate import generate
+from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.sample import StreamDecoder, read_prompt, run_sampling, save_samples
+from ml_playground.runtime import Runtime
+from ml_playground.sample import StreamDecoder, load_model_for_inference, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from tests.support.greedy import float32_shortfalls
@@ -284,6 +285,26 @@ class TestLegacyNanoGPT:
         assert "legacy" in caplog.text
         tokenizer = CharTokenizer(ITOS)
         assert tokenizer.encode(text) == reference_greedy(model, tokenizer.encode("To be"), 40)
+
+    def test_nanogpt_padded_gpt2_checkpoint_loads_and_never_draws_padding(self, tmp_path: Path) -> None:
+        """nanoGPT's GPT-2 default pads 50257 to 50304 rows; without meta.pkl the tokenizer is GPT-2 BPE.
+        The padding rows are scaled up so that, unmasked, they would win."""
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=True)).eval()
+        with torch.no_grad():
+            model.wte.weight[50257:] *= 50.0
+        self.write_nanogpt_checkpoint(tmp_path, model)
+        (tmp_path / "meta.pkl").unlink()  # nanoGPT's GPT-2 runs have none
+        loaded, tokenizer, _ = load_model_for_inference(tmp_path, Runtime(torch.device("cpu"), "float32"))
+        assert (loaded.config.vocab_size, loaded.config.real_vocab, tokenizer.vocab_size) == (50304, 50257, 50257)
+        prompt = torch.tensor([tokenizer.encode("Hello, world")])
+        assert int(generate(model, prompt, 8, SamplingParams(temperature=0.0)).max()) >= 50257  # unmasked: padding wins
+        for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=2.0)):
+            drawn = generate(loaded, prompt, 24, params, generator=torch.Generator().manual_seed(0))
+            assert int(drawn.max()) < 50257, params
+        (text,) = run_sampling(sample_config(tmp_path, start="Hello, world", temperature=0.0, max_new_tokens=8))
+        expected = [int(t) for t in generate(loaded, prompt, 8, SamplingParams(temperature=0.0))[0]]
+        assert text == tokenizer.decode(expected)
 
 
 class TestErrors:
