@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import mps_available
 from ml_playground.train.checkpoint import MODEL_ARG_KEYS, load_checkpoint, model_args_of
 from ml_playground.train.run import padded_vocab_size, resolve_architecture, run_training
+from ml_playground.train.targets import GPTTarget
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 VOCAB = len(set(TEXT))
@@ -222,3 +224,11 @@ def test_missing_dataset_and_small_vocab_are_errors(table: dict[str, Any], tmp_p
     table["data"] = {**table["data"], "dataset_dir": str(tmp_path / "nowhere")}
     with pytest.raises(DataError, match="dataset metadata not found"):
         run_training(train_config(table))
+
+
+def test_flops_per_token_count_the_padded_head_rows() -> None:
+    """MFU measures the compute done: the head runs at the padded width."""
+    base = GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16)
+    padded = replace(base, vocab_size=64).with_real_vocab(40)
+    unpadded_flops = GPTTarget(GPT(base)).flops_per_token(16)
+    assert GPTTarget(GPT(padded)).flops_per_token(16) == unpadded_flops + 6 * 16 * (64 - 40)
