@@ -14,9 +14,12 @@ run lengths shrink (`ITERATIONS`).
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any, cast
 
 from ml_playground import registry
 from ml_playground.config import PROJECT_ROOT
+from ml_playground.config_loader import load_experiment_config
 
 # Where a user reads command sequences: the top-level README, docs/ and every package folder's Readme.
 DOCS: tuple[Path, ...] = (
@@ -365,3 +369,117 @@ _OUT_PATH = re.compile(r"(?<![\w/<])out/[\w./-]*[\w/]")
 
 def named_outputs(doc: Path) -> list[str]:
     return sorted({match.group(0).rstrip("/") for match in _OUT_PATH.finditer(bash_text(doc))} - {"out"})
+
+
+# Where a config trains or samples; a command on a CUDA config runs only where CUDA is (tests/cuda).
+DEVICES: tuple[Key, ...] = (("train", "runtime", "device"), ("sample", "runtime", "device"))
+
+
+def needs_cuda(config: Path) -> bool:
+    """Whether the config trains or samples on CUDA (a GPU config of ml_playground/configs)."""
+    table = read_toml(config)
+    return any(_get(table, key) == "cuda" for key in DEVICES)
+
+
+# The text a user provides where a config's [prepare].source names a file (the bundestag corpora,
+# the GPT-2 124M corpus): German, and it holds every character of the configs' sample prompts
+# ("Sehr geehrte Damen und Herren", a newline), which a char-level vocabulary must contain.
+USER_CORPUS = (
+    "Sehr geehrte Damen und Herren, liebe Kolleginnen und Kollegen! Der Bundestag berät heute in "
+    "erster Lesung den Entwurf eines Gesetzes zur Stärkung der Wettbewerbsfähigkeit. Wir haben über "
+    "die Änderungsanträge der Fraktionen abgestimmt; die Beschlussempfehlung des Ausschusses ist "
+    "angenommen. Ich erteile das Wort der Abgeordneten für die Fraktion.\n"
+) * 60
+# Characters per token of USER_CORPUS, at most (GPT-2 BPE on German: ~3; char-level: 1).
+_CHARS_PER_TOKEN = 4
+
+
+def user_corpus(block_size: int, val_fraction: float) -> str:
+    """USER_CORPUS repeated until its val split holds two training windows (block_size + 1 tokens)."""
+    needed_chars = 2 * (block_size + 1) * _CHARS_PER_TOKEN / val_fraction
+    return USER_CORPUS * max(1, math.ceil(needed_chars / len(USER_CORPUS)))
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT))
+
+
+def plan(doc: Path) -> list[tuple[DocCommand, Skip | Run]]:
+    """Each documented command with how it is treated; a command no rule knows fails here."""
+    steps: list[tuple[DocCommand, Skip | Run]] = []
+    for command in documented_commands(doc):
+        action = classify(command)
+        assert action is not None, f"{command.where}: no rule runs or skips this documented command; add one"
+        steps.append((command, action))
+    return steps
+
+
+def prepare_config(step: CliStep, configs: Path, scratch: Path) -> Path:
+    """The rewritten config of `step` (written once per shipped file), checked to differ from the
+    shipped one only in moved paths and run lengths, and to resolve every path into `scratch`."""
+    target = configs / step.config.relative_to(PROJECT_ROOT)
+    if target.exists():
+        return target
+    shipped = read_toml(step.config)
+    rewritten = rewrite(shipped, scratch)
+    allowed = set(ITERATIONS) | set(moved_keys(shipped))
+    assert changed_keys(shipped, rewritten) <= allowed, _rel(step.config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(dump_toml(rewritten), encoding="utf-8")
+    assert read_toml(target) == rewritten
+    loaded = load_experiment_config(target)
+    outside = [key for key, path in resolved_paths(loaded) if not path.is_relative_to(scratch)]
+    assert outside == [], f"{_rel(step.config)}: paths left in the repository: {outside}"
+    if SOURCE in moved_keys(shipped):  # the corpus the doc asks the user to provide
+        corpus = Path(rewritten["prepare"]["source"])
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        if not corpus.exists() and loaded.prepare is not None and loaded.train is not None:
+            text = user_corpus(loaded.train.data.block_size, loaded.prepare.val_fraction)
+            corpus.write_text(text, encoding="utf-8")
+    return target
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SequenceRun:
+    ran: list[str]  # the documented commands run, as written
+    left_for_cuda: list[str]  # the documented commands on CUDA configs not run (no CUDA wanted)
+
+
+def run_sequence(doc: Path, tmp_path: Path, *, with_cuda: bool) -> SequenceRun:
+    """Run the doc's sequence as written (each step a CLI subprocess on its rewritten config).
+
+    Without `with_cuda`, commands on CUDA configs are left out (tests/cuda runs them)."""
+    scratch = tmp_path / "root"
+    configs = tmp_path / "configs"
+    steps: list[tuple[DocCommand, list[str]]] = []
+    left: list[str] = []
+    for command, action in plan(doc):
+        if isinstance(action, Skip):
+            continue
+        step = cli_step(cli_arguments(action))
+        if needs_cuda(step.config) and not with_cuda:
+            left.append(command.where)
+            continue
+        config = prepare_config(step, configs, scratch)
+        steps.append((command, [step.command, step.experiment, "--exp-config", str(config), *step.extra]))
+
+    # Offline, as the docs promise; one intra-op thread, since spinning thread pools make these
+    # small models several times slower on a CPU the test suite shares.
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for command, args in steps:
+        result = subprocess.run(
+            [sys.executable, "-m", "ml_playground.cli", *args],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command.where} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return SequenceRun(ran=[command.where for command, _ in steps], left_for_cuda=left)
+
+
+def missing_outputs(doc: Path, scratch: Path) -> list[str]:
+    """The out/ paths the doc names that its sequence (run in `scratch`) did not write."""
+    return [path for path in named_outputs(doc) if not (scratch / path).exists()]
