@@ -23,7 +23,7 @@ CFG_ARG := $(if $(CONFIG),--exp-config $(CONFIG),)
 PYTEST := $(RUN) pytest
 
 .PHONY: help setup verify format lint pyright mypy quality quality-ext test unit unit-cov \
-	integration e2e acceptance prepare train sample loop export tensorboard lit bench gguf-help clean
+	integration e2e acceptance test-cuda prepare train sample loop export tensorboard lit bench gguf-help clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ e2e: $(STAMP) ## CLI end-to-end tests
 
 acceptance: $(STAMP) ## acceptance tests
 	$(PYTEST) -m acceptance
+
+test-cuda: $(STAMP) ## CUDA tests (tests/cuda; they skip where CUDA is absent)
+	$(PYTEST) -m cuda
 
 define need_exp
 	@if [ -z "$(EXP)" ]; then echo "error: EXP is required, e.g. make $@ EXP=shakespeare; experiments: $$($(RUN) python -c 'from ml_playground import registry; print(", ".join(registry.names()))')" >&2; exit 2; fi

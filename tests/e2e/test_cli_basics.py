@@ -50,7 +50,7 @@ def test_make_help_lists_every_target() -> None:
     targets = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     expected = (
         "help setup verify format pyright mypy quality quality-ext test unit unit-cov integration e2e "
-        "acceptance prepare train sample loop tensorboard export lit bench gguf-help"
+        "acceptance test-cuda prepare train sample loop tensorboard export lit bench gguf-help"
     )
     assert set(expected.split()) - targets == set()
 

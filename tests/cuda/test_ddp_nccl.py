@@ -1,0 +1,65 @@
+"""DDP on CUDA: one rank under real torchrun opens a process group on the backend the trainer
+chooses for cuda (nccl, on cuda:LOCAL_RANK) and trains a `wrap_ddp` GPT exactly like an unwrapped
+one; the CLI's `make train NPROC=1`-style launch under torchrun trains on the GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cuda.device import DEVICE, DTYPE
+from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
+from tests.support.torchrun import ROOT, environment, write_toml
+
+pytestmark = pytest.mark.slow
+
+
+def _one_rank(*module_args: str) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=1 -m ...` (tests.support.torchrun runs a single
+    process without torchrun; here the launcher and its environment are the point)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", *module_args]
+
+
+def test_one_rank_ddp_over_the_cuda_backend_equals_plain_training(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        _one_rank("tests.support.nccl_rank", DEVICE, DTYPE, str(report)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    got = json.loads(report.read_text(encoding="utf-8"))
+    expected_backend = "nccl" if DEVICE == "cuda" else "gloo"
+    assert (got["backend"], got["chosen_backend"], got["world_size"]) == (expected_backend, expected_backend, 1)
+    assert got["device"] == ("cuda:0" if DEVICE == "cuda" else "cpu")
+    assert got["weights_equal"] is True
+    assert got["ddp_losses"] == got["plain_losses"]
+    assert got["plain_losses"][-1] < got["plain_losses"][0]
+
+
+def test_cli_under_torchrun_trains_on_the_device(tmp_path: Path) -> None:
+    write_char_dataset(tmp_path / "ds")
+    table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
+    table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "max_iters": 10, "eval_interval": 10}
+    config = write_toml(tmp_path / "train.toml", {"train": table})
+    result = subprocess.run(
+        _one_rank("ml_playground.cli", "train", "shakespeare", "--exp-config", str(config)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    device = "cuda:0" if DEVICE == "cuda" else "cpu"
+    assert f"training on {device} ({DTYPE}), 1 rank(s)" in result.stderr
+    assert [step for step, _ in read_scalars(tmp_path / "out" / "logs" / "tb")["train/loss"]] == list(range(10))
