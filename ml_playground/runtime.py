@@ -63,8 +63,19 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=self.torch_dtype)
 
 
+def use_tf32_on_cuda() -> None:
+    """float32 matmuls on CUDA in TF32 (tensor cores: inputs rounded to a 10-bit mantissa, float32
+    accumulation), as nanoGPT runs them. Only cuBLAS changes: CPU (oneDNN) matmuls keep full
+    float32, and cuDNN convolutions already default to TF32 in torch (the GPT has none). torch's
+    per-backend `fp32_precision` is the current API; once it is set, the legacy getters
+    (`torch.get_float32_matmul_precision()`, `torch.backends.cuda.matmul.allow_tf32`) raise, so
+    nothing here reads those."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+
 def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None) -> Runtime:
-    """Check that the configured device and dtype work here; never fall back silently."""
+    """Check that the configured device and dtype work here; never fall back silently. On CUDA,
+    float32 matmuls use TF32 (`use_tf32_on_cuda`)."""
     if device == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(
@@ -76,6 +87,7 @@ def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None)
         torch.cuda.set_device(index)
         if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
             raise DeviceError("dtype 'bfloat16' is not supported by this GPU; use float16 or float32")
+        use_tf32_on_cuda()
         return Runtime(torch.device("cuda", index), dtype)
     if device == "mps":
         if not mps_available():

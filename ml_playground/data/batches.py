@@ -10,6 +10,12 @@ Rank awareness (DDP): each rank draws from its own random stream; in shuffled/se
 rank r takes every world_size-th window of the epoch order, so ranks never share a window.
 Evaluation batches come from a separate, fixed stream: each evaluation sees the same windows and
 evaluating never moves the training stream.
+
+Prefetch: `prefetch(split)` draws the next batch and starts its copy to the device (pinned memory,
+non-blocking, on CUDA) while the device still computes; the next `get_batch(split)` returns it.
+The saved position (`state_dict`) is that of the batches `get_batch` has returned: a prefetched
+batch is drawn again after a resume, from the stream state saved before it was drawn, so exact
+resume stays exact.
 """
 
 from __future__ import annotations
@@ -112,6 +118,13 @@ class _SplitStream:
         self.cursor = int(state["cursor"])
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prefetched:
+    x: Tensor
+    y: Tensor
+    stream_state: dict[str, Any]  # the stream's state before this batch was drawn
+
+
 class BatchSource:
     """(x, y) batches of shape (batch_size, block_size); y is x shifted by one token."""
 
@@ -150,6 +163,7 @@ class BatchSource:
             )
             for i, split in enumerate(_SPLITS)
         }
+        self._prefetched: dict[Split, _Prefetched] = {}
 
     @classmethod
     def for_run(
@@ -184,8 +198,22 @@ class BatchSource:
         return x.contiguous().to(self.device), y.contiguous().to(self.device)
 
     def get_batch(self, split: Split) -> tuple[Tensor, Tensor]:
-        """The next training batch of `split`: x, y each (batch_size, block_size) int64."""
+        """The next training batch of `split`: x, y each (batch_size, block_size) int64 (the
+        prefetched one, when `prefetch` drew it)."""
+        prefetched = self._prefetched.pop(split, None)
+        if prefetched is not None:
+            return prefetched.x, prefetched.y
         return self._windows(split, self.streams[split].starts(self.shape))
+
+    def prefetch(self, split: Split) -> None:
+        """Draw the next batch of `split` now and start copying it to the device (a no-op when one
+        is already waiting): called while the device computes, it keeps data off the critical path."""
+        if split in self._prefetched:
+            return
+        stream = self.streams[split]
+        before = stream.state_dict()
+        x, y = self._windows(split, stream.starts(self.shape))
+        self._prefetched[split] = _Prefetched(x=x, y=y, stream_state=before)
 
     def eval_batches(self, split: Split, count: int) -> Iterator[tuple[Tensor, Tensor]]:
         """`count` random batches of `split`, the same ones on every call."""
@@ -201,12 +229,18 @@ class BatchSource:
             "mode": self.mode,
             "rank": self.rank,
             "world_size": self.world_size,
-            "streams": {split: stream.state_dict() for split, stream in self.streams.items()},
+            "streams": {split: self._consumed_state(split) for split in _SPLITS},
         }
 
+    def _consumed_state(self, split: Split) -> dict[str, Any]:
+        """The stream's position after the batches returned so far (before any prefetched one)."""
+        prefetched = self._prefetched.get(split)
+        return prefetched.stream_state if prefetched is not None else self.streams[split].state_dict()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue where a saved source stopped. Exact for the same world size; with another world
-        size the streams restart (and a warning says so)."""
+        """Continue where a saved source stopped (a prefetched batch is dropped). Exact for the same
+        world size; with another world size the streams restart (and a warning says so)."""
+        self._prefetched.clear()
         if state.get("mode") != self.mode:
             raise DataError(f"data state was saved with sampler {state.get('mode')!r}, config says {self.mode!r}")
         if state.get("world_size") != self.world_size:

@@ -9,6 +9,10 @@ Exact resume: a checkpoint is taken right after an evaluation, before the step w
 number; it holds model, optimizer, scaler, every RNG state and the batch source's position.
 Evaluation draws from its own fixed batch stream and uses no dropout, so it does not move any
 state the next training step reads. Resuming restores all of it and continues with that step.
+The batch prefetched during the last step is not part of the saved position: it is drawn again.
+
+Throughput is logged per window between log steps (metrics.ThroughputClock): the device is
+synchronised at both ends, and evaluations and saves are paused out.
 
 Under torchrun (see distributed.py) the same loop runs on every rank: the target syncs gradients
 on the last micro-step only, each rank draws its own data, losses are averaged over ranks, rank 0
@@ -26,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,13 @@ from ml_playground.train.distributed import (
     grad_accum_steps_for,
 )
 from ml_playground.train.faults import NonFiniteGuard, StopRequest
-from ml_playground.train.metrics import MetricsSink, StepStats, check_cpu_bfloat16, measure_peak_flops
+from ml_playground.train.metrics import (
+    MetricsSink,
+    StepStats,
+    ThroughputClock,
+    check_cpu_bfloat16,
+    measure_peak_flops,
+)
 from ml_playground.train.optim import build_optimizer
 from ml_playground.train.schedule import learning_rate
 from ml_playground.train.targets import TrainingTarget
@@ -117,14 +126,19 @@ def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
     the gradient norm before clipping (None under a grad scaler, which skips non-finite steps itself)."""
     accum = loop.grad_accum_steps
     total = torch.zeros((), device=loop.runtime.device)
+    x, y = loop.batches.get_batch("train")  # prefetched during the previous step, if there was one
     for micro in range(accum):
-        x, y = loop.batches.get_batch("train")
         with loop.target.grad_sync(micro == accum - 1):
             with loop.runtime.autocast():
                 loss = loop.target.loss(x, y) / accum
+            # The forward pass is queued on the device: read and copy the next micro-batch (after the
+            # last one, the next step's first) while it runs, so the device never waits for data.
+            loop.batches.prefetch("train")
             scaled: Tensor = loop.scaler.scale(loss)
             torch.autograd.backward(scaled)
         total += loss.detach().float()
+        if micro < accum - 1:
+            x, y = loop.batches.get_batch("train")
     norm = _grad_norm(loop)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
@@ -320,8 +334,6 @@ def fit(
 def _measured_peak(runtime: Runtime) -> float:
     peak = measure_peak_flops(runtime.device, runtime.torch_dtype)
     log.info("peak for MFU: %.1f GFLOP/s (%s matmul probe on %s)", peak / 1e9, runtime.dtype, runtime.device)
-    if runtime.device_type == "cpu" and runtime.dtype == "bfloat16":
-        check_cpu_bfloat16(peak, runtime.device)
     return peak
 
 
@@ -380,14 +392,19 @@ def run_steps(
     if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
         log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
         return TrainResult(iter_num=start, best_val_loss=state.best_val_loss, last_eval=None)
+    runtime = loop.runtime
+    if runtime.device_type == "cpu" and runtime.dtype == "bfloat16" and loop.dist.is_main:
+        check_cpu_bfloat16(runtime.device)
     # MFU counts the tokens of all ranks, so it is measured against the peak of all devices.
-    peak = (cfg.runtime.peak_flops or _measured_peak(loop.runtime)) * loop.dist.world_size
+    peak = (cfg.runtime.peak_flops or _measured_peak(runtime)) * loop.dist.world_size
     flops_per_token = loop.target.flops_per_token(cfg.data.block_size)
+    clock = ThroughputClock.for_device(runtime.device)  # paused until the first step
     last_eval: dict[str, float] | None = None
     while True:
         # The eval at the resumed step already happened (and was saved) before the interruption.
         evaluates = _is_eval_step(cfg, state.iter_num) and (state.iter_num != start or not resumed)
         if evaluates or cfg.runtime.eval_only:
+            clock.pause()  # evaluating and saving is not training throughput
             last_eval = _evaluate_and_save(loop, state)
             if cfg.runtime.eval_only:
                 break
@@ -398,10 +415,12 @@ def run_steps(
             raise _stopped(loop, state, signum, saved_now=evaluates)
         lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
         set_learning_rate(loop.optimizer, lr)
-        started = time.perf_counter()
+        clock.start()
         loss, grad_norm = train_step(loop)
+        clock.count(loop.tokens_per_step)
         loop.guard.record(state.iter_num, loss, grad_norm, lr)
         if state.iter_num % cfg.runtime.log_interval == 0:
+            window = clock.lap()  # syncs the device: the window holds the work of its steps
             check_point(loop)
             # Every rank joins the mean; it syncs the device, so only on log steps.
             loss_value = all_reduce_mean(loop.dist, loss).item()
@@ -410,8 +429,7 @@ def run_steps(
                     iter_num=state.iter_num,
                     loss=loss_value,
                     lr=lr,
-                    step_seconds=time.perf_counter() - started,
-                    tokens=loop.tokens_per_step,
+                    window=window,
                     flops_per_token=flops_per_token,
                     peak_flops=peak,
                 )

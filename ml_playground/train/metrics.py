@@ -1,20 +1,32 @@
-"""Training metrics: FLOPs/MFU, the console line per log_interval, and TensorBoard scalars.
+"""Training metrics: FLOPs/MFU, throughput windows, the console line per log_interval, TensorBoard scalars.
 
 MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow the PaLM paper's
 appendix B: 6·N + 12·L·H·Q·T (N parameters without position embeddings, L layers, H heads, Q
 head size, T context). The peak is `train.runtime.peak_flops` when set, otherwise measured once
 per run by timing square matmuls in the dtype the run computes in on its device (so MFU is
 relative to what this machine actually achieves, not a datasheet number).
+
+Throughput is measured over windows, not single steps (`ThroughputClock`): a device queues work
+ahead of the host, so one step timed on the host measures when it was queued, not how long the
+device took. A window runs from one log step to the next with the device synchronised at both
+ends; time spent evaluating and saving checkpoints is paused out. A log line reports its window:
+"ms" is the mean wall-clock time per optimizer step over the window, "tok/s" the window's tokens
+(every micro-step of every rank) over its seconds, MFU follows from that tokens/s. Over a run,
+the windows tile the training time, so logged tokens/s x window seconds adds up to the tokens
+trained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
 
 log = logging.getLogger(__name__)
@@ -60,31 +72,164 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 
         size *= 2
 
 
-def check_cpu_bfloat16(peak_bf16: float, device: torch.device) -> None:
-    """Warn when bfloat16 autocast would slow a CPU run down (no AMX / AVX512-BF16 here)."""
-    peak_fp32 = measure_peak_flops(device, torch.float32)
-    if peak_bf16 < peak_fp32:
-        log.warning(
-            "bfloat16 matmuls run at %.1f GFLOP/s on this CPU vs %.1f in float32 (no AMX/AVX512-BF16): "
-            'set train.runtime.dtype = "float32" for speed',
-            peak_bf16 / 1e9,
-            peak_fp32 / 1e9,
-        )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrecisionProbe:
+    """Seconds of the same forward+backward in float32 and under bfloat16 autocast (`probe_bfloat16`)."""
+
+    float32_seconds: float
+    bfloat16_seconds: float
+
+    @property
+    def bfloat16_slower(self) -> bool:
+        return self.bfloat16_seconds > self.float32_seconds
+
+    @property
+    def bfloat16_speedup(self) -> float:
+        return self.float32_seconds / max(self.bfloat16_seconds, 1e-12)
+
+
+def _mlp_seconds(device: torch.device, dtype: torch.dtype | None, *, tokens: int, width: int) -> float:
+    """One forward+backward of a GPT MLP (linear, GELU, linear) over `tokens` rows of `width`,
+    under autocast to `dtype` (None: float32), as a training step runs it: the autocast casts of
+    weights and activations, both matmul layouts of the backward pass."""
+    # Constant operands: speed does not depend on values, and the global RNG must not move.
+    x = torch.full((tokens, width), 0.5, device=device, requires_grad=True)
+    w1 = torch.full((4 * width, width), 0.01, device=device, requires_grad=True)
+    w2 = torch.full((width, 4 * width), 0.01, device=device, requires_grad=True)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    _sync(device)
+    start = time.perf_counter()
+    with autocast:
+        out = F.linear(F.gelu(F.linear(x, w1)), w2)  # (tokens, width) -> (tokens, 4 width) -> (tokens, width)
+    torch.autograd.backward(out.float().sum())
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def probe_bfloat16(device: torch.device, *, tokens: int = 256, width: int = 128, repeats: int = 3) -> PrecisionProbe:
+    """Best time of a small MLP forward+backward in float32 and under bfloat16 autocast (a few ms
+    where bfloat16 has hardware support). A square-matmul probe is not enough: on CPUs without
+    AMX/AVX512-BF16 a bfloat16 `mm` can beat float32 while a bfloat16 training step, with its
+    casts and backward layouts, is many times slower."""
+    seconds: dict[torch.dtype | None, float] = {}
+    for dtype in (None, torch.bfloat16):
+        _mlp_seconds(device, dtype, tokens=tokens, width=width)  # warm up kernels and caches
+        seconds[dtype] = min(_mlp_seconds(device, dtype, tokens=tokens, width=width) for _ in range(repeats))
+    return PrecisionProbe(float32_seconds=seconds[None], bfloat16_seconds=seconds[torch.bfloat16])
+
+
+def warn_if_bfloat16_slower(probe: PrecisionProbe, device: torch.device) -> bool:
+    """Warn when bfloat16 autocast trains slower than float32 here; returns whether it warned.
+    The config decides the dtype: this never switches it."""
+    if not probe.bfloat16_slower:
+        return False
+    log.warning(
+        "bfloat16 autocast trains slower than float32 on this %s (%.2f ms vs %.2f ms for a probe MLP "
+        'forward+backward; no AMX/AVX512-BF16): set train.runtime.dtype = "float32" for speed',
+        device.type,
+        probe.bfloat16_seconds * 1000,
+        probe.float32_seconds * 1000,
+    )
+    return True
+
+
+def check_cpu_bfloat16(device: torch.device) -> bool:
+    """Probe bfloat16 against float32 on this CPU and warn when bfloat16 is slower."""
+    return warn_if_bfloat16_slower(probe_bfloat16(device), device)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """The optimizer steps trained between two log steps: their tokens (every micro-step of every
+    rank) and their wall-clock seconds, evaluation and checkpoint time left out."""
+
+    steps: int
+    tokens: int
+    seconds: float
+
+    @property
+    def step_seconds(self) -> float:
+        """Mean seconds per optimizer step over the window."""
+        return self.seconds / max(self.steps, 1)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+class ThroughputClock:
+    """Training time in windows from one log step to the next, the device synchronised at each mark.
+
+    It starts paused: `start` (before every step; a no-op while running) synchronises and opens
+    the clock, so set-up, the peak probe and evaluations before the first step never count, and
+    a resumed run's first window starts at its first step. `pause` (before an evaluation or a
+    save) adds the time up to the end of the device's queued work and stops; `lap` (at a log
+    step) returns the window since the previous lap and opens the next at the same instant, so
+    windows tile the training time. `count` adds one finished step.
+
+    `sync` waits for the device (`for_device`); `timer` is injectable for tests."""
+
+    def __init__(self, sync: Callable[[], None], timer: Callable[[], float] = time.perf_counter) -> None:
+        self._sync = sync
+        self._timer = timer
+        self._since: float | None = None  # None: paused
+        self._seconds = 0.0  # time of the window's segments before the last pause
+        self._steps = 0
+        self._tokens = 0
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> ThroughputClock:
+        return cls(lambda: _sync(device))
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._sync()  # work queued before (an evaluation) finishes outside the window
+            self._since = self._timer()
+
+    def count(self, tokens: int) -> None:
+        self._steps += 1
+        self._tokens += tokens
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self._sync()
+            self._seconds += self._timer() - self._since
+            self._since = None
+
+    def lap(self) -> Window:
+        self._sync()
+        now = self._timer()
+        seconds = self._seconds + (now - self._since if self._since is not None else 0.0)
+        window = Window(steps=self._steps, tokens=self._tokens, seconds=seconds)
+        self._seconds, self._steps, self._tokens = 0.0, 0, 0
+        if self._since is not None:
+            self._since = now
+        return window
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepStats:
+    """What a log step reports: its step's loss and learning rate, and the throughput of the
+    window that ends with it."""
+
     iter_num: int
     loss: float
     lr: float
-    step_seconds: float
-    tokens: int  # tokens trained in this step, over all ranks
+    window: Window
     flops_per_token: float
     peak_flops: float
 
     @property
+    def step_seconds(self) -> float:
+        return self.window.step_seconds
+
+    @property
     def tokens_per_sec(self) -> float:
-        return self.tokens / max(self.step_seconds, 1e-9)
+        return self.window.tokens_per_sec
 
     @property
     def mfu(self) -> float:

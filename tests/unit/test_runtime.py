@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from ml_playground.config import DType
-from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse
+from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, resolve_runtime
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps", "cuda"])
@@ -52,6 +53,52 @@ def _touched_block() -> np.ndarray:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
+def _setting(*path: str) -> str:
+    """A torch.backends setting by path (torch's stubs declare only some per-backend ones)."""
+    value: object = torch.backends
+    for name in path:
+        value = getattr(value, name)
+    return str(value)
+
+
+def _matmul_precisions() -> tuple[str, str, str]:
+    """float32 precision of cuBLAS matmuls, oneDNN (CPU) matmuls and the generic default."""
+    return (
+        _setting("cuda", "matmul", "fp32_precision"),
+        _setting("mkldnn", "matmul", "fp32_precision"),
+        _setting("fp32_precision"),
+    )
+
+
+@pytest.fixture
+def restore_matmul_precision() -> Iterator[None]:
+    cuda_before = torch.backends.cuda.matmul.fp32_precision
+    yield
+    torch.backends.cuda.matmul.fp32_precision = cuda_before
+
+
+def _select_nothing(_index: int) -> None:
+    return None
+
+
+@pytest.mark.usefixtures("restore_matmul_precision")
+def test_tf32_is_set_for_cuda_runtimes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _matmul_precisions()
+    assert before[0] != "tf32"
+    resolve_runtime("cpu", "float32")
+    resolve_runtime("cpu", "bfloat16")
+    assert _matmul_precisions() == before  # CPU runs keep full float32 everywhere
+    # A CUDA machine as resolve_runtime sees it (the setting is a flag; no GPU needed to set it).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", _select_nothing)
+    runtime = resolve_runtime("cuda", "float32")
+    assert runtime.device == torch.device("cuda", 0)
+    cuda, mkldnn, generic = _matmul_precisions()
+    assert cuda == "tf32"
+    assert (mkldnn, generic) == before[1:]  # CPU (oneDNN) matmuls and the generic default unchanged
+
+
 def test_freed_large_blocks_stay_resident_for_the_next_step() -> None:
     assert keep_freed_memory_for_reuse()
     block = _touched_block()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,6 +88,48 @@ def test_state_round_trip_continues_the_same_stream(tmp_path: Path, mode: Sample
     restored = _source(tmp_path, mode)
     restored.load_state_dict(state)
     assert all(torch.equal(a, restored.get_batch("train")[0]) for a in expected)
+
+
+@pytest.mark.parametrize("mode", ["random", "shuffled", "sequential"])
+def test_prefetch_keeps_the_stream_and_the_saved_position(tmp_path: Path, mode: SamplerMode) -> None:
+    """Prefetching returns the batches a plain source returns, in the same order; a state saved
+    while a batch waits is the position before it, so a restored source draws that batch again."""
+    plain = _source(tmp_path, mode)
+    expected = [plain.get_batch("train")[0] for _ in range(12)]
+    source = _source(tmp_path, mode)
+    got = [source.get_batch("train")[0] for _ in range(4)]
+    source.prefetch("train")
+    source.prefetch("train")  # one ahead at most: a second call draws nothing
+    state = source.state_dict()
+    list(source.eval_batches("train", 2))  # evaluation between prefetch and use changes nothing
+    got += [source.get_batch("train")[0] for _ in range(4)]
+    restored = _source(tmp_path, mode)
+    restored.load_state_dict(state)
+    resumed = got[:4] + [restored.get_batch("train")[0] for _ in range(8)]
+    for _ in range(4):
+        source.prefetch("train")
+        got.append(source.get_batch("train")[0])
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, expected, strict=True))
+    saved, after_four = state["streams"]["train"], _state_after(tmp_path, mode, 4)["streams"]["train"]
+    assert (saved["epoch"], saved["cursor"]) == (after_four["epoch"], after_four["cursor"])
+    assert torch.equal(saved["generator"], after_four["generator"])
+
+
+def _state_after(tmp_path: Path, mode: SamplerMode, batches: int) -> dict[str, Any]:
+    source = _source(tmp_path, mode)
+    for _ in range(batches):
+        source.get_batch("train")
+    return source.state_dict()
+
+
+def test_loading_a_state_drops_a_prefetched_batch(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    start = source.state_dict()
+    first = source.get_batch("train")[0]
+    source.prefetch("train")
+    source.load_state_dict(start)
+    assert torch.equal(source.get_batch("train")[0], first)
 
 
 def test_eval_batches_are_fixed_and_leave_training_stream_alone(tmp_path: Path) -> None:

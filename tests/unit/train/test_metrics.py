@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
-from ml_playground.train.metrics import StepStats, measure_peak_flops, palm_flops_per_token
+from ml_playground.train.metrics import (
+    PrecisionProbe,
+    StepStats,
+    ThroughputClock,
+    Window,
+    measure_peak_flops,
+    palm_flops_per_token,
+    probe_bfloat16,
+    warn_if_bfloat16_slower,
+)
 
 
 def test_palm_flops_per_token() -> None:
@@ -13,11 +24,11 @@ def test_palm_flops_per_token() -> None:
     )
 
 
-def test_mfu_is_achieved_over_peak() -> None:
-    stats = StepStats(
-        iter_num=0, loss=1.0, lr=1e-3, step_seconds=0.5, tokens=1000, flops_per_token=1e6, peak_flops=1e10
-    )
+def test_mfu_is_achieved_over_peak_of_the_window() -> None:
+    window = Window(steps=4, tokens=4000, seconds=2.0)
+    stats = StepStats(iter_num=0, loss=1.0, lr=1e-3, window=window, flops_per_token=1e6, peak_flops=1e10)
     assert stats.tokens_per_sec == 2000
+    assert stats.step_seconds == 0.5  # the mean per optimizer step, not the window
     assert stats.mfu == pytest.approx(2000 * 1e6 / 1e10)
 
 
@@ -27,3 +38,127 @@ def test_peak_probe_measures_without_touching_the_global_rng() -> None:
     peak = measure_peak_flops(torch.device("cpu"), torch.float32, repeats=1)
     assert peak > 1e6
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class FakeDevice:
+    """A timer the test moves by hand and a sync probe; both record into one event list."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.events: list[str] = []
+
+    def timer(self) -> float:
+        self.events.append("time")
+        return self.now
+
+    def sync(self) -> None:
+        self.events.append("sync")
+
+    def clock(self) -> ThroughputClock:
+        return ThroughputClock(self.sync, self.timer)
+
+
+def _step(device: FakeDevice, clock: ThroughputClock, seconds: float, tokens: int = 100) -> None:
+    """One training step as the loop runs it: start (a no-op while running), the work, count."""
+    clock.start()
+    device.now += seconds
+    clock.count(tokens)
+
+
+def test_windows_tile_training_time_and_leave_out_evaluation() -> None:
+    device = FakeDevice()
+    clock = device.clock()
+    device.now = 10.0  # set-up and the peak probe: before the first start
+    clock.pause()  # the loop pauses before every evaluation
+    device.now += 5.0  # the evaluation at step 0
+    _step(device, clock, 2.0)
+    first = clock.lap()
+    device.now += 0.5  # logging: part of the next window
+    _step(device, clock, 2.0)
+    _step(device, clock, 2.0)
+    clock.pause()
+    device.now += 30.0  # evaluation and checkpoint
+    _step(device, clock, 2.0)
+    second = clock.lap()
+    assert first == Window(steps=1, tokens=100, seconds=2.0)
+    assert second == Window(steps=3, tokens=300, seconds=6.5)
+    # The windows tile the run's time except set-up and evaluations.
+    assert first.seconds + second.seconds == device.now - 10.0 - 5.0 - 30.0
+
+
+def test_every_mark_syncs_the_device_before_reading_the_time() -> None:
+    device = FakeDevice()
+    clock = device.clock()
+    clock.start()
+    assert device.events == ["sync", "time"]
+    clock.start()  # running: no sync, no time read (steps inside a window never wait)
+    clock.count(1)
+    assert device.events == ["sync", "time"]
+    clock.lap()
+    clock.pause()
+    assert device.events == ["sync", "time"] * 3
+    clock.pause()  # already paused: nothing
+    assert device.events == ["sync", "time"] * 3
+    assert not clock.running
+
+
+def test_log_interval_one_reports_each_step_with_its_logging_in_the_next() -> None:
+    device = FakeDevice()
+    clock = device.clock()
+    windows: list[Window] = []
+    for seconds in (1.0, 2.0, 3.0):
+        _step(device, clock, seconds)
+        windows.append(clock.lap())
+        device.now += 0.25  # logging and the step callback
+    assert windows == [
+        Window(steps=1, tokens=100, seconds=1.0),
+        Window(steps=1, tokens=100, seconds=2.25),
+        Window(steps=1, tokens=100, seconds=3.25),
+    ]
+
+
+def test_a_resumed_run_starts_its_first_window_at_its_first_step() -> None:
+    device = FakeDevice()
+    device.now = 100.0  # the checkpoint loaded, the process started long ago
+    clock = device.clock()  # a resumed run's clock: paused until its first step
+    device.now += 7.0
+    _step(device, clock, 1.5, tokens=64)
+    _step(device, clock, 1.5, tokens=64)
+    assert clock.lap() == Window(steps=2, tokens=128, seconds=3.0)
+
+
+def test_a_window_counts_the_tokens_it_is_given() -> None:
+    device = FakeDevice()
+    clock = device.clock()
+    tokens_per_step = 4 * 16 * 3 * 2  # batch x block x grad_accum x world_size: what the loop counts
+    for _ in range(5):
+        _step(device, clock, 1.0, tokens=tokens_per_step)
+    window = clock.lap()
+    assert window.tokens == 5 * tokens_per_step
+    assert window.tokens_per_sec == tokens_per_step
+    assert window.step_seconds == 1.0
+
+
+def test_bfloat16_warning_fires_only_when_bfloat16_is_slower(caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.WARNING, logger="ml_playground.train.metrics"):
+        assert not warn_if_bfloat16_slower(PrecisionProbe(float32_seconds=0.004, bfloat16_seconds=0.002), cpu)
+        assert not caplog.records
+        slower = PrecisionProbe(float32_seconds=0.002, bfloat16_seconds=0.080)
+        assert warn_if_bfloat16_slower(slower, cpu)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "80.00 ms vs 2.00 ms" in message
+    assert 'train.runtime.dtype = "float32"' in message
+    assert slower.bfloat16_slower
+    assert slower.bfloat16_speedup == pytest.approx(0.025)
+
+
+def test_bfloat16_probe_times_both_paths_without_touching_the_global_rng() -> None:
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    probe = probe_bfloat16(torch.device("cpu"), tokens=16, width=8, repeats=1)
+    assert probe.float32_seconds > 0
+    assert probe.bfloat16_seconds > 0
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.is_autocast_enabled("cpu")

@@ -1,0 +1,132 @@
+"""The throughput a run logs, checked against the wall clock of the same run (never as speed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from ml_playground.data.batches import BatchSource
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.runtime import Runtime
+from ml_playground.train import loop as loop_module
+from ml_playground.train.distributed import DistInfo
+from ml_playground.train.loop import build_loop
+from ml_playground.train.metrics import MetricsSink, StepStats, ThroughputClock
+from ml_playground.train.run import gpt_target, run
+from ml_playground.train.targets import GPTTarget
+from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
+
+FAR = 1000.0  # seconds a fake clock jumps during work that must stay outside every window
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> dict[str, Any]:
+    write_char_dataset(tmp_path / "ds")
+    return tiny_train_table(tmp_path / "ds", tmp_path / "out")
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[StepStats]:
+    """Every StepStats the run's sink logs (it still writes them)."""
+    stats: list[StepStats] = []
+    original = MetricsSink.log_step
+
+    def log_step(sink: MetricsSink, step: StepStats) -> None:
+        stats.append(step)
+        original(sink, step)
+
+    monkeypatch.setattr(MetricsSink, "log_step", log_step)
+    return stats
+
+
+def _sized(table: dict[str, Any], *, steps: int, eval_interval: int, log_interval: int, accum: int) -> None:
+    table["data"] = {**table["data"], "grad_accum_steps": accum}
+    runtime = {"max_iters": steps, "eval_interval": eval_interval, "log_interval": log_interval}
+    table["runtime"] = {**table["runtime"], **runtime}
+
+
+@pytest.mark.slow
+def test_logged_tokens_per_second_add_up_to_the_wall_clock_of_the_run(
+    table: dict[str, Any], logged: list[StepStats]
+) -> None:
+    """Over the windows after the first log step: tokens/s x window seconds is the tokens trained
+    (grad accumulation included), and the windows' seconds are the time between the same steps
+    as stamped by a synchronising `on_step` (within 5%; the stamps sit a log line later)."""
+    _sized(table, steps=40, eval_interval=40, log_interval=4, accum=2)
+    cfg = train_config(table)
+    stamps: dict[int, float] = {}
+
+    def on_step(iter_num: int, loss: Tensor) -> None:
+        loss.item()  # waits for the step's work (a no-op wait on CPU)
+        stamps[iter_num] = time.perf_counter()
+
+    run(cfg, gpt_target, on_step=on_step)
+    iters = [stats.iter_num for stats in logged]
+    assert iters == list(range(0, 40, 4))
+    tokens_per_step = 4 * 16 * 2  # batch x block x grad_accum_steps
+    later = logged[1:]
+    for previous, stats in zip(logged, later, strict=False):
+        assert stats.window.steps == stats.iter_num - previous.iter_num
+        assert stats.window.tokens == stats.window.steps * tokens_per_step
+    assert logged[0].window.steps == 1
+    trained = sum(stats.tokens_per_sec * stats.window.seconds for stats in later)
+    assert trained == pytest.approx((iters[-1] - iters[0]) * tokens_per_step, rel=1e-9)
+    logged_seconds = sum(stats.window.seconds for stats in later)
+    wall_seconds = stamps[iters[-1]] - stamps[iters[0]]
+    assert logged_seconds == pytest.approx(wall_seconds, rel=0.05)
+
+
+def test_a_step_counts_every_micro_step_of_every_rank(table: dict[str, Any]) -> None:
+    table["data"] = {**table["data"], "grad_accum_steps": 3}
+    cfg = train_config(table)
+    model = GPT(GPTConfig(**table["model"], vocab_size=len(set(TEXT))))
+    batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"), rank=1, world_size=2)
+    runtime = Runtime(torch.device("cpu"), "float32")
+    loop = build_loop(cfg, GPTTarget(model), batches, runtime, dist=DistInfo(rank=1, world_size=2), dataset_meta=None)
+    assert loop.tokens_per_step == 4 * 16 * 3 * 2  # what the loop counts into each window
+
+
+def _jumps_far(monkeypatch: pytest.MonkeyPatch, name: str, offset: list[float]) -> None:
+    """loop.py's `name` moves the fake clock FAR ahead while it runs."""
+    original: Callable[..., Any] = getattr(loop_module, name)
+
+    def far(*args: Any, **kwargs: Any) -> Any:
+        offset[0] += FAR
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, name, far)
+
+
+def test_evaluation_saving_setup_and_resume_stay_outside_every_window(
+    table: dict[str, Any], logged: list[StepStats], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock jumps FAR seconds in the peak probe, every evaluation, every save and the resume:
+    no logged window may hold such a jump, and the windows still count every step once."""
+    offset = [0.0]
+
+    def offset_clock(device: torch.device) -> ThroughputClock:
+        return ThroughputClock(lambda: None, lambda: time.perf_counter() + offset[0])
+
+    monkeypatch.setattr(ThroughputClock, "for_device", staticmethod(offset_clock))
+    for name in ("_measured_peak", "evaluate", "maybe_save", "resume"):
+        _jumps_far(monkeypatch, name, offset)
+    del table["runtime"]["peak_flops"]  # the run probes the peak
+    _sized(table, steps=7, eval_interval=3, log_interval=2, accum=1)
+    run(train_config(table), gpt_target)
+    # Logs at 0, 2, 4, 6; evaluations (each with a save) at 0, 3, 6 and 7 (after the last step):
+    # the windows of 4 and 6 span an evaluation.
+    assert [(stats.iter_num, stats.window.steps) for stats in logged] == [(0, 1), (2, 2), (4, 2), (6, 2)]
+    table["runtime"]["max_iters"] = 11
+    run(train_config(table), gpt_target)  # resumes at 7 (its evaluation was before the save)
+    # The resumed run's first window starts at its first step, 7: logs at 8 and 10.
+    assert [(stats.iter_num, stats.window.steps) for stats in logged[4:]] == [(8, 2), (10, 2)]
+    # The jumps happened: 2 probes, 4 + 2 evaluations with as many saves, 1 resume.
+    assert offset[0] == 15 * FAR
+    assert all(0 < stats.window.seconds < FAR for stats in logged)
