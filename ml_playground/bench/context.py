@@ -11,6 +11,7 @@ from ml_playground.bench.nanogpt import NanoGPT
 from ml_playground.bench.shapes import Sizes
 from ml_playground.config import Device
 from ml_playground.data.meta import DatasetMeta
+from ml_playground.train.metrics import PrecisionProbe
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +37,8 @@ class BenchContext:
     char_meta: DatasetMeta
     work_dir: Path  # scratch space (run outputs), removed after the run
     peaks: Peaks
+    bf16_probe: PrecisionProbe  # the trainer's check of bf16 autocast against fp32 on this device
     nanogpt: NanoGPT | None
     compile: bool  # include torch.compile variants
-    force_bf16: bool  # run bf16 variants even where bf16 matmuls are slower than fp32
+    force_bf16: bool  # run bf16 variants even where bf16 autocast trains slower than fp32
     tiny: bool

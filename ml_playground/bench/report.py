@@ -36,14 +36,18 @@ class Throughput:
     nanogpt_baseline: str | None = None  # "measured" (a checkout) or "reference"
     vs_fp32: float | None = None  # case 2: tokens/s over the float32 variant's
     max_loss_gap_vs_fp32: float | None = None  # case 2: largest per-step loss difference from float32
+    # Tokens/s the trainer logged (console, TensorBoard) over tokens/s on the wall clock of the same
+    # steps after warm-up (1.0: the log is right); None when fewer than two log steps were timed.
+    logged_vs_wall: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Skipped:
-    """Case 2's bf16 variants on a CPU whose bf16 matmuls are slower than fp32."""
+    """Case 2's bf16 variants where bf16 autocast trains slower than fp32 (the trainer's probe)."""
 
     skipped: Literal[True] = True
-    bf16_peak_flops: float
+    fp32_probe_ms: float  # a small MLP forward+backward in float32 (`probe_bfloat16`)
+    bf16_probe_ms: float  # the same under bfloat16 autocast
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

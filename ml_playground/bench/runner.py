@@ -26,7 +26,7 @@ from ml_playground.config import PROJECT_ROOT, Device
 from ml_playground.data.prepare import prepare_corpus
 from ml_playground.errors import ConfigError, MLPlaygroundError
 from ml_playground.runtime import resolve_runtime
-from ml_playground.train.metrics import measure_peak_flops
+from ml_playground.train.metrics import measure_peak_flops, probe_bfloat16
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile variants")
     parser.add_argument(
-        "--force-bf16", action="store_true", help="run bf16 variants even where bf16 matmuls are slower than fp32"
+        "--force-bf16", action="store_true", help="run bf16 variants even where bf16 autocast trains slower than fp32"
     )
     parser.add_argument("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config")
     parser.add_argument(
@@ -155,6 +155,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
         char_meta=char_meta,
         work_dir=work_dir,
         peaks=measure_peaks(device),
+        bf16_probe=probe_bfloat16(device),
         nanogpt=None if options.nanogpt_dir is None else load_nanogpt(options.nanogpt_dir),
         compile=options.compile,
         force_bf16=options.force_bf16,
@@ -195,6 +196,10 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
             "command": "python -m ml_playground.bench " + " ".join(sys.argv[1:]),
             "machine": machine_info(ctx.device),
             "peak_flops": {"float32": ctx.peaks.float32, "bfloat16": ctx.peaks.bfloat16},
+            "bf16_probe_ms": {
+                "float32": ctx.bf16_probe.float32_seconds * 1000,
+                "bfloat16": ctx.bf16_probe.bfloat16_seconds * 1000,
+            },
             "settings": {
                 "corpus": str(ctx.corpus if options.corpus is not None else "bundled"),
                 "nanogpt_dir": None if options.nanogpt_dir is None else str(options.nanogpt_dir),

@@ -6,10 +6,14 @@ callback syncs the device and stamps the end of every step, so a step's time is 
 iteration of the trainer's loop (learning rate, micro-steps, clipping, optimizer, logging on log
 steps). Set-up, the evaluations before the first and after the last step and the checkpoints
 written with them fall outside the stamps.
+
+The same run's TensorBoard scalars are read back and set against the stamps (`LoggedVsWall`):
+what the trainer logged as its speed, checked against the wall clock of the same steps.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,8 +32,32 @@ from ml_playground.config import (
     TrainConfig,
     TrainRuntimeConfig,
 )
+from ml_playground.train.metrics import TB_SUBDIR, read_scalars
 from ml_playground.train.run import RunContext, gpt_target, run
 from ml_playground.train.targets import TrainingTarget
+
+LOG_INTERVAL = 5  # windows short enough that several fit in the timed steps
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedVsWall:
+    """The logged throughput windows after warm-up against the wall clock of the same steps."""
+
+    logged_seconds: float  # sum over the windows of steps x the logged ms per step
+    wall_seconds: float  # the same steps between their `on_step` stamps
+    steps: int
+
+    @property
+    def ratio(self) -> float:
+        """Logged tokens/s over wall-clock tokens/s (1.0: the log tells the truth)."""
+        return self.wall_seconds / self.logged_seconds
+
+    def __add__(self, other: LoggedVsWall) -> LoggedVsWall:
+        return LoggedVsWall(
+            logged_seconds=self.logged_seconds + other.logged_seconds,
+            wall_seconds=self.wall_seconds + other.wall_seconds,
+            steps=self.steps + other.steps,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +67,24 @@ class StepRun:
     timing: Timing  # the steps after warm-up
     losses: tuple[float, ...]  # every step's loss, warm-up included
     flops_per_token: float  # of the run's target, for MFU
+    logged: LoggedVsWall | None  # None: fewer than two log steps after warm-up
+
+
+def logged_vs_wall(step_ms: list[tuple[int, float]], stamps: dict[int, float], *, first: int) -> LoggedVsWall | None:
+    """The log windows from the first to the last stamped log step at or after step `first`: a
+    window ending at log step b after log step a holds steps a+1..b, logged as (b - a) x b's ms per
+    step; on the wall clock the whole span is stamps[last] - stamps[first] (`stamps[i]` ends step i)."""
+    logged = sorted((step, ms) for step, ms in step_ms if step >= first)
+    stamped = [step for step, _ in logged if step in stamps]
+    if len(stamped) < 2:
+        return None
+    lo, hi = stamped[0], stamped[-1]
+    window = [(step, ms) for step, ms in logged if lo <= step <= hi]
+    return LoggedVsWall(
+        logged_seconds=sum((b - a) * ms_b / 1000 for (a, _), (b, ms_b) in itertools.pairwise(window)),
+        wall_seconds=stamps[hi] - stamps[lo],
+        steps=hi - lo,
+    )
 
 
 def train_config(ctx: BenchContext, shape: ModelShape, batch_size: int) -> TrainConfig:
@@ -56,6 +102,7 @@ def train_config(ctx: BenchContext, shape: ModelShape, batch_size: int) -> Train
             device=ctx.device_name,
             max_iters=0,
             eval_iters=1,
+            log_interval=LOG_INTERVAL,
             peak_flops=ctx.peaks.float32,
         ),
     )
@@ -96,5 +143,10 @@ def timed_steps(
     warmup = -(-warmup // every) * every
     reps = -(-reps // every) * every
     run(fresh_run(cfg, out_dir, steps=warmup + reps + 1), build, on_step=on_step)
-    values = tuple(float(loss) for loss in losses)
-    return StepRun(timing=clock.steps(warmup), losses=values, flops_per_token=flops[0])
+    step_ms = read_scalars(out_dir / TB_SUBDIR).get("train/step_time_ms", [])
+    return StepRun(
+        timing=clock.steps(warmup),
+        losses=tuple(float(loss) for loss in losses),
+        flops_per_token=flops[0],
+        logged=logged_vs_wall(step_ms, clock.stamped_steps(), first=warmup),
+    )

@@ -69,6 +69,10 @@ class StepClock:
             synchronize(self.device)
             self.stamps.append(time.perf_counter())
 
+    def stamped_steps(self) -> dict[int, float]:
+        """Step index (0: the first step) -> the time its end was stamped."""
+        return {i * self.every: stamp for i, stamp in enumerate(self.stamps)}
+
     def steps(self, warmup: int) -> Timing:
         """Mean seconds per step of each window between stamps; windows that start within the
         first `warmup` steps after the first stamp are left out."""

@@ -13,7 +13,7 @@ import torch
 from ml_playground.bench.context import BenchContext
 from ml_playground.bench.nanogpt import REFERENCE_TRAIN_TOKENS_PER_S, NanoGPT, RowBatches, nanogpt_iteration
 from ml_playground.bench.report import Row, Skipped, Throughput
-from ml_playground.bench.runs import precision, timed_steps, train_config
+from ml_playground.bench.runs import LoggedVsWall, precision, timed_steps, train_config
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import StepClock, Timing, alternate
 from ml_playground.config import DType, TrainConfig
@@ -32,7 +32,13 @@ def peak_now(ctx: BenchContext, dtype: DType) -> float:
 
 
 def throughput(
-    timing: Timing, final_loss: float, cfg: TrainConfig, *, flops_per_token: float, peak: float
+    timing: Timing,
+    final_loss: float,
+    cfg: TrainConfig,
+    *,
+    flops_per_token: float,
+    peak: float,
+    logged: LoggedVsWall | None = None,
 ) -> Throughput:
     tokens_per_s = cfg.data.batch_size * cfg.data.block_size / timing.median
     return Throughput(
@@ -44,12 +50,19 @@ def throughput(
         dtype=cfg.runtime.dtype,
         compile=cfg.runtime.compile,
         final_loss=final_loss,
+        logged_vs_wall=None if logged is None else logged.ratio,
     )
+
+
+def _pooled_logged(runs: list[LoggedVsWall | None]) -> LoggedVsWall | None:
+    measured = [run for run in runs if run is not None]
+    return sum(measured[1:], measured[0]) if measured else None
 
 
 def _summary(metrics: Throughput, extra: str = "") -> str:
     ms, tps, mfu = metrics.ms_per_iter, metrics.tokens_per_s, metrics.mfu
-    return f"{ms:8.1f} ms/iter {tps:9.0f} tok/s  MFU {mfu * 100:5.1f}%{extra}"
+    logged = "" if metrics.logged_vs_wall is None else f"  logged/wall {metrics.logged_vs_wall:.3f}"
+    return f"{ms:8.1f} ms/iter {tps:9.0f} tok/s  MFU {mfu * 100:5.1f}%{logged}{extra}"
 
 
 def _vs_nanogpt(metrics: Throughput, baseline: float, source: str) -> tuple[Throughput, str]:
@@ -96,7 +109,12 @@ def case1_train_small(ctx: BenchContext) -> list[Row]:
     peak = peak_now(ctx, "float32")
     flops = ours_runs[0].flops_per_token
     ours = throughput(
-        _pooled([r.timing for r in ours_runs]), ours_runs[-1].losses[-1], cfg, flops_per_token=flops, peak=peak
+        _pooled([r.timing for r in ours_runs]),
+        ours_runs[-1].losses[-1],
+        cfg,
+        flops_per_token=flops,
+        peak=peak,
+        logged=_pooled_logged([r.logged for r in ours_runs]),
     )
     rows: list[Row] = []
     if theirs_runs:
@@ -112,7 +130,14 @@ def case1_train_small(ctx: BenchContext) -> list[Row]:
     if ctx.compile:
         compiled_cfg = precision(ctx, cfg, dtype="float32", compile=True)
         compiled = timed_steps(ctx, compiled_cfg, ctx.work_dir / "case1c", warmup=ctx.warmup + 2, reps=ctx.reps)
-        metrics = throughput(compiled.timing, compiled.losses[-1], compiled_cfg, flops_per_token=flops, peak=peak)
+        metrics = throughput(
+            compiled.timing,
+            compiled.losses[-1],
+            compiled_cfg,
+            flops_per_token=flops,
+            peak=peak,
+            logged=compiled.logged,
+        )
         metrics, extra = _vs_nanogpt(metrics, baseline, source)
         variant = "ml-playground fp32 compile"
         rows.append(Row(case=CASE1, variant=variant, summary=_summary(metrics, extra), metrics=metrics))
@@ -132,7 +157,7 @@ def case2_train_mid(ctx: BenchContext) -> list[Row]:
         variants.extend([("float32", True), ("bfloat16", True)])
     rows: list[Row] = []
     fp32: tuple[float, tuple[float, ...]] | None = None  # tokens/s and losses of the float32 variant
-    slow_bf16 = ctx.peaks.bfloat16 < ctx.peaks.float32 and not ctx.force_bf16
+    slow_bf16 = ctx.bf16_probe.bfloat16_slower and not ctx.force_bf16  # the trainer's own check
     for dtype, compile in variants:
         name = f"{'fp32' if dtype == 'float32' else 'bf16 autocast'}{' compile' if compile else ''}"
         if dtype == "bfloat16" and slow_bf16:
@@ -147,6 +172,7 @@ def case2_train_mid(ctx: BenchContext) -> list[Row]:
             variant_cfg,
             flops_per_token=steps.flops_per_token,
             peak=peak_now(ctx, dtype),
+            logged=steps.logged,
         )
         extra = ""
         if dtype == "float32" and not compile:
@@ -162,7 +188,7 @@ def case2_train_mid(ctx: BenchContext) -> list[Row]:
 
 
 def _skipped_bf16(ctx: BenchContext, variant: str) -> Row:
-    """No bf16 matmul hardware (AMX / AVX512-BF16): a step would take minutes; say so instead."""
-    bf16, fp32 = ctx.peaks.bfloat16 / 1e9, ctx.peaks.float32 / 1e9
-    summary = f"skipped: bf16 matmul peak {bf16:.1f} GFLOP/s < fp32 {fp32:.1f} GFLOP/s here (--force-bf16 runs it)"
-    return Row(case=CASE2, variant=variant, summary=summary, metrics=Skipped(bf16_peak_flops=ctx.peaks.bfloat16))
+    """bf16 autocast trains slower than fp32 here (no AMX / AVX512-BF16): say so instead of timing it."""
+    bf16, fp32 = ctx.bf16_probe.bfloat16_seconds * 1000, ctx.bf16_probe.float32_seconds * 1000
+    summary = f"skipped: bf16 autocast probe {bf16:.2f} ms > fp32 {fp32:.2f} ms here (--force-bf16 runs it)"
+    return Row(case=CASE2, variant=variant, summary=summary, metrics=Skipped(fp32_probe_ms=fp32, bf16_probe_ms=bf16))

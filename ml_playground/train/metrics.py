@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -271,3 +272,17 @@ class MetricsSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard log dir as (step, value) pairs (purged steps dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = cast("list[str]", events.Tags()["scalars"])
+    series: dict[str, list[tuple[int, float]]] = {}
+    for tag in tags:
+        scalars = cast("list[Any]", events.Scalars(tag))
+        series[tag] = [(int(event.step), float(event.value)) for event in scalars]
+    return series

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from ml_playground.config import TrainConfig
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.data.meta import DatasetMeta, write_meta
+from ml_playground.train.metrics import read_scalars
+
+__all__ = ["TEXT", "read_scalars", "tiny_train_table", "train_config", "write_char_dataset"]
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -56,17 +59,3 @@ def train_config(table: dict[str, Any]) -> TrainConfig:
     parsed = parse_experiment_config({"train": table}, Path("test.toml"))
     assert parsed.train is not None
     return parsed.train
-
-
-def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a TensorBoard log dir as (step, value) pairs (purged steps dropped)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    tags = cast("list[str]", events.Tags()["scalars"])
-    series: dict[str, list[tuple[int, float]]] = {}
-    for tag in tags:
-        scalars = cast("list[Any]", events.Scalars(tag))
-        series[tag] = [(int(event.step), float(event.value)) for event in scalars]
-    return series

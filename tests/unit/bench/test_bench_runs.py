@@ -5,6 +5,7 @@ No timing is asserted: only how many steps were stamped and what the runs wrote.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,14 @@ import torch
 
 from ml_playground.bench.context import BenchContext, Peaks
 from ml_playground.bench.quality_case import quality_config
+from ml_playground.bench.report import Skipped, Throughput
 from ml_playground.bench.runner import DEFAULT_QUALITY_CONFIG
-from ml_playground.bench.runs import precision, timed_steps, train_config
+from ml_playground.bench.runs import logged_vs_wall, precision, timed_steps, train_config
 from ml_playground.bench.shapes import TINY
+from ml_playground.bench.train_cases import case2_train_mid
 from ml_playground.config_loader import load_experiment_config, require_train
 from ml_playground.train.checkpoint import LAST_NAME, load_checkpoint
+from ml_playground.train.metrics import PrecisionProbe
 from tests.support.tiny_training import write_char_dataset
 
 
@@ -34,6 +38,7 @@ def ctx(tmp_path: Path) -> BenchContext:
         char_meta=write_char_dataset(char_dir),
         work_dir=tmp_path / "work",
         peaks=Peaks(float32=1e9, bfloat16=2e9),
+        bf16_probe=PrecisionProbe(float32_seconds=0.002, bfloat16_seconds=0.001),
         nanogpt=None,
         compile=False,
         force_bf16=False,
@@ -51,6 +56,45 @@ def test_timed_steps_stamps_every_step_of_a_real_run_and_starts_fresh(ctx: Bench
     assert load_checkpoint(out_dir / LAST_NAME).iter_num == 4  # the run's own checkpoint after the last step
     again = timed_steps(ctx, cfg, out_dir, warmup=1, reps=2)  # not resumed from the checkpoint above
     assert again.losses == first.losses  # the same seeded weights and batches
+    assert first.logged is None  # one log step (0) in 4 steps: no window to compare
+
+
+def test_timed_steps_sets_the_logged_windows_against_the_stamps(ctx: BenchContext) -> None:
+    cfg = train_config(ctx, TINY.small, batch_size=2)
+    cfg = replace(cfg, runtime=replace(cfg.runtime, log_interval=1))
+    steps = timed_steps(ctx, cfg, ctx.work_dir / "logged", warmup=1, reps=3)
+    assert steps.logged is not None
+    assert steps.logged.steps == 3  # windows ending at log steps 2, 3, 4 (after warm-up step 1)
+    assert steps.logged.logged_seconds > 0
+    assert steps.logged.wall_seconds > 0
+
+
+def test_logged_vs_wall_pairs_log_steps_after_warmup() -> None:
+    stamps = dict(enumerate([0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0]))  # the end of steps 0..6
+    step_ms = [(0, 500.0), (2, 1500.0), (4, 1500.0), (6, 1500.0)]  # log_interval 2
+    agreement = logged_vs_wall(step_ms, stamps, first=1)
+    assert agreement is not None
+    # Windows (2, 4] and (4, 6]: 2 x 1.5 s each logged, stamps 9 - 3 = 6 s on the wall clock.
+    assert (agreement.logged_seconds, agreement.wall_seconds, agreement.steps) == (6.0, 6.0, 4)
+    assert agreement.ratio == 1.0
+    slow_log = logged_vs_wall([(2, 1500.0), (4, 3000.0)], stamps, first=1)
+    assert slow_log is not None
+    assert slow_log.ratio == pytest.approx(3.0 / 6.0)  # logged tokens/s half the true ones
+    assert (slow_log + slow_log).ratio == slow_log.ratio
+    assert logged_vs_wall(step_ms, stamps, first=5) is None  # one log step after warm-up
+    # Stamps every 4 steps (a windowed clock): the span runs between the stamped log steps 0 and 4.
+    windowed = logged_vs_wall(step_ms, {0: 0.0, 4: 6.0}, first=0)
+    assert windowed is not None
+    assert (windowed.logged_seconds, windowed.wall_seconds, windowed.steps) == (6.0, 6.0, 4)
+
+
+def test_case2_skips_bf16_by_the_trainers_probe(ctx: BenchContext) -> None:
+    slow = replace(ctx, bf16_probe=PrecisionProbe(float32_seconds=0.002, bfloat16_seconds=0.05))
+    rows = case2_train_mid(slow)
+    assert [row.variant for row in rows] == ["fp32", "bf16 autocast"]
+    assert isinstance(rows[0].metrics, Throughput)
+    assert rows[1].metrics == Skipped(fp32_probe_ms=2.0, bf16_probe_ms=50.0)
+    assert "--force-bf16" in rows[1].summary
 
 
 def test_precision_variant_changes_only_dtype_compile_and_peak(ctx: BenchContext) -> None:
