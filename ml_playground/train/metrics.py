@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,16 +108,32 @@ def _mlp_seconds(device: torch.device, dtype: torch.dtype | None, *, tokens: int
     return time.perf_counter() - start
 
 
-def probe_bfloat16(device: torch.device, *, tokens: int = 256, width: int = 128, repeats: int = 3) -> PrecisionProbe:
+def probe_bfloat16(
+    device: torch.device,
+    *,
+    tokens: int = 256,
+    width: int = 128,
+    min_rounds: int = 5,
+    max_rounds: int = 50,
+    budget_s: float = 0.2,
+) -> PrecisionProbe:
     """Best time of a small MLP forward+backward in float32 and under bfloat16 autocast (a few ms
-    where bfloat16 has hardware support). A square-matmul probe is not enough: on CPUs without
-    AMX/AVX512-BF16 a bfloat16 `mm` can beat float32 while a bfloat16 training step, with its
-    casts and backward layouts, is many times slower."""
-    seconds: dict[torch.dtype | None, float] = {}
-    for dtype in (None, torch.bfloat16):
+    each where bfloat16 has hardware support). A square-matmul probe is not enough: a bfloat16
+    `mm` can beat float32 on a CPU where a bfloat16 training step, with its autocast casts and
+    backward layouts, is slower. The two alternate, round after round, for at least `min_rounds`
+    and then until `budget_s` has passed (at most `max_rounds`): on a busy shared machine single
+    calls vary 100x, and the best of many alternating calls finds the quiet moments of both."""
+    dtypes: tuple[torch.dtype | None, ...] = (None, torch.bfloat16)
+    best = dict.fromkeys(dtypes, math.inf)
+    for dtype in dtypes:
         _mlp_seconds(device, dtype, tokens=tokens, width=width)  # warm up kernels and caches
-        seconds[dtype] = min(_mlp_seconds(device, dtype, tokens=tokens, width=width) for _ in range(repeats))
-    return PrecisionProbe(float32_seconds=seconds[None], bfloat16_seconds=seconds[torch.bfloat16])
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - started < budget_s):
+        for dtype in dtypes:
+            best[dtype] = min(best[dtype], _mlp_seconds(device, dtype, tokens=tokens, width=width))
+        rounds += 1
+    return PrecisionProbe(float32_seconds=best[None], bfloat16_seconds=best[torch.bfloat16])
 
 
 def warn_if_bfloat16_slower(probe: PrecisionProbe, device: torch.device) -> bool:

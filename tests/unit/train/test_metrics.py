@@ -157,7 +157,7 @@ def test_bfloat16_warning_fires_only_when_bfloat16_is_slower(caplog: pytest.LogC
 def test_bfloat16_probe_times_both_paths_without_touching_the_global_rng() -> None:
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    probe = probe_bfloat16(torch.device("cpu"), tokens=16, width=8, repeats=1)
+    probe = probe_bfloat16(torch.device("cpu"), tokens=16, width=8, min_rounds=1, budget_s=0.0)
     assert probe.float32_seconds > 0
     assert probe.bfloat16_seconds > 0
     assert torch.equal(torch.get_rng_state(), before)
