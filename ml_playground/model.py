@@ -61,7 +61,7 @@ def _typed(module: nn.Module, kind: type[M]) -> M:
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, T, vocab_size) or (B, 1, vocab_size) when last_only; padding rows -inf
+    logits: Tensor  # (B, T, vocab_size) or (B, 1, vocab_size) when last_only; padding columns -inf
     loss: Tensor | None
 
 
