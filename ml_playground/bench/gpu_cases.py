@@ -167,11 +167,15 @@ def _ours(ctx: BenchContext, cfg: TrainConfig, name: str) -> tuple[Throughput, f
         final_loss=steps.losses[-1],
     )
     peak = ctx.peaks.of(cfg.runtime.dtype)
-    return _throughput(side, cfg, flops_per_token=steps.flops_per_token, peak=peak), steps.flops_per_token
+    metrics = _throughput(side, cfg, flops_per_token=steps.flops_per_token, peak=peak)
+    logged = None if steps.logged is None else steps.logged.ratio
+    return replace(metrics, logged_vs_wall=logged), steps.flops_per_token
 
 
 def _summary(metrics: Throughput, baseline: Throughput | None) -> str:
     text = f"{metrics.ms_per_iter:8.2f} ms/iter {metrics.tokens_per_s:10.0f} tok/s  MFU {metrics.mfu * 100:5.1f}%"
+    if metrics.logged_vs_wall is not None:
+        text += f"  logged/wall {metrics.logged_vs_wall:.3f}"
     if baseline is not None:
         text += f"  {metrics.tokens_per_s / baseline.tokens_per_s:.2f}x nanoGPT"
     return text

@@ -31,7 +31,7 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert report["peak_flops"]["float32"] > 0
     assert report["peak_flops"]["bfloat16"] > 0
     cases = {row["case"].split()[0] for row in report["rows"]}
-    assert cases == {"1", "2", "3", "4", "5"}
+    assert cases == {"1", "2", "3", "4", "5", "6", "7"}
     by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "reference"

@@ -101,13 +101,15 @@ def test_windowed_step_clock_syncs_at_window_ends_and_reports_seconds_per_step(
 ) -> None:
     import torch
 
-    from ml_playground.bench import timing
-
     now = iter(float(t) for t in range(100))
     synced: list[int] = []
     clock = StepClock(torch.device("cpu"), every=4)
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(now))
-    monkeypatch.setattr(timing, "synchronize", lambda _device: synced.append(clock.calls))
+
+    def synchronize(_device: torch.device) -> None:
+        synced.append(clock.calls)
+
+    monkeypatch.setattr("ml_playground.bench.timing.time.perf_counter", lambda: next(now))
+    monkeypatch.setattr("ml_playground.bench.timing.synchronize", synchronize)
     for _ in range(13):  # stamps after steps 1, 5, 9, 13: three windows of four steps
         clock.stamp()
     assert synced == [1, 5, 9, 13]
