@@ -37,6 +37,7 @@ from ml_playground.config import PROJECT_ROOT, TrainConfig
 from ml_playground.config_loader import load_experiment_config, require_train
 from ml_playground.data.meta import read_meta
 from ml_playground.data.prepare import prepare_corpus
+from ml_playground.train.distributed import grad_accum_steps_for
 from ml_playground.train.run import run_training
 from ml_playground.train.schedule import learning_rate
 
@@ -82,7 +83,13 @@ def shipped_gpu_config(ctx: BenchContext, path: Path, *, dataset_dir: Path, out_
     return replace(
         cfg,
         model=replace(small.applied_to(cfg.model), dropout=cfg.model.dropout),
-        data=replace(cfg.data, block_size=small.block_size, batch_size=ctx.sizes.small_batch, grad_accum_steps=1),
+        data=replace(
+            cfg.data,
+            block_size=small.block_size,
+            batch_size=ctx.sizes.small_batch,
+            grad_accum_steps=1,
+            global_batch_size=None,
+        ),
         runtime=replace(
             cfg.runtime,
             max_iters=6,
@@ -163,7 +170,7 @@ def _ours(ctx: BenchContext, cfg: TrainConfig, name: str) -> tuple[Throughput, f
     steps = timed_steps(ctx, cfg, ctx.work_dir / name, warmup=ctx.warmup, reps=ctx.reps, every=WINDOW)
     side = _Side(
         seconds_per_step=list(steps.timing.samples),
-        tokens_per_step=cfg.data.batch_size * cfg.data.block_size * cfg.data.grad_accum_steps,
+        tokens_per_step=cfg.data.batch_size * cfg.data.block_size * grad_accum_steps_for(cfg.data, 1),
         final_loss=steps.losses[-1],
     )
     peak = ctx.peaks.of(cfg.runtime.dtype)
@@ -227,7 +234,9 @@ def _gpt2_dataset(ctx: BenchContext) -> Path:
 def _case6_gpt2(ctx: BenchContext) -> list[Row]:
     shipped = shipped_gpu_config(ctx, GPT2_CONFIG, dataset_dir=_gpt2_dataset(ctx), out_dir=ctx.work_dir / "case6-gpt2")
     bench_py_batch = BENCH_PY_BATCH if not ctx.tiny else ctx.sizes.small_batch
-    at_bench_py = replace(shipped, data=replace(shipped.data, batch_size=bench_py_batch, grad_accum_steps=1))
+    at_bench_py = replace(
+        shipped, data=replace(shipped.data, batch_size=bench_py_batch, grad_accum_steps=1, global_batch_size=None)
+    )
     ours_b12, flops = _ours(ctx, at_bench_py, "case6-gpt2-b12")
     ours_cfg, _ = _ours(ctx, shipped, "case6-gpt2-config")
     theirs: Throughput | None = None
@@ -254,7 +263,7 @@ def _case6_gpt2(ctx: BenchContext) -> list[Row]:
         ),
         Row(
             case=CASE6_GPT2,
-            variant=f"ml-playground {GPT2_CONFIG.name} B{data.batch_size}x{data.grad_accum_steps}",
+            variant=f"ml-playground {GPT2_CONFIG.name} B{data.batch_size}x{grad_accum_steps_for(data, 1)}",
             summary=_summary(ours_cfg, theirs),
             metrics=_with_ratio(ours_cfg, theirs),
         ),
