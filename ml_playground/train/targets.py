@@ -94,7 +94,8 @@ def load_optimizer_state_checked(
 
 
 class GPTTarget:
-    """The GPT of `model.py` as a training target; `compile` wraps the forward in torch.compile.
+    """The GPT of `model.py` as a training target; `compile` wraps the forward in torch.compile
+    with static shapes.
 
     parallel (needs an open process group): "ddp" wraps the model in DistributedDataParallel,
     "fsdp" shards it in place with fully_shard (each block, then the root)."""
@@ -107,7 +108,10 @@ class GPTTarget:
             module = self.ddp = wrap_ddp(model, model.wte.weight.device)
         elif parallel == "fsdp":
             shard_fsdp(model, list(model.blocks), model.wte.weight.device)
-        self.forward: Callable[..., ModelOutput] = torch.compile(module) if compile else module
+        # dynamic=False: graphs specialised to the shapes this run trains and evaluates. By default
+        # a shape GPT.forward saw earlier in the process (another run, a benchmark case) makes dynamo
+        # recompile it with symbolic batch and time sizes ("automatic dynamic shapes").
+        self.forward: Callable[..., ModelOutput] = torch.compile(module, dynamic=False) if compile else module
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

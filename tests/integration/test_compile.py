@@ -1,4 +1,5 @@
-"""`compile = true` (torch.compile, inductor on CPU) trains and samples like eager mode.
+"""`compile = true` (torch.compile, inductor on CPU) trains and samples like eager mode, and the
+trainer compiles each mode's graph once, without graph breaks.
 
 Tiny 1-layer models and a few steps: most of the time is the compilation itself.
 """
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import (
+    _debug_get_cache_entry_list,  # pyright: ignore[reportPrivateUsage] - no public API lists compiled graphs
+)
+from torch._dynamo.utils import counters
 
 from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
@@ -18,7 +23,7 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ml_playground.train.run import run_training
+from ml_playground.train.run import gpt_target, run, run_training
 from tests.support.greedy import float32_shortfalls
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
@@ -49,6 +54,47 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(tmp_path / "compile_True" / "ckpt_last.pt")
     assert not [key for key in checkpoint.model if key.startswith("_orig_mod.")]
     GPT(checkpoint.arch).load_state_dict(checkpoint.model)
+
+
+def _input_sizes_of_compiled_graphs() -> list[str]:
+    """The size each compiled graph of `GPT.forward` accepts for `idx`, as its guard states it
+    ("[4, 16]"; "None" marks a dimension compiled as a symbolic size)."""
+    entries = _debug_get_cache_entry_list(GPT.forward)
+    parts = [part for entry in entries for part in entry.guard_manager.code_parts]
+    return [part.split("size=")[1].split("]")[0] + "]" for part in parts if part.startswith("check_tensor(L['idx']")]
+
+
+def test_compiled_trainer_compiles_each_graph_once(tmp_path: Path) -> None:
+    """Through the trainer (`run` with `gpt_target`), after another run in the same process at
+    another shape: the evaluation at iter 0 (eval mode, no_grad) and the first training step
+    compile one static-shape graph each, with no graph break; later steps and the evaluations at
+    iters 3 and 6 (between steps) and 7 (after the last) reuse them: no recompilation."""
+    write_char_dataset(tmp_path / "ds")
+    other = tiny_train_table(tmp_path / "ds", tmp_path / "other")
+    other["data"] |= {"batch_size": 2, "block_size": 8}
+    other["runtime"] |= {"compile": True, "eval_only": True}
+    table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
+    table["model"] |= {"dropout": 0.1}  # train and eval graphs differ
+    table["runtime"] |= {"compile": True, "max_iters": 7, "eval_interval": 3}
+    compiled_after_step: list[tuple[int, int]] = []
+
+    def on_step(_iter_num: int, _loss: torch.Tensor) -> None:
+        compiled_after_step.append((counters["frames"]["total"], counters["stats"]["unique_graphs"]))
+
+    torch.compiler.reset()  # no compiled graphs or counts from earlier tests in this process
+    counters.clear()
+    try:
+        run(train_config(other), gpt_target)  # one eval graph for (2, 8)
+        run(train_config(table), gpt_target, on_step=on_step)
+        assert dict(counters["graph_break"]) == {}
+        # (frames compiled, graphs) after each of the 7 steps, and after the final evaluation.
+        assert compiled_after_step == [(3, 3)] * 7
+        assert (counters["frames"]["total"], counters["stats"]["unique_graphs"]) == (3, 3)
+        # Not widened to symbolic sizes by the earlier run's shape ("automatic dynamic shapes").
+        assert sorted(_input_sizes_of_compiled_graphs()) == ["[2, 8]", "[4, 16]", "[4, 16]"]
+    finally:
+        torch.compiler.reset()
+        counters.clear()
 
 
 def test_compiled_sampling_picks_what_eager_picks(tmp_path: Path) -> None:
