@@ -119,6 +119,7 @@ def _nanogpt_steps(
 ) -> _Side:
     """nanoGPT's model at `cfg`'s shape and dropout, compiled as its scripts compile it (when the
     benchmark compiles), stepped with `nanogpt_gpu_step` and stamped like `timed_steps`."""
+    torch.compiler.reset()  # each side compiles from scratch, as a fresh process would
     torch.manual_seed(cfg.runtime.seed)
     shape = _shape_of(cfg)
     model = nanogpt.build(shape, vocab_size, ctx.device, dropout=cfg.model.dropout)
@@ -167,6 +168,7 @@ def _throughput(side: _Side, cfg: TrainConfig, *, flops_per_token: float, peak: 
 
 
 def _ours(ctx: BenchContext, cfg: TrainConfig, name: str) -> tuple[Throughput, float]:
+    torch.compiler.reset()  # each side compiles from scratch, as a fresh process would
     steps = timed_steps(ctx, cfg, ctx.work_dir / name, warmup=ctx.warmup, reps=ctx.reps, every=WINDOW)
     side = _Side(
         seconds_per_step=list(steps.timing.samples),
@@ -279,6 +281,7 @@ def case6_gpu_steps(ctx: BenchContext) -> list[Row]:
 
 
 def _our_run(cfg: TrainConfig) -> WholeRun:
+    torch.compiler.reset()
     started = time.perf_counter()
     result = run_training(cfg)
     seconds = time.perf_counter() - started
@@ -290,6 +293,7 @@ def _nanogpt_run(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> Whole
     """train.py's loop: evaluation (under autocast) every eval_interval steps including 0 and the
     last, a checkpoint (model + optimizer, torch.save) when val improves after step 0, the step
     of `nanogpt_gpu_step` with loss.item() every log_interval, compile included in the time."""
+    torch.compiler.reset()
     started = time.perf_counter()
     torch.manual_seed(cfg.runtime.seed)
     shape = _shape_of(cfg)

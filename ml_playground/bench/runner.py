@@ -189,6 +189,9 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
         seconds: dict[str, float] = {}
         for case in options.cases:
             print(f"case {case} ...", file=sys.stderr, flush=True)
+            # Compiled code of an earlier case must not shape this one: dynamo keeps what it compiled
+            # for GPT.forward across runs (and compiles at most 8 versions of one function).
+            torch.compiler.reset()
             started = time.perf_counter()
             rows.extend(runners[case](ctx))
             seconds[str(case)] = time.perf_counter() - started
