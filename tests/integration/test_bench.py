@@ -79,7 +79,7 @@ def test_side_by_side_with_a_checkout_alternates_case_3_runs(tmp_path: Path, mon
             return _original(*args)
 
         monkeypatch.setattr(quality_case, name, recorded)
-    argv = ["--tiny", "--no-compile", "--warmup", "0", "--reps", "1", "--cases", "1,3,4", "--quality-runs", "3"]
+    argv = ["--tiny", "--no-compile", "--warmup", "0", "--reps", "1", "--cases", "1,3,4,6,7", "--quality-runs", "3"]
     code = main([*argv, "--corpus", str(corpus), "--nanogpt-dir", str(checkout), "--out-dir", str(tmp_path / "out")])
     assert code == 0
     # ABBA...: a steady drift of the machine's speed hits both sides alike.
@@ -95,3 +95,12 @@ def test_side_by_side_with_a_checkout_alternates_case_3_runs(tmp_path: Path, mon
     assert ours["nanogpt_baseline"] == "measured"
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "measured"
     assert by_variant[("4", "nanoGPT sample.py (checkout)")]["tokens_per_s"] > 0
+    # The GPU cases' nanoGPT sides (train.py's and bench.py's steps, train.py's whole run) ran too.
+    assert by_variant[("6", "nanoGPT train.py step")]["tokens_per_s"] > 0
+    assert by_variant[("6", "nanoGPT bench.py")]["tokens_per_s"] > 0
+    assert by_variant[("6", "ml-playground B4")]["vs_nanogpt"] > 0
+    assert by_variant[("6", "ml-playground shakespeare_char_gpu.toml")]["logged_vs_wall"] > 0
+    run_theirs = by_variant[("7", "nanoGPT train.py loop")]
+    assert run_theirs["iters"] == 6
+    assert math.isfinite(run_theirs["final_val_loss"])
+    assert by_variant[("7", "ml-playground shakespeare_char_gpu.toml")]["vs_nanogpt"] > 0
