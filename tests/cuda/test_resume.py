@@ -10,10 +10,6 @@ more: a different run, not rounding."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +17,9 @@ import pytest
 
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.cuda.device import DEVICE, DTYPE
-from tests.support.kill_switch import spec
+from tests.support.kill_switch import spec, train_cli
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
-from tests.support.torchrun import ROOT, write_toml
+from tests.support.torchrun import write_toml
 
 MAX_ITERS = 60
 EVAL_INTERVAL = 10
@@ -46,21 +42,6 @@ def _table(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
     return table
 
 
-def _train(config: Path, *, module: str = "ml_playground.cli", env: dict[str, str] | None = None) -> str:
-    """`ml-playground train` (or the kill switch around it); returns stderr, where the CLI logs."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, "train", "shakespeare", "--exp-config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang, not a speed check
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    expected = -signal.SIGKILL if module != "ml_playground.cli" else 0
-    assert result.returncode == expected, result.stderr[-3000:]
-    return result.stderr
-
-
 def _losses(out_dir: Path) -> list[tuple[int, float]]:
     return read_scalars(out_dir / "logs" / "tb")["train/loss"]
 
@@ -75,13 +56,13 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> 
     write_char_dataset(tmp_path / "ds")
     runs = {name: tmp_path / name for name in ("reference", "again", "resumed")}
     for name in ("reference", "again"):
-        _train(write_toml(tmp_path / f"{name}.toml", {"train": _table(tmp_path / "ds", runs[name])}))
+        train_cli(write_toml(tmp_path / f"{name}.toml", {"train": _table(tmp_path / "ds", runs[name])}))
 
     config = write_toml(tmp_path / "resumed.toml", {"train": _table(tmp_path / "ds", runs["resumed"])})
     kill = spec(rank=0, after_iter=KILL_AFTER_ITER, steps=STEPS_PAST_CHECKPOINT, marker=tmp_path / "killed")
-    _train(config, module="tests.support.kill_switch", env=kill)
+    train_cli(config, killed=True, env=kill)
     assert load_checkpoint(runs["resumed"] / "ckpt_last.pt").iter_num == KILL_AFTER_ITER
-    output = _train(config)
+    output = train_cli(config)
     assert f"resuming from {runs['resumed'] / 'ckpt_last.pt'} at iter {KILL_AFTER_ITER}" in output
 
     reference = _losses(runs["reference"])

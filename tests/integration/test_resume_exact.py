@@ -7,10 +7,6 @@ iter 20, TensorBoard flushed), so a busy machine cannot let the run finish befor
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,11 +15,10 @@ import pytest
 import torch
 
 from ml_playground.train.checkpoint import load_checkpoint
-from tests.support.kill_switch import spec
+from tests.support.kill_switch import spec, train_cli
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
 from tests.support.torchrun import write_toml
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_ITERS = 80
 EVAL_INTERVAL = 10
 KILL_AFTER_ITER = 20
@@ -37,22 +32,6 @@ def _table(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
     table["schedule"] = {"warmup_iters": 5, "lr_decay_iters": MAX_ITERS, "min_lr": 1e-3}
     table["runtime"] = {**table["runtime"], "max_iters": MAX_ITERS, "eval_interval": EVAL_INTERVAL}
     return table
-
-
-def _train(config: Path, *, module: str = "ml_playground.cli", env: dict[str, str] | None = None) -> str:
-    """`ml-playground train` (or the kill switch around it); returns stderr, where the CLI logs."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, "train", "shakespeare", "--exp-config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang, not a speed check
-        # One intra-op thread: the CPU is shared, and spinning thread pools only slow tiny models down.
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    expected = -signal.SIGKILL if module != "ml_playground.cli" else 0
-    assert result.returncode == expected, result.stderr[-3000:]
-    return result.stderr
 
 
 def _train_losses(out_dir: Path) -> list[tuple[int, float]]:
@@ -88,13 +67,13 @@ def _session_starts(events: list[Any]) -> list[tuple[int, int]]:
 def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     write_char_dataset(tmp_path / "ds")
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
-    _train(write_toml(tmp_path / "reference.toml", {"train": _table(tmp_path / "ds", reference_dir)}))
+    train_cli(write_toml(tmp_path / "reference.toml", {"train": _table(tmp_path / "ds", reference_dir)}))
 
     config = write_toml(tmp_path / "resumed.toml", {"train": _table(tmp_path / "ds", resumed_dir)})
     kill = spec(rank=0, after_iter=KILL_AFTER_ITER, steps=STEPS_PAST_CHECKPOINT, marker=tmp_path / "killed")
-    _train(config, module="tests.support.kill_switch", env=kill)
+    train_cli(config, killed=True, env=kill)
     assert load_checkpoint(resumed_dir / "ckpt_last.pt").iter_num == KILL_AFTER_ITER
-    output = _train(config)
+    output = train_cli(config)
     assert f"resuming from {resumed_dir / 'ckpt_last.pt'} at iter {KILL_AFTER_ITER}" in output
 
     reference_losses = _train_losses(reference_dir)

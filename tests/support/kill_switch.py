@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,24 @@ from ml_playground.train import loop as training_loop
 from ml_playground.train.loop import LoopContext, TrainState
 
 VARIABLE = "ML_PLAYGROUND_TEST_KILL"
+
+
+def train_cli(config: Path, *, killed: bool = False, env: dict[str, str] | None = None) -> str:
+    """`ml-playground train shakespeare --exp-config config` in a subprocess (under this switch when
+    `killed`, which must then end it by SIGKILL); returns stderr, where the CLI logs."""
+    module = __name__ if killed else "ml_playground.cli"
+    result = subprocess.run(
+        [sys.executable, "-m", module, "train", "shakespeare", "--exp-config", str(config)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang, not a speed check
+        # One intra-op thread: the CPU is shared, and spinning thread pools only slow tiny models down.
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    expected = -signal.SIGKILL if killed else 0
+    assert result.returncode == expected, result.stderr[-3000:]
+    return result.stderr
 
 
 def spec(*, rank: int, after_iter: int, steps: int, marker: Path) -> dict[str, str]:
