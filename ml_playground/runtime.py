@@ -66,11 +66,11 @@ class Runtime:
 def use_tf32_on_cuda() -> None:
     """float32 matmuls on CUDA in TF32 (tensor cores: inputs rounded to a 10-bit mantissa, float32
     accumulation), as nanoGPT runs them. Only cuBLAS changes: CPU (oneDNN) matmuls keep full
-    float32, and cuDNN convolutions already default to TF32 in torch (the GPT has none). torch's
-    per-backend `fp32_precision` is the current API; once it is set, the legacy getters
-    (`torch.get_float32_matmul_precision()`, `torch.backends.cuda.matmul.allow_tf32`) raise, so
-    nothing here reads those."""
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    float32, and cuDNN convolutions already default to TF32 in torch (the GPT has none). Set with
+    nanoGPT's flag: torch keeps it consistent with the per-backend `fp32_precision` (which then
+    reads "tf32"), while setting `fp32_precision` itself makes the legacy getters raise, and parts
+    of inductor (its bmm templates) and other libraries still read those."""
+    torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def resolve_runtime(device: Device, dtype: DType, local_rank: int | None = None) -> Runtime:

@@ -40,8 +40,9 @@ def test_one_rank_ddp_over_the_cuda_backend_equals_plain_training(tmp_path: Path
     expected_backend = "nccl" if DEVICE == "cuda" else "gloo"
     assert (got["backend"], got["chosen_backend"], got["world_size"]) == (expected_backend, expected_backend, 1)
     assert got["device"] == ("cuda:0" if DEVICE == "cuda" else "cpu")
-    assert got["weights_equal"] is True
-    assert got["ddp_losses"] == got["plain_losses"]
+    # Bitwise equal where the kernels are deterministic (noise 0), else within the device's own noise.
+    assert got["ddp_difference"] <= 4 * got["noise"]
+    assert got["ddp_losses"][0] == got["plain_losses"][0]  # the first forward precedes any update
     assert got["plain_losses"][-1] < got["plain_losses"][0]
 
 

@@ -3,9 +3,10 @@ process group on the backend the trainer picks for DEVICE (nccl for cuda), a GPT
 trainer's `wrap_ddp`, and three AdamW steps of it on one batch beside the same steps of an unwrapped copy.
 
 With one rank DDP's gradient all-reduce (over the backend, bucket by bucket) averages one
-contribution, so the wrapped model must end bitwise equal to the copy. The trainer itself opens
+contribution, so the wrapped model must end where the copy does: bitwise where the device's
+kernels are deterministic, otherwise within what a second plain run differs by. The trainer itself opens
 no process group for a single rank, so this is where the backend is exercised on one GPU.
-Writes a JSON report: backend, device, world size, whether the weights match, the losses.
+Writes a JSON report: backend, device, world size, the weight differences, the losses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from ml_playground.runtime import resolve_runtime
 from ml_playground.train.distributed import backend_for, dist_info_from_env, wrap_ddp
 
 
+def _largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip(a.parameters(), b.parameters(), strict=True)
+    with torch.no_grad():
+        return max(float((p - q).abs().max()) for p, q in pairs)
+
+
 def main(device_name: str, dtype_name: str, report: Path) -> None:
     info = dist_info_from_env()
     device: Device = "cuda" if device_name == "cuda" else "cpu"
@@ -39,15 +46,16 @@ def main(device_name: str, dtype_name: str, report: Path) -> None:
     try:
         torch.manual_seed(0)
         plain = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32)).to(runtime.device)
-        wrapped_model = copy.deepcopy(plain)
+        again, wrapped_model = copy.deepcopy(plain), copy.deepcopy(plain)
         wrapped = wrap_ddp(wrapped_model, runtime.device)
-        optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (plain, wrapped_model)]
-        losses: list[list[float]] = [[], []]
+        modules: list[torch.nn.Module] = [plain, again, wrapped]
+        optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (plain, again, wrapped_model)]
+        losses: list[list[float]] = [[], [], []]
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(32, (4, 17), generator=generator).to(runtime.device)
         x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # one batch, learned step by step
         for _ in range(3):
-            for i, (module, optimizer) in enumerate(zip((plain, wrapped), optimizers, strict=True)):
+            for i, (module, optimizer) in enumerate(zip(modules, optimizers, strict=True)):
                 with runtime.autocast():
                     loss = module(x, y).loss
                 assert loss is not None
@@ -55,15 +63,17 @@ def main(device_name: str, dtype_name: str, report: Path) -> None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses[i].append(loss.item())
-        same = all(torch.equal(a, b) for a, b in zip(plain.parameters(), wrapped_model.parameters(), strict=True))
         result = {
             "backend": torch_dist.get_backend(),
             "chosen_backend": backend,
             "device": str(runtime.device),
             "world_size": torch_dist.get_world_size(),
-            "weights_equal": same,
+            # The same plain steps twice: what the device's own nondeterminism (atomics in CUDA
+            # attention backward) moves the weights by; 0 where the kernels are deterministic.
+            "noise": _largest_difference(plain, again),
+            "ddp_difference": _largest_difference(plain, wrapped_model),
             "plain_losses": losses[0],
-            "ddp_losses": losses[1],
+            "ddp_losses": losses[2],
         }
     finally:
         torch_dist.destroy_process_group()
