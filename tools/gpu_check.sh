@@ -167,8 +167,11 @@ EOF
 fi
 
 if wants bench; then
-    BARGS=(--device "$DEV" --cases 4,6 --nanogpt-dir "$NANOGPT" --corpus "$CORPUS" --out-dir "$W/bench")
-    [ -n "$TINY" ] && BARGS+=(--tiny --reps 2 --warmup 1 --no-compile)
+    # Case 6 stamps windows of 10 steps: 10 warm-up steps (compilation) and 2 timed windows per side;
+    # the shipped GPT-2 config's step is 40 micro-steps (~1 s on an H200).
+    BARGS=(--device "$DEV" --cases 4,6 --nanogpt-dir "$NANOGPT" --corpus "$CORPUS" --out-dir "$W/bench"
+        --warmup 10 --reps 20)
+    [ -n "$TINY" ] && BARGS+=(--tiny --no-compile)
     phase bench "${BENCH_TIMEOUT:-300}" $PY -m ml_playground.bench "${BARGS[@]}" > "$OUTD/bench.log" 2>&1
     tail -30 "$OUTD/bench.log"
     cp "$W/bench/latest.json" "$OUTD/bench_latest.json" 2>/dev/null || echo "no bench report"
