@@ -121,13 +121,26 @@ class DataConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class OptimConfig:
-    """[train.optim]: AdamW."""
+    """[train.optim]: AdamW, or Muon on the hidden matrices with AdamW on the rest."""
 
+    # "adamw": AdamW on every parameter. "muon": torch.optim.Muon on the 2-D weights inside the
+    # transformer blocks (attention and MLP matrices); AdamW (learning_rate, weight_decay, betas)
+    # on embeddings, the tied output head, norms and biases. Not with FSDP or LoRA.
+    optimizer: Literal["adamw", "muon"] = "adamw"
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.1, ge=0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
+    # Muon's peak rate; the schedule scales it by the same factor as learning_rate.
+    muon_learning_rate: float = Field(default=0.02, gt=0)
+    muon_weight_decay: float = Field(default=0.0, ge=0)  # decoupled, as AdamW's
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1)
+    muon_nesterov: bool = True
+    muon_ns_steps: PositiveInt = 5  # Newton-Schulz iterations of the orthogonalisation
+    # Per-matrix rate scaling (torch.optim.Muon adjust_lr_fn): "original" max(1, rows/cols)**0.5;
+    # "match_rms_adamw" 0.2 * max(rows, cols)**0.5, so AdamW-sized rates and decay carry over.
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "original"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
@@ -210,6 +223,10 @@ class TrainConfig:
             )
         if (self.peft is None) != (self.hf_model is None):
             problems.append("[train.peft] and [train.hf_model] must be given together")
+        if self.optim.optimizer == "muon" and self.hf_model is not None:
+            problems.append('optim.optimizer: "muon" is for the GPT of [train.model]; LoRA runs use "adamw"')
+        if self.optim.optimizer == "muon" and self.runtime.parallel == "fsdp":
+            problems.append('optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"')
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -181,6 +181,9 @@ class LoRATarget:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        return []  # LoRA runs train with AdamW only (config validation refuses "muon")
+
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 

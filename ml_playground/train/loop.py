@@ -61,7 +61,7 @@ from ml_playground.train.metrics import (
     check_cpu_bfloat16,
     measure_peak_flops,
 )
-from ml_playground.train.optim import build_optimizer
+from ml_playground.train.optim import build_optimizer, set_learning_rate
 from ml_playground.train.schedule import learning_rate
 from ml_playground.train.targets import TrainingTarget
 
@@ -114,11 +114,6 @@ class LoopContext:
     def tokens_per_step(self) -> int:
         data = self.cfg.data
         return data.batch_size * data.block_size * self.grad_accum_steps * self.dist.world_size
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
@@ -295,7 +290,9 @@ def build_loop(
         runtime=runtime,
         dist=dist,
         grad_accum_steps=grad_accum_steps_for(cfg.data, dist.world_size),
-        optimizer=build_optimizer(target.trainable_parameters(), cfg.optim, runtime.device_type),
+        optimizer=build_optimizer(
+            target.trainable_parameters(), cfg.optim, runtime.device_type, hidden_matrices=target.hidden_matrices()
+        ),
         scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
         dataset_meta=dataset_meta,
         sink=None,
@@ -414,7 +411,7 @@ def run_steps(
         if signum:
             raise _stopped(loop, state, signum, saved_now=evaluates)
         lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
-        set_learning_rate(loop.optimizer, lr)
+        set_learning_rate(loop.optimizer, lr, cfg.optim)
         clock.start()
         loss, grad_norm = train_step(loop)
         clock.count(loop.tokens_per_step)

@@ -36,6 +36,10 @@ class TrainingTarget(Protocol):
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The 2-D weights inside the transformer blocks (what `optimizer = "muon"` gives to Muon)."""
+        ...
+
     def set_training(self, training: bool) -> None: ...
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
@@ -115,6 +119,17 @@ class GPTTarget:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """Attention and MLP matrices: the weights of the Linear modules of each block."""
+        return [
+            weight
+            for block in self.model.blocks
+            for module in block.modules()
+            if isinstance(module, nn.Linear)
+            and isinstance(weight := module.weight, nn.Parameter)
+            and weight.requires_grad
+        ]
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)

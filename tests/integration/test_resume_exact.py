@@ -98,3 +98,32 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert step == KILL_AFTER_ITER
     assert all(not e.HasField("summary") for e in resumed_events[:position])
     assert _train_loss_steps(resumed_events) == list(range(KILL_AFTER_ITER, MAX_ITERS))
+
+
+@pytest.mark.slow
+def test_muon_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
+    """optimizer = "muon": the loss falls, and a SIGKILLed run resumes to the same weights."""
+    write_char_dataset(tmp_path / "ds")
+    muon = {"optimizer": "muon", "learning_rate": 1e-2, "muon_learning_rate": 0.02, "muon_weight_decay": 0.01}
+
+    def table(out_dir: Path) -> dict[str, Any]:
+        base = _table(tmp_path / "ds", out_dir)
+        return {**base, "optim": {**base.get("optim", {}), **muon}}
+
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    train_cli(write_toml(tmp_path / "reference.toml", {"train": table(reference_dir)}))
+    config = write_toml(tmp_path / "resumed.toml", {"train": table(resumed_dir)})
+    kill = spec(rank=0, after_iter=KILL_AFTER_ITER, steps=STEPS_PAST_CHECKPOINT, marker=tmp_path / "killed")
+    train_cli(config, killed=True, env=kill)
+    train_cli(config)
+
+    reference_losses = _train_losses(reference_dir)
+    assert _train_losses(resumed_dir) == reference_losses
+    first, last = reference_losses[0][1], reference_losses[-1][1]
+    assert last < first - 0.5
+    reference, resumed = load_checkpoint(reference_dir / "ckpt_last.pt"), load_checkpoint(resumed_dir / "ckpt_last.pt")
+    assert resumed.iter_num == reference.iter_num == MAX_ITERS
+    assert all(torch.equal(resumed.model[key], value) for key, value in reference.model.items())
+    assert reference.optimizer is not None
+    assert resumed.optimizer is not None
+    assert len(reference.optimizer["param_groups"]) == 3  # AdamW decay, AdamW no decay, Muon

@@ -137,3 +137,15 @@ def test_vocab_multiple_defaults_to_64_and_may_be_one(tmp_path: Path) -> None:
     cfg = load_experiment_config(write(tmp_path, text + TRAIN_TAIL))
     assert cfg.train is not None
     assert cfg.train.model.vocab_multiple == 1
+
+
+def test_muon_keys_and_refusals(tmp_path: Path) -> None:
+    muon = VALID.replace("learning_rate = 1", 'learning_rate = 1\noptimizer = "muon"\nmuon_learning_rate = 0.05')
+    cfg = load_experiment_config(write(tmp_path, muon + TRAIN_TAIL))
+    assert cfg.train is not None
+    assert cfg.train.optim.optimizer == "muon"
+    assert cfg.train.optim.muon_learning_rate == 0.05
+    message = load_error(tmp_path, muon.replace("muon_learning_rate = 0.05", "muon_momentum = 1.5") + TRAIN_TAIL)
+    assert "train.optim.muon_momentum" in message
+    message = load_error(tmp_path, muon + TRAIN_TAIL + 'parallel = "fsdp"\n')
+    assert 'optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"' in message

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
 import torch
+from torch import nn
 
 from ml_playground.config import OptimConfig
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.train.optim import build_optimizer
+from ml_playground.train.optim import MuonAdamW, build_optimizer, set_learning_rate
+from ml_playground.train.targets import GPTTarget
 
 
 def test_decay_only_on_matrices_and_embeddings() -> None:
@@ -29,3 +36,123 @@ def test_frozen_parameters_are_left_out() -> None:
     assert all(p.requires_grad for p in params)
     assert len(params) == sum(1 for p in model.parameters() if p.requires_grad)
     assert torch.is_tensor(params[0])
+
+
+def _muon_setup(**optim: Any) -> tuple[GPT, GPTTarget, MuonAdamW]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=16, bias=True))
+    target = GPTTarget(model)
+    cfg = OptimConfig(optimizer="muon", learning_rate=0.01, muon_learning_rate=0.05, **optim)
+    optimizer = build_optimizer(model.parameters(), cfg, "cpu", hidden_matrices=target.hidden_matrices())
+    assert isinstance(optimizer, MuonAdamW)
+    return model, target, optimizer
+
+
+def _ids(params: Iterable[torch.Tensor]) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_muon_gets_the_block_matrices_and_adamw_the_rest() -> None:
+    model, _, optimizer = _muon_setup()
+    blocks = model.blocks
+    expected = [m.weight for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    muon_params = [p for g in optimizer.muon.param_groups for p in g["params"]]
+    adamw_params = [p for g in optimizer.adamw.param_groups for p in g["params"]]
+    assert _ids(muon_params) == _ids(expected)
+    assert len(muon_params) == len(expected)
+    assert _ids(adamw_params) == _ids(model.parameters()) - _ids(expected)
+    assert id(model.lm_head.weight) in _ids(adamw_params)  # tied to wte: one AdamW parameter
+    assert len(muon_params) + len(adamw_params) == len(list(model.parameters()))
+    assert [g["params"] for g in optimizer.param_groups] == [
+        g["params"] for part in (optimizer.adamw, optimizer.muon) for g in part.param_groups
+    ]
+
+
+def _step_with_grads_on(model: GPT, optimizer: MuonAdamW, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    after = dict(model.named_parameters())
+    return {name: p for name, p in before.items() if not torch.equal(p, after[name])}
+
+
+def test_each_part_steps_only_its_parameters() -> None:
+    model, target, optimizer = _muon_setup()
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = target.hidden_matrices()
+    changed = _step_with_grads_on(model, optimizer, hidden)
+    assert set(changed) == {names[id(p)] for p in hidden}
+    others = [p for p in model.parameters() if id(p) not in _ids(hidden)]
+    changed = _step_with_grads_on(model, optimizer, others)
+    assert set(changed) == {names[id(p)] for p in others}
+
+
+def test_schedule_scales_both_learning_rates() -> None:
+    _, _, optimizer = _muon_setup()
+    cfg = OptimConfig(optimizer="muon", learning_rate=0.01, muon_learning_rate=0.05)
+    set_learning_rate(optimizer, 0.005, cfg)  # half of the peak
+    assert all(g["lr"] == 0.005 for g in optimizer.adamw.param_groups)
+    assert all(g["lr"] == pytest.approx(0.025) for g in optimizer.muon.param_groups)
+    assert all(g["lr"] in (0.005, pytest.approx(0.025)) for g in optimizer.param_groups)
+
+
+def test_plain_adamw_gets_the_schedule_rate_exactly() -> None:
+    model = GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=2, n_embd=16))
+    optimizer = build_optimizer(model.parameters(), OptimConfig(learning_rate=3e-4), "cpu")
+    assert isinstance(optimizer, torch.optim.AdamW)
+    set_learning_rate(optimizer, 1.2345e-4, OptimConfig(learning_rate=3e-4))
+    assert all(g["lr"] == 1.2345e-4 for g in optimizer.param_groups)
+
+
+def test_muon_state_dict_round_trip_continues_identically(tmp_path: Path) -> None:
+    def train(model: GPT, optimizer: MuonAdamW, steps: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            x = torch.randint(0, 13, (2, 8), generator=generator)
+            loss = model(x, x).loss
+            assert loss is not None
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    model, _, optimizer = _muon_setup(muon_weight_decay=0.01)
+    train(model, optimizer, 3, seed=1)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "ckpt.pt")
+    train(model, optimizer, 3, seed=2)
+
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert len(saved["optimizer"]["state"]) == len(list(model.parameters()))
+    resumed, _, resumed_optimizer = _muon_setup(muon_weight_decay=0.01)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    train(resumed, resumed_optimizer, 3, seed=2)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True)
+    )
+    # The loaded groups are the ones the parts step with.
+    assert resumed_optimizer.param_groups[0] is resumed_optimizer.adamw.param_groups[0]
+    assert resumed_optimizer.param_groups[-1] is resumed_optimizer.muon.param_groups[-1]
+
+
+def test_adamw_state_does_not_load_into_muon() -> None:
+    model, _, optimizer = _muon_setup()
+    adamw = build_optimizer(model.parameters(), OptimConfig(), "cpu")
+    with pytest.raises(ValueError, match="parameter groups"):
+        optimizer.load_state_dict(adamw.state_dict())
+
+
+def test_muon_under_the_grad_scaler() -> None:
+    model, _, optimizer = _muon_setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = model.blocks[0].attn.c_attn.weight.detach().clone()
+    x = torch.randint(0, 13, (2, 8))
+    loss = model(x, x).loss
+    assert loss is not None
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    assert model.blocks[0].attn.c_attn.weight.grad is not None
+    scaler.step(optimizer)
+    scaler.update()
+    assert not torch.equal(before, model.blocks[0].attn.c_attn.weight)
