@@ -14,6 +14,7 @@
   order changes).
 - FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
   the full weights (it loads into a plain GPT); resuming its optimizer without FSDP is a clear error.
+- `optimizer = "muon"` under DDP trains like one rank with doubled accumulation.
 """
 
 from __future__ import annotations
@@ -251,3 +252,28 @@ def test_ranks_share_initial_weights_but_draw_their_own_dropout(runs: dict[str, 
     for mask in masks:
         assert 0.05 < mask.count("1") / len(mask) < 0.15  # dropout 0.1 really dropped
     assert masks[0] != masks[1]
+
+
+@pytest.mark.slow
+def test_muon_under_ddp_trains_like_one_rank(tmp_path: Path) -> None:
+    """optimizer = "muon" under DDP: gradients are all-reduced before the step, so Muon sees the
+    same whole matrices as one rank with doubled accumulation (Muon orthogonalises in bfloat16,
+    hence the looser bound)."""
+    write_char_dataset(tmp_path / "ds", _text_with_whole_steps())
+    muon = {"optimizer": "muon", "learning_rate": 1e-2, "muon_learning_rate": 0.02}
+    iters = 40
+
+    def table(out_dir: Path, grad_accum_steps: int) -> dict[str, Any]:
+        base = _table(tmp_path / "ds", out_dir, grad_accum_steps=grad_accum_steps)
+        base["runtime"] = {**base["runtime"], "max_iters": iters}
+        base["schedule"] = {**base["schedule"], "lr_decay_iters": iters}
+        return {**base, "optim": {**base["optim"], **muon}}
+
+    run_training(train_config(table(tmp_path / "one", 2)))
+    result = run(write_toml(tmp_path / "two.toml", {"train": table(tmp_path / "two", 1)}), nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [step for step, _ in two] == [step for step, _ in one] == list(range(iters))
+    worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two, strict=True))
+    assert worst < 5e-3, f"largest relative loss difference {worst:.3g}"
+    assert one[-1][1] < one[0][1] - 0.5
