@@ -94,7 +94,13 @@ def load_optimizer_state_checked(
             f"resume it with train.runtime.parallel = {'fsdp' if by_name else 'ddp'!r} under torchrun "
             "(the weights alone load anywhere)"
         )
-    load()
+    try:
+        load()
+    except ValueError as exc:  # torch's group/size checks, MuonAdamW's group count
+        raise CheckpointError(
+            f"optimizer state does not fit this run's train.optim settings ({exc}); "
+            "resume with the optimizer it was written with (the weights alone load anywhere)"
+        ) from None
 
 
 class GPTTarget:

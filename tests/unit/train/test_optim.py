@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ml_playground.config import OptimConfig
+from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.train.optim import MuonAdamW, build_optimizer, set_learning_rate
 from ml_playground.train.targets import GPTTarget
@@ -136,11 +137,18 @@ def test_muon_state_dict_round_trip_continues_identically(tmp_path: Path) -> Non
     assert resumed_optimizer.param_groups[-1] is resumed_optimizer.muon.param_groups[-1]
 
 
-def test_adamw_state_does_not_load_into_muon() -> None:
-    model, _, optimizer = _muon_setup()
+def test_adamw_state_does_not_load_into_muon_nor_the_reverse() -> None:
+    """Resuming with the other optimizer is a checkpoint error (one line at the CLI), not a traceback."""
+    model, target, optimizer = _muon_setup()
     adamw = build_optimizer(model.parameters(), OptimConfig(), "cpu")
     with pytest.raises(ValueError, match="parameter groups"):
         optimizer.load_state_dict(adamw.state_dict())
+    with pytest.raises(CheckpointError, match=r"train\.optim") as muon_into_adamw:
+        target.load_optimizer_state(adamw, optimizer.state_dict())
+    with pytest.raises(CheckpointError, match=r"train\.optim") as adamw_into_muon:
+        target.load_optimizer_state(optimizer, adamw.state_dict())
+    for error in (muon_into_adamw, adamw_into_muon):
+        assert "\n" not in str(error.value)
 
 
 def test_muon_under_the_grad_scaler() -> None:
