@@ -50,7 +50,8 @@ class PrepareConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class ModelConfig:
-    """[train.model]: GPT-2 architecture hyperparameters (nanoGPT names)."""
+    """[train.model]: the architecture (nanoGPT names). The defaults are GPT-2's block; the options
+    below switch on the newer parts one at a time (Llama = rope + rmsnorm + swiglu, no bias)."""
 
     n_layer: PositiveInt = 6
     n_head: PositiveInt = 6
@@ -65,12 +66,51 @@ class ModelConfig:
     # and LIT drop them, and checkpoints record the padded size. 1 keeps the size unpadded.
     vocab_size: PositiveInt | None = None
     vocab_multiple: PositiveInt = 64
+    # Positions: "learned" embeddings (GPT-2) or "rope" (rotary, on queries and keys; needs an even
+    # head size n_embd / n_head) with base rope_theta.
+    position: Literal["learned", "rope"] = "learned"
+    rope_theta: float = Field(default=10000.0, gt=0)
+    # "layernorm" (GPT-2; with a bias when bias = true) or "rmsnorm" (Llama); norm_eps for both.
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(default=1e-5, gt=0)
+    # MLP: "gelu" (GPT-2), "swiglu" (Llama: silu(gate) * up) or "relu2" (relu(x)^2). Hidden width:
+    # mlp_hidden, else 4 x n_embd (gelu, relu2) or 8/3 x n_embd rounded up to a multiple of
+    # mlp_multiple (swiglu: about the parameters of a 4 x n_embd GELU MLP).
+    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    mlp_hidden: PositiveInt | None = None
+    mlp_multiple: PositiveInt = 64
+    # RMSNorm of each head's queries and keys before attention (Qwen3's q_norm / k_norm).
+    qk_norm: bool = False
+    # Key/value heads (grouped-query attention; must divide n_head); None: n_head.
+    n_kv_head: PositiveInt | None = None
+    # false: the output head has its own weights instead of sharing the token embedding's.
+    tie_embeddings: bool = True
+    # Logits become logit_softcap * tanh(logits / logit_softcap); 0 = off.
+    logit_softcap: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> Self:
+    def _shapes_fit(self) -> Self:
+        problems: list[str] = []
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        elif self.position == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            problems.append(
+                f"position = 'rope' needs an even head size, but n_embd / n_head = {self.n_embd // self.n_head}"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head != 0:
+            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's hidden width."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-(8 * self.n_embd) // (3 * self.mlp_multiple)) * self.mlp_multiple
+        return 4 * self.n_embd
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)

@@ -1,24 +1,32 @@
-"""GPT-2 module graph (nanoGPT parameter names), with an optional KV cache for generation.
+"""The GPT module graph (nanoGPT parameter names), with an optional KV cache for generation.
 
 Only the network lives here: optimizer setup, generation loops and checkpoint I/O are elsewhere.
-Parameter names match nanoGPT (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...) so nanoGPT
-checkpoints load directly and Hugging Face / GGUF exports are a key map with transposes.
+The defaults are GPT-2's block (learned positions, LayerNorm, GELU MLP, tied head); `GPTConfig`
+switches on the newer parts one by one: rotary positions, RMSNorm, SwiGLU or ReLU² MLPs, QK-norm,
+grouped-query attention, an untied head and logit soft-capping. Parameter names match nanoGPT
+(`transformer.wte`, `transformer.h.0.attn.c_attn`, ...) so nanoGPT checkpoints load directly and
+Hugging Face / GGUF exports are key maps with transposes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+Position = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+MLPKind = Literal["gelu", "swiglu", "relu2"]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GPTConfig:
-    """The architecture; stored in checkpoints as `model_args` (nanoGPT's keys, `real_vocab_size` aside)."""
+    """The architecture; stored in checkpoints as `model_args` (nanoGPT's keys plus the options
+    below, `real_vocab_size` aside). The option defaults are GPT-2's block."""
 
     block_size: int
     # Rows of the token embedding and the output head (possibly padded past the tokenizer's ids).
@@ -28,6 +36,19 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = False
+    position: Position = "learned"
+    rope_theta: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: MLPKind = "gelu"
+    # Width of the MLP's hidden layer (None: 4 x n_embd); SwiGLU has two such projections.
+    mlp_hidden: int | None = None
+    qk_norm: bool = False
+    # Key/value heads (grouped-query attention); None: one per query head.
+    n_kv_head: int | None = None
+    tie_embeddings: bool = True
+    # Logits become cap * tanh(logits / cap); 0 leaves them as they are.
+    logit_softcap: float = 0.0
     # The tokenizer's ids are 0..real_vocab_size-1 when the rows are padded past them (None: every
     # row is a token). Not in `model_args`: checkpoints take it from their dataset metadata.
     real_vocab_size: int | None = None
@@ -35,15 +56,38 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.real_vocab_size is not None and not 0 < self.real_vocab_size <= self.vocab_size:
             raise ValueError(f"real_vocab_size {self.real_vocab_size} must be in [1, vocab_size={self.vocab_size}]")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads != 0:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads})")
+        if self.position == "rope" and self.head_size % 2 != 0:
+            raise ValueError(f"position = 'rope' needs an even head size (n_embd / n_head = {self.head_size})")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's hidden width."""
+        return 4 * self.n_embd if self.mlp_hidden is None else self.mlp_hidden
+
+    @property
     def real_vocab(self) -> int:
         """How many rows are tokens (the tokenizer's vocabulary)."""
         return self.vocab_size if self.real_vocab_size is None else self.real_vocab_size
+
+    def canonical(self) -> GPTConfig:
+        """The same architecture with defaulted sizes as None, so equal architectures compare equal."""
+        return replace(
+            self,
+            mlp_hidden=None if self.hidden_size == 4 * self.n_embd else self.mlp_hidden,
+            n_kv_head=None if self.kv_heads == self.n_head else self.n_kv_head,
+        )
 
     def with_real_vocab(self, size: int) -> GPTConfig:
         """This architecture whose first `size` rows are tokens (`size` <= vocab_size)."""
@@ -60,21 +104,27 @@ def _typed(module: nn.Module, kind: type[M]) -> M:
     return module
 
 
+def norm_layer(config: GPTConfig, width: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=config.norm_eps)
+    return nn.LayerNorm(width, eps=config.norm_eps, bias=config.bias)
+
+
 class ModelOutput(NamedTuple):
     logits: Tensor  # (B, T, vocab_size) or (B, 1, vocab_size) when last_only; padding columns -inf
     loss: Tensor | None
 
 
 class LayerKV:
-    """Preallocated keys/values of one layer: (B, nh, max_len, hs) each."""
+    """Preallocated keys/values of one layer: (B, n_kv_head, max_len, hs) each."""
 
     def __init__(self, batch: int, config: GPTConfig, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.n_head, max_len, config.head_size)
+        shape = (batch, config.kv_heads, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store new (B, nh, T, hs) keys/values at `start`; return all keys/values so far."""
+        """Store new (B, nkv, T, hs) keys/values at `start`; return all keys/values so far."""
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -89,62 +139,122 @@ class KVCache:
         self.length = 0
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding in Hugging Face Llama's layout (the two halves of each head
+    rotate together), so exported weights need no permutation."""
+
+    cos: Tensor
+    sin: Tensor
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hs = config.head_size
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
+        # Not saved: derived from the config (and absent from nanoGPT-style state dicts).
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, start: int) -> Tensor:
+        """Rotate (B, h, T, hs) queries or keys sitting at positions start..start+T-1."""
+        T = x.size(2)
+        cos = self.cos[start : start + T].to(x.dtype)
+        sin = self.sin[start : start + T].to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_kv_head = config.kv_heads
+        self.head_size = config.head_size
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # One projection for q (n_head heads), k and v (n_kv_head heads each), in that order.
+        self.c_attn = nn.Linear(
+            config.n_embd, (config.n_head + 2 * config.kv_heads) * config.head_size, bias=config.bias
+        )
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm as Qwen3: RMSNorm over each head's dims, before the rotation.
+        self.q_norm = nn.RMSNorm(config.head_size, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_size, eps=config.norm_eps) if config.qk_norm else None
+        self.rotary = Rotary(config) if config.position == "rope" else None
+
+    def heads(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (B, nh, T, hs), keys and values (B, nkv, T, hs) of x (B, T, C) at positions
+        start..start+T-1, normed and rotated as the options say."""
+        B, T, _ = x.size()
+        hs = self.head_size
+        q, k, v = self.c_attn(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, nh*hs) -> (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        return q, k, v
 
     def forward(self, x: Tensor, kv: LayerKV | None = None, start: int = 0) -> Tensor:
         B, T, C = x.size()
-        # (B, T, 3C) -> 3 x (B, T, nh, hs) -> (B, nh, T, hs)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k, v = self.heads(x, start)
+        # Grouped-query attention: each key/value head serves n_head / n_kv_head query heads.
+        gqa = self.n_kv_head != self.n_head
         if kv is None:
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, enable_gqa=gqa
             )
         else:
-            k, v = kv.update(start, k, v)  # (B, nh, start+T, hs)
+            k, v = kv.update(start, k, v)  # (B, nkv, start+T, hs)
             if T == 1:
-                y = F.scaled_dot_product_attention(q, k, v)  # the new token sees every cached one
+                y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)  # the new token sees every cached one
             elif start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # prefill of an empty cache
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # empty-cache prefill
             else:
                 # Query i sits at absolute position start+i and may see keys 0..start+i.
                 rows = torch.arange(start, start + T, device=x.device).unsqueeze(1)
                 cols = torch.arange(start + T, device=x.device).unsqueeze(0)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         out: Tensor = self.resid_dropout(self.c_proj(y))
         return out
 
 
 class MLP(nn.Module):
+    """gelu: GPT-2's MLP; relu2: relu(x)^2 in its place; swiglu: silu(gate) * up, with gate and up
+    as the two halves of one projection."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.hidden_size
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if config.mlp == "swiglu" else hidden, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, C) -> (B, T, H), or (B, T, 2H) for swiglu
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.gelu(h)
+        out: Tensor = self.dropout(self.c_proj(h))
         return out
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, kv: LayerKV | None = None, start: int = 0) -> Tensor:
@@ -157,17 +267,18 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(config.vocab_size, config.n_embd),
-                "wpe": nn.Embedding(config.block_size, config.n_embd),
-                "drop": nn.Dropout(config.dropout),
-                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
-            }
-        )
+        modules: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.position == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules |= {
+            "drop": nn.Dropout(config.dropout),
+            "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            "ln_f": norm_layer(config, config.n_embd),
+        }
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (GPT-2)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (GPT-2)
         self.apply(self._init_weights)
         # Scaled init of residual projections (GPT-2 paper).
         for name, param in self.named_parameters():
@@ -179,8 +290,9 @@ class GPT(nn.Module):
         return _typed(self.transformer["wte"], nn.Embedding)
 
     @property
-    def wpe(self) -> nn.Embedding:
-        return _typed(self.transformer["wpe"], nn.Embedding)
+    def wpe(self) -> nn.Embedding | None:
+        """Learned position embeddings (None with rotary positions)."""
+        return _typed(self.transformer["wpe"], nn.Embedding) if "wpe" in self.transformer else None
 
     @property
     def blocks(self) -> list[Block]:
@@ -197,9 +309,9 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default (the tied wte counts once)."""
+        """Parameter count; position embeddings excluded by default (a tied wte counts once)."""
         total = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.wpe is not None:
             total -= self.wpe.weight.numel()
         return total
 
@@ -216,8 +328,10 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer["drop"](self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        x = self.transformer["drop"](x)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i], start)
         if cache is not None:
@@ -226,10 +340,14 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)  # (B, T, vocab_size): the full, padded width keeps the matmul fast
+        cap = self.config.logit_softcap
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
         real = self.config.real_vocab_size
         if real is not None:
             # Padding rows are not tokens: -inf is never sampled and drops out of the loss's softmax,
-            # so they get no gradient. In place is safe: the head's backward does not read its output.
+            # so they get no gradient. In place is safe: the head's backward does not read its output
+            # (and tanh's backward reads its own output, a different tensor).
             logits[..., real:] = float("-inf")
         loss = None
         if targets is not None:

@@ -47,10 +47,9 @@ class SequenceReport:
 
 def attention_weights(attn: CausalSelfAttention, x: Tensor) -> Tensor:
     """Causal softmax(q k^T / sqrt(hs)) of `attn` for its input x (B, T, C) -> (B, nh, T, T)."""
-    B, T, C = x.size()
-    q, k, _ = attn.c_attn(x).split(attn.n_embd, dim=2)
-    q = q.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-    k = k.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)
+    T = x.size(1)
+    q, k, _ = attn.heads(x)  # (B, nh, T, hs), (B, nkv, T, hs): normed and rotated as in forward
+    k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)  # each query head's key head
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)

@@ -13,7 +13,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -39,7 +39,23 @@ ADAPTER_KIND = "lora"
 MERGED_DIR = "merged"
 
 MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+# The architecture options past GPT-2 (model.GPTConfig); a checkpoint without them is GPT-2.
+ARCH_OPTION_KEYS = (
+    "position",
+    "rope_theta",
+    "norm",
+    "norm_eps",
+    "mlp",
+    "mlp_hidden",
+    "qk_norm",
+    "n_kv_head",
+    "tie_embeddings",
+    "logit_softcap",
+)
 _COMPILE_PREFIX = "_orig_mod."
+_Choice = TypeVar("_Choice", bound=str)
+# The option defaults (GPT-2's block); the sizes are placeholders.
+_GPT2 = GPTConfig(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_embd=1)
 # nanoGPT's GPT-2 BPE fallback vocabulary size (when no meta.pkl describes the dataset).
 _GPT2_VOCAB_SIZE = 50257
 
@@ -96,23 +112,49 @@ class Checkpoint:
 
 
 def model_args_of(config: GPTConfig) -> dict[str, Any]:
-    """nanoGPT's `model_args` dict for an architecture."""
-    return {key: getattr(config, key) for key in MODEL_ARG_KEYS}
+    """nanoGPT's `model_args` dict for an architecture, plus each option that is not GPT-2's: a
+    GPT-2 checkpoint stays loadable by nanoGPT (`GPTConfig(**model_args)`), and nanoGPT refuses
+    any other architecture instead of running it as GPT-2."""
+    config = config.canonical()
+    args = {key: getattr(config, key) for key in MODEL_ARG_KEYS}
+    return args | {key: getattr(config, key) for key in ARCH_OPTION_KEYS if getattr(config, key) != getattr(_GPT2, key)}
 
 
 def gpt_config_from_args(model_args: dict[str, Any]) -> GPTConfig:
     missing = [key for key in MODEL_ARG_KEYS if key not in model_args]
     if missing:
         raise CheckpointError(f"model_args: missing keys {', '.join(missing)}")
-    return GPTConfig(
-        n_layer=int(model_args["n_layer"]),
-        n_head=int(model_args["n_head"]),
-        n_embd=int(model_args["n_embd"]),
-        block_size=int(model_args["block_size"]),
-        bias=bool(model_args["bias"]),
-        vocab_size=int(model_args["vocab_size"]),
-        dropout=float(model_args["dropout"]),
-    )
+    option = {key: model_args.get(key, getattr(_GPT2, key)) for key in ARCH_OPTION_KEYS}
+    try:
+        return GPTConfig(
+            n_layer=int(model_args["n_layer"]),
+            n_head=int(model_args["n_head"]),
+            n_embd=int(model_args["n_embd"]),
+            block_size=int(model_args["block_size"]),
+            bias=bool(model_args["bias"]),
+            vocab_size=int(model_args["vocab_size"]),
+            dropout=float(model_args["dropout"]),
+            position=_choice(option, "position", ("learned", "rope")),
+            rope_theta=float(option["rope_theta"]),
+            norm=_choice(option, "norm", ("layernorm", "rmsnorm")),
+            norm_eps=float(option["norm_eps"]),
+            mlp=_choice(option, "mlp", ("gelu", "swiglu", "relu2")),
+            mlp_hidden=None if option["mlp_hidden"] is None else int(option["mlp_hidden"]),
+            qk_norm=bool(option["qk_norm"]),
+            n_kv_head=None if option["n_kv_head"] is None else int(option["n_kv_head"]),
+            tie_embeddings=bool(option["tie_embeddings"]),
+            logit_softcap=float(option["logit_softcap"]),
+        ).canonical()
+    except ValueError as exc:
+        raise CheckpointError(f"model_args: {exc}") from None
+
+
+def _choice(option: dict[str, Any], key: str, allowed: tuple[_Choice, ...]) -> _Choice:
+    value = option[key]
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ValueError(f"{key} is {value!r}, expected one of {', '.join(allowed)}")
 
 
 def strip_compile_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
-from ml_playground.train.checkpoint import LAST_NAME, MODEL_ARG_KEYS, Checkpoint, load_checkpoint, model_args_of
+from ml_playground.train.checkpoint import ARCH_OPTION_KEYS, LAST_NAME, MODEL_ARG_KEYS, Checkpoint, load_checkpoint
 from ml_playground.train.distributed import (
     DistInfo,
     dist_info_from_env,
@@ -180,20 +180,38 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
         raise ConfigError(
             f"train.model.vocab_size: {vocab_size} is smaller than the dataset's vocabulary ({meta.vocab_size})"
         )
-    toml_arch = GPTConfig(
-        n_layer=model.n_layer,
-        n_head=model.n_head,
-        n_embd=model.n_embd,
-        block_size=model.block_size,
-        bias=model.bias,
-        vocab_size=padded_vocab_size(vocab_size, model.vocab_multiple),
-        dropout=model.dropout,
-    ).with_real_vocab(meta.vocab_size)
+    toml_arch = (
+        GPTConfig(
+            n_layer=model.n_layer,
+            n_head=model.n_head,
+            n_embd=model.n_embd,
+            block_size=model.block_size,
+            bias=model.bias,
+            vocab_size=padded_vocab_size(vocab_size, model.vocab_multiple),
+            dropout=model.dropout,
+            position=model.position,
+            rope_theta=model.rope_theta,
+            norm=model.norm,
+            norm_eps=model.norm_eps,
+            mlp=model.mlp,
+            mlp_hidden=model.hidden_size,
+            qk_norm=model.qk_norm,
+            n_kv_head=model.n_kv_head,
+            tie_embeddings=model.tie_embeddings,
+            logit_softcap=model.logit_softcap,
+        )
+        .canonical()
+        .with_real_vocab(meta.vocab_size)
+    )
     if checkpoint is None:
         return toml_arch
     arch = checkpoint.arch
-    theirs, ours = model_args_of(arch), model_args_of(toml_arch)
-    differences = [f"{key}={theirs[key]!r} (TOML {ours[key]!r})" for key in MODEL_ARG_KEYS if theirs[key] != ours[key]]
+    theirs, ours = arch.canonical(), toml_arch.canonical()
+    differences = [
+        f"{key}={getattr(theirs, key)!r} (TOML {getattr(ours, key)!r})"
+        for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS
+        if getattr(theirs, key) != getattr(ours, key)
+    ]
     if differences:
         log.warning("checkpoint model_args take precedence over TOML: %s", ", ".join(differences))
     if cfg.data.block_size > arch.block_size:

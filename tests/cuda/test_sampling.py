@@ -28,7 +28,8 @@ def _model(vocab_size: int, block_size: int = 16) -> GPT:
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32))
     # GPT-2 init gives near-uniform logits; larger embeddings make greedy choices clear-cut and varied.
     with torch.no_grad():
-        model.wpe.weight.mul_(10.0)
+        if model.wpe is not None:  # absent with rotary positions
+            model.wpe.weight.mul_(10.0)
         model.wte.weight.mul_(3.0)
     return model.eval()
 

@@ -95,6 +95,26 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     assert "data.block_size (32) exceeds model.block_size (16)" in message
 
 
+def test_architecture_options_are_checked_together(tmp_path: Path) -> None:
+    text = VALID.replace("n_embd = 32", 'n_embd = 6\nn_kv_head = 3\nposition = "rope"')
+    message = load_error(tmp_path, text + TRAIN_TAIL)
+    assert "train.model" in message
+    assert "n_head (2) must be divisible by n_kv_head (3)" in message
+    assert "position = 'rope' needs an even head size, but n_embd / n_head = 3" in message
+    message = load_error(tmp_path, VALID.replace("n_head = 2", 'n_head = 2\nmlp = "geglu"') + TRAIN_TAIL)
+    assert "train.model.mlp" in message
+    assert "geglu" in message
+
+
+def test_swiglu_width_defaults_to_eight_thirds_rounded_up(tmp_path: Path) -> None:
+    from ml_playground.config import ModelConfig
+
+    assert ModelConfig(n_embd=384, mlp="swiglu").hidden_size == 1024
+    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_multiple=32).hidden_size == 352
+    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_hidden=300).hidden_size == 300
+    assert ModelConfig(n_embd=128, n_head=4, mlp="relu2").hidden_size == 512
+
+
 def test_missing_required_key(tmp_path: Path) -> None:
     message = load_error(tmp_path, VALID + "\n[train.runtime]\nmax_iters = 3\n")
     assert "train.runtime.out_dir: required key is missing" in message

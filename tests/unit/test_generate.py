@@ -29,7 +29,8 @@ def tiny_model(block_size: int = 16, vocab_size: int = 29, seed: int = 0) -> GPT
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16))
     # GPT-2 init gives near-uniform logits; larger embeddings make greedy choices clear-cut and varied.
     with torch.no_grad():
-        model.wpe.weight.mul_(10.0)
+        if model.wpe is not None:  # absent with rotary positions
+            model.wpe.weight.mul_(10.0)
         model.wte.weight.mul_(3.0)
     return model.eval()
 

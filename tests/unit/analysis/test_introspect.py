@@ -81,6 +81,7 @@ def test_pooled_state_is_the_mean_final_hidden_state(model: GPT) -> None:
     report = inspect_sequence(model, ids, top_k=2)
     with torch.no_grad():
         idx = torch.tensor([ids])
+        assert model.wpe is not None
         x = model.wte(idx) + model.wpe(torch.arange(3))
         for block in model.blocks:
             x = block(x)

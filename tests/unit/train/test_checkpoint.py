@@ -188,3 +188,67 @@ def test_legacy_char_checkpoint_takes_meta_pkl_beside_it(tmp_path: Path) -> None
     assert loaded.dataset_meta is not None
     assert loaded.dataset_meta["kind"] == "char"
     assert loaded.dataset_meta["itos"] == chars
+
+
+LLAMA_LIKE = GPTConfig(
+    block_size=8,
+    vocab_size=11,
+    n_layer=1,
+    n_head=4,
+    n_embd=16,
+    position="rope",
+    rope_theta=500000.0,
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    mlp="swiglu",
+    mlp_hidden=40,
+    qk_norm=True,
+    n_kv_head=2,
+    tie_embeddings=False,
+    logit_softcap=15.0,
+)
+
+
+def test_every_option_round_trips_and_only_non_gpt2_options_join_model_args(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, _checkpoint(GPT(LLAMA_LIKE)))
+    assert load_checkpoint(path).arch == LLAMA_LIKE
+    model_args = torch.load(path, weights_only=True)["model_args"]
+    assert (model_args["mlp"], model_args["n_kv_head"], model_args["qk_norm"]) == ("swiglu", 2, True)
+    # GPT-2 keeps exactly nanoGPT's keys; one option away from it adds that key alone, so nanoGPT's
+    # GPTConfig(**model_args) refuses the file instead of running it as GPT-2.
+    assert set(model_args_of(TINY)) == {"n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout"}
+    relu2 = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, mlp="relu2")
+    assert set(model_args_of(relu2)) - set(model_args_of(TINY)) == {"mlp"}
+
+
+def test_a_checkpoint_from_before_the_options_loads_as_gpt2(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY)))
+    raw = torch.load(path, weights_only=True)
+    raw["model_args"] = {
+        k: raw["model_args"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+    }
+    torch.save(raw, path)
+    loaded = load_checkpoint(path)
+    assert loaded.arch == TINY
+    assert (loaded.arch.position, loaded.arch.norm, loaded.arch.mlp, loaded.arch.tie_embeddings) == (
+        "learned",
+        "layernorm",
+        "gelu",
+        True,
+    )
+    GPT(loaded.arch).load_state_dict(loaded.model)
+
+
+def test_unknown_option_value_is_a_checkpoint_error(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY)))
+    raw = torch.load(path, weights_only=True)
+    raw["model_args"]["mlp"] = "geglu"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"mlp is 'geglu', expected one of gelu, swiglu, relu2"):
+        load_checkpoint(path)

@@ -84,6 +84,29 @@ def test_checkpoint_model_args_take_precedence(
     assert (ckpt.arch.n_embd, ckpt.iter_num) == (16, 9)
 
 
+LLAMA_OPTIONS = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1, "tie_embeddings": False}
+
+
+def test_toml_options_build_the_model_and_a_resume_keeps_the_checkpoints(
+    table: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    table["model"] = {**table["model"], **LLAMA_OPTIONS, "mlp_multiple": 16}
+    result = run_training(train_config(table))
+    assert result.best_val_loss < math.log(VOCAB)
+    ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
+    expected = {**LLAMA_OPTIONS, "mlp_hidden": 48}  # 8/3 x 16 rounded up to 16
+    assert {key: getattr(ckpt.arch, key) for key in expected} == expected
+    GPT(ckpt.arch).load_state_dict(ckpt.model)
+    # Resuming from a TOML back at GPT-2's options: the checkpoint's architecture wins, and says so.
+    table["model"] = {k: v for k, v in table["model"].items() if k not in LLAMA_OPTIONS}
+    table["runtime"] = {**table["runtime"], "max_iters": 8}
+    with caplog.at_level(logging.INFO, logger="ml_playground.train"):
+        assert run_training(train_config(table)).iter_num == 8
+    assert "position='rope' (TOML 'learned')" in caplog.text
+    assert "tie_embeddings=False (TOML True)" in caplog.text
+    assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").arch.mlp == "swiglu"
+
+
 def test_padded_size_is_what_the_checkpoint_file_records(table: dict[str, Any], tmp_path: Path) -> None:
     """The raw file keeps nanoGPT's model_args keys; vocab_size is the tensors' (padded) row count."""
     run_training(train_config(table))

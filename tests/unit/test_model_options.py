@@ -1,0 +1,280 @@
+"""model: each architecture option past GPT-2 (rope, rmsnorm, swiglu/relu2, qk_norm, GQA, untied
+head, logit soft-capping) pinned down by a property or a direct formula, and the KV cache for
+every combination."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ml_playground.generate import SamplingParams, generate
+from ml_playground.model import GPT, MLP, CausalSelfAttention, GPTConfig, KVCache, Rotary
+
+BASE = GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=4, n_embd=32)
+LLAMA = dataclasses.replace(BASE, position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48)
+
+# Each option alone, the Llama set, and everything at once (GQA with qk_norm, untied, capped).
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "gpt2": {},
+    "rope": {"position": "rope"},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "swiglu": {"mlp": "swiglu", "mlp_hidden": 48},
+    "relu2": {"mlp": "relu2"},
+    "qk_norm": {"qk_norm": True},
+    "gqa": {"n_kv_head": 2},
+    "mqa": {"n_kv_head": 1},
+    "untied": {"tie_embeddings": False},
+    "softcap": {"logit_softcap": 3.0},
+    "llama": {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "mlp_hidden": 48, "n_kv_head": 2},
+    "all": {
+        "position": "rope",
+        "norm": "rmsnorm",
+        "mlp": "relu2",
+        "qk_norm": True,
+        "n_kv_head": 2,
+        "tie_embeddings": False,
+        "logit_softcap": 5.0,
+        "bias": True,
+    },
+}
+
+
+def model_with(seed: int = 0, **options: Any) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(dataclasses.replace(BASE, **options))
+    with torch.no_grad():  # larger weights than GPT-2's init: varied, clear-cut greedy choices
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def attention(config: GPTConfig) -> CausalSelfAttention:
+    torch.manual_seed(0)
+    return CausalSelfAttention(config).eval()
+
+
+def reference_attention(attn: CausalSelfAttention, x: Tensor) -> Tensor:
+    """Causal attention written out: each key/value head repeated for its group of query heads."""
+    B, T, C = x.size()
+    q, k, v = attn.heads(x)
+    group = attn.n_head // attn.n_kv_head
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, T, hs)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    y = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1) @ v
+    out: Tensor = attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+    return out
+
+
+class TestParameters:
+    def test_gpt2_defaults_keep_nanogpt_names_and_shapes(self) -> None:
+        shapes = {name: tuple(p.shape) for name, p in GPT(BASE).state_dict().items()}
+        assert shapes["transformer.wpe.weight"] == (16, 32)
+        assert shapes["transformer.h.0.attn.c_attn.weight"] == (96, 32)
+        assert shapes["transformer.h.0.mlp.c_fc.weight"] == (128, 32)
+        assert "transformer.h.0.ln_1.weight" in shapes
+        assert not any("norm.weight" in name and "attn" in name for name in shapes)
+
+    def test_llama_options_change_exactly_the_parameters_they_own(self) -> None:
+        config = dataclasses.replace(LLAMA, n_kv_head=2, qk_norm=True, tie_embeddings=False)
+        model = GPT(config)
+        shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+        assert "transformer.wpe.weight" not in shapes  # rotary positions have no weights
+        assert shapes["transformer.h.0.attn.c_attn.weight"] == ((4 + 2 * 2) * 8, 32)  # q, then k and v of 2 heads
+        assert shapes["transformer.h.0.attn.q_norm.weight"] == (8,)
+        assert shapes["transformer.h.0.mlp.c_fc.weight"] == (2 * 48, 32)  # gate and up
+        assert shapes["transformer.h.0.mlp.c_proj.weight"] == (32, 48)
+        assert isinstance(model.transformer["ln_f"], nn.RMSNorm)
+        assert model.lm_head.weight is not model.wte.weight
+        assert not any(name.endswith(".bias") for name in shapes)
+        assert not any(name.endswith((".cos", ".sin")) for name in shapes)  # derived, not saved
+
+    def test_tied_head_is_the_embedding(self) -> None:
+        model = GPT(BASE)
+        assert model.lm_head.weight is model.wte.weight
+
+    def test_num_params_counts_the_untied_head(self) -> None:
+        tied, untied = GPT(BASE), GPT(dataclasses.replace(BASE, tie_embeddings=False))
+        assert untied.num_params() - tied.num_params() == 40 * 32
+        rope = GPT(dataclasses.replace(BASE, position="rope"))
+        assert rope.num_params() == rope.num_params(non_embedding=False) == tied.num_params()
+
+
+class TestRotary:
+    def test_scores_depend_on_relative_positions_only(self) -> None:
+        rotary = Rotary(dataclasses.replace(BASE, block_size=64, position="rope"))
+        torch.manual_seed(0)
+        q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+        def score(q_pos: int, k_pos: int) -> float:
+            return float((rotary(q, q_pos) * rotary(k, k_pos)).sum())
+
+        assert score(10, 7) == pytest.approx(score(3, 0), abs=1e-5)
+        assert score(50, 47) == pytest.approx(score(3, 0), abs=1e-5)
+        assert score(10, 7) != pytest.approx(score(10, 8), abs=1e-3)  # and they do depend on it
+
+    def test_rotation_keeps_length_and_position_zero_is_identity(self) -> None:
+        rotary = Rotary(dataclasses.replace(BASE, position="rope"))
+        x = torch.randn(2, 4, 5, 8)
+        assert torch.equal(rotary(x[:, :, :1], 0), x[:, :, :1])
+        rotated: Tensor = rotary(x, 3)
+        assert torch.allclose(rotated.pow(2).sum(-1), x.pow(2).sum(-1), atol=1e-5)  # lengths kept
+
+    def test_theta_sets_the_frequencies(self) -> None:
+        slow = Rotary(dataclasses.replace(BASE, position="rope", rope_theta=1e6))
+        fast = Rotary(dataclasses.replace(BASE, position="rope"))
+        # The lowest-frequency pair turns by 1/theta^(6/8) radians per position.
+        assert float(slow.sin[1, 3]) == pytest.approx(math.sin(1e6**-0.75))
+        assert float(fast.sin[1, 3]) == pytest.approx(math.sin(1e4**-0.75))
+
+    def test_rope_model_sees_order_without_position_embeddings(self) -> None:
+        model = model_with(position="rope")
+        with torch.no_grad():
+            a = model(torch.tensor([[1, 2, 3, 4]])).logits[0, -1]
+            b = model(torch.tensor([[3, 2, 1, 4]])).logits[0, -1]
+        assert not torch.allclose(a, b, atol=1e-4)
+
+
+class TestNormsAndMLPs:
+    def test_rmsnorm_is_torchs_rms_norm(self) -> None:
+        model = GPT(dataclasses.replace(BASE, norm="rmsnorm", norm_eps=1e-6))
+        ln = model.blocks[0].ln_1
+        assert isinstance(ln, nn.RMSNorm)
+        assert ln.weight is not None
+        with torch.no_grad():
+            ln.weight.uniform_(0.5, 1.5)
+        x = torch.randn(2, 5, 32)
+        assert torch.allclose(ln(x), F.rms_norm(x, (32,), ln.weight, eps=1e-6))
+
+    def test_layernorm_takes_norm_eps(self) -> None:
+        ln = GPT(dataclasses.replace(BASE, norm_eps=1e-3)).blocks[0].ln_1
+        assert isinstance(ln, nn.LayerNorm)
+        assert ln.eps == 1e-3
+
+    def test_swiglu_is_silu_gate_times_up(self) -> None:
+        torch.manual_seed(0)
+        mlp = MLP(dataclasses.replace(BASE, mlp="swiglu", mlp_hidden=48))
+        x = torch.randn(2, 3, 32)
+        gate, up = mlp.c_fc.weight[:48], mlp.c_fc.weight[48:]
+        expected = (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.c_proj.weight.T
+        assert torch.allclose(mlp(x), expected, atol=1e-6)
+
+    def test_relu2_is_squared_relu(self) -> None:
+        torch.manual_seed(0)
+        mlp = MLP(dataclasses.replace(BASE, mlp="relu2", bias=True))
+        x = torch.randn(2, 3, 32)
+        h = torch.clamp(x @ mlp.c_fc.weight.T + mlp.c_fc.bias, min=0) ** 2
+        assert torch.allclose(mlp(x), h @ mlp.c_proj.weight.T + mlp.c_proj.bias, atol=1e-6)
+        assert mlp.c_fc.out_features == 4 * 32
+
+
+class TestAttention:
+    @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+    def test_grouped_query_attention_repeats_key_value_heads(self, n_kv_head: int) -> None:
+        attn = attention(dataclasses.replace(BASE, n_kv_head=n_kv_head))
+        x = torch.randn(2, 7, 32)
+        with torch.no_grad():
+            assert torch.allclose(attn(x), reference_attention(attn, x), atol=1e-5)
+
+    def test_n_kv_head_equal_to_n_head_is_plain_attention(self) -> None:
+        plain, gqa = attention(BASE), attention(dataclasses.replace(BASE, n_kv_head=4))
+        x = torch.randn(2, 7, 32)
+        assert plain.state_dict().keys() == gqa.state_dict().keys()
+        gqa.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            assert torch.equal(plain(x), gqa(x))
+
+    def test_qk_norm_gives_unit_rms_queries_and_keys(self) -> None:
+        attn = attention(dataclasses.replace(BASE, qk_norm=True, norm_eps=1e-8))
+        q, k, _ = attn.heads(torch.randn(2, 7, 32) * 5)
+        assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-4)
+        assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-4)
+        with torch.no_grad():
+            x = torch.randn(2, 7, 32)
+            assert torch.allclose(attn(x), reference_attention(attn, x), atol=1e-5)
+
+
+class TestLogits:
+    def test_softcap_bounds_logits_with_tanh(self) -> None:
+        capped = model_with(logit_softcap=2.0)
+        with torch.no_grad():
+            capped.wte.weight.mul_(3.0)  # the tied head then gives logits past the cap
+        plain = GPT(dataclasses.replace(BASE))
+        plain.load_state_dict(capped.state_dict())
+        idx = torch.tensor([[1, 2, 3, 4]])
+        with torch.no_grad():
+            raw, out = plain(idx).logits, capped(idx).logits
+        assert float(raw.abs().max()) > 2.0  # the cap is reached
+        assert float(out.abs().max()) <= 2.0
+        assert torch.allclose(out, 2.0 * torch.tanh(raw / 2.0), atol=1e-6)
+
+    def test_softcap_still_masks_padding(self) -> None:
+        model = GPT(dataclasses.replace(BASE, logit_softcap=2.0, real_vocab_size=30))
+        logits = model(torch.tensor([[1, 2]])).logits
+        assert torch.isinf(logits[..., 30:]).all()
+        assert torch.isfinite(logits[..., :30]).all()
+
+
+class TestKVCache:
+    def test_cache_holds_kv_heads_only(self) -> None:
+        cache = KVCache(3, dataclasses.replace(BASE, n_kv_head=1), torch.device("cpu"), torch.float32)
+        assert cache.layers[0].k.shape == (3, 1, 16, 8)
+
+    @pytest.mark.parametrize("name", list(COMBINATIONS))
+    def test_cached_logits_match_full_forward(self, name: str) -> None:
+        model = model_with(**COMBINATIONS[name])
+        ids = torch.tensor([[2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
+        cache = KVCache(2, model.config, torch.device("cpu"), torch.float32)
+        with torch.inference_mode():
+            steps = [model(ids[:, :4], cache=cache).logits]  # prefill
+            steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(4, 8)]  # one at a time
+            steps += [model(ids[:, 8:], cache=cache).logits]  # several after a filled cache
+            full = model(ids).logits
+        assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+    @pytest.mark.parametrize("name", list(COMBINATIONS))
+    def test_greedy_with_and_without_cache_is_identical_past_block_size(self, name: str) -> None:
+        model = model_with(**COMBINATIONS[name])
+        prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+        params = SamplingParams(temperature=0.0)
+        cached = generate(model, prompt, 30, params, keep=10, use_cache=True)
+        uncached = generate(model, prompt, 30, params, keep=10, use_cache=False)
+        assert torch.equal(cached, uncached)
+        assert len({int(v) for v in cached[0, 3:]}) > 3  # a real sequence, not one repeated token
+
+
+class TestConfig:
+    def test_impossible_combinations_are_refused(self) -> None:
+        with pytest.raises(ValueError, match=r"n_head \(4\) must be divisible by n_kv_head \(3\)"):
+            dataclasses.replace(BASE, n_kv_head=3)
+        with pytest.raises(ValueError, match="even head size"):
+            GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=4, n_embd=12, position="rope")
+
+    def test_canonical_forgets_default_sizes(self) -> None:
+        explicit = dataclasses.replace(BASE, mlp_hidden=128, n_kv_head=4)
+        assert explicit != BASE
+        assert explicit.canonical() == BASE
+        assert dataclasses.replace(BASE, n_kv_head=2).canonical().n_kv_head == 2
+
+    @pytest.mark.parametrize("name", list(COMBINATIONS))
+    def test_every_combination_trains(self, name: str) -> None:
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(BASE, **COMBINATIONS[name]))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+        losses = []
+        for _ in range(15):
+            loss = model(x[:, :-1], x[:, 1:].contiguous()).loss
+            assert loss is not None
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.8 * losses[0]
