@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -62,6 +64,30 @@ def test_attention_weights_reproduce_the_attention_output(model: GPT) -> None:
     _, _, v = attn.c_attn(x).split(TINY.n_embd, dim=2)
     v = v.view(1, 6, TINY.n_head, TINY.head_size).transpose(1, 2)
     y = (weights @ v).transpose(1, 2).reshape(1, 6, TINY.n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.c_proj(y), attn(x))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"position": "rope"},
+        {"qk_norm": True, "position": "rope"},
+        {"n_kv_head": 1},
+        {"n_kv_head": 2, "position": "rope"},
+    ],
+    ids=["rope", "qk_norm", "mqa", "gqa"],
+)
+def test_attention_weights_follow_the_architecture_options(options: dict[str, Any]) -> None:
+    """LIT's maps for rotary, QK-normed and grouped-query attention reproduce the module's output."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(GPTConfig(block_size=16, vocab_size=13, n_layer=1, n_head=4, n_embd=16), **options)
+    attn = GPT(config).eval().blocks[0].attn
+    x = torch.randn(1, 6, config.n_embd)
+    weights = attention_weights(attn, x)  # (1, nh, T, T)
+    _, _, v = attn.heads(x)  # (1, nkv, T, hs)
+    v = v.repeat_interleave(config.n_head // config.kv_heads, dim=1)
+    y = (weights @ v).transpose(1, 2).reshape(1, 6, config.n_embd)
     with torch.no_grad():
         torch.testing.assert_close(attn.c_proj(y), attn(x))
 
