@@ -104,8 +104,8 @@ export: $(STAMP) ## export HF / GGUF / Ollama: make export EXP=.. [CONFIG=..]
 	$(need_exp)
 	$(CLI) export $(EXP) $(CFG_ARG)
 
-tensorboard: $(STAMP) ## serve TensorBoard on 127.0.0.1: make tensorboard LOGDIR=out/<run>/logs/tb [PORT=6006]
-	@if [ -z "$(LOGDIR)" ]; then echo "error: LOGDIR is required, e.g. make tensorboard LOGDIR=out/shakespeare/logs/tb" >&2; exit 2; fi
+tensorboard: $(STAMP) ## serve TensorBoard on 127.0.0.1: make tensorboard LOGDIR=out/<run>/logs/tb, or LOGDIR=out for every run under out/ [PORT=6006]
+	@if [ -z "$(LOGDIR)" ]; then echo "error: LOGDIR is required, e.g. make tensorboard LOGDIR=out/shakespeare/logs/tb (one run) or LOGDIR=out (every run under out/)" >&2; exit 2; fi
 	$(CLI) tensorboard --logdir $(LOGDIR) $(if $(PORT),--port $(PORT),)
 
 lit: $(STAMP) ## explore a trained model in LIT: make lit EXP=.. [CONFIG=..] [PORT=5432]

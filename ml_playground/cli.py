@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     lit.set_defaults(func=cmd_lit)
 
     tb = sub.add_parser("tensorboard", help="serve TensorBoard on 127.0.0.1", description="Serve TensorBoard.")
-    tb.add_argument("--logdir", type=Path, required=True, help="e.g. out/<run>/logs/tb")
+    tb.add_argument(
+        "--logdir", type=Path, required=True, help="one run's out/<run>/logs/tb, or a parent such as out (one run each)"
+    )
     tb.add_argument("--port", type=int, default=6006, help="port on 127.0.0.1 (default 6006)")
     tb.set_defaults(func=cmd_tensorboard)
 

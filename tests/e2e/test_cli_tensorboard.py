@@ -1,4 +1,4 @@
-"""`ml-playground tensorboard`: serves a run's event files on 127.0.0.1; a missing logdir is one line."""
+"""`ml-playground tensorboard`: serves the runs under a log dir on 127.0.0.1; a missing logdir is one line."""
 
 from __future__ import annotations
 
@@ -34,28 +34,32 @@ def test_missing_logdir_is_one_line_exit_4(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_serves_scalars_on_localhost(tmp_path: Path) -> None:
-    logdir = tmp_path / "logs" / "tb"
-    with SummaryWriter(log_dir=str(logdir)) as writer:
-        writer.add_scalar("train/loss", 2.5, 0)
+def test_serves_the_runs_under_a_parent_on_localhost(tmp_path: Path) -> None:
+    """`make tensorboard LOGDIR=out`: every run's out_dir/logs/tb under the parent is a run of its own."""
+    parent = tmp_path / "out"
+    for run, loss in (("rope", 2.5), ("learned", 2.7)):
+        with SummaryWriter(log_dir=str(parent / run / "logs" / "tb")) as writer:
+            writer.add_scalar("train/loss", loss, 0)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ml_playground.cli", "tensorboard", "--logdir", str(logdir), "--port", str(port)],
+        [sys.executable, "-m", "ml_playground.cli", "tensorboard", "--logdir", str(parent), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    expected = {"learned/logs/tb", "rope/logs/tb"}
     try:
         deadline = time.monotonic() + 180
-        tags: dict[str, object] = {}
-        while time.monotonic() < deadline and "train/loss" not in json.dumps(tags):
+        tags: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline and set(tags) != expected:
             assert server.poll() is None, server.communicate()[0]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as reply:
                     tags = json.loads(reply.read())
             except OSError:
                 time.sleep(0.5)
-        assert "train/loss" in json.dumps(tags)
+        assert set(tags) == expected
+        assert all("train/loss" in run_tags for run_tags in tags.values())
     finally:
         server.terminate()
         server.communicate(timeout=60)
