@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,7 +24,7 @@ from ml_playground.bench.nanogpt import (
     nanogpt_eval,
     nanogpt_iteration,
 )
-from ml_playground.bench.report import Quality, QualityRun, Row
+from ml_playground.bench.report import Curve, EvalPoint, Quality, QualityRun, Row
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import alternate
 from ml_playground.config import TrainConfig
@@ -34,6 +34,7 @@ from ml_playground.train.run import run_training
 
 CASE = "3 time to val 1.88"
 QUALITY_THRESHOLD = 1.88
+NANOGPT_VARIANT = "nanoGPT README config (checkout)"
 
 
 def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
@@ -71,22 +72,49 @@ def _val_curve(out_dir: Path) -> list[tuple[float, int, float]]:
     return [(float(e.wall_time), int(e.step), float(e.value)) for e in scalars]
 
 
-def _our_time_to_quality(cfg: TrainConfig) -> QualityRun:
-    """One fresh `run_training` with the shipped config: wall clock to the first val loss <= 1.88."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimedRun:
+    """One fresh `run_training`: its wall clock and its evaluations in seconds since its start."""
+
+    total_seconds: float
+    curve: Curve
+
+
+def timed_training(cfg: TrainConfig) -> TimedRun:
+    """`run_training` from an empty out_dir; the curve is read back from the run's TensorBoard events."""
     shutil.rmtree(cfg.runtime.out_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
     started = time.time()
     run_training(cfg)
     total = time.time() - started
-    curve = _val_curve(cfg.runtime.out_dir)
-    reached = next(((t - started, step) for t, step, loss in curve if loss <= QUALITY_THRESHOLD), None)
+    curve = tuple(
+        EvalPoint(seconds=t - started, iter=step, val_loss=loss) for t, step, loss in _val_curve(cfg.runtime.out_dir)
+    )
+    return TimedRun(total_seconds=total, curve=curve)
+
+
+def preload_optimizer_imports() -> None:
+    """A process pays once for torch.optim's first optimizer, which imports torch._dynamo (~2.5 s on
+    a 2-core CPU): import it before any clock starts, or only the run timed first pays it."""
+    importlib.import_module("torch._dynamo")
+
+
+def _quality_run(curve: Curve, *, iters: int, total_seconds: float) -> QualityRun:
+    reached = next((point for point in curve if point.val_loss <= QUALITY_THRESHOLD), None)
     return QualityRun(
         threshold=QUALITY_THRESHOLD,
-        seconds_to_threshold=None if reached is None else reached[0],
-        iter_at_threshold=None if reached is None else reached[1],
-        final_val_loss=curve[-1][2],
-        iters=cfg.runtime.max_iters,
-        total_seconds=total,
+        seconds_to_threshold=None if reached is None else reached.seconds,
+        iter_at_threshold=None if reached is None else reached.iter,
+        final_val_loss=curve[-1].val_loss,
+        iters=iters,
+        total_seconds=total_seconds,
+        curve=curve,
     )
+
+
+def _our_time_to_quality(cfg: TrainConfig) -> QualityRun:
+    """One fresh `run_training` with the shipped config: wall clock to the first val loss <= 1.88."""
+    run = timed_training(cfg)
+    return _quality_run(run.curve, iters=cfg.runtime.max_iters, total_seconds=run.total_seconds)
 
 
 def _nanogpt_time_to_quality(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> QualityRun:
@@ -101,25 +129,16 @@ def _nanogpt_time_to_quality(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConf
     dtype = ctx.char_meta.numpy_dtype
     train = RowBatches(cfg.data.train_path, dtype, batch, shape.block_size, ctx.device)
     val = RowBatches(cfg.data.val_path, dtype, batch, shape.block_size, ctx.device)
-    reached: tuple[float, int] | None = None
-    val_loss = float("inf")
+    curve: list[EvalPoint] = []
     for it in range(iters + 1):
         if it % interval == 0 or it == iters:
             nanogpt_eval(model, train, eval_iters)
             val_loss = nanogpt_eval(model, val, eval_iters)
-            if reached is None and val_loss <= QUALITY_THRESHOLD:
-                reached = (time.time() - started, it)
+            curve.append(EvalPoint(seconds=time.time() - started, iter=it, val_loss=val_loss))
         if it == iters:
             break
         nanogpt_iteration(model, optimizer, train, it, decay=iters)
-    return QualityRun(
-        threshold=QUALITY_THRESHOLD,
-        seconds_to_threshold=None if reached is None else reached[0],
-        iter_at_threshold=None if reached is None else reached[1],
-        final_val_loss=val_loss,
-        iters=iters,
-        total_seconds=time.time() - started,
-    )
+    return _quality_run(tuple(curve), iters=iters, total_seconds=time.time() - started)
 
 
 def _mean(runs: list[QualityRun]) -> Quality:
@@ -134,6 +153,7 @@ def _mean(runs: list[QualityRun]) -> Quality:
         total_seconds=sum(run.total_seconds for run in runs) / len(runs),
         runs=len(runs),
         seconds_per_run=tuple(run.seconds for run in runs),
+        curves=tuple(run.curve for run in runs),
     )
 
 
@@ -149,9 +169,7 @@ def _summary(metrics: Quality) -> str:
 def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> list[Row]:
     """`runs` runs per side; means reported."""
     cfg = quality_config(ctx, config_path)
-    # A process pays once for torch.optim's first optimizer, which imports torch._dynamo (~2.5 s
-    # on a 2-core CPU): import it before either clock starts, or only the run timed first pays it.
-    importlib.import_module("torch._dynamo")
+    preload_optimizer_imports()
     nanogpt = ctx.nanogpt
     ours_runs, theirs_runs = alternate(
         lambda: _our_time_to_quality(cfg),
@@ -162,7 +180,7 @@ def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> li
     if theirs_runs:
         theirs = _mean(theirs_runs)
         baseline, source = sum(run.seconds for run in theirs_runs) / len(theirs_runs), "measured"
-        variant = "nanoGPT README config (checkout)"
+        variant = NANOGPT_VARIANT
         rows.append(Row(case=CASE, variant=variant, summary=_summary(theirs), metrics=theirs))
     else:
         baseline, source = REFERENCE_TIME_TO_QUALITY_S, "reference"

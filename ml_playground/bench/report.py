@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from ml_playground.atomic import write_text_atomic
-from ml_playground.config import DType
+from ml_playground.config import DType, ModelConfig, OptimConfig
 
 Value = float | int | str | bool | None
 
@@ -70,6 +70,18 @@ class WholeRun:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EvalPoint:
+    """One evaluation of a training run: seconds since the run started, its iteration, val loss."""
+
+    seconds: float
+    iter: int
+    val_loss: float
+
+
+Curve = tuple[EvalPoint, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QualityRun:
     """Case 3: one training run to the validation-loss threshold."""
 
@@ -79,6 +91,7 @@ class QualityRun:
     final_val_loss: float
     iters: int
     total_seconds: float
+    curve: Curve
 
     @property
     def seconds(self) -> float:
@@ -98,9 +111,34 @@ class Quality:
     total_seconds: float
     runs: int
     seconds_per_run: tuple[float, ...]  # each run's `QualityRun.seconds`
+    curves: tuple[Curve, ...]  # each run's evaluations, in run order
     config: str | None = None  # ml-playground's row: the TOML file
     vs_nanogpt: float | None = None  # seconds over nanoGPT's
     nanogpt_baseline: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ablation:
+    """Case 8: one training run of the ablation, the baseline's [train] with one option switched on
+    (or the baseline itself, or the best config); deltas are against the baseline row."""
+
+    option: str  # "baseline", "position=rope", ..., "best"
+    config: str  # the TOML its [train] comes from
+    model: ModelConfig
+    optim: OptimConfig
+    iters: int
+    batch_size: int
+    block_size: int
+    final_val_loss: float
+    total_seconds: float
+    tokens_per_s: float | None  # median of the trainer's logged windows after the first; None: none logged
+    equal_time_seconds: float  # the last evaluation of the case's shortest run
+    val_loss_at_equal_time: float | None  # the curve interpolated there; None: no evaluation that late
+    curve: Curve
+    final_val_vs_baseline: float | None = None  # final val loss minus the baseline's
+    val_at_equal_time_vs_baseline: float | None = None
+    time_vs_baseline: float | None = None  # total seconds over the baseline's
+    same_run_as: str | None = None  # the row whose run this is ("baseline": the best config is the baseline)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +176,7 @@ class BpeComparison:
     ratio: float
 
 
-Metrics = Throughput | Skipped | GpuSkipped | Quality | WholeRun | Sampling | Prepare | BpeComparison
+Metrics = Throughput | Skipped | GpuSkipped | Quality | WholeRun | Ablation | Sampling | Prepare | BpeComparison
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,9 @@
 """`make bench [CORPUS=path]`: parse options, prepare the corpus, run the cases, print and save.
 
 Prints one table to stdout and writes the same rows, the machine and the measured peaks as JSON
-to `<out-dir>/bench_<UTC stamp>.json` (and `latest.json`).
+to `<out-dir>/bench_<UTC stamp>.json` (and `latest.json`), and from that JSON the chart of
+validation loss against wall time (`<out-dir>/loss_vs_time.svg`). `--render REPORT.json` draws the
+chart of a saved report without running anything.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ml_playground.bench.chart import CHART_NAME, read_series, render_report, write_chart
 from ml_playground.bench.context import BenchContext, Peaks
 from ml_playground.bench.nanogpt import load_nanogpt
 from ml_playground.bench.report import Row, format_table, machine_info, row_dict, write_report
@@ -30,7 +33,7 @@ from ml_playground.train.metrics import measure_peak_flops, probe_bfloat16
 
 log = logging.getLogger(__name__)
 
-ALL_CASES = (1, 2, 3, 4, 5, 6, 7)
+ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "bundestag_char_cpu.toml"
 
@@ -50,6 +53,8 @@ class Options:
     quality_config: Path
     quality_runs: int
     prepare_mb: float | None
+    render: Path | None  # a saved report: draw its chart, run nothing
+    svg: Path | None  # where the chart goes (default: beside the JSON report)
 
 
 def _cases(text: str) -> tuple[int, ...]:
@@ -71,7 +76,7 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--cases",
         type=_cases,
-        help="comma-separated case numbers (default: 1-5, and the GPU cases 6-7 with --device cuda or --tiny)",
+        help="comma-separated case numbers (default: 1-5 and 8, and the GPU cases 6-7 with --device cuda or --tiny)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up repetitions per variant")
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
@@ -80,7 +85,9 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--force-bf16", action="store_true", help="run bf16 variants even where bf16 autocast trains slower than fp32"
     )
-    parser.add_argument("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config")
+    parser.add_argument(
+        "--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config, and case 8's best row"
+    )
     parser.add_argument(
         "--quality-runs",
         type=int,
@@ -90,6 +97,12 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
     parser.add_argument(
         "--tiny", action="store_true", help="smoke run: tiny models and inputs (numbers are meaningless)"
+    )
+    parser.add_argument(
+        "--render", type=Path, metavar="REPORT_JSON", help="draw the chart of a saved report and run no case"
+    )
+    parser.add_argument(
+        "--svg", type=Path, help=f"where the val-loss-vs-time chart goes (default: {CHART_NAME} beside the report)"
     )
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.reps < 1 or args.quality_runs < 1:
@@ -112,6 +125,8 @@ def parse_options(argv: list[str]) -> Options:
         quality_config=args.quality_config,
         quality_runs=args.quality_runs,
         prepare_mb=args.prepare_mb,
+        render=args.render,
+        svg=args.svg,
     )
 
 
@@ -164,6 +179,7 @@ def build_context(options: Options, work_dir: Path) -> BenchContext:
 
 
 def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Row]]]:
+    from ml_playground.bench.ablation_case import case8_ablation
     from ml_playground.bench.gpu_cases import case6_gpu_steps, case7_gpu_run
     from ml_playground.bench.prepare_cases import case5_prepare
     from ml_playground.bench.quality_case import case3_time_to_quality
@@ -178,6 +194,7 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
         5: case5_prepare,
         6: case6_gpu_steps,
         7: case7_gpu_run,
+        8: lambda ctx: case8_ablation(ctx, options.quality_config),
     }
 
 
@@ -223,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if options.render is not None:
+            print(f"wrote {render_report(options.render, options.svg)}")
+            return 0
         rows, report = run(options)
     except MLPlaygroundError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -232,4 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     path = write_report(options.out_dir, report)
     print(f"wrote {path}")
+    series = read_series(path)  # the chart is drawn from the report as saved
+    if series:
+        print(f"wrote {write_chart(series, options.out_dir / CHART_NAME if options.svg is None else options.svg)}")
     return 0

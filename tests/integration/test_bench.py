@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert report["peak_flops"]["float32"] > 0
     assert report["peak_flops"]["bfloat16"] > 0
     cases = {row["case"].split()[0] for row in report["rows"]}
-    assert cases == {"1", "2", "3", "4", "5", "6", "7"}
+    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8"}
     by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "reference"
@@ -40,7 +41,14 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     fp32, bf16 = by_variant[("1", "ml-playground fp32")], by_variant[("2", "bf16 autocast")]
     assert fp32["peak_flops"] >= report["peak_flops"]["float32"]
     assert bf16["peak_flops"] >= report["peak_flops"]["bfloat16"]
-    assert by_variant[("3", "ml-playground bundestag_char_cpu.toml")]["iters"] == 6
+    ours = by_variant[("3", "ml-playground bundestag_char_cpu.toml")]
+    assert ours["iters"] == 6
+    assert [[point["iter"] for point in curve] for curve in ours["curves"]] == [[0, 3, 6]] * 2  # two runs
+    assert by_variant[("8", "baseline")]["iters"] == 6
+    # the default best config is the baseline's own [train]: its run is not repeated
+    assert by_variant[("8", "best")]["same_run_as"] == "baseline"
+    assert by_variant[("8", "best")]["curve"] == by_variant[("8", "baseline")]["curve"]
+    assert by_variant[("8", "optimizer=muon")]["time_vs_baseline"] > 0
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
     assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte
@@ -49,7 +57,10 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert against["ratio"] == pytest.approx(against["mb_per_s"] / against["tiktoken_mb_per_s"])
     table = capsys.readouterr().out
     assert "peak matmul" in table
-    assert "wrote " in table
+    assert f"wrote {out_dir / 'loss_vs_time.svg'}" in table  # drawn from the report just written
+    chart = ET.parse(out_dir / "loss_vs_time.svg").getroot()
+    lines = [line.attrib["data-series"] for line in chart.iter("{http://www.w3.org/2000/svg}polyline")]
+    assert lines == ["baseline: GPT-2 + AdamW (bundestag_char_cpu.toml)", "best: bundestag_char_cpu.toml"]
 
 
 def test_missing_nanogpt_checkout_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,8 +102,13 @@ def test_side_by_side_with_a_checkout_alternates_case_3_runs(tmp_path: Path, mon
         by_variant[("3", "nanoGPT README config (checkout)")],
     )
     assert ours["runs"] == theirs["runs"] == 3
+    assert [[point["iter"] for point in curve] for curve in theirs["curves"]] == [[0, 3, 6]] * 3
+    assert theirs["final_val_loss"] == pytest.approx(sum(curve[-1]["val_loss"] for curve in theirs["curves"]) / 3)
     assert len(theirs["seconds_per_run"]) == 3
     assert ours["nanogpt_baseline"] == "measured"
+    chart = ET.parse(tmp_path / "out" / "loss_vs_time.svg").getroot()
+    lines = [line.attrib["data-series"] for line in chart.iter("{http://www.w3.org/2000/svg}polyline")]
+    assert lines == ["nanoGPT README run", "best: bundestag_char_cpu.toml"]  # no case 8: no ablation baseline
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "measured"
     assert by_variant[("4", "nanoGPT sample.py (checkout)")]["tokens_per_s"] > 0
     # The GPU cases' nanoGPT sides (train.py's and bench.py's steps, train.py's whole run) ran too.

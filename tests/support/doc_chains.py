@@ -177,7 +177,8 @@ SKIP_RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool], str], ...] = (
         "benchmark",
         lambda argv: _make_target(argv) == "bench" or _python_module(argv) == "ml_playground.bench",
         "minutes of timed runs and a 1 GB preparation, some on placeholder paths (a nanoGPT checkout); "
-        "tests/integration/test_bench.py runs every case, the shipped bundestag_char_cpu.toml included, with --tiny",
+        "tests/integration/test_bench.py runs every case, the shipped bundestag_char_cpu.toml included, with --tiny; "
+        "tests/unit/bench/test_bench_chart.py runs --render on a saved report",
     ),
     (
         "ollama",

@@ -11,7 +11,7 @@ import pytest
 
 from ml_playground.bench.nanogpt import load_nanogpt, nanogpt_lr
 from ml_playground.bench.prepare_cases import write_synthetic_corpus
-from ml_playground.bench.report import Quality, Row, format_table, row_dict, write_report
+from ml_playground.bench.report import EvalPoint, Quality, Row, format_table, row_dict, write_report
 from ml_playground.bench.runner import parse_options
 from ml_playground.bench.timing import StepClock, alternate, time_calls
 from ml_playground.errors import ConfigError
@@ -25,9 +25,9 @@ def test_cases_option_parses_and_rejects_unknown_numbers(capsys: pytest.CaptureF
 
 
 def test_gpu_cases_run_by_default_only_on_cuda_or_in_a_smoke_run() -> None:
-    assert parse_options([]).cases == (1, 2, 3, 4, 5)
-    assert parse_options(["--device", "cuda"]).cases == (1, 2, 3, 4, 5, 6, 7)
-    assert parse_options(["--tiny"]).cases == (1, 2, 3, 4, 5, 6, 7)
+    assert parse_options([]).cases == (1, 2, 3, 4, 5, 8)
+    assert parse_options(["--device", "cuda"]).cases == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert parse_options(["--tiny"]).cases == (1, 2, 3, 4, 5, 6, 7, 8)
     assert parse_options(["--cases", "6"]).cases == (6,)
 
 
@@ -48,6 +48,7 @@ def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path:
         total_seconds=1.5,
         runs=2,
         seconds_per_run=(1.0, 2.0),
+        curves=((EvalPoint(seconds=0.5, iter=0, val_loss=4.2), EvalPoint(seconds=1.5, iter=6, val_loss=3.1)), ()),
     )
     row = row_dict(Row(case="3", variant="ours", summary="s", metrics=metrics))
     assert row["metrics"]["seconds_per_run"] == (1.0, 2.0)
@@ -56,6 +57,10 @@ def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path:
     assert data["rows"][0]["metrics"]["seconds_per_run"] == [1.0, 2.0]
     assert data["rows"][0]["metrics"]["final_val_loss"] is None  # inf has no JSON
     assert data["rows"][0]["metrics"]["seconds_to_threshold"] is None
+    assert data["rows"][0]["metrics"]["curves"] == [
+        [{"seconds": 0.5, "iter": 0, "val_loss": 4.2}, {"seconds": 1.5, "iter": 6, "val_loss": 3.1}],
+        [],
+    ]
     assert row_dict(Row(case="1", variant="a", summary="x"))["metrics"] == {}
 
 

@@ -6,12 +6,10 @@ No timing is asserted: only how many steps were stamped and what the runs wrote.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-import torch
 
-from ml_playground.bench.context import BenchContext, Peaks
+from ml_playground.bench.context import BenchContext
 from ml_playground.bench.quality_case import quality_config
 from ml_playground.bench.report import Skipped, Throughput
 from ml_playground.bench.runner import DEFAULT_QUALITY_CONFIG
@@ -21,29 +19,6 @@ from ml_playground.bench.train_cases import case2_train_mid
 from ml_playground.config_loader import load_experiment_config, require_train
 from ml_playground.train.checkpoint import LAST_NAME, load_checkpoint
 from ml_playground.train.metrics import PrecisionProbe
-from tests.support.tiny_training import write_char_dataset
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> BenchContext:
-    char_dir = tmp_path / "char"
-    return BenchContext(
-        device_name="cpu",
-        device=torch.device("cpu"),
-        sizes=TINY,
-        warmup=1,
-        reps=2,
-        corpus=tmp_path / "corpus.txt",
-        char_dir=char_dir,
-        char_meta=write_char_dataset(char_dir),
-        work_dir=tmp_path / "work",
-        peaks=Peaks(float32=1e9, bfloat16=2e9),
-        bf16_probe=PrecisionProbe(float32_seconds=0.002, bfloat16_seconds=0.001),
-        nanogpt=None,
-        compile=False,
-        force_bf16=False,
-        tiny=True,
-    )
 
 
 def test_timed_steps_stamps_every_step_of_a_real_run_and_starts_fresh(ctx: BenchContext) -> None:
