@@ -9,6 +9,7 @@ changed, run for the same iterations, batch and block. The best row is case 3's 
 from __future__ import annotations
 
 import itertools
+import shutil
 import statistics
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -181,9 +182,17 @@ def _same_run(cfg: TrainConfig, other: TrainConfig) -> bool:
     return replace(cfg, runtime=replace(cfg.runtime, out_dir=other.runtime.out_dir)) == other
 
 
-def case8_ablation(ctx: BenchContext, best_config: Path) -> list[Row]:
-    """The baseline, each option alone, the best config: one run each, in that order."""
+def _keep_logs(cfg: TrainConfig, name: str, logs_dir: Path) -> None:
+    """The run's TensorBoard events as `logs_dir/<row>/logs/tb`: one run per row under one parent."""
+    shutil.copytree(cfg.runtime.out_dir / TB_SUBDIR, logs_dir / name / TB_SUBDIR)
+
+
+def case8_ablation(ctx: BenchContext, best_config: Path, logs_dir: Path | None = None) -> list[Row]:
+    """The baseline, each option alone, the best config: one run each, in that order. With `logs_dir`,
+    each run's TensorBoard events are kept there (`make tensorboard LOGDIR=<logs_dir>`)."""
     preload_optimizer_imports()
+    if logs_dir is not None:
+        shutil.rmtree(logs_dir, ignore_errors=True)  # rows of an earlier bench are not this one's
     configs = ablation_configs(ctx, best_config)
     baseline_cfg = configs[0][1]
     measured: list[Ablation] = []
@@ -193,5 +202,7 @@ def case8_ablation(ctx: BenchContext, best_config: Path) -> list[Row]:
             continue
         config_path = best_config if name == BEST else BASELINE_CONFIG
         measured.append(_measure(name, cfg, config_path))
+        if logs_dir is not None:
+            _keep_logs(cfg, name, logs_dir)
     rows = _against_baseline(measured)
     return [Row(case=CASE, variant=row.option, summary=_summary(row), metrics=row) for row in rows]

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
+# Case 8 keeps its runs' TensorBoard events here, under --out-dir: one run per row.
+ABLATION_LOGS = "ablation"
 DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "bundestag_char_cpu.toml"
 
 
@@ -194,7 +196,7 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
         5: case5_prepare,
         6: case6_gpu_steps,
         7: case7_gpu_run,
-        8: lambda ctx: case8_ablation(ctx, options.quality_config),
+        8: lambda ctx: case8_ablation(ctx, options.quality_config, options.out_dir / ABLATION_LOGS),
     }
 
 

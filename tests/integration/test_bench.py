@@ -49,6 +49,8 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert by_variant[("8", "best")]["same_run_as"] == "baseline"
     assert by_variant[("8", "best")]["curve"] == by_variant[("8", "baseline")]["curve"]
     assert by_variant[("8", "optimizer=muon")]["time_vs_baseline"] > 0
+    kept = sorted(path.name for path in (out_dir / "ablation").iterdir())  # TensorBoard events, one run per row
+    assert kept == sorted(variant for case, variant in by_variant if case == "8" and variant != "best")
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
     assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte

@@ -23,6 +23,7 @@ from ml_playground.bench.context import BenchContext
 from ml_playground.bench.quality_case import quality_config
 from ml_playground.bench.report import EvalPoint, row_dict, write_report
 from ml_playground.config import PROJECT_ROOT, ModelConfig
+from ml_playground.train.metrics import TB_SUBDIR, read_scalars
 
 MUON_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_muon_cpu.toml"
 OPTIONS = {
@@ -88,7 +89,9 @@ def test_interpolate_follows_the_line_between_evaluations() -> None:
 
 @pytest.mark.slow
 def test_tiny_ablation_writes_one_row_per_option_with_its_curve(ctx: BenchContext, tmp_path: Path) -> None:
-    rows = case8_ablation(ctx, MUON_CONFIG)
+    logs = tmp_path / "logs"
+    (logs / "stale" / "logs" / "tb").mkdir(parents=True)  # an earlier bench's row
+    rows = case8_ablation(ctx, MUON_CONFIG, logs)
     report = json.loads(write_report(tmp_path / "bench", {"rows": [row_dict(row) for row in rows]}).read_text())
     metrics = {row["variant"]: row["metrics"] for row in report["rows"]}
     assert [row["variant"] for row in report["rows"]][::10] == [BASELINE, BEST]
@@ -112,3 +115,7 @@ def test_tiny_ablation_writes_one_row_per_option_with_its_curve(ctx: BenchContex
     assert metrics[BEST]["optim"]["optimizer"] == "muon"
     assert metrics[BEST]["same_run_as"] is None  # its own run: not the baseline's config
     assert "vs baseline" in rows[1].summary
+    # each run's TensorBoard events under one parent, one run per row, with its val/loss
+    assert sorted(path.name for path in logs.iterdir()) == sorted(metrics)
+    for name in metrics:
+        assert [step for step, _ in read_scalars(logs / name / TB_SUBDIR)["val/loss"]] == [0, 3, 6]
