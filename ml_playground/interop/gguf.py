@@ -1,8 +1,16 @@
-"""GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2` architecture.
+"""GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama` or `qwen3`
+architecture (which one: `interop.arch.counterpart`).
 
-`TENSOR_MAP` names every tensor. No transposes are needed: numpy shape (out, in) of our
-`nn.Linear` weights is ggml's {in, out}, which is what llama.cpp's gpt2 graph expects. The output
-projection is not written: llama.cpp ties it to `token_embd.weight` when `output.weight` is absent.
+Two tables name every tensor: `GPT2_TENSOR_MAP` and `LLAMA_TENSOR_MAP` (llama and qwen3; row
+blocks of our fused q|k|v and gate|up weights as in `hf.LLAMA_KEY_MAP`). No transposes are needed:
+numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out}, which is what llama.cpp's
+graphs expect. A tied output projection is not written: llama.cpp ties it to `token_embd.weight`
+when `output.weight` is absent.
+
+RoPE: ours rotates the two halves of a head (Hugging Face's rotate_half), as llama.cpp's `qwen3`
+("neox" rope) does. Its `llama` rotates adjacent pairs, so for `llama` the rows of each query and
+key head are reordered from halves to pairs (`halves_to_pairs`, the reordering llama.cpp's own
+converter applies to Hugging Face Llama weights; key heads counted as the KV heads).
 
 Tokenizers: GPT-2 BPE is written as llama.cpp's "gpt2" model with the "gpt-2" pre-tokenizer
 (tokens, merges, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
@@ -26,11 +34,21 @@ from torch import Tensor
 from ml_playground.atomic import atomic_output_path
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
-from ml_playground.interop.hf import GPT2_EOT_ID, LAYER_NORM_EPS, bias_shape, expand, tokens_only
+from ml_playground.interop.arch import Counterpart, counterpart
+from ml_playground.interop.hf import (
+    GPT2_EOT_ID,
+    OURS_TIED,
+    RowBlock,
+    When,
+    bias_shape,
+    exists,
+    expand,
+    row_span,
+    tokens_only,
+)
 from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
-ARCH = "gpt2"
 FloatType = Literal["f32", "f16"]
 
 
@@ -40,7 +58,7 @@ class TensorRule:
     gguf: str
 
 
-TENSOR_MAP: tuple[TensorRule, ...] = (
+GPT2_TENSOR_MAP: tuple[TensorRule, ...] = (
     TensorRule("transformer.wte.weight", "token_embd.weight"),
     TensorRule("transformer.wpe.weight", "position_embd.weight"),
     TensorRule("transformer.h.{i}.ln_1.weight", "blk.{i}.attn_norm.weight"),
@@ -62,11 +80,75 @@ TENSOR_MAP: tuple[TensorRule, ...] = (
 
 def gguf_name(ours: str, n_layer: int) -> str:
     """The GGUF tensor name of one of our tensors."""
-    for rule in TENSOR_MAP:
+    for rule in GPT2_TENSOR_MAP:
         for i in range(n_layer) if "{i}" in rule.ours else [0]:
             if rule.ours.format(i=i) == ours:
                 return rule.gguf.format(i=i)
     raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaTensorRule:
+    """One GGUF tensor of llama.cpp's llama/qwen3: our tensor it is, or the block of its rows it holds;
+    written when the architecture has it (`hf.exists`)."""
+
+    ours: str
+    gguf: str
+    rows: RowBlock = "all"
+    when: When = "always"
+
+
+LLAMA_TENSOR_MAP: tuple[LlamaTensorRule, ...] = (
+    LlamaTensorRule("transformer.wte.weight", "token_embd.weight"),
+    LlamaTensorRule("transformer.h.{i}.ln_1.weight", "blk.{i}.attn_norm.weight"),
+    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_q.weight", rows="q"),
+    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_k.weight", rows="k"),
+    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_v.weight", rows="v"),
+    LlamaTensorRule("transformer.h.{i}.attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", when="qk_norm"),
+    LlamaTensorRule("transformer.h.{i}.attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", when="qk_norm"),
+    LlamaTensorRule("transformer.h.{i}.attn.c_proj.weight", "blk.{i}.attn_output.weight"),
+    LlamaTensorRule("transformer.h.{i}.ln_2.weight", "blk.{i}.ffn_norm.weight"),
+    LlamaTensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_gate.weight", rows="gate"),
+    LlamaTensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_up.weight", rows="up"),
+    LlamaTensorRule("transformer.h.{i}.mlp.c_proj.weight", "blk.{i}.ffn_down.weight"),
+    LlamaTensorRule("transformer.ln_f.weight", "output_norm.weight"),
+    LlamaTensorRule("lm_head.weight", "output.weight", when="untied"),
+)
+
+
+def halves_to_pairs(weight: Tensor, heads: int) -> Tensor:
+    """Reorder each head's rows from [x_0..x_{d/2-1}, y_0..y_{d/2-1}] (rotated as halves) to
+    [x_0, y_0, x_1, y_1, ...] (rotated as adjacent pairs), so llama.cpp's `llama` rope computes
+    what ours does."""
+    rows, width = weight.shape
+    # (heads*hs, C) -> (heads, 2, hs/2, C) -> (heads, hs/2, 2, C) -> (heads*hs, C)
+    return weight.reshape(heads, 2, rows // heads // 2, width).transpose(1, 2).reshape(rows, width)
+
+
+def llama_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counterpart) -> list[tuple[str, Tensor]]:
+    """(GGUF name, tensor) for llama/qwen3 in table order (the query/key rows reordered for
+    `llama`'s pair rope)."""
+    out: list[tuple[str, Tensor]] = []
+    used: set[str] = set()
+    for rule in LLAMA_TENSOR_MAP:
+        if not exists(rule.when, config):
+            continue
+        for i in range(config.n_layer) if "{i}" in rule.ours else [0]:
+            ours = rule.ours.format(i=i)
+            tensor = state_dict.get(ours)
+            if tensor is None:
+                raise ExportError(f"model weights: tensor {ours!r} is missing")
+            span = row_span(rule.rows, config)
+            block = tensor if span is None else tensor[span[0] : span[1]]
+            if arch == "llama" and rule.rows in ("q", "k"):
+                block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.kv_heads)
+            out.append((rule.gguf.format(i=i), block))
+            used.add(ours)
+    tied: set[str] = {OURS_TIED} if config.tie_embeddings else set()  # the embedding's own tensor
+    unknown = sorted(set(state_dict) - used - tied)
+    if unknown:
+        raise ExportError(f"model weights: tensors without a GGUF name: {', '.join(unknown[:5])}")
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,23 +204,49 @@ def vocab_for(meta: DatasetMeta) -> GGUFVocab:
     raise ExportError(f"dataset metadata: encoding {meta.encoding!r} cannot be exported to GGUF (only 'gpt2')")
 
 
-def gguf_tensors(
-    state_dict: dict[str, Tensor], config: GPTConfig, ftype: FloatType
-) -> list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]]:
-    """(name, array) in file order. 2-D weights take `ftype`; norms and biases stay float32."""
-    out: list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]] = []
+def gpt2_tensors(state_dict: dict[str, Tensor], config: GPTConfig) -> list[tuple[str, Tensor]]:
+    """(GGUF name, tensor) for gpt2 in file order; biases a `bias = false` model lacks are zeros."""
+    out: list[tuple[str, Tensor]] = []
     for rule in expand(config.n_layer):
         tensor = state_dict.get(rule.ours)
         if tensor is None:
             if not rule.is_bias or config.bias:
                 raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
             tensor = torch.zeros(bias_shape(rule, config))  # llama.cpp's gpt2 requires every bias
-        array = tensor.detach().to("cpu", torch.float32).numpy()
-        if ftype == "f16" and array.ndim == 2:
-            out.append((gguf_name(rule.ours, config.n_layer), array.astype(np.float16)))
-        else:
-            out.append((gguf_name(rule.ours, config.n_layer), array))
+        out.append((gguf_name(rule.ours, config.n_layer), tensor))
     return out
+
+
+def gguf_tensors(
+    state_dict: dict[str, Tensor], config: GPTConfig, ftype: FloatType
+) -> list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]]:
+    """(name, array) in file order. 2-D weights take `ftype`; norms and biases stay float32."""
+    arch = counterpart(config)
+    named = gpt2_tensors(state_dict, config) if arch == "gpt2" else llama_tensors(state_dict, config, arch)
+    out: list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]] = []
+    for name, tensor in named:
+        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+        out.append((name, array.astype(np.float16) if ftype == "f16" and array.ndim == 2 else array))
+    return out
+
+
+def add_architecture(writer: gguf.GGUFWriter, config: GPTConfig, arch: Counterpart) -> None:
+    """The hyperparameters llama.cpp reads for `arch` (under `<arch>.` keys)."""
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(config.hidden_size)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(config.norm_eps)
+        return
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_key_length(config.head_size)
+    writer.add_value_length(config.head_size)
+    writer.add_rope_dimension_count(config.head_size)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_vocab_size(config.vocab_size)
 
 
 def write_gguf(
@@ -151,22 +259,18 @@ def write_gguf(
     name: str,
 ) -> None:
     """Write a llama.cpp-loadable GGUF file atomically; its vocabulary is the tokenizer's
-    (padding rows dropped)."""
+    (padding rows dropped). An architecture without a counterpart is refused before writing."""
+    arch = counterpart(config)
     state_dict, config = tokens_only(state_dict, config, meta)
     vocab = vocab_for(meta)
     if len(vocab.tokens) != config.vocab_size:
         raise ExportError(f"tokenizer has {len(vocab.tokens)} tokens but its metadata says {meta.vocab_size}")
     tensors = gguf_tensors(state_dict, config, ftype)
     with atomic_output_path(path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        writer = gguf.GGUFWriter(str(tmp), arch)
         writer.add_name(name)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_context_length(config.block_size)
-        writer.add_embedding_length(config.n_embd)
-        writer.add_feed_forward_length(4 * config.n_embd)
-        writer.add_block_count(config.n_layer)
-        writer.add_head_count(config.n_head)
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        add_architecture(writer, config, arch)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("gpt-2")
         writer.add_token_list(vocab.tokens)

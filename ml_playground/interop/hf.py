@@ -1,8 +1,12 @@
-"""Hugging Face interop: our GPT <-> a `transformers` GPT2LMHeadModel directory.
+"""Hugging Face interop: our GPT <-> a `transformers` GPT2LMHeadModel, LlamaForCausalLM or
+Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
 
-One explicit key map (`KEY_MAP`) names every tensor on both sides and whether it is transposed:
-GPT-2's Hugging Face checkpoints store linear layers as `Conv1D` with weight (in, out), ours are
-`nn.Linear` with weight (out, in). The same table drives export and import.
+Two explicit key maps name every tensor on both sides; each drives export and import:
+- `GPT2_KEY_MAP`: names and transposes. GPT-2's Hugging Face checkpoints store linear layers as
+  `Conv1D` with weight (in, out), ours are `nn.Linear` with weight (out, in).
+- `LLAMA_KEY_MAP` (Llama and Qwen3): names and row blocks. Our fused `c_attn` (rows q | k | v) and
+  SwiGLU `c_fc` (rows gate | up) are HF's separate q/k/v and gate/up projections. No transposes
+  and no permutation: our RoPE is Hugging Face Llama's (rotate_half on the two halves of a head).
 
 An export directory holds config.json (incl. `n_ctx`), model.safetensors, generation_config.json
 and a tokenizer that encodes exactly like ours: GPT-2 BPE built offline from the vocabulary files
@@ -16,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from safetensors import SafetensorError
@@ -27,6 +31,7 @@ from torch import Tensor
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
 from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
+from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges
 
@@ -40,7 +45,6 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 
@@ -56,8 +60,8 @@ class KeyRule:
     is_bias: bool = False
 
 
-# The whole mapping. HF's lm_head.weight is tied to transformer.wte.weight (as ours is).
-KEY_MAP: tuple[KeyRule, ...] = (
+# The whole GPT-2 mapping. HF's lm_head.weight is tied to transformer.wte.weight (as ours is).
+GPT2_KEY_MAP: tuple[KeyRule, ...] = (
     KeyRule("transformer.wte.weight", "transformer.wte.weight"),
     KeyRule("transformer.wpe.weight", "transformer.wpe.weight"),
     KeyRule("transformer.h.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight"),
@@ -81,9 +85,9 @@ OURS_WTE = "transformer.wte.weight"
 
 
 def expand(n_layer: int) -> list[KeyRule]:
-    """KEY_MAP with `{i}` filled in for every block."""
+    """GPT2_KEY_MAP with `{i}` filled in for every block."""
     rules: list[KeyRule] = []
-    for rule in KEY_MAP:
+    for rule in GPT2_KEY_MAP:
         if "{i}" in rule.ours:
             rules.extend(
                 KeyRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.transpose, rule.is_bias)
@@ -96,7 +100,7 @@ def expand(n_layer: int) -> list[KeyRule]:
 
 def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
     """The shape of a bias our model omits when `bias = false` (HF GPT-2 always has them)."""
-    width = {"c_attn": 3 * config.n_embd, "c_fc": 4 * config.n_embd}
+    width = {"c_attn": 3 * config.n_embd, "c_fc": config.hidden_size}
     for part, size in width.items():
         if f".{part}." in rule.ours:
             return (size,)
@@ -119,7 +123,7 @@ def tokens_only(
     return trimmed, replace(config, vocab_size=rows, real_vocab_size=None)
 
 
-def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+def to_gpt2_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
     """Our (nanoGPT-named) weights -> HF GPT-2 weights. Missing biases (bias=false) become zeros."""
     out: dict[str, Tensor] = {}
     for rule in expand(config.n_layer):
@@ -127,7 +131,7 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[s
         if tensor is None:
             if not rule.is_bias or config.bias:
                 raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
-            tensor = torch.zeros(bias_shape(rule, config), dtype=state_dict["transformer.wte.weight"].dtype)
+            tensor = torch.zeros(bias_shape(rule, config), dtype=state_dict[OURS_WTE].dtype)
         tensor = tensor.detach().to("cpu")
         out[rule.hf] = (tensor.t() if rule.transpose else tensor).contiguous()
     unknown = sorted(set(state_dict) - {r.ours for r in expand(config.n_layer)} - {OURS_TIED})
@@ -136,11 +140,11 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[s
     return out
 
 
-def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+def from_gpt2_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
     """HF GPT-2 weights -> ours. Biases are dropped when `config.bias` is false."""
     hf = {name.removeprefix("model."): tensor for name, tensor in hf.items()}
     # Original GPT-2 files store the trunk without the "transformer." prefix.
-    if "transformer.wte.weight" not in hf:
+    if OURS_WTE not in hf:
         hf = {f"transformer.{name}" if not name.startswith("lm_head") else name: t for name, t in hf.items()}
     out: dict[str, Tensor] = {}
     missing: list[str] = []
@@ -155,9 +159,9 @@ def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> 
     if missing:
         raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
     head = hf.get("lm_head.weight")
-    if head is not None and not torch.equal(head, hf["transformer.wte.weight"]):
-        raise ExportError(f"{where}: lm_head.weight is not tied to transformer.wte.weight (our GPT ties them)")
-    out[OURS_TIED] = out["transformer.wte.weight"]
+    if head is not None and not torch.equal(head, hf[OURS_WTE]):
+        raise ExportError(f"{where}: lm_head.weight is not tied to transformer.wte.weight (our GPT-2 ties them)")
+    out[OURS_TIED] = out[OURS_WTE]
     return out
 
 
@@ -172,7 +176,147 @@ def biases_are_zero(hf: dict[str, Tensor], n_layer: int) -> bool:
     return True
 
 
+# --- Llama / Qwen3 key map ------------------------------------------------------------------------
+
+# Which rows of our tensor an HF tensor holds: all, or one block of a fused weight.
+RowBlock = Literal["all", "q", "k", "v", "gate", "up"]
+# When a tensor exists: always, with QK-norm (Qwen3), or with an untied output head.
+When = Literal["always", "qk_norm", "untied"]
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaRule:
+    """One HF Llama/Qwen3 tensor: our tensor it is, or the block of its rows it holds.
+    `{i}` stands for the block index."""
+
+    ours: str
+    hf: str
+    rows: RowBlock = "all"
+    when: When = "always"
+
+
+# The whole mapping (Qwen3 = Llama + q_norm/k_norm). Blocks of one fused tensor are listed in
+# their row order. A tied head has no tensor of its own on either side's files.
+LLAMA_KEY_MAP: tuple[LlamaRule, ...] = (
+    LlamaRule("transformer.wte.weight", "model.embed_tokens.weight"),
+    LlamaRule("transformer.h.{i}.ln_1.weight", "model.layers.{i}.input_layernorm.weight"),
+    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.q_proj.weight", rows="q"),
+    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.k_proj.weight", rows="k"),
+    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.v_proj.weight", rows="v"),
+    LlamaRule("transformer.h.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight", when="qk_norm"),
+    LlamaRule("transformer.h.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight", when="qk_norm"),
+    LlamaRule("transformer.h.{i}.attn.c_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+    LlamaRule("transformer.h.{i}.ln_2.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    LlamaRule("transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.gate_proj.weight", rows="gate"),
+    LlamaRule("transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.up_proj.weight", rows="up"),
+    LlamaRule("transformer.h.{i}.mlp.c_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
+    LlamaRule("transformer.ln_f.weight", "model.norm.weight"),
+    LlamaRule("lm_head.weight", "lm_head.weight", when="untied"),
+)
+
+
+def exists(when: When, config: GPTConfig) -> bool:
+    """Whether a tensor of that kind is in this architecture's files."""
+    present: dict[When, bool] = {"always": True, "qk_norm": config.qk_norm, "untied": not config.tie_embeddings}
+    return present[when]
+
+
+def llama_rules(config: GPTConfig) -> list[LlamaRule]:
+    """LLAMA_KEY_MAP for this architecture: `{i}` filled in, tensors it lacks left out."""
+    rules: list[LlamaRule] = []
+    for rule in LLAMA_KEY_MAP:
+        if not exists(rule.when, config):
+            continue
+        blocks = range(config.n_layer) if "{i}" in rule.ours else [0]
+        rules.extend(LlamaRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.rows, rule.when) for i in blocks)
+    return rules
+
+
+def row_span(rows: RowBlock, config: GPTConfig) -> tuple[int, int] | None:
+    """[start, end) of a block's rows in our fused tensor; None for the whole tensor."""
+    q = config.n_head * config.head_size
+    kv = config.kv_heads * config.head_size
+    hidden = config.hidden_size
+    spans: dict[RowBlock, tuple[int, int] | None] = {
+        "all": None,
+        "q": (0, q),
+        "k": (q, q + kv),
+        "v": (q + kv, q + 2 * kv),
+        "gate": (0, hidden),
+        "up": (hidden, 2 * hidden),
+    }
+    return spans[rows]
+
+
+def rows_of(tensor: Tensor, rows: RowBlock, config: GPTConfig) -> Tensor:
+    span = row_span(rows, config)
+    return tensor if span is None else tensor[span[0] : span[1]]
+
+
+def to_llama_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """Our weights -> HF Llama/Qwen3 weights (fused tensors cut into their row blocks)."""
+    out: dict[str, Tensor] = {}
+    rules = llama_rules(config)
+    for rule in rules:
+        tensor = state_dict.get(rule.ours)
+        if tensor is None:
+            raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
+        out[rule.hf] = rows_of(tensor.detach().to("cpu"), rule.rows, config).contiguous()
+    tied: set[str] = {OURS_TIED} if config.tie_embeddings else set()
+    unknown = sorted(set(state_dict) - {rule.ours for rule in rules} - tied)
+    if unknown:
+        raise ExportError(f"model weights: tensors without a Hugging Face name: {', '.join(unknown[:5])}")
+    return out
+
+
+def from_llama_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+    """HF Llama/Qwen3 weights -> ours (row blocks joined into our fused tensors)."""
+    blocks: dict[str, list[Tensor]] = {}
+    missing: list[str] = []
+    for rule in llama_rules(config):
+        tensor = hf.get(rule.hf)
+        if tensor is None:
+            missing.append(rule.hf)
+            continue
+        span = row_span(rule.rows, config)
+        if span is not None and tensor.size(0) != span[1] - span[0]:
+            raise ExportError(f"{where}: {rule.hf} has {tensor.size(0)} rows, config.json gives {span[1] - span[0]}")
+        blocks.setdefault(rule.ours, []).append(tensor)
+    if missing:
+        raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
+    out = {name: torch.cat(parts).contiguous() if len(parts) > 1 else parts[0] for name, parts in blocks.items()}
+    if config.tie_embeddings:
+        head = hf.get("lm_head.weight")
+        if head is not None and not torch.equal(head, out[OURS_WTE]):
+            raise ExportError(f"{where}: lm_head.weight differs from the token embedding but config.json ties them")
+        out[OURS_TIED] = out[OURS_WTE]
+    return out
+
+
+# --- both architectures ---------------------------------------------------------------------------
+
+
+def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """Our weights -> the HF weights of the architecture that computes the same (`counterpart`)."""
+    if counterpart(config) == "gpt2":
+        return to_gpt2_state_dict(state_dict, config)
+    return to_llama_state_dict(state_dict, config)
+
+
+def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+    """HF weights of `config`'s counterpart architecture -> ours."""
+    if counterpart(config) == "gpt2":
+        return from_gpt2_state_dict(hf, config, where)
+    return from_llama_state_dict(hf, config, where)
+
+
 def hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
+    """config.json of the counterpart architecture."""
+    kind = counterpart(config)
+    return gpt2_hf_config(config, meta) if kind == "gpt2" else llama_hf_config(config, meta, kind)
+
+
+def gpt2_hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
     """config.json for GPT2LMHeadModel; `n_ctx` is what llama.cpp's converter reads."""
     eos = special_token_id(meta)
     return {
@@ -184,13 +328,13 @@ def hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,
+        "n_inner": config.mlp_hidden,  # None: 4 * n_embd, in both implementations
         # Our MLP uses the exact (erf) GELU; HF's GPT-2 default is the tanh approximation.
         "activation_function": "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": config.norm_eps,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
@@ -203,6 +347,44 @@ def hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
         "eos_token_id": eos,
         "dtype": "float32",
     }
+
+
+LLAMA_ARCHITECTURES: dict[Counterpart, str] = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> dict[str, Any]:
+    """config.json for LlamaForCausalLM / Qwen3ForCausalLM (every default that differs from ours
+    is written out: Qwen3's head_dim is 128 and both default to rms_norm_eps 1e-6)."""
+    eos = special_token_id(meta)
+    out: dict[str, Any] = {
+        "architectures": [LLAMA_ARCHITECTURES[kind]],
+        "model_type": kind,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.hidden_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": None,
+        "dtype": "float32",
+    }
+    if kind == "llama":
+        out |= {"mlp_bias": False, "pretraining_tp": 1}
+    else:
+        out |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
+    return out
 
 
 def special_token_id(meta: DatasetMeta) -> int | None:
@@ -305,8 +487,10 @@ def write_json(path: Path, data: object) -> None:
 
 
 def export_hf(state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMeta, out_dir: Path) -> None:
-    """Write a GPT2LMHeadModel directory (float32 weights) with a tokenizer matching `meta`;
-    its vocabulary is the tokenizer's (padding rows dropped)."""
+    """Write a GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM directory (float32 weights)
+    with a tokenizer matching `meta`; its vocabulary is the tokenizer's (padding rows dropped).
+    An architecture without a counterpart is refused before anything is written."""
+    counterpart(config)
     state_dict, config = tokens_only(state_dict, config, meta)
     tensors = {name: tensor.float() for name, tensor in to_hf_state_dict(state_dict, config).items()}
     write_bytes_atomic(out_dir / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
@@ -317,7 +501,7 @@ def export_hf(state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMet
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadedModel:
-    """A model in our format, whatever it was read from (a checkpoint, an HF GPT-2 directory):
+    """A model in our format, whatever it was read from (a checkpoint, an HF directory):
     weights with nanoGPT names, the architecture and the tokenizer's metadata."""
 
     state_dict: dict[str, Tensor]
@@ -334,44 +518,98 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: cannot read ({exc})") from None
 
 
+IMPORTABLE = ("gpt2", "llama", "qwen3")
+
+
 def gpt_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfig:
-    problems: list[str] = []
-    if hf.get("model_type") != "gpt2":
-        problems.append(f"model_type: expected 'gpt2', got {hf.get('model_type')!r}")
-    n_embd = int(hf.get("n_embd", 0))
-    if hf.get("n_inner") not in (None, 4 * n_embd):
-        problems.append(f"n_inner: our GPT uses 4 * n_embd ({4 * n_embd}), got {hf.get('n_inner')}")
-    if abs(float(hf.get("layer_norm_epsilon", LAYER_NORM_EPS)) - LAYER_NORM_EPS) > 1e-12:
-        problems.append(f"layer_norm_epsilon: our GPT uses {LAYER_NORM_EPS}, got {hf.get('layer_norm_epsilon')}")
-    if problems:
-        raise ExportError(f"{where}: " + "; ".join(problems))
+    """Our architecture for an HF config.json (GPT-2, Llama or Qwen3). `bias` is GPT-2's (HF GPT-2
+    always stores biases; all-zero ones are our `bias = false`); Llama and Qwen3 state theirs."""
+    model_type = hf.get("model_type")
+    try:
+        if model_type == "gpt2":
+            return gpt2_config_from_hf(hf, bias, where)
+        if model_type in ("llama", "qwen3"):
+            return llama_config_from_hf(hf, where)
+    except ValueError as exc:  # sizes our GPT cannot be built with
+        raise ExportError(f"{where}: {exc}") from None
+    raise ExportError(f"{where}: model_type: expected one of {', '.join(map(repr, IMPORTABLE))}, got {model_type!r}")
+
+
+def gpt2_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfig:
     activation = hf.get("activation_function", "gelu_new")
     if activation != "gelu":
         log.warning("%s: activation %r differs from our exact GELU; logits will differ slightly", where, activation)
+    n_inner = hf.get("n_inner")
     return GPTConfig(
         block_size=int(hf["n_positions"]),
         vocab_size=int(hf["vocab_size"]),
         n_layer=int(hf["n_layer"]),
         n_head=int(hf["n_head"]),
-        n_embd=n_embd,
+        n_embd=int(hf["n_embd"]),
         dropout=0.0,
         bias=bias,
-    )
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        mlp_hidden=None if n_inner is None else int(n_inner),
+    ).canonical()
+
+
+def rope_theta_of(hf: dict[str, Any], where: Path) -> float:
+    """Plain RoPE's base (transformers 5 `rope_parameters`, or the older top-level `rope_theta`)."""
+    params = cast("dict[str, Any]", hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ExportError(f"{where}: rope_parameters.rope_type {rope_type!r}: our GPT has plain RoPE ('default')")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def llama_config_from_hf(hf: dict[str, Any], where: Path) -> GPTConfig:
+    """Llama / Qwen3 config.json -> our options (HF's defaults where a key is absent)."""
+    n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    problems: list[str] = []
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act: our SwiGLU uses 'silu', got {hf.get('hidden_act')!r}")
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and int(head_dim) * n_head != n_embd:
+        problems.append(f"head_dim: our GPT uses hidden_size / heads ({n_embd // n_head}), got {head_dim}")
+    for key in ("attention_bias", "mlp_bias", "use_sliding_window"):
+        if hf.get(key):
+            problems.append(f"{key}: our Llama-style GPT has none, got {hf.get(key)!r}")
+    if problems:
+        raise ExportError(f"{where}: " + "; ".join(problems))
+    return GPTConfig(
+        block_size=int(hf["max_position_embeddings"]),
+        vocab_size=int(hf["vocab_size"]),
+        n_layer=int(hf["num_hidden_layers"]),
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=False,
+        position="rope",
+        rope_theta=rope_theta_of(hf, where),
+        norm="rmsnorm",
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        mlp="swiglu",
+        mlp_hidden=int(hf["intermediate_size"]),
+        qk_norm=hf.get("model_type") == "qwen3",
+        n_kv_head=int(hf.get("num_key_value_heads") or n_head),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    ).canonical()
 
 
 def import_hf(model_dir: Path) -> LoadedModel:
-    """Read an HF GPT-2 directory (config.json, model.safetensors, tokenizer.json) into our format."""
+    """Read an HF GPT-2, Llama or Qwen3 directory (config.json, model.safetensors, tokenizer.json)
+    into our format."""
     hf_cfg = _read_config(model_dir / CONFIG_FILE)
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ExportError(f"{weights_path}: not found (only safetensors weights are read)")
-    gpt_config_from_hf(hf_cfg, True, model_dir / CONFIG_FILE)  # architecture errors before reading weights
+    config = gpt_config_from_hf(hf_cfg, True, model_dir / CONFIG_FILE)  # architecture errors before reading weights
     try:
         hf_weights = {name: tensor.float() for name, tensor in load(weights_path.read_bytes()).items()}
     except (OSError, SafetensorError) as exc:
         raise ExportError(f"{weights_path}: cannot read safetensors weights ({exc})") from None
-    bias = not biases_are_zero(hf_weights, int(hf_cfg["n_layer"]))
-    config = gpt_config_from_hf(hf_cfg, bias, model_dir / CONFIG_FILE)
+    if hf_cfg.get("model_type") == "gpt2":
+        config = replace(config, bias=not biases_are_zero(hf_weights, config.n_layer))
     state_dict = from_hf_state_dict(hf_weights, config, str(weights_path))
     meta = meta_from_tokenizer_json(model_dir / TOKENIZER_FILE)
     return LoadedModel(state_dict=state_dict, config=config, meta=meta)
