@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +15,7 @@ from ml_playground.interop.export import quantize
 from ml_playground.interop.gguf import FloatType, write_gguf
 from ml_playground.model import GPT
 from ml_playground.tokenizers import Tokenizer
-from tests.integration.tiny_gpt import CORPUS, char_model, gpt2_model, greedy
+from tests.integration.tiny_gpt import CORPUS, LLAMA, char_model, gpt2_model, greedy
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +102,21 @@ def test_llama_cpp_reproduces_char_model(tmp_path: Path, ftype: FloatType) -> No
     reference = rounded_to_f16(model) if ftype == "f16" else model
     bound = F16_BOUND if ftype == "f16" else F32_BOUND
     check_float_file(export(tmp_path, model, meta, ftype), reference, tokenizer, bound)
+
+
+# llama.cpp's `llama` (adjacent-pair rope: query/key rows reordered) and `qwen3` (half rope + QK-norm).
+LLAMA_CASES: dict[str, dict[str, Any]] = {
+    "llama-tied": LLAMA,
+    "llama-untied-gqa": LLAMA | {"n_kv_head": 2, "tie_embeddings": False},
+    "qwen3-gqa": LLAMA | {"qk_norm": True, "n_kv_head": 2},
+    "qwen3-untied-padded": LLAMA | {"qk_norm": True, "tie_embeddings": False, "vocab_multiple": 64},
+}
+
+
+@pytest.mark.parametrize("case", LLAMA_CASES)
+def test_llama_cpp_reproduces_llama_style_model(tmp_path: Path, case: str) -> None:
+    model, tokenizer, meta = char_model(**LLAMA_CASES[case])
+    check_float_file(export(tmp_path, model, meta, "f32"), model, tokenizer, F32_BOUND)
 
 
 def test_llama_cpp_reproduces_padded_char_model(tmp_path: Path) -> None:

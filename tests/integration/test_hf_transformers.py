@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from ml_playground.interop import hf
 from ml_playground.model import GPT
-from tests.integration.tiny_gpt import CORPUS, char_model, gpt2_model, greedy
+from tests.integration.tiny_gpt import CORPUS, LLAMA, char_model, gpt2_model, greedy
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +75,51 @@ def test_hf_directory_imports_back_into_the_same_model(tmp_path: Path) -> None:
     again.load_state_dict(imported.state_dict)
     for name, tensor in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
+
+
+# Llama-style options and the transformers class that computes the same.
+LLAMA_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "llama-tied": (LLAMA, "LlamaForCausalLM"),
+    "llama-untied-gqa": (LLAMA | {"n_kv_head": 2, "tie_embeddings": False}, "LlamaForCausalLM"),
+    "qwen3-gqa": (LLAMA | {"qk_norm": True, "n_kv_head": 2}, "Qwen3ForCausalLM"),
+    "qwen3-untied-padded": (
+        LLAMA | {"qk_norm": True, "tie_embeddings": False, "vocab_multiple": 64},
+        "Qwen3ForCausalLM",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LLAMA_CASES)
+def test_llama_style_model_equals_its_transformers_class(tmp_path: Path, case: str) -> None:
+    """Logits within 1e-4, identical greedy text, and the directory (ours and transformers' own
+    save of it) imports back into the same model."""
+    from transformers import AutoModelForCausalLM
+
+    options, architecture = LLAMA_CASES[case]
+    model, tokenizer, meta = char_model(**options)
+    hf.export_hf(model.state_dict(), model.config, meta, tmp_path / "hf")
+    theirs: Any = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    theirs.eval()
+    assert type(theirs).__name__ == architecture
+
+    window = torch.tensor([tokenizer.encode(CORPUS)[:90]])
+    with torch.no_grad():
+        diff = (theirs(input_ids=window).logits - model(window).logits[..., : meta.vocab_size]).abs().max().item()
+    assert diff <= 1e-4
+
+    ids = tokenizer.encode("First Citizen:\nBefore we")
+    prompt_ids = torch.tensor([ids])
+    with torch.no_grad():
+        generated = theirs.generate(
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=50, do_sample=False
+        )
+    assert tokenizer.decode(generated[0].tolist()) == tokenizer.decode(greedy(model, ids, 50))
+
+    theirs.save_pretrained(tmp_path / "resaved")
+    (tmp_path / "resaved" / "tokenizer.json").write_bytes((tmp_path / "hf" / "tokenizer.json").read_bytes())
+    exported = replace(model.config, vocab_size=meta.vocab_size, real_vocab_size=None)  # padding rows dropped
+    for folder in ("hf", "resaved"):
+        imported = hf.import_hf(tmp_path / folder)
+        assert imported.config == exported
+        for name, tensor in imported.state_dict.items():
+            assert torch.equal(tensor, model.state_dict()[name][: tensor.size(0)]), (folder, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ml_playground.data.meta import DatasetMeta
@@ -34,18 +36,44 @@ def train_briefly(model: GPT, ids: list[int], steps: int, seed: int = 0) -> GPT:
     return model.eval()
 
 
-def tiny_config(vocab: int, vocab_multiple: int, bias: bool) -> GPTConfig:
-    """2 layers, 32 wide; `vocab` tokens in rows padded to a multiple of `vocab_multiple`."""
+# Llama's options: RoPE (a base other than the default, so that it must be carried over), RMSNorm
+# (eps 1e-6, Llama's), SwiGLU with its own width, no biases; 4 query heads of size 8.
+LLAMA: dict[str, Any] = {
+    "position": "rope",
+    "rope_theta": 500.0,
+    "norm": "rmsnorm",
+    "norm_eps": 1e-6,
+    "mlp": "swiglu",
+    "mlp_hidden": 80,
+    "n_head": 4,
+    "bias": False,
+}
+
+
+def tiny_config(vocab: int, vocab_multiple: int, bias: bool, **options: Any) -> GPTConfig:
+    """2 layers, 32 wide; `vocab` tokens in rows padded to a multiple of `vocab_multiple`;
+    `options` are further GPTConfig fields (they override the defaults here, `bias` included)."""
     rows = padded_vocab_size(vocab, vocab_multiple)
-    return GPTConfig(block_size=96, vocab_size=rows, n_layer=2, n_head=2, n_embd=32, bias=bias).with_real_vocab(vocab)
+    fields: dict[str, Any] = {
+        "block_size": 96,
+        "vocab_size": rows,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "bias": bias,
+    }
+    fields.update(options)
+    return GPTConfig(**fields).with_real_vocab(vocab)
 
 
-def char_model(steps: int = 60, bias: bool = True, vocab_multiple: int = 1) -> tuple[GPT, CharTokenizer, DatasetMeta]:
+def char_model(
+    steps: int = 60, bias: bool = True, vocab_multiple: int = 1, **options: Any
+) -> tuple[GPT, CharTokenizer, DatasetMeta]:
     itos = sorted(set(CORPUS))
     tokenizer = CharTokenizer(itos)
     meta = DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
     torch.manual_seed(0)
-    model = GPT(tiny_config(len(itos), vocab_multiple, bias))
+    model = GPT(tiny_config(len(itos), vocab_multiple, bias, **options))
     return train_briefly(model, tokenizer.encode(CORPUS), steps), tokenizer, meta
 
 
