@@ -8,7 +8,8 @@ the TensorBoard scalars. Checkpoints hold only the adapter weights (a resume che
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
-  out_dir/merged/        with merge_on_save (GPT-2 bases), when the run ends: ckpt_best.pt's adapter
+  out_dir/merged/        with merge_on_save (GPT-2, Llama or Qwen3 bases: the architectures
+                         `interop.hf` maps to ours), when the run ends: ckpt_best.pt's adapter
                          merged into a copy of the base, as a native checkpoint (ckpt_best.pt with
                          that checkpoint's step, val loss and run config, which `make sample` and
                          `make export` read like any other) and as a Hugging Face directory
@@ -35,7 +36,7 @@ from ml_playground.atomic import write_bytes_atomic, write_text_atomic
 from ml_playground.config import PROJECT_ROOT, HFModelConfig, PeftConfig, TrainConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
-from ml_playground.interop.hf import export_hf, from_hf_state_dict, gpt_config_from_hf
+from ml_playground.interop.hf import IMPORTABLE, export_hf, from_hf_state_dict, gpt_config_from_hf
 from ml_playground.model import GPTConfig
 from ml_playground.train.checkpoint import (
     ADAPTER_KIND,
@@ -216,7 +217,10 @@ class LoRATarget:
         load_optimizer_state_checked(optimizer, state, sharded=False, load=lambda: optimizer.load_state_dict(state))
 
     def architecture(self) -> GPTConfig:
+        """The base as our options where it is one of our architectures, else its shape alone."""
         config = self.model.config
+        if config.model_type in IMPORTABLE:
+            return base_architecture(config.to_dict())
         return GPTConfig(
             n_layer=int(config.num_hidden_layers),
             n_head=int(config.num_attention_heads),
@@ -297,25 +301,29 @@ def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
     context = int(base.config.max_position_embeddings)
     if cfg.data.block_size > context:
         problems.append(f"train.data.block_size {cfg.data.block_size} exceeds the base model's context {context}")
-    if cfg.hf_model is not None and cfg.hf_model.merge_on_save and base.config.model_type != "gpt2":
+    if cfg.hf_model is not None and cfg.hf_model.merge_on_save and base.config.model_type not in IMPORTABLE:
         problems.append(
-            f"merge_on_save needs a GPT-2 base (found model_type {base.config.model_type!r}); "
-            "set merge_on_save = false to train the adapter alone"
+            f"merge_on_save needs a base of model_type {', '.join(map(repr, IMPORTABLE))} "
+            f"(found {base.config.model_type!r}); set merge_on_save = false to train the adapter alone"
         )
     if problems:
         raise ConfigError(f"train.hf_model.model_name_or_path: {'; '.join(problems)}")
 
 
-def merged_gpt2(model: Any, adapter: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], GPTConfig]:
-    """LoRA (the model's own, or `adapter`) merged into a copy of the GPT-2 base, as our state dict
-    and architecture; `model` itself is left as it is."""
+def base_architecture(hf_cfg: dict[str, Any]) -> GPTConfig:
+    """Our architecture of a GPT-2 (biases kept: HF GPT-2 has them), Llama or Qwen3 base."""
+    return gpt_config_from_hf(hf_cfg, True, Path(str(hf_cfg.get("_name_or_path", "base")), "config.json"))
+
+
+def merged_model(model: Any, adapter: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], GPTConfig]:
+    """LoRA (the model's own, or `adapter`) merged into a copy of the GPT-2, Llama or Qwen3 base, as
+    our state dict and architecture (through `interop.hf`'s key maps); `model` itself is left as it is."""
     copied = copy.deepcopy(model)
     if adapter is not None:
         load_adapter_state(copied, adapter)
     merged = copied.merge_and_unload()
-    hf_cfg: dict[str, Any] = merged.config.to_dict()
+    config = base_architecture(merged.config.to_dict())
     state = {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
-    config = gpt_config_from_hf(hf_cfg, True, Path(str(hf_cfg.get("_name_or_path", "base")), "config.json"))
     return from_hf_state_dict(state, config, "merged model"), config
 
 
@@ -323,7 +331,7 @@ def save_merged(model: Any, meta: DatasetMeta, folder: Path, *, source: Checkpoi
     """The adapter of `source` (a checkpoint of this run) merged into the base: `folder/ckpt_best.pt`
     (native, for sampling and export; with the source's step, val loss and run config) and the same
     model as an HF directory."""
-    state_dict, config = merged_gpt2(model, source.model)
+    state_dict, config = merged_model(model, source.model)
     checkpoint = Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=state_dict,

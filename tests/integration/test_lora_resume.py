@@ -1,7 +1,7 @@
 """Exact resume of a LoRA finetune: a process killed with SIGKILL after a checkpoint and started
 again reproduces the uninterrupted run bit for bit (per-step losses, adapter, merged model), with
-adapter dropout, random windows and gradient accumulation on CPU. A checkpoint that does not fit
-the configured adapter is refused with one line naming it."""
+adapter dropout, random windows and gradient accumulation on CPU, on a GPT-2 and a Llama-style
+base. A checkpoint that does not fit the configured adapter is refused with one line naming it."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ml_playground.errors import CheckpointError
 from ml_playground.finetune.lora import run_finetune
 from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
-from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
+from tests.integration.tiny_gpt import CORPUS, char_model, llama
+from tests.support.tiny_lora import LLAMA_TARGETS, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow
@@ -58,10 +58,25 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def llama_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-style base (LlamaForCausalLM with GQA) and the dataset; LoRA on all its projections."""
+    root = tmp_path_factory.mktemp("lora_resume_llama")
+    with torch_threads(1):
+        model, tokenizer, meta = char_model(steps=20, **llama(n_kv_head=2))
+    write_base(model, meta, root / "base")
+    write_finetune_dataset(root / "ds", tokenizer, meta, "\n".join(reversed(CORPUS.splitlines())) * 4)
+    (root / "targets.json").write_text(json.dumps(list(LLAMA_TARGETS)))
+    return root
+
+
 def _table(root: Path, out_dir: Path) -> dict[str, Any]:
     table = lora_train_table(root / "ds", root / "base", out_dir, max_iters=MAX_ITERS)
     table["data"] = {**table["data"], "grad_accum_steps": 2}
     table["peft"] = {**table["peft"], "lora_dropout": 0.1}
+    targets = root / "targets.json"  # the base's modules when they are not GPT-2's (the default)
+    if targets.is_file():
+        table["peft"]["target_modules"] = json.loads(targets.read_text())
     return table
 
 
@@ -103,7 +118,9 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_sigkill_and_resume_is_bit_identical(root: Path) -> None:
+@pytest.mark.parametrize("base", ["root", "llama_root"])
+def test_sigkill_and_resume_is_bit_identical(request: pytest.FixtureRequest, base: str) -> None:
+    root: Path = request.getfixturevalue(base)
     reference_dir, resumed_dir = root / "reference", root / "resumed"
     with torch_threads(1):
         run_finetune(train_config(_table(root, reference_dir)))

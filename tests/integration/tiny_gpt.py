@@ -50,6 +50,11 @@ LLAMA: dict[str, Any] = {
 }
 
 
+def llama(**changes: Any) -> dict[str, Any]:
+    """LLAMA with some options changed (n_kv_head, tie_embeddings, qk_norm, ...)."""
+    return LLAMA | changes
+
+
 def tiny_config(vocab: int, vocab_multiple: int, bias: bool, **options: Any) -> GPTConfig:
     """2 layers, 32 wide; `vocab` tokens in rows padded to a multiple of `vocab_multiple`;
     `options` are further GPTConfig fields (they override the defaults here, `bias` included)."""

@@ -13,9 +13,12 @@ from ml_playground.interop.hf import export_hf
 from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer
 
+# Every linear layer of a Hugging Face Llama / Qwen3 block.
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 def write_base(model: GPT, meta: DatasetMeta, folder: Path) -> Path:
-    """`model` as a GPT2LMHeadModel directory: the base a LoRA run loads."""
+    """`model` as a Hugging Face directory (GPT2LMHeadModel, LlamaForCausalLM, ...): the base a LoRA run loads."""
     export_hf(model.state_dict(), model.config, meta, folder)
     return folder
 

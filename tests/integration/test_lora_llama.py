@@ -1,0 +1,81 @@
+"""LoRA on a Llama-style export (LlamaForCausalLM: GQA, untied head) through the shared trainer:
+the loss falls, and merged/ (a native checkpoint and a Hugging Face directory) equals PEFT's
+base + adapter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.finetune import lora
+from ml_playground.interop import hf
+from ml_playground.model import GPT
+from ml_playground.runtime import torch_threads
+from ml_playground.train.checkpoint import load_checkpoint
+from tests.integration.tiny_gpt import CORPUS, char_model, llama
+from tests.support.tiny_lora import LLAMA_TARGETS, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_training import train_config
+
+pytestmark = pytest.mark.slow
+
+FINETUNE_TEXT = "\n".join(reversed(CORPUS.splitlines())) * 4  # same characters, other text
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the base is a local directory; never reach the hub
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Generator[None]:
+    with torch_threads(1):  # the CPU is shared; spinning thread pools slow tiny models down
+        yield
+
+
+def test_lora_on_a_llama_export_lowers_loss_and_merges(tmp_path: Path) -> None:
+    base_model, tokenizer, meta = char_model(steps=20, **llama(n_kv_head=2, tie_embeddings=False))
+    base_dir = write_base(base_model, meta, tmp_path / "base")
+    write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
+    val_ids = torch.tensor([tokenizer.encode(FINETUNE_TEXT)[-33:]])
+    with torch.no_grad():
+        base_loss = base_model(val_ids[:, :-1], val_ids[:, 1:]).loss
+    assert base_loss is not None
+    table = lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=30)
+    table["peft"] = {**table["peft"], "target_modules": list(LLAMA_TARGETS)}
+    table["data"] = {**table["data"], "batch_size": 8, "block_size": 32}
+    result = lora.run_finetune(train_config(table))
+    assert result.best_val_loss < float(base_loss) - 0.1
+    adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["fan_in_fan_out"] is False  # nn.Linear layers
+    assert sorted(adapter_config["target_modules"]) == sorted(LLAMA_TARGETS)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    with lora.peft_compat():
+        adapted: Any = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir), str(tmp_path / "run" / "adapter")
+        )
+    adapted.eval()
+    merged_dir = tmp_path / "run" / "merged"
+    merged_hf: Any = AutoModelForCausalLM.from_pretrained(merged_dir)
+    merged_hf.eval()
+    assert isinstance(merged_hf, LlamaForCausalLM)
+    checkpoint = load_checkpoint(merged_dir / "ckpt_best.pt")
+    assert checkpoint.arch == replace(base_model.config, real_vocab_size=None)
+    ours = GPT(checkpoint.arch).eval()
+    ours.load_state_dict(checkpoint.model)
+
+    ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
+    with torch.no_grad():
+        adapted_logits = adapted(input_ids=ids).logits
+        assert (adapted_logits - base_model(ids).logits).abs().max().item() > 1e-2  # the adapter changed it
+        assert (merged_hf(input_ids=ids).logits - adapted_logits).abs().max().item() <= 1e-4
+        assert (ours(ids).logits - adapted_logits).abs().max().item() <= 1e-4
+    assert hf.import_hf(merged_dir).config == checkpoint.arch
