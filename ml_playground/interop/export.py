@@ -4,7 +4,9 @@ The checkpoint is found in the [sample] (else [train]) out_dir like sampling fin
 run's merged model is such a checkpoint (out_dir/merged/), so export never sees how it was trained.
 
 Steps, all written atomically under [export.ollama].export_dir:
-  hf/          GPT2LMHeadModel directory (interop.hf)
+  hf/          GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM directory (interop.hf), as
+               `interop.arch.counterpart` finds for the model's options; a model without one stops
+               with one line naming the options, before anything is written
   model.gguf   in-process `gguf` writer, or llama.cpp's converter on hf/ when `convert_bin` is set;
                quantized with llama.cpp's quantize API unless quant is f32/f16
   Modelfile, README.md, SHA256SUMS  (interop.ollama)
@@ -32,6 +34,7 @@ from ml_playground.atomic import atomic_output_path, write_text_atomic
 from ml_playground.config import ExperimentConfig, ExportConfig, OllamaExportConfig, SampleSettings
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop import ollama
+from ml_playground.interop.arch import counterpart
 from ml_playground.interop.gguf import FloatType, write_gguf
 from ml_playground.interop.hf import LoadedModel, export_hf
 from ml_playground.tokenizers import ENDOFTEXT
@@ -195,7 +198,8 @@ def run_export(export_cfg: ExportConfig, cfg: ExperimentConfig, config_path: Pat
         return ExportResult(export_dir=export_dir, gguf_path=gguf_path, hf_dir=hf_dir, skipped=True)
 
     model = source.load()
-    log.info("export: Hugging Face directory -> %s", hf_dir)
+    arch = counterpart(model.config)  # before anything is written
+    log.info("export: Hugging Face directory (%s) -> %s", arch, hf_dir)
     export_hf(model.state_dict, model.config, model.meta, hf_dir)
     log.info("export: GGUF (%s) -> %s", export.quant, gguf_path)
     write_model_gguf(export, model, hf_dir, gguf_path)

@@ -55,10 +55,11 @@ def train_toml(tmp_path: Path, **runtime: Any) -> Path:
     return write_toml(tmp_path / "train.toml", {"train": table})
 
 
-def write_checkpoint(out_dir: Path) -> None:
+def write_checkpoint(out_dir: Path, **options: Any) -> None:
+    """A tiny char checkpoint; `options` are further GPTConfig fields."""
     itos = sorted(set(TEXT))
     torch.manual_seed(0)
-    config = GPTConfig(block_size=16, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=16)
+    config = GPTConfig(block_size=16, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=16, **options)
     meta = DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
     checkpoint = Checkpoint(
         schema_version=1,
@@ -96,6 +97,16 @@ def test_disabled_export_is_exit_7(tmp_path: Path) -> None:
     config = export_toml(tmp_path, enabled=False)
     line = one_line_error(cli("export", "shakespeare", "--exp-config", str(config)), 7)
     assert line == f"error: {config}: export.ollama.enabled is false; set it to true to export"
+
+
+def test_architecture_without_a_counterpart_is_exit_7(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "run", position="rope", norm="rmsnorm", mlp="relu2")
+    line = one_line_error(cli("export", "shakespeare", "--exp-config", str(export_toml(tmp_path))), 7)
+    assert line.startswith(
+        "error: export: no equivalent in Hugging Face / llama.cpp for train.model.mlp = 'relu2' "
+        "(Llama/Qwen3 needs 'swiglu'); exportable are GPT-2"
+    )
+    assert not (tmp_path / "export").exists()
 
 
 def test_missing_converter_is_exit_8(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from tests.integration.tiny_gpt import CORPUS
 pytestmark = pytest.mark.slow
 
 
-def write_run(out_dir: Path, seed: int = 0) -> None:
+def write_run(out_dir: Path, seed: int = 0, **options: Any) -> None:
+    """A tiny char checkpoint; `options` are further GPTConfig fields."""
     itos = sorted(set(CORPUS))
     torch.manual_seed(seed)
-    config = GPTConfig(block_size=32, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=32)
+    config = GPTConfig(block_size=32, vocab_size=len(itos), n_layer=1, n_head=2, n_embd=32, **options)
     meta = {"kind": "char", "vocab_size": len(itos), "dtype": "uint16", "itos": itos, "version": 1}
     meta |= {"encoding": None, "train_tokens": 0, "val_tokens": 0, "source_sha256": None}
     checkpoint = Checkpoint(
@@ -127,6 +129,55 @@ def test_a_damaged_export_folder_is_exported_again(tmp_path: Path, damage: str) 
     assert not export(tmp_path, quant="f16").skipped
     assert _file_digests(out) == written
     assert export(tmp_path, quant="f16").skipped
+
+
+LLAMA: dict[str, Any] = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1}
+
+
+def gguf_architecture(path: Path) -> str:
+    field = gguf.GGUFReader(path).fields["general.architecture"]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+@pytest.mark.parametrize(
+    ("options", "architecture", "gguf_arch"),
+    [
+        (LLAMA, "LlamaForCausalLM", "llama"),
+        (LLAMA | {"qk_norm": True, "tie_embeddings": False}, "Qwen3ForCausalLM", "qwen3"),
+    ],
+)
+def test_llama_style_checkpoint_exports_as_its_counterpart(
+    tmp_path: Path, options: dict[str, Any], architecture: str, gguf_arch: str
+) -> None:
+    write_run(tmp_path / "run", **options)
+    assert not export(tmp_path, quant="q8_0").skipped  # quantized by llama.cpp from an f32 file of that arch
+    out = tmp_path / "export"
+    assert json.loads((out / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    assert gguf_architecture(out / "model.gguf") == gguf_arch
+    assert "FROM ./model.gguf" in (out / "Modelfile").read_text()
+    assert sha256sums_match(out)
+    assert export(tmp_path, quant="q8_0").skipped
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (LLAMA | {"mlp": "relu2"}, "train.model.mlp = 'relu2'"),
+        ({"norm": "rmsnorm"}, "train.model.norm = 'rmsnorm'"),
+        (LLAMA | {"logit_softcap": 15.0}, "train.model.logit_softcap = 15.0"),
+        (LLAMA | {"bias": True}, "train.model.bias = true"),
+        ({"tie_embeddings": False}, "train.model.tie_embeddings = false"),
+    ],
+)
+def test_checkpoint_without_a_counterpart_fails_before_writing(
+    tmp_path: Path, options: dict[str, Any], named: str
+) -> None:
+    write_run(tmp_path / "run", **options)
+    with pytest.raises(ExportError) as caught:
+        export(tmp_path)
+    assert str(caught.value).startswith(f"export: no equivalent in Hugging Face / llama.cpp for {named} (")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "export").exists()
 
 
 def test_disabled_export_is_an_error(tmp_path: Path) -> None:
