@@ -7,20 +7,23 @@
 #
 #   tools/gpu_check.sh .nanogpt .nanogpt/tinyshakespeare.txt
 #
-# Phases (PHASES="tests train bench" by default; "chains" on request), each under its own timeout.
-# Together they can take longer than one device call may run (10 minutes): split them over two
-# calls, e.g. PHASES="tests bench" then PHASES="train".
+# Phases (PHASES="tests train bench" by default; "fast" and "chains" on request), each under its own
+# timeout. Together they take longer than one device call may run (10 minutes): split them over
+# calls, e.g. PHASES="tests bench", then PHASES="train fast".
 #   tests   the CUDA test layer but its documented-chain test (`make test-cuda` without make)
 #   train   ml_playground/configs/shakespeare_char_gpu.toml for 2000 iters on CORPUS, then nanoGPT's
 #           train.py with its config/train_shakespeare_char.py (--max_iters=2000) on the same
-#           characters; val losses side by side in compare.txt
+#           characters; val losses side by side in train_compare.txt
+#   fast    shakespeare_char_fast_gpu.toml (its 2000 iters) against nanoGPT's whole 5000-iter run:
+#           when each first reaches val 1.47 (issue 18: ours in <= 40% of nanoGPT's time), fast_compare.txt
 #   bench   python -m ml_playground.bench --device cuda --cases 4,6 --nanogpt-dir .. --corpus ..
 #           (case 6: steps at train_shakespeare_char's and GPT-2 124M's shapes against nanoGPT's
 #           train.py step and bench.py; case 7, the whole char run, is what the train phase runs
 #           with nanoGPT's own train.py; case 4: sampling)
 #   chains  tests/cuda/test_gpu_chains.py: the documented GPU command sequences, shortened (minutes)
-# Everything lands in $OUT (at most 8 files): environment.txt, pytest_cuda.log, train_ours.log,
-# train_nanogpt.log, compare.txt, bench.log, bench_latest.json, chains.log.
+# Everything lands in $OUT: environment.txt, pytest_cuda.log, {train,fast}_{ours,nanogpt}.log (each
+# line stamped with the seconds since its run began), {train,fast}_compare.txt, bench.log,
+# bench_latest.json, chains.log.
 #
 # Rehearsal without a GPU: DEV=cpu TINY=1 tools/gpu_check.sh NANOGPT_DIR CORPUS runs the same
 # phases with the project's .venv on the CPU — tiny shapes, a few iterations, no compile — in a
@@ -79,17 +82,26 @@ phase() {
 
 wants() { [[ " $PHASES " == *" $1 "* ]]; }
 
+# stamp: prefix each line of stdin with the seconds since stamp started ("[  12.34] ...").
+stamp() { $PY -u -c 'import sys, time
+t = time.time()
+for line in sys.stdin: print(f"[{time.time() - t:8.2f}] {line}", end="")'; }
+
 if wants tests; then
     phase tests "${TESTS_TIMEOUT:-200}" $PY -m pytest -m cuda tests/cuda --ignore=tests/cuda/test_gpu_chains.py \
         -v -p no:cacheprovider --durations=0 2>&1 | tee "$OUTD/pytest_cuda.log" | tail -40
 fi
 
-if wants train; then
-    ITERS=2000
-    [ -n "$TINY" ] && ITERS=6
+# side_by_side TAG CONFIG OUR_ITERS NANOGPT_ITERS THRESHOLD: our run of CONFIG (OUR_ITERS iterations) on
+# CORPUS, then nanoGPT's train.py with config/train_shakespeare_char.py (NANOGPT_ITERS); every log line
+# is stamped with the seconds since its run began, and TAG_compare.txt lists the val losses side by
+# side and when each run first reached THRESHOLD.
+side_by_side() {
+    local tag=$1 config=$2 ITERS=$3 NITERS=$4 threshold=$5
+    if [ -n "$TINY" ]; then ITERS=6; NITERS=6; fi
     # Our side: the shipped GPU config, pointed at CORPUS and a scratch folder, ITERS iterations.
-    $PY - "$ROOT/ml_playground/configs/shakespeare_char_gpu.toml" "$W" "$CORPUS" "$ITERS" "$DEV" "$TINY" \
-        > "$W/char_gpu.toml" <<'EOF'
+    $PY - "$ROOT/ml_playground/configs/$config" "$W" "$CORPUS" "$ITERS" "$DEV" "$TINY" \
+        > "$W/$tag.toml" <<'EOF'
 import json, sys, tomllib
 path, work, corpus, iters, device, tiny = sys.argv[1:]
 cfg = tomllib.load(open(path, "rb"))
@@ -120,14 +132,14 @@ def emit(prefix, table):
 
 emit("", cfg)
 EOF
-    cp "$W/char_gpu.toml" "$W/ours.toml"
+    rm -rf "$W/ours" "$W/nanogpt_out"
     {
-        cat "$W/ours.toml"
-        $PY -m ml_playground.cli prepare shakespeare_char --exp-config "$W/ours.toml"
-        phase ours "${TRAIN_TIMEOUT:-150}" $PY -m ml_playground.cli train shakespeare_char --exp-config "$W/ours.toml"
-        $PY -m ml_playground.cli sample shakespeare_char --exp-config "$W/ours.toml"
-    } > "$OUTD/train_ours.log" 2>&1
-    tail -5 "$OUTD/train_ours.log"
+        cat "$W/$tag.toml"
+        $PY -m ml_playground.cli prepare shakespeare_char --exp-config "$W/$tag.toml"
+        phase ours "${TRAIN_TIMEOUT:-150}" $PY -m ml_playground.cli train shakespeare_char --exp-config "$W/$tag.toml" 2>&1 | stamp
+        $PY -m ml_playground.cli sample shakespeare_char --exp-config "$W/$tag.toml"
+    } > "$OUTD/${tag}_ours.log" 2>&1
+    tail -5 "$OUTD/${tag}_ours.log"
 
     # nanoGPT's side: a copy of the checkout (nothing written into it), its own prepare.py on the
     # same corpus (same sorted characters, same 90/10 split), its train.py and config.
@@ -141,30 +153,48 @@ EOF
         mkdir -p "$W/stub" && echo "# stand-in: nanoGPT's prepare.py downloads only when input.txt is missing" > "$W/stub/requests.py"
         STUB="$W/stub:"
     fi
-    NARGS=(--max_iters=$ITERS --out_dir="$W/nanogpt_out")
+    NARGS=(--max_iters=$NITERS --out_dir="$W/nanogpt_out")  # lr_decay_iters stays its config's 5000, as in shakespeare_char_gpu.toml
     [ "$DEV" != cuda ] && NARGS+=(--device="$DEV" --compile=False --dtype=float32)
     [ -n "$TINY" ] && NARGS+=(--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=4
         --eval_interval=3 --eval_iters=2 --log_interval=1)
     {
         (cd "$W/nanogpt" && PYTHONPATH="$STUB${PYTHONPATH:-}" $PY data/shakespeare_char/prepare.py)
-        cd "$W/nanogpt" && phase nanogpt "${TRAIN_TIMEOUT:-150}" $PY train.py config/train_shakespeare_char.py "${NARGS[@]}"
-    } > "$OUTD/train_nanogpt.log" 2>&1
+        cd "$W/nanogpt" && phase nanogpt "${TRAIN_TIMEOUT:-150}" $PY train.py config/train_shakespeare_char.py "${NARGS[@]}" 2>&1 | stamp
+    } > "$OUTD/${tag}_nanogpt.log" 2>&1
     cd "$ROOT"
-    tail -5 "$OUTD/train_nanogpt.log"
+    tail -5 "$OUTD/${tag}_nanogpt.log"
 
-    $PY - "$OUTD/train_ours.log" "$OUTD/train_nanogpt.log" > "$OUTD/compare.txt" <<'EOF'
+    $PY - "$OUTD/${tag}_ours.log" "$OUTD/${tag}_nanogpt.log" "$threshold" > "$OUTD/${tag}_compare.txt" <<'EOF'
 import re, sys
-ours = dict(re.findall(r"eval at iter (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[1]).read()))
-theirs = dict(re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[2]).read()))
+EVAL = {1: r"\[ *([\d.]+)\] .*eval at iter (\d+): train loss [\d.]+, val loss ([\d.]+)",
+        2: r"\[ *([\d.]+)\] .*step (\d+): train loss [\d.]+, val loss ([\d.]+)"}
+found = {side: re.findall(EVAL[side], open(sys.argv[side]).read()) for side in EVAL}
+ours, theirs = ({step: loss for _, step, loss in found[side]} for side in EVAL)
 print(f"{'iter':>6} {'ml-playground val':>18} {'nanoGPT val':>12}")
 for step in sorted({*ours, *theirs}, key=int):
     print(f"{step:>6} {ours.get(step, '-'):>18} {theirs.get(step, '-'):>12}")
 for name, path in (("ml-playground", sys.argv[1]), ("nanoGPT", sys.argv[2])):
     ends = re.findall(r"== \w+: exit (\d+) after (\d+) s", open(path).read())
     print(f"{name}: training exit {ends[-1][0]} after {ends[-1][1]} s (compile and evals included)" if ends else f"{name}: no end")
+threshold = float(sys.argv[3])
+for name, side in (("ml-playground", 1), ("nanoGPT", 2)):
+    hit = next(((float(t), step) for t, step, loss in found[side] if float(loss) <= threshold), None)
+    best = min((float(loss) for _, _, loss in found[side]), default=float("nan"))
+    reached = f"val <= {threshold} at iter {hit[1]} after {hit[0]:.1f} s" if hit else f"val {threshold} not reached"
+    print(f"{name}: best val {best:.4f}; {reached}")
 EOF
-    cat "$OUTD/compare.txt"
+    cat "$OUTD/${tag}_compare.txt"
+}
+
+if wants train; then
+    side_by_side train shakespeare_char_gpu.toml 2000 2000 1.47
 fi
+
+if wants fast; then
+    # Time to nanoGPT's best val loss of train_shakespeare_char (~1.47; issue 18 asks <= 40% of its time).
+    side_by_side fast shakespeare_char_fast_gpu.toml 2000 5000 1.47
+fi
+
 
 if wants bench; then
     # Case 6 stamps windows of 10 steps: 10 warm-up steps (compilation) and 2 timed windows per side;

@@ -37,7 +37,7 @@ ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 # Case 8 keeps its runs' TensorBoard events here, under --out-dir: one run per row.
 ABLATION_LOGS = "ablation"
-DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "bundestag_char_cpu.toml"
+DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_fast_cpu.toml"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

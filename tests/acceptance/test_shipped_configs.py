@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,13 @@ SHIPPED: list[Path] = sorted(
 
 
 EXAMPLES: list[Path] = sorted((_PACKAGE / "configs").glob("*.toml"))
-GPU_CONFIGS = ["gpt2_124m_gpu.toml", "shakespeare_char_gpu.toml", "shakespeare_gpu.toml", "shakespeare_lora_gpu.toml"]
+GPU_CONFIGS = [
+    "gpt2_124m_gpu.toml",
+    "shakespeare_char_gpu.toml",
+    "shakespeare_char_fast_gpu.toml",
+    "shakespeare_gpu.toml",
+    "shakespeare_lora_gpu.toml",
+]
 
 
 def test_configs_are_shipped() -> None:
@@ -120,6 +127,21 @@ def test_char_gpu_config_is_nanogpts_train_shakespeare_char() -> None:
     assert (runtime.max_iters, runtime.eval_interval, runtime.eval_iters, runtime.log_interval) == (5000, 250, 200, 10)
     assert runtime.always_save_checkpoint is False
     assert (runtime.device, runtime.dtype, runtime.compile) == ("cuda", "bfloat16", True)
+
+
+def test_fast_char_gpu_config_changes_only_blocks_optimizer_and_length() -> None:
+    """The time-to-quality config is train_shakespeare_char's run (same shape, data, batch, dropout,
+    evaluation) with the newer blocks, Muon and a shorter schedule, so the two compare fairly."""
+    nanogpt = load_experiment_config(_PACKAGE / "configs" / "shakespeare_char_gpu.toml").train
+    fast = load_experiment_config(_PACKAGE / "configs" / "shakespeare_char_fast_gpu.toml").train
+    assert nanogpt is not None
+    assert fast is not None
+    options = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}
+    assert fast.model == replace(nanogpt.model, **options)
+    assert fast.data == nanogpt.data
+    assert fast.optim == replace(nanogpt.optim, optimizer="muon")
+    assert fast.schedule == replace(nanogpt.schedule, lr_decay_iters=2000)
+    assert fast.runtime == replace(nanogpt.runtime, max_iters=2000, out_dir=fast.runtime.out_dir)
 
 
 def test_gpt2_124m_config_is_nanogpts_train_gpt2() -> None:

@@ -41,13 +41,13 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     fp32, bf16 = by_variant[("1", "ml-playground fp32")], by_variant[("2", "bf16 autocast")]
     assert fp32["peak_flops"] >= report["peak_flops"]["float32"]
     assert bf16["peak_flops"] >= report["peak_flops"]["bfloat16"]
-    ours = by_variant[("3", "ml-playground bundestag_char_cpu.toml")]
+    ours = by_variant[("3", "ml-playground shakespeare_char_fast_cpu.toml")]
     assert ours["iters"] == 6
     assert [[point["iter"] for point in curve] for curve in ours["curves"]] == [[0, 3, 6]] * 2  # two runs
     assert by_variant[("8", "baseline")]["iters"] == 6
-    # the default best config is the baseline's own [train]: its run is not repeated
-    assert by_variant[("8", "best")]["same_run_as"] == "baseline"
-    assert by_variant[("8", "best")]["curve"] == by_variant[("8", "baseline")]["curve"]
+    # the default best config is case 3's (rope, QK-norm, Muon): a run of its own
+    assert by_variant[("8", "best")]["same_run_as"] is None
+    assert by_variant[("8", "best")]["model"]["position"] == "rope"
     assert by_variant[("8", "optimizer=muon")]["time_vs_baseline"] > 0
     kept = sorted(path.name for path in (out_dir / "ablation").iterdir())  # TensorBoard events, one run per row
     assert kept == sorted(variant for case, variant in by_variant if case == "8" and variant != "best")

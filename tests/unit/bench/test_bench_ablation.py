@@ -25,7 +25,7 @@ from ml_playground.bench.report import EvalPoint, row_dict, write_report
 from ml_playground.config import PROJECT_ROOT, ModelConfig
 from ml_playground.train.metrics import TB_SUBDIR, read_scalars
 
-MUON_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_muon_cpu.toml"
+FAST_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_fast_cpu.toml"
 OPTIONS = {
     "position=rope",
     "norm=rmsnorm",
@@ -44,7 +44,7 @@ def _changed(settings: dict[str, Any], baseline: dict[str, Any]) -> set[str]:
 
 
 def test_every_option_row_differs_from_the_baseline_in_its_key_alone(ctx: BenchContext) -> None:
-    configs = dict(ablation_configs(ctx, MUON_CONFIG))
+    configs = dict(ablation_configs(ctx, FAST_CONFIG))
     assert set(configs) == {BASELINE, BEST, *OPTIONS}
     baseline = configs[BASELINE]
     settings = {**asdict(baseline.model), **asdict(baseline.optim)}
@@ -61,7 +61,7 @@ def test_every_option_row_differs_from_the_baseline_in_its_key_alone(ctx: BenchC
 
 
 def test_baseline_is_gpt2_with_adamw_in_the_configs_shape(ctx: BenchContext) -> None:
-    shipped = quality_config(ctx, MUON_CONFIG)
+    shipped = quality_config(ctx, FAST_CONFIG)
     fancy = replace(
         shipped, model=replace(shipped.model, position="rope", qk_norm=True, n_kv_head=1, logit_softcap=30.0)
     )
@@ -91,7 +91,7 @@ def test_interpolate_follows_the_line_between_evaluations() -> None:
 def test_tiny_ablation_writes_one_row_per_option_with_its_curve(ctx: BenchContext, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     (logs / "stale" / "logs" / "tb").mkdir(parents=True)  # an earlier bench's row
-    rows = case8_ablation(ctx, MUON_CONFIG, logs)
+    rows = case8_ablation(ctx, FAST_CONFIG, logs)
     report = json.loads(write_report(tmp_path / "bench", {"rows": [row_dict(row) for row in rows]}).read_text())
     metrics = {row["variant"]: row["metrics"] for row in report["rows"]}
     assert [row["variant"] for row in report["rows"]][::10] == [BASELINE, BEST]
