@@ -37,6 +37,9 @@ DOCS: tuple[Path, ...] = (
     *sorted((PROJECT_ROOT / "ml_playground").glob("**/Readme.md")),
 )
 
+# The Makefile's environment stamps (runtime install set, dev install set).
+MAKE_STAMPS: tuple[str, ...] = (".venv/.runtime-stamp", ".venv/.dev-stamp")
+
 # The CLI commands that take an experiment and a config (`ml_playground/cli.py`).
 EXPERIMENT_COMMANDS = frozenset({"prepare", "train", "sample", "loop", "export"})
 
@@ -224,9 +227,10 @@ def cli_arguments(run: Run) -> tuple[str, ...]:
         return run.cli_args
     assert run.make_args is not None
     # CLI=echo / RUN=echo print the command line instead of running it; -o keeps make from
-    # (re)creating the environment stamp.
+    # (re)creating the environment stamps.
+    old_stamps = [word for stamp in MAKE_STAMPS for word in ("-o", stamp)]
     result = subprocess.run(
-        ["make", "-s", "--no-print-directory", "-o", ".venv/.setup-stamp", *run.make_args, "CLI=echo", "RUN=echo"],
+        ["make", "-s", "--no-print-directory", *old_stamps, *run.make_args, "CLI=echo", "RUN=echo"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
