@@ -41,11 +41,27 @@ class PrepareConfig:
     dataset_dir: ProjectPath
     # "bundled" (the experiment's offline corpus), an http(s):// or file:// URL, or a file path.
     source: str = "bundled"
+    # A file read when the file `source` names does not exist (a corpus another experiment reads,
+    # so that one copy serves both); `source` wins whenever it exists. Only for a file `source`.
+    fallback_source: str | None = None
     source_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     download_timeout_s: float = Field(default=60.0, gt=0)
     tokenizer: Literal["char", "tiktoken"] = "char"
     encoding: str = "gpt2"
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fallback_is_a_file(self) -> Self:
+        if self.fallback_source is None:
+            return self
+        problems: list[str] = []
+        if self.source == "bundled" or self.source.startswith(("http://", "https://")):
+            problems.append(f"fallback_source is only read for a file source, not {self.source!r}")
+        if self.fallback_source == "bundled" or self.fallback_source.startswith(("http://", "https://")):
+            problems.append(f"fallback_source must be a file path, not {self.fallback_source!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)

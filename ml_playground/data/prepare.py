@@ -294,6 +294,7 @@ def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorp
             cache=cfg.dataset_dir / "input.txt",
             timeout_s=cfg.download_timeout_s,
             sha256=cfg.source_sha256,
+            fallback=cfg.fallback_source,
         )
     return prepare_corpus(
         input_path,

@@ -81,11 +81,25 @@ def download(url: str, dest: Path, *, timeout_s: float, sha256: str | None) -> P
     return dest
 
 
-def resolve_input(source: str, *, cache: Path, timeout_s: float, sha256: str | None) -> Path:
-    """The local corpus file for a `[prepare].source` that is a path or URL (not "bundled")."""
+def resolve_input(
+    source: str, *, cache: Path, timeout_s: float, sha256: str | None, fallback: str | None = None
+) -> Path:
+    """The local corpus file for a `[prepare].source` that is a path or URL (not "bundled").
+
+    A file `source` that does not exist gives way to `fallback` ([prepare].fallback_source), with
+    a line saying which file is read."""
     if source.startswith(("http://", "https://")):
         return download(source, cache, timeout_s=timeout_s, sha256=sha256)
     path = local_path(source)
+    if not path.is_file() and fallback is not None:
+        shared = local_path(fallback)
+        if not shared.is_file():
+            raise DataError(
+                f"corpus not found: put a UTF-8 text file at {shared} (prepare.fallback_source) "
+                f"or at {path} (prepare.source)"
+            )
+        log.info("%s not found: reading %s (prepare.fallback_source)", path, shared)
+        path = shared
     if not path.is_file():
         raise DataError(f"{path}: corpus not found (prepare.source = {source!r}); put a UTF-8 text file there")
     if sha256 is not None and file_sha256(path) != sha256:

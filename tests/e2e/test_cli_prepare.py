@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from ml_playground.data.prepare import STAMP_FILENAME
+from ml_playground.data.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +58,39 @@ def test_prepare_cli_errors_and_success(tmp_path: Path) -> None:
     second = prepare(config)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stderr
+
+
+def test_bundestag_tiktoken_reads_the_bundestag_char_corpus_unless_it_has_its_own(tmp_path: Path) -> None:
+    # The shipped layout in a scratch root: bundestag_tiktoken's own input.txt, else bundestag_char's.
+    own = tmp_path / "bundestag_tiktoken" / "input.txt"
+    shared = tmp_path / "bundestag_char" / "input.txt"
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'[prepare]\ndataset_dir = "{tmp_path / "ds"}"\nsource = "{own}"\nfallback_source = "{shared}"\n'
+        'tokenizer = "tiktoken"\nencoding = "cl100k_base"\n',
+        encoding="utf-8",
+    )
+
+    line = _one_line_error(prepare(config, "bundestag_tiktoken"), 4)
+    assert str(own) in line
+    assert str(shared) in line
+
+    shared.parent.mkdir()
+    shared.write_text("Sehr geehrte Damen und Herren, der Bundestag tagt.\n" * 40, encoding="utf-8")
+    result = prepare(config, "bundestag_tiktoken")
+    assert result.returncode == 0, result.stderr
+    assert f"reading {shared}" in result.stderr
+    assert _prepared_from(tmp_path / "ds") == file_sha256(shared)
+
+    own.parent.mkdir()
+    own.write_text("Die Sitzung ist eröffnet.\n" * 40, encoding="utf-8")
+    result = prepare(config, "bundestag_tiktoken")
+    assert result.returncode == 0, result.stderr
+    assert "reading" not in result.stderr
+    assert _prepared_from(tmp_path / "ds") == file_sha256(own)
+
+
+def _prepared_from(dataset_dir: Path) -> str:
+    """The sha256 of the input the dataset was prepared from (recorded in its up-to-date stamp)."""
+    stamp: dict[str, object] = json.loads((dataset_dir / STAMP_FILENAME).read_text(encoding="utf-8"))
+    return str(stamp["input_sha256"])

@@ -66,6 +66,8 @@ OUTPUT_PATHS: tuple[Key, ...] = (
     ("export", "ollama", "export_dir"),
 )
 SOURCE: Key = ("prepare", "source")
+FALLBACK_SOURCE: Key = ("prepare", "fallback_source")
+INPUTS: frozenset[Key] = frozenset({SOURCE, FALLBACK_SOURCE})
 BASE_MODEL: Key = ("train", "hf_model", "model_name_or_path")
 
 # Kept where it is: an input from the repository (llama.cpp's converter), read, never written.
@@ -291,10 +293,12 @@ def moved_keys(shipped: Table) -> list[Key]:
     source = _get(shipped, SOURCE)
     if isinstance(source, str) and _is_local_file(source):
         keys.append(SOURCE)  # the user-provided corpus: the test puts one at the moved path
+        if isinstance(_get(shipped, FALLBACK_SOURCE), str):
+            keys.append(FALLBACK_SOURCE)  # where the corpus is read from when SOURCE is absent
     # A relative base model is a local folder the project resolves against its root (a hub name
     # otherwise); under the folder runs write to (out/), it is what an earlier step wrote.
     base = _get(shipped, BASE_MODEL)
-    written = {Path(cast(str, _get(shipped, key))).parts[0] for key in keys if key != SOURCE}
+    written = {Path(cast(str, _get(shipped, key))).parts[0] for key in keys if key not in INPUTS}
     if isinstance(base, str) and Path(base).parts[:1] and Path(base).parts[0] in written:
         keys.append(BASE_MODEL)
     return [key for key in keys if not Path(cast(str, _get(shipped, key))).is_absolute()]
@@ -437,7 +441,10 @@ def prepare_config(step: CliStep, configs: Path, scratch: Path) -> Path:
     outside = [key for key, path in resolved_paths(loaded) if not path.is_relative_to(scratch)]
     assert outside == [], f"{_rel(step.config)}: paths left in the repository: {outside}"
     if SOURCE in moved_keys(shipped):  # the corpus the doc asks the user to provide
-        corpus = Path(rewritten["prepare"]["source"])
+        # Where the docs ask for it: a config with a fallback reads a corpus another experiment
+        # reads (bundestag_tiktoken reads bundestag_char's), so the test puts it only there.
+        prepare = rewritten["prepare"]
+        corpus = Path(prepare["fallback_source"] if "fallback_source" in prepare else prepare["source"])
         corpus.parent.mkdir(parents=True, exist_ok=True)
         if not corpus.exists() and loaded.prepare is not None and loaded.train is not None:
             text = user_corpus(loaded.train.data.block_size, loaded.prepare.val_fraction)

@@ -95,6 +95,15 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     assert "data.block_size (32) exceeds model.block_size (16)" in message
 
 
+def test_fallback_source_needs_file_sources(tmp_path: Path) -> None:
+    with_source = VALID.replace('"out/ds"\n', '"out/ds"\nsource = "a.txt"\n', 1) + TRAIN_TAIL
+    assert load_experiment_config(write(tmp_path, with_source.replace("a.txt", 'a.txt"\nfallback_source = "b.txt')))
+    message = load_error(tmp_path, with_source.replace('"a.txt"', '"https://x/a.txt"\nfallback_source = "bundled"'))
+    assert "prepare:" in message
+    assert "fallback_source is only read for a file source, not 'https://x/a.txt'" in message
+    assert "fallback_source must be a file path, not 'bundled'" in message
+
+
 def test_architecture_options_are_checked_together(tmp_path: Path) -> None:
     text = VALID.replace("n_embd = 32", 'n_embd = 6\nn_kv_head = 3\nposition = "rope"')
     message = load_error(tmp_path, text + TRAIN_TAIL)

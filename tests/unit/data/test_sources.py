@@ -91,3 +91,25 @@ def test_local_sources(tmp_path: Path) -> None:
         resolve_input(str(corpus), cache=tmp_path / "cache.txt", timeout_s=1, sha256="1" * 64)
     with pytest.raises(DataError, match=r"missing\.txt: corpus not found"):
         resolve_input(str(tmp_path / "missing.txt"), cache=tmp_path / "cache.txt", timeout_s=1, sha256=None)
+
+
+def test_fallback_source_is_read_only_when_the_source_is_absent(tmp_path: Path) -> None:
+    own, shared = tmp_path / "own" / "input.txt", tmp_path / "shared" / "input.txt"
+    cache = tmp_path / "cache.txt"
+
+    with pytest.raises(DataError) as info:
+        resolve_input(str(own), cache=cache, timeout_s=1, sha256=None, fallback=str(shared))
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{shared} (prepare.fallback_source)" in message
+    assert f"{own} (prepare.source)" in message
+
+    shared.parent.mkdir()
+    shared.write_bytes(CORPUS)
+    assert resolve_input(str(own), cache=cache, timeout_s=1, sha256=None, fallback=str(shared)) == shared
+    with pytest.raises(DataError, match=r"shared/input\.txt: sha256 does not match"):
+        resolve_input(str(own), cache=cache, timeout_s=1, sha256="1" * 64, fallback=str(shared))
+
+    own.parent.mkdir()
+    own.write_bytes(CORPUS[:100])
+    assert resolve_input(str(own), cache=cache, timeout_s=1, sha256=None, fallback=str(shared)) == own
