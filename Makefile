@@ -113,13 +113,13 @@ sample: $(RUNTIME) ## sample from the best checkpoint: make sample EXP=.. [CONFI
 	$(need_exp)
 	$(CLI) sample $(EXP) $(CFG_ARG)
 
-# Without EXP: character-level Shakespeare with Muon, the shortest way from a fresh clone to text
-# that reads as Shakespeare on a CPU (val ~1.8 nats per character in about half a minute of training).
+# Without EXP: shakespeare_char's own config (character-level Shakespeare with rotary positions,
+# QK-norm and Muon), the shortest way from a fresh clone to text that reads as Shakespeare on a CPU
+# (val ~1.7 nats per character after about 40 s of training on an idle 2-core CPU).
 LOOP_EXP := shakespeare_char
-LOOP_CONFIG := ml_playground/configs/shakespeare_char_muon_cpu.toml
 
-loop: $(RUNTIME) ## prepare, train, sample (default: shakespeare_char with Muon, about a minute on a CPU)
-	$(CLI) loop $(or $(EXP),$(LOOP_EXP)) $(if $(CONFIG),--exp-config $(CONFIG),$(if $(EXP),,--exp-config $(LOOP_CONFIG)))
+loop: $(RUNTIME) ## prepare, train, sample (default: shakespeare_char, under a minute on a CPU)
+	$(CLI) loop $(or $(EXP),$(LOOP_EXP)) $(CFG_ARG)
 
 export: $(RUNTIME) ## export HF / GGUF / Ollama: make export EXP=.. [CONFIG=..]
 	$(need_exp)
