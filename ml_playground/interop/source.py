@@ -1,0 +1,210 @@
+"""Pretrained sources (`init_from`): a Hugging Face model id, a local Hugging Face directory or a
+checkpoint file, read into our format with the source's tokenizer.
+
+A model id is downloaded only here, when a config names one: `hub_download` fetches the config,
+safetensors weights and tokenizer files (nothing else) through huggingface_hub's cache, and
+refuses with one line when the hub cannot be reached. A local path always wins over a model id of
+the same name. Training (`finetune/pretrained.py`) finetunes every weight of a source; sampling
+(`sample_source`) draws from it as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch import Tensor
+
+from ml_playground.config import PROJECT_ROOT, ModelConfig, SampleConfig, TrainConfig
+from ml_playground.data.meta import DatasetMeta
+from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError
+from ml_playground.interop.arch import option_value
+from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
+from ml_playground.model import GPT, GPTConfig
+from ml_playground.runtime import Runtime
+from ml_playground.sample import run_sampling
+from ml_playground.tokenizers import HuggingFaceTokenizer, Tokenizer, tokenizer_from_meta
+from ml_playground.train.checkpoint import ARCH_OPTION_KEYS, MODEL_ARG_KEYS, load_model_checkpoint
+
+log = logging.getLogger(__name__)
+
+# What a model id downloads: the architecture, the weights and the tokenizer (no PyTorch pickles,
+# no other formats).
+HUB_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+# "gpt2", "openai-community/gpt2", "TinyLlama/TinyLlama-1.1B-Chat-v1.0": one optional owner part.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# The [train.model] keys a source fixes: its whole architecture but dropout, which may be overridden
+# (as in nanoGPT), and vocab_size, which counts tokens there (checked against the source's tokens).
+SOURCE_KEYS = tuple(key for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS if key not in ("dropout", "vocab_size"))
+
+# A model id -> the local folder holding its files.
+Downloader = Callable[[str], Path]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """A pretrained model in our format: weights (nanoGPT names), architecture and tokenizer.
+
+    `meta` is the tokenizer as a dataset can hold it (char or GPT-2 BPE); None for another
+    Hugging Face tokenizer, which `tokenizer_file` then holds."""
+
+    name: str  # init_from as written
+    state_dict: dict[str, Tensor]
+    config: GPTConfig
+    meta: DatasetMeta | None
+    tokenizer_file: Path | None = None
+
+    def tokenizer(self) -> Tokenizer:
+        if self.meta is not None:
+            return tokenizer_from_meta(self.meta, where=f"init_from {self.name!r}")
+        assert self.tokenizer_file is not None  # Source is built with one or the other
+        return HuggingFaceTokenizer(self.tokenizer_file)
+
+    def describe_tokenizer(self) -> str:
+        return describe(self.meta) if self.meta is not None else f"the Hugging Face tokenizer {self.tokenizer_file}"
+
+
+def hub_download(model_id: str) -> Path:
+    """The model's config, safetensors and tokenizer files in huggingface_hub's cache (downloaded
+    when missing; HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE apply)."""
+    from huggingface_hub import snapshot_download  # pyright: ignore[reportUnknownVariableType]  # a dict[Unknown] parameter in its overloads
+
+    log.info("init_from %r: fetching config, safetensors weights and tokenizer from the Hugging Face hub", model_id)
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=list(HUB_FILES)))
+    except (OSError, ValueError) as exc:  # offline, unreachable, unknown or gated repository
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"init_from {model_id!r}: cannot download it from the Hugging Face hub ({type(exc).__name__}: {first}); "
+            "a model id needs the network (or its files in the huggingface_hub cache)"
+        ) from None
+
+
+def locate(init_from: str, key: str, download: Downloader) -> Path:
+    """A file or directory (relative paths against the project root), else a downloaded model id."""
+    path = Path(init_from).expanduser()
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    if path.exists():
+        return path
+    if HUB_ID.fullmatch(init_from) is None:
+        raise ConfigError(f"{key}: {path} not found (and {init_from!r} is not a Hugging Face model id)")
+    return download(init_from)
+
+
+def load_source(init_from: str, key: str, download: Downloader = hub_download) -> Source:
+    """Read the source `init_from` names; `key` (the config key) names it in errors."""
+    path = locate(init_from, key, download)
+    try:
+        if path.is_file():
+            checkpoint, meta = load_model_checkpoint(path)
+            return Source(name=init_from, state_dict=checkpoint.model, config=checkpoint.arch, meta=meta)
+        return _hf_source(init_from, path)
+    except (ExportError, CheckpointError, DataError) as exc:
+        raise type(exc)(f"{key} = {init_from!r}: {exc}") from None
+
+
+def _hf_source(name: str, path: Path) -> Source:
+    state_dict, config = import_hf_weights(path)
+    tokenizer_file = path / TOKENIZER_FILE
+    if not tokenizer_file.is_file():
+        raise ExportError(f"{tokenizer_file}: not found (the source's tokenizer)")
+    try:
+        meta: DatasetMeta | None = meta_from_tokenizer_json(tokenizer_file)
+    except ExportError:  # a tokenizer of its own (Llama's, Qwen's): sampled through `tokenizers`
+        meta = None
+    tokens = meta.vocab_size if meta is not None else HuggingFaceTokenizer(tokenizer_file).vocab_size
+    if tokens > config.vocab_size:
+        raise ExportError(f"{tokenizer_file}: {tokens} tokens, but the model has {config.vocab_size} rows")
+    return Source(
+        name=name,
+        state_dict=state_dict,
+        config=config.with_real_vocab(tokens),
+        meta=meta,
+        tokenizer_file=tokenizer_file,
+    )
+
+
+def describe(meta: DatasetMeta) -> str:
+    if meta.kind == "char":
+        return f"a char vocabulary of {meta.vocab_size} characters"
+    return f"tiktoken {meta.encoding}"
+
+
+def same_tokenizer(a: DatasetMeta, b: DatasetMeta) -> bool:
+    """Whether two metadata decode every id alike."""
+    if a.kind != b.kind:
+        return False
+    return a.itos == b.itos if a.kind == "char" else a.encoding == b.encoding
+
+
+def contradictions(model: ModelConfig, arch: GPTConfig) -> list[str]:
+    """`train.model.<key> = ours (source: theirs)` for each key set away from its default that the
+    source's architecture does not have."""
+    default = ModelConfig()
+    found: list[str] = []
+    for key in SOURCE_KEYS:
+        ours: object = getattr(model, key)
+        if ours == getattr(default, key):
+            continue
+        theirs: object = {"n_kv_head": arch.kv_heads, "mlp_hidden": arch.hidden_size}.get(key, getattr(arch, key))
+        if ours != theirs:
+            found.append(f"train.model.{key} = {_toml(ours)} (source: {option_value(arch, key)})")
+    if model.vocab_size is not None and model.vocab_size != arch.real_vocab:
+        found.append(f"train.model.vocab_size = {model.vocab_size} (source: {arch.real_vocab} tokens)")
+    return found
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def finetune_architecture(cfg: TrainConfig, meta: DatasetMeta, source: Source) -> GPTConfig:
+    """The source's architecture with [train.model] dropout; refuses contradicting keys, another
+    tokenizer than the dataset's and a context the source does not have, each in one line."""
+    name = cfg.model.init_from
+    found = contradictions(cfg.model, source.config)
+    if found:
+        raise ConfigError(f"train.model: keys contradict init_from {name!r}: {'; '.join(found)}")
+    if source.meta is None or not same_tokenizer(source.meta, meta):
+        raise DataError(
+            f"train.model.init_from {name!r} uses {source.describe_tokenizer()}, but the dataset "
+            f"{cfg.data.meta_path} is {describe(meta)}; prepare the dataset with the source's tokenizer"
+        )
+    if cfg.data.block_size > source.config.block_size:
+        raise ConfigError(
+            f"train.data.block_size: {cfg.data.block_size} exceeds init_from {name!r}'s block_size "
+            f"{source.config.block_size}"
+        )
+    return replace(source.config, dropout=cfg.model.dropout)
+
+
+def source_for_inference(
+    init_from: str, runtime: Runtime, download: Downloader = hub_download
+) -> tuple[GPT, Tokenizer, str]:
+    """The source as an eval-mode model on the runtime's device, with its own tokenizer."""
+    source = load_source(init_from, "sample.runtime.init_from", download)
+    model = GPT(replace(source.config, dropout=0.0))
+    model.load_state_dict(source.state_dict)
+    log.info("sampling from init_from %r (%.2fM parameters)", init_from, model.num_params() / 1e6)
+    return model.to(runtime.device).eval(), source.tokenizer(), init_from
+
+
+def sample_source(cfg: SampleConfig, download: Downloader = hub_download) -> list[str]:
+    """`make sample` with [sample.runtime] init_from: the sampler on the source as it is."""
+    init_from = cfg.runtime.init_from
+    return run_sampling(cfg, load=lambda runtime: source_for_inference(init_from, runtime, download))
