@@ -1,6 +1,6 @@
 """[train.model] init_from: tiny GPT-2 and Llama models saved by transformers' own `save_pretrained`
 load with transformers' logits, finetune every weight with the native loop (lower val loss), resume
-without reading the source, export back (transformers agrees) and sample as they are."""
+without reading the source, export back (transformers and llama.cpp agree) and sample as they are."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,9 +19,11 @@ from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError, DataError, ExportError
 from ml_playground.finetune.pretrained import run_pretrained
 from ml_playground.interop import hf
+from ml_playground.interop.gguf import write_gguf
 from ml_playground.interop.source import load_source, sample_source
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from tests.integration.test_gguf_llama_cpp import F32_BOUND, LlamaRun, our_logits
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 pytestmark = pytest.mark.slow
@@ -124,6 +127,13 @@ def test_finetuning_from_a_source_trains_every_weight_resumes_and_exports(tmp_pa
     theirs.eval()
     ids = torch.randint(meta.vocab_size, (2, 32), generator=torch.Generator().manual_seed(2))
     assert logits_diff(model.eval(), theirs, ids) <= 1e-4
+
+    # llama.cpp (gpt2 / llama GGUF) computes the finetuned model too.
+    write_gguf(tmp_path / "model.gguf", best.model, best.arch, meta, ftype="f32", name="tiny")
+    llama_cpp = LlamaRun(tmp_path / "model.gguf", best.arch.block_size)
+    window: list[int] = [int(token) for token in ids[0]]
+    assert float(np.abs(llama_cpp.logits(window) - our_logits(model, window)).max()) <= F32_BOUND
+    llama_cpp.close()
 
 
 def _val_losses(out: Path) -> list[float]:
