@@ -68,7 +68,12 @@ OUTPUT_PATHS: tuple[Key, ...] = (
 SOURCE: Key = ("prepare", "source")
 FALLBACK_SOURCE: Key = ("prepare", "fallback_source")
 INPUTS: frozenset[Key] = frozenset({SOURCE, FALLBACK_SOURCE})
-BASE_MODEL: Key = ("train", "hf_model", "model_name_or_path")
+# Pretrained models a run starts from: the LoRA base, init_from of training and of sampling.
+BASE_MODELS: tuple[Key, ...] = (
+    ("train", "hf_model", "model_name_or_path"),
+    ("train", "model", "init_from"),
+    ("sample", "runtime", "init_from"),
+)
 
 # Kept where it is: an input from the repository (llama.cpp's converter), read, never written.
 REPOSITORY_INPUTS: frozenset[Key] = frozenset({("export", "ollama", "convert_bin")})
@@ -160,6 +165,35 @@ def _python_module(argv: tuple[str, ...]) -> str | None:
     return None
 
 
+def config_named(argv: tuple[str, ...]) -> Path | None:
+    """The config a documented command names (`CONFIG=...` for make, `--exp-config ...` for the CLI)."""
+    for i, word in enumerate(argv):
+        if word.startswith("CONFIG="):
+            return PROJECT_ROOT / word.removeprefix("CONFIG=")
+        if word == "--exp-config" and i + 1 < len(argv):
+            return PROJECT_ROOT / argv[i + 1]
+    return None
+
+
+# A Hugging Face model id (not a local path): a run that starts from one downloads it.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def needs_network(argv: tuple[str, ...]) -> bool:
+    """Whether the command's config starts from a Hugging Face model id (init_from or a LoRA base)."""
+    config = config_named(argv)
+    if config is None or not config.is_file():
+        return False
+    table = read_toml(config)
+    for key in BASE_MODELS:
+        value = _get(table, key)
+        if isinstance(value, str) and value not in ("scratch", "resume") and _HUB_ID.fullmatch(value):
+            return not (PROJECT_ROOT / value).exists()
+    return False
+
+
+NETWORK_RULE = "network"
+
 # (rule, matches, reason): a documented command these match is not run, for the reason given.
 SKIP_RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool], str], ...] = (
     (
@@ -184,6 +218,13 @@ SKIP_RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool], str], ...] = (
         "minutes of timed runs and a 1 GB preparation, some on placeholder paths (a nanoGPT checkout); "
         "tests/integration/test_bench.py runs every case, the shipped bundestag_char_cpu.toml included, with --tiny; "
         "tests/unit/bench/test_bench_chart.py runs --render on a saved report",
+    ),
+    (
+        NETWORK_RULE,
+        needs_network,
+        "downloads a model from the Hugging Face hub, and tests never reach the network; the same path on local "
+        "directories is run here (shakespeare_comedies_cpu.toml) and in tests/integration/test_init_from.py, the "
+        "hub's one-line errors in tests/unit/interop/test_source.py",
     ),
     (
         "ollama",
@@ -295,12 +336,13 @@ def moved_keys(shipped: Table) -> list[Key]:
         keys.append(SOURCE)  # the user-provided corpus: the test puts one at the moved path
         if isinstance(_get(shipped, FALLBACK_SOURCE), str):
             keys.append(FALLBACK_SOURCE)  # where the corpus is read from when SOURCE is absent
-    # A relative base model is a local folder the project resolves against its root (a hub name
+    # A relative base model is a local path the project resolves against its root (a hub name
     # otherwise); under the folder runs write to (out/), it is what an earlier step wrote.
-    base = _get(shipped, BASE_MODEL)
     written = {Path(cast(str, _get(shipped, key))).parts[0] for key in keys if key not in INPUTS}
-    if isinstance(base, str) and Path(base).parts[:1] and Path(base).parts[0] in written:
-        keys.append(BASE_MODEL)
+    for key in BASE_MODELS:
+        base = _get(shipped, key)
+        if isinstance(base, str) and Path(base).parts[:1] and Path(base).parts[0] in written:
+            keys.append(key)
     return [key for key in keys if not Path(cast(str, _get(shipped, key))).is_absolute()]
 
 
