@@ -1,11 +1,16 @@
 """`ml-playground train` / `sample` with init_from in real subprocesses: a local Hugging Face
-directory finetunes and samples as it is; a contradicting key and an offline model id are one line."""
+directory finetunes and samples as it is; a model id downloads its config, weights and tokenizer
+from a hub (a tiny one on 127.0.0.1, tests/support/tiny_hub.py) only when asked, then works offline
+from the cache; a contradicting key and a model id offline are one line."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,9 +23,11 @@ from tests.support.tiny_training import TEXT, write_char_dataset
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    # An empty huggingface_hub cache in offline mode: a model id can never be fetched.
+def cli(*args: str, home: Path, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    # Its own huggingface_hub cache; offline unless a (local) hub endpoint is given.
     env = os.environ | {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    if endpoint is not None:
+        env |= {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint}
     return subprocess.run(
         [sys.executable, "-m", "ml_playground.cli", *args],
         cwd=ROOT,
@@ -108,3 +115,54 @@ def test_a_model_id_offline_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "init_from 'gpt2': cannot download it from the Hugging Face hub" in result.stderr.strip().splitlines()[-1]
+
+
+@contextmanager
+def tiny_hub(root: Path, log: Path) -> Generator[str]:
+    """The tiny hub serving `root` on 127.0.0.1 (bounded in time, stopped by its PID); yields its URL."""
+    port_file = root.parent / "hub.port"
+    with log.open("w", encoding="utf-8") as log_file:
+        server = subprocess.Popen(
+            ["timeout", "240", sys.executable, "-m", "tests.support.tiny_hub", str(root), str(port_file)],
+            cwd=ROOT,
+            stderr=log_file,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not port_file.is_file() or not port_file.read_text(encoding="utf-8"):
+                assert server.poll() is None, "the tiny hub exited"
+                assert time.monotonic() < deadline, "the tiny hub did not start"
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port_file.read_text(encoding='utf-8')}"
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def test_a_model_id_is_downloaded_only_when_asked_then_found_offline(tmp_path: Path) -> None:
+    write_char_dataset(tmp_path / "data")
+    export_source(tmp_path / "hub" / "someone" / "tiny-gpt")
+    (tmp_path / "hub" / "someone" / "tiny-gpt" / "pytorch_model.bin").write_bytes(b"not fetched")
+    config = tmp_path / "cfg.toml"
+    write_config(config, tmp_path, "someone/tiny-gpt")
+    log = tmp_path / "hub.log"
+    with tiny_hub(tmp_path / "hub", log) as endpoint:
+        sampled = cli(
+            "sample", "shakespeare", "--exp-config", str(config), home=tmp_path / "hf_home", endpoint=endpoint
+        )
+        # A repository the hub does not have: one line.
+        write_config(config, tmp_path, "someone/absent")
+        absent = cli("sample", "shakespeare", "--exp-config", str(config), home=tmp_path / "hf_home", endpoint=endpoint)
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.startswith("First")
+    fetched = log.read_text(encoding="utf-8")
+    assert "GET /someone/tiny-gpt/resolve/" in fetched
+    assert "model.safetensors" in fetched
+    assert "pytorch_model.bin" not in fetched  # config, safetensors and tokenizer files only
+    assert absent.returncode == 2
+    assert "init_from 'someone/absent': cannot download it" in absent.stderr.strip().splitlines()[-1]
+    # The hub is gone; the cached model still trains offline, every weight finetuned.
+    write_config(config, tmp_path, "someone/tiny-gpt")
+    trained = cli("train", "shakespeare", "--exp-config", str(config), home=tmp_path / "hf_home")
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "out" / "ckpt_last.pt").is_file()

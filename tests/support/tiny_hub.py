@@ -1,0 +1,114 @@
+"""A tiny Hugging Face hub on 127.0.0.1 for tests: serves the folders under ROOT as model repos
+(ROOT/<owner>/<name>/...) with the endpoints huggingface_hub's `snapshot_download` calls.
+
+  python -m tests.support.tiny_hub ROOT PORT_FILE
+
+binds a free port, writes it to PORT_FILE and serves until killed. Endpoints: repo info
+(`/api/models/<id>/revision/<rev>`), the file tree (`/api/models/<id>/tree/<rev>`) and file
+downloads (`/<id>/resolve/<rev>/<file>`, HEAD and GET). Unknown repos are 404 RepoNotFound, as on
+the hub. Every request is logged to stderr, so a test can see which files were fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+def files_of(repo: Path) -> list[str]:
+    return sorted(str(path.relative_to(repo)) for path in repo.rglob("*") if path.is_file())
+
+
+def commit_of(repo: Path) -> str:
+    digest = hashlib.sha1()
+    for name in files_of(repo):
+        digest.update(name.encode() + b"\0" + (repo / name).read_bytes())
+    return digest.hexdigest()
+
+
+class Hub(BaseHTTPRequestHandler):
+    root: Path
+
+    def log_message(self, format: str, *args: object) -> None:
+        print(f"{self.command} {self.path}", file=sys.stderr, flush=True)
+
+    def repo_and_rest(self, prefix: str, marker: str) -> tuple[Path, str, str] | None:
+        """(repo folder, revision, rest) of `<prefix><owner>/<name><marker><rev>[/rest]`."""
+        path = unquote(urlsplit(self.path).path)
+        if not path.startswith(prefix) or marker not in path:
+            return None
+        repo_id, _, tail = path[len(prefix) :].partition(marker)
+        revision, _, rest = tail.partition("/")
+        repo = self.root / repo_id
+        return (repo, revision, rest) if repo_id and repo.is_dir() else None
+
+    def send_json(self, data: object) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def not_found(self) -> None:
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("X-Error-Message", "Repository not found")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self.answer(with_body=False)
+
+    def answer(self, *, with_body: bool) -> None:
+        info = self.repo_and_rest("/api/models/", "/revision/")
+        if info is not None and with_body:
+            repo = info[0]
+            siblings = [{"rfilename": name} for name in files_of(repo)]
+            self.send_json({"id": repo.relative_to(self.root).as_posix(), "sha": commit_of(repo), "siblings": siblings})
+            return
+        tree = self.repo_and_rest("/api/models/", "/tree/")
+        if tree is not None and with_body:
+            repo = tree[0]
+            entries = [
+                {
+                    "type": "file",
+                    "path": name,
+                    "size": (repo / name).stat().st_size,
+                    "oid": hashlib.sha1((repo / name).read_bytes()).hexdigest(),
+                }
+                for name in files_of(repo)
+            ]
+            self.send_json(entries)
+            return
+        resolve = self.repo_and_rest("/", "/resolve/")
+        if resolve is not None and (resolve[0] / resolve[2]).is_file():
+            repo, _, name = resolve
+            body = (repo / name).read_bytes()
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", commit_of(repo))
+            self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+            return
+        self.not_found()
+
+
+def main(root: str, port_file: str) -> None:
+    Hub.root = Path(root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    Path(port_file).write_text(str(server.server_address[1]), encoding="utf-8")
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
