@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from ml_playground.config import PROJECT_ROOT, SampleConfig
-from ml_playground.errors import MissingDependencyError, MLPlaygroundError
+from ml_playground.errors import ConfigError, MissingDependencyError, MLPlaygroundError
 from ml_playground.train.checkpoint import find_checkpoint
 
 LIT_PROJECT = PROJECT_ROOT / "lit_nlp"
@@ -125,6 +125,11 @@ def serve(command: list[str]) -> None:
 
 def run_lit(cfg: SampleConfig, config_path: Path, port: int) -> None:
     """Serve the experiment's best checkpoint in LIT until interrupted."""
+    if cfg.runtime.init_from != "resume":  # not silently the checkpoint in out_dir instead
+        raise ConfigError(
+            f"sample.runtime.init_from = {cfg.runtime.init_from!r}: `lit` serves the checkpoint in "
+            "sample.runtime.out_dir only; remove init_from (or finetune the source and serve that run)"
+        )
     checkpoint = find_checkpoint(cfg.runtime.out_dir)  # fail before installing anything
     check_port_free(port)
     python = ensure_lit_env(LIT_PROJECT, find_uv())

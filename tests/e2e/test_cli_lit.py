@@ -34,3 +34,12 @@ def test_config_without_sample_table_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "[sample]" in result.stderr
+
+
+def test_a_pretrained_source_is_refused_rather_than_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[sample.runtime]\nout_dir = "{tmp_path / "out"}"\ninit_from = "gpt2"\n', encoding="utf-8")
+    result = lit(config, "--port", "5999")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: sample.runtime.init_from = 'gpt2': `lit` serves the checkpoint")

@@ -4,6 +4,7 @@ and the [train.model] keys a source fixes."""
 
 from __future__ import annotations
 
+import pickle
 import socket
 from pathlib import Path
 
@@ -79,6 +80,31 @@ def test_a_checkpoint_file_is_a_source_with_its_tokenizer(tmp_path: Path) -> Non
     source = load_source(str(tmp_path / "ckpt_best.pt"), KEY, download=never)
     assert source.config == model.config
     assert source.meta == meta
+
+
+def test_a_nanogpt_ckpt_pt_is_a_source_with_its_meta_pkl(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=len(ITOS), n_layer=1, n_head=2, n_embd=8))
+    args = {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 16, "bias": False, "vocab_size": len(ITOS)}
+    torch.save(
+        {
+            "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()},
+            "model_args": args | {"dropout": 0.0},
+            "iter_num": 5000,
+            "best_val_loss": 1.5,
+            "config": {},
+        },
+        tmp_path / "ckpt.pt",
+    )
+    with (tmp_path / "meta.pkl").open("wb") as handle:
+        pickle.dump(
+            {"vocab_size": len(ITOS), "itos": dict(enumerate(ITOS)), "stoi": {c: i for i, c in enumerate(ITOS)}}, handle
+        )
+    source = load_source(str(tmp_path / "ckpt.pt"), KEY, download=never)
+    assert source.config == model.config
+    assert source.meta is not None
+    assert source.meta.itos == ITOS
+    assert all(torch.equal(source.state_dict[name], t) for name, t in model.state_dict().items())
 
 
 def closed_port() -> int:
