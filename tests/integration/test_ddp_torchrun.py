@@ -36,7 +36,13 @@ from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.run import run_training
 from tests.support.kill_switch import spec as kill_spec
-from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
+from tests.support.tiny_training import (
+    read_scalars,
+    text_with_whole_steps,
+    tiny_train_table,
+    train_config,
+    write_char_dataset,
+)
 from tests.support.torchrun import ROOT, environment, make_train, run, start, torchrun_command, write_toml
 
 KILL_SWITCH = "tests.support.kill_switch"
@@ -50,17 +56,6 @@ WINDOWS_PER_STEP = 8  # batch_size 4 x 2 ranks (or x 2 micro-steps)
 # would time out after train.runtime.dist_timeout_s (30 s here). A generous bound on the whole
 # run, not a speed check.
 DEATH_TIMEOUT_S = 240
-
-
-def _text_with_whole_steps() -> str:
-    """A corpus whose train split holds a multiple of WINDOWS_PER_STEP windows, so every step of
-    the 1-rank and the 2-rank run covers the same windows, across epochs too."""
-    text = TEXT * 4
-    for length in range(len(text), 0, -1):
-        windows = (int(length * 0.9) - 1) // BLOCK
-        if windows % WINDOWS_PER_STEP == 0 and (int(length * 0.9) - 1) % BLOCK == 0:
-            return text[:length]
-    raise AssertionError("no suitable corpus length")
 
 
 def _table(dataset_dir: Path, out_dir: Path, *, grad_accum_steps: int, parallel: str = "ddp") -> dict[str, Any]:
@@ -91,7 +86,7 @@ def _losses(out_dir: Path) -> list[tuple[int, float]]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The uninterrupted runs both tests compare against: 1 rank (in this process) and 2 ranks."""
     root = tmp_path_factory.mktemp("ddp")
-    write_char_dataset(root / "ds", _text_with_whole_steps())
+    write_char_dataset(root / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
     run_training(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
     config = write_toml(root / "two.toml", {"train": _table(root / "ds", root / "two_ranks", grad_accum_steps=1)})
     result = run(config, nproc=2)
@@ -259,7 +254,7 @@ def test_muon_under_ddp_trains_like_one_rank(tmp_path: Path) -> None:
     """optimizer = "muon" under DDP: gradients are all-reduced before the step, so Muon sees the
     same whole matrices as one rank with doubled accumulation (Muon orthogonalises in bfloat16,
     hence the looser bound)."""
-    write_char_dataset(tmp_path / "ds", _text_with_whole_steps())
+    write_char_dataset(tmp_path / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
     muon = {"optimizer": "muon", "learning_rate": 1e-2, "muon_learning_rate": 0.02}
     iters = 40
 

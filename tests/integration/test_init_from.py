@@ -1,6 +1,7 @@
 """[train.model] init_from: tiny GPT-2 and Llama models saved by transformers' own `save_pretrained`
 load with transformers' logits, finetune every weight with the native loop (lower val loss), resume
-without reading the source, export back (transformers and llama.cpp agree) and sample as they are."""
+without reading the source, export back (transformers and llama.cpp agree) and sample as they are;
+under torchrun (DDP, FSDP) two ranks finetune a source like one rank with doubled accumulation."""
 
 from __future__ import annotations
 
@@ -23,8 +24,18 @@ from ml_playground.interop.gguf import write_gguf
 from ml_playground.interop.source import load_source, sample_source
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from tests.integration.test_ddp_torchrun import BLOCK, WINDOWS_PER_STEP
 from tests.integration.test_gguf_llama_cpp import F32_BOUND, LlamaRun, our_logits
-from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
+from tests.support.tiny_training import (
+    TEXT,
+    read_scalars,
+    text_with_whole_steps,
+    tiny_train_table,
+    train_config,
+    write_char_dataset,
+)
+from tests.support.torchrun import run as run_torchrun
+from tests.support.torchrun import write_toml
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +226,30 @@ def test_a_source_samples_as_it_is_with_its_own_hugging_face_tokenizer(tmp_path:
     table["model"] = {"init_from": str(folder)}
     with pytest.raises(DataError, match=r"uses the Hugging Face tokenizer .*tokenizer\.json, but the dataset"):
         run_pretrained(train_config(table))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_finetune_a_source_like_one_rank_with_doubled_accumulation(tmp_path: Path, parallel: str) -> None:
+    """Under torchrun (2 CPU ranks, gloo) every rank starts from the source's weights: the loss curve
+    equals one rank's with twice the accumulation on the same windows (sequential sampler)."""
+    meta = write_char_dataset(tmp_path / "data", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
+    folder, _ = saved(tmp_path, "llama", meta)
+
+    def table(out: Path, grad_accum_steps: int) -> dict[str, Any]:
+        table = tiny_train_table(tmp_path / "data", out)
+        table["model"] = {"init_from": str(folder)}
+        table["data"] |= {"grad_accum_steps": grad_accum_steps, "sampler": "sequential", "block_size": BLOCK}
+        table["runtime"] |= {"max_iters": 8, "eval_interval": 8, "dist_timeout_s": 30.0, "parallel": parallel}
+        return table
+
+    run_pretrained(train_config(table(tmp_path / "one", 2)))
+    result = run_torchrun(write_toml(tmp_path / "two.toml", {"train": table(tmp_path / "two", 1)}), nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"2 rank(s) ({parallel})" in result.stderr
+    one, two = (
+        read_scalars(tmp_path / "one" / "logs" / "tb")["train/loss"],
+        read_scalars(tmp_path / "two" / "logs" / "tb")["train/loss"],
+    )
+    assert [step for step, _ in two] == [step for step, _ in one] == list(range(8))
+    worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two, strict=True))
+    assert worst < 1e-5, f"largest relative loss difference {worst:.3g}"

@@ -12,7 +12,7 @@ from ml_playground.config_loader import parse_experiment_config
 from ml_playground.data.meta import DatasetMeta, write_meta
 from ml_playground.train.metrics import read_scalars
 
-__all__ = ["TEXT", "read_scalars", "tiny_train_table", "train_config", "write_char_dataset"]
+__all__ = ["TEXT", "read_scalars", "text_with_whole_steps", "tiny_train_table", "train_config", "write_char_dataset"]
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -34,6 +34,18 @@ def write_char_dataset(dataset_dir: Path, text: str = TEXT) -> DatasetMeta:
     )
     write_meta(dataset_dir / "meta.json", meta)
     return meta
+
+
+def text_with_whole_steps(block: int, windows_per_step: int) -> str:
+    """TEXT (repeated) cut so that its train split holds a multiple of `windows_per_step` windows of
+    `block` tokens: every step of a 1-rank and a 2-rank run covers the same windows, across epochs too
+    (sequential sampler)."""
+    text = TEXT * 4
+    for length in range(len(text), 0, -1):
+        windows = (int(length * 0.9) - 1) // block
+        if windows % windows_per_step == 0 and (int(length * 0.9) - 1) % block == 0:
+            return text[:length]
+    raise AssertionError("no suitable corpus length")
 
 
 def tiny_train_table(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
