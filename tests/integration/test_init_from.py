@@ -253,3 +253,25 @@ def test_two_ranks_finetune_a_source_like_one_rank_with_doubled_accumulation(tmp
     assert [step for step, _ in two] == [step for step, _ in one] == list(range(8))
     worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two, strict=True))
     assert worst < 1e-5, f"largest relative loss difference {worst:.3g}"
+
+
+def test_a_resumed_finetune_continues_bit_for_bit(tmp_path: Path) -> None:
+    """4 steps, then a resume to 8 (dropout on, so RNG states matter) = 8 steps at once."""
+    meta = write_char_dataset(tmp_path / "data")
+    folder, _ = saved(tmp_path, "gpt2", meta)
+
+    def finetune(out: Path, max_iters: int) -> None:
+        table = tiny_train_table(tmp_path / "data", out)
+        table["model"] = {"init_from": str(folder), "dropout": 0.1}
+        table["runtime"] |= {"max_iters": max_iters, "eval_interval": 4}
+        run_pretrained(train_config(table))
+
+    finetune(tmp_path / "straight", 8)
+    finetune(tmp_path / "resumed", 4)
+    finetune(tmp_path / "resumed", 8)
+    straight, resumed = (
+        load_checkpoint(tmp_path / "straight" / LAST_NAME),
+        load_checkpoint(tmp_path / "resumed" / LAST_NAME),
+    )
+    assert resumed.iter_num == straight.iter_num == 8
+    assert all(torch.equal(resumed.model[name], tensor) for name, tensor in straight.model.items())
