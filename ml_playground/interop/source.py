@@ -164,6 +164,11 @@ def contradictions(model: ModelConfig, arch: GPTConfig) -> list[str]:
             found.append(f"train.model.{key} = {_toml(ours)} (source: {option_value(arch, key)})")
     if model.vocab_size is not None and model.vocab_size != arch.real_vocab:
         found.append(f"train.model.vocab_size = {model.vocab_size} (source: {arch.real_vocab} tokens)")
+    # Paddings the source's sizes do not have.
+    if model.vocab_multiple != default.vocab_multiple and arch.vocab_size % model.vocab_multiple != 0:
+        found.append(f"train.model.vocab_multiple = {model.vocab_multiple} (source: {arch.vocab_size} rows)")
+    if model.mlp_multiple != default.mlp_multiple and arch.hidden_size % model.mlp_multiple != 0:
+        found.append(f"train.model.mlp_multiple = {model.mlp_multiple} (source: MLP width {arch.hidden_size})")
     return found
 
 

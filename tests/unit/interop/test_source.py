@@ -140,3 +140,8 @@ def test_keys_at_their_defaults_take_the_sources_values() -> None:
         "train.model.block_size = 512 (source: 1024)",
         "train.model.norm = 'rmsnorm' (source: 'layernorm')",
     ]
+    assert contradictions(ModelConfig(init_from="gpt2", vocab_multiple=128, vocab_size=50304), source) == [
+        "train.model.vocab_size = 50304 (source: 50257 tokens)",
+        "train.model.vocab_multiple = 128 (source: 50257 rows)",
+    ]
+    assert contradictions(ModelConfig(init_from="gpt2", vocab_multiple=1, mlp_multiple=32), source) == []
