@@ -59,7 +59,15 @@ def test_bundestag_missing_input_says_where_to_put_it(tmp_path: Path, name: str)
     assert local_path(shipped.source) == experiment.folder / "datasets" / "input.txt"
     missing = tmp_path / "datasets" / "input.txt"
     cfg = _shipped_prepare(name, tmp_path, str(missing))
-    with pytest.raises(DataError, match=rf"^{missing}: corpus not found .*put a UTF-8 text file there$"):
+    expected = rf"^{missing}: corpus not found .*put a UTF-8 text file there$"
+    if cfg.fallback_source is not None:  # bundestag_tiktoken also reads bundestag_char's corpus: name both
+        fallback = tmp_path / "bundestag_char" / "input.txt"
+        cfg = dataclasses.replace(cfg, fallback_source=str(fallback))
+        expected = (
+            rf"^corpus not found: put a UTF-8 text file at {fallback} \(prepare.fallback_source\) "
+            rf"or at {missing} \(prepare.source\)$"
+        )
+    with pytest.raises(DataError, match=expected):
         experiment.preparer(cfg)
     with pytest.raises(DataError, match="has no bundled corpus"):
-        experiment.preparer(dataclasses.replace(cfg, source="bundled"))
+        experiment.preparer(dataclasses.replace(cfg, source="bundled", fallback_source=None))
