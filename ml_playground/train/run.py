@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSource
@@ -169,6 +170,13 @@ def padded_vocab_size(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
 
 
+def _resolved(config: GPTConfig) -> dict[str, Any]:
+    """Every architecture key with its value as the model has it (key/value heads and MLP width as
+    numbers, never None), for comparing two architectures in a message."""
+    values = {key: getattr(config, key) for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS}
+    return values | {"n_kv_head": config.kv_heads, "mlp_hidden": config.hidden_size}
+
+
 def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkpoint | None) -> GPTConfig:
     """TOML [train.model] (+ vocab size from the dataset), overridden by a resumed checkpoint.
 
@@ -205,12 +213,8 @@ def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
     )
     if checkpoint is None:
         return toml_arch
-    theirs, ours = checkpoint.arch.canonical(), toml_arch.canonical()
-    differences = [
-        f"{key}={getattr(theirs, key)!r} (TOML {getattr(ours, key)!r})"
-        for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS
-        if getattr(theirs, key) != getattr(ours, key)
-    ]
+    theirs, ours = _resolved(checkpoint.arch), _resolved(toml_arch)
+    differences = [f"{key}={theirs[key]!r} (TOML {ours[key]!r})" for key in theirs if theirs[key] != ours[key]]
     if differences:
         log.warning("checkpoint model_args take precedence over TOML: %s", ", ".join(differences))
     return resumed_architecture(cfg, meta, checkpoint)

@@ -104,6 +104,7 @@ def test_toml_options_build_the_model_and_a_resume_keeps_the_checkpoints(
         assert run_training(train_config(table)).iter_num == 8
     assert "position='rope' (TOML 'learned')" in caplog.text
     assert "tie_embeddings=False (TOML True)" in caplog.text
+    assert "n_kv_head=1 (TOML 2)" in caplog.text  # sizes as numbers, not None for "the default"
     assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").arch.mlp == "swiglu"
 
 
