@@ -187,7 +187,8 @@ class DataConfig:
 class OptimConfig:
     """[train.optim]: AdamW, or Muon on the hidden matrices with AdamW on the rest."""
 
-    # "adamw": AdamW on every parameter. "muon": torch.optim.Muon on the 2-D weights inside the
+    # "adamw": AdamW on every parameter. "muon": Muon (torch.optim.Muon's update, orthogonalised in
+    # float32 off CUDA: train/optim.py BatchedMuon) on the 2-D weights inside the
     # transformer blocks (attention and MLP matrices); AdamW (learning_rate, weight_decay, betas)
     # on embeddings, the tied output head, norms and biases. Not with FSDP or LoRA.
     optimizer: Literal["adamw", "muon"] = "adamw"

@@ -3,11 +3,12 @@ where supported), or Muon on the hidden matrices with AdamW on the rest (`MuonAd
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ml_playground.config import OptimConfig
 
@@ -34,6 +35,73 @@ def _adamw(params: Iterable[nn.Parameter], cfg: OptimConfig, device_type: str) -
         fused=fused,
         foreach=None if fused else True,
     )
+
+
+def _muon_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning rate: "original" scales by sqrt(max(1, rows / cols)),
+    "match_rms_adamw" by 0.2 * sqrt(max(rows, cols)) (the update's RMS then matches AdamW's)."""
+    rows, cols = shape[0], shape[1]
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1.0, rows / cols))
+
+
+def newton_schulz(
+    updates: Sequence[Tensor], coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> list[Tensor]:
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation of each matrix (each scaled to unit
+    Frobenius norm, iterated on its wide orientation), computed in `dtype` and batched: matrices of one
+    shape go through `steps` batched matmuls together. Results come back in the input's order and dtype."""
+    a, b, c = coefficients
+    results: dict[int, Tensor] = {}
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, update in enumerate(updates):
+        rows, cols = update.shape
+        by_shape.setdefault((min(rows, cols), max(rows, cols)), []).append(index)
+    for indices in by_shape.values():
+        x = torch.stack([updates[i] if updates[i].size(0) <= updates[i].size(1) else updates[i].T for i in indices])
+        x = x.to(dtype)
+        x = x / x.square().sum(dim=(1, 2), keepdim=True).sqrt().clamp(min=eps)  # each matrix's Frobenius norm
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        for i, result in zip(indices, x, strict=True):
+            wide = updates[i].size(0) <= updates[i].size(1)
+            results[i] = (result if wide else result.T).to(updates[i].dtype)
+    return [results[i] for i in range(len(updates))]
+
+
+class BatchedMuon(torch.optim.Muon):
+    """torch.optim.Muon with its hyper-parameters, state (`momentum_buffer`) and state dict, and the
+    same update, with the orthogonalisation batched over matrices of one shape and run in float32
+    off CUDA. torch's runs Newton-Schulz in bfloat16 one matrix at a time: on CPUs without bf16
+    matmul units (AVX2) that costs ~25x float32, several times the whole forward and backward
+    (DEVELOPMENT.md). On CUDA it stays bfloat16, as torch's."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # closure-free
+        if closure is not None:
+            raise ValueError("BatchedMuon.step takes no closure")
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            updates: list[Tensor] = []
+            for p in params:
+                grad = p.grad
+                assert grad is not None
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                buf: Tensor = state["momentum_buffer"]
+                buf.lerp_(grad, 1 - group["momentum"])
+                updates.append(grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
+            if not params:
+                continue
+            dtype = torch.bfloat16 if params[0].device.type == "cuda" else torch.float32
+            orthogonal = newton_schulz(updates, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+            for p, update in zip(params, orthogonal, strict=True):
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-_muon_lr(group["lr"], group["adjust_lr_fn"], p.shape))
+        return None
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -116,7 +184,7 @@ def build_optimizer(
         raise ValueError("hidden_matrices must be among the optimized parameters")
     if not muon_params:
         raise ValueError('train.optim.optimizer = "muon": the model has no trainable hidden matrices')
-    muon = torch.optim.Muon(
+    muon = BatchedMuon(
         muon_params,
         lr=cfg.muon_learning_rate,
         weight_decay=cfg.muon_weight_decay,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -11,8 +11,9 @@ from torch import nn
 from ml_playground.config import OptimConfig
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.train.optim import MuonAdamW, build_optimizer, set_learning_rate
+from ml_playground.train.optim import BatchedMuon, MuonAdamW, build_optimizer, newton_schulz, set_learning_rate
 from ml_playground.train.targets import GPTTarget
+from tests.support.muon_steps import step_both
 
 
 def test_decay_only_on_matrices_and_embeddings() -> None:
@@ -164,3 +165,74 @@ def test_muon_under_the_grad_scaler() -> None:
     scaler.step(optimizer)
     scaler.update()
     assert not torch.equal(before, model.blocks[0].attn.c_attn.weight)
+
+
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's defaults
+
+
+def _matrices(*shapes: tuple[int, int]) -> list[nn.Parameter]:
+    torch.manual_seed(0)
+    return [nn.Parameter(torch.randn(shape)) for shape in shapes]
+
+
+def test_batched_muon_takes_torch_muons_steps_and_state() -> None:
+    shapes = [(48, 16), (16, 16), (64, 16), (16, 64), (48, 16)]
+    theirs, _ = step_both(shapes, "cpu")
+    # torch's state dict loads into a fresh BatchedMuon (same keys, same layout).
+    fresh = BatchedMuon(_matrices(*shapes), lr=0.05)
+    fresh.load_state_dict(theirs.state_dict())
+    for a, b in zip(theirs.param_groups[0]["params"], fresh.param_groups[0]["params"], strict=True):
+        assert torch.equal(fresh.state[b]["momentum_buffer"], theirs.state[a]["momentum_buffer"])
+    assert fresh.param_groups[0]["momentum"] == 0.9
+
+
+def test_batched_muon_orthogonalises_in_float32_on_cpu() -> None:
+    """With no momentum or decay a step is -lr * NS(grad): NS keeps the gradient's singular vectors
+    and maps its singular values into about [0.5, 1.5]. In float32 the vectors are kept to ~1e-6;
+    torch's bfloat16 orthogonalisation keeps them to ~1e-2 only."""
+    (param,) = _matrices((96, 32))
+    grad = torch.randn(96, 32, dtype=torch.float64)
+    # torch.linalg is unannotated.
+    svd = torch.linalg.svd(grad, full_matrices=False)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    u, vh = cast("torch.Tensor", svd.U), cast("torch.Tensor", svd.Vh)  # pyright: ignore[reportUnknownMemberType]
+
+    def step(optimizer_class: type[torch.optim.Muon]) -> torch.Tensor:
+        p = nn.Parameter(param.detach().clone())
+        p.grad = grad.float()
+        optimizer = optimizer_class([p], lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False)
+        optimizer.step()  # type: ignore[no-untyped-call]  # torch.optim.Muon.step is unannotated
+        ns: torch.Tensor = (param - p).detach().double() / (0.1 * (96 / 32) ** 0.5)
+        return ns  # NS(grad)
+
+    def off_singular_vectors(update: torch.Tensor) -> float:
+        core = u.T @ update @ vh.T  # diagonal when update = U diag(s') V^T
+        return float((core - torch.diag(torch.diagonal(core))).abs().max())
+
+    ours = step(BatchedMuon)
+    singular: torch.Tensor = torch.linalg.svdvals(ours)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]  # torch.linalg is unannotated
+    assert singular.min() > 0.5
+    assert singular.max() < 1.5
+    assert off_singular_vectors(ours) < 1e-4
+    assert off_singular_vectors(step(torch.optim.Muon)) > 1e-3
+
+
+def test_newton_schulz_batches_by_shape_and_keeps_order_and_orientation() -> None:
+    updates = [p.detach() for p in _matrices((40, 8), (8, 40), (8, 8), (40, 8), (24, 8))]
+    together = newton_schulz(updates, NS_COEFFICIENTS, 5, 1e-7, torch.float32)
+    for update, result in zip(updates, together, strict=True):
+        alone = newton_schulz([update], NS_COEFFICIENTS, 5, 1e-7, torch.float32)[0]
+        assert result.shape == update.shape
+        assert result.dtype == update.dtype
+        torch.testing.assert_close(result, alone, atol=1e-5, rtol=1e-5)
+    # A tall matrix is orthogonalised as its transpose: NS(G.T) = NS(G).T.
+    torch.testing.assert_close(together[1], newton_schulz([updates[1].T], NS_COEFFICIENTS, 5, 1e-7, torch.float32)[0].T)
+
+
+def test_newton_schulz_in_bfloat16_returns_the_input_dtype_close_to_float32() -> None:
+    """The CUDA path (bfloat16, as torch.optim.Muon) on CPU: same result to bfloat16's precision."""
+    updates = [p.detach() for p in _matrices((40, 8), (8, 40))]
+    low = newton_schulz(updates, NS_COEFFICIENTS, 5, 1e-7, torch.bfloat16)
+    high = newton_schulz(updates, NS_COEFFICIENTS, 5, 1e-7, torch.float32)
+    for result, reference in zip(low, high, strict=True):
+        assert result.dtype == torch.float32
+        assert 0 < (result - reference).abs().max() < 5e-2
