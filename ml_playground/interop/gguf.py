@@ -1,8 +1,8 @@
 """GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama` or `qwen3`
 architecture (which one: `interop.arch.counterpart`).
 
-Two tables name every tensor: `GPT2_TENSOR_MAP` and `LLAMA_TENSOR_MAP` (llama and qwen3; row
-blocks of our fused q|k|v and gate|up weights as in `hf.LLAMA_KEY_MAP`). No transposes are needed:
+Two tables name every tensor: `GPT2_TENSOR_MAP`, and for llama and qwen3 the GGUF column of
+`hf.LLAMA_KEY_MAP` (with the row blocks of our fused q|k|v and gate|up weights). No transposes are needed:
 numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out}, which is what llama.cpp's
 graphs expect. A tied output projection is not written: llama.cpp ties it to `token_embd.weight`
 when `output.weight` is absent.
@@ -38,12 +38,10 @@ from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.interop.hf import (
     GPT2_EOT_ID,
     OURS_TIED,
-    RowBlock,
-    When,
     bias_shape,
-    exists,
     expand,
-    row_span,
+    llama_rules,
+    rows_of,
     tokens_only,
 )
 from ml_playground.model import GPTConfig
@@ -87,35 +85,6 @@ def gguf_name(ours: str, n_layer: int) -> str:
     raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
 
 
-@dataclass(frozen=True, slots=True)
-class LlamaTensorRule:
-    """One GGUF tensor of llama.cpp's llama/qwen3: our tensor it is, or the block of its rows it holds;
-    written when the architecture has it (`hf.exists`)."""
-
-    ours: str
-    gguf: str
-    rows: RowBlock = "all"
-    when: When = "always"
-
-
-LLAMA_TENSOR_MAP: tuple[LlamaTensorRule, ...] = (
-    LlamaTensorRule("transformer.wte.weight", "token_embd.weight"),
-    LlamaTensorRule("transformer.h.{i}.ln_1.weight", "blk.{i}.attn_norm.weight"),
-    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_q.weight", rows="q"),
-    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_k.weight", rows="k"),
-    LlamaTensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_v.weight", rows="v"),
-    LlamaTensorRule("transformer.h.{i}.attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", when="qk_norm"),
-    LlamaTensorRule("transformer.h.{i}.attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", when="qk_norm"),
-    LlamaTensorRule("transformer.h.{i}.attn.c_proj.weight", "blk.{i}.attn_output.weight"),
-    LlamaTensorRule("transformer.h.{i}.ln_2.weight", "blk.{i}.ffn_norm.weight"),
-    LlamaTensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_gate.weight", rows="gate"),
-    LlamaTensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_up.weight", rows="up"),
-    LlamaTensorRule("transformer.h.{i}.mlp.c_proj.weight", "blk.{i}.ffn_down.weight"),
-    LlamaTensorRule("transformer.ln_f.weight", "output_norm.weight"),
-    LlamaTensorRule("lm_head.weight", "output.weight", when="untied"),
-)
-
-
 def halves_to_pairs(weight: Tensor, heads: int) -> Tensor:
     """Reorder each head's rows from [x_0..x_{d/2-1}, y_0..y_{d/2-1}] (rotated as halves) to
     [x_0, y_0, x_1, y_1, ...] (rotated as adjacent pairs), so llama.cpp's `llama` rope computes
@@ -130,20 +99,15 @@ def llama_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counte
     `llama`'s pair rope)."""
     out: list[tuple[str, Tensor]] = []
     used: set[str] = set()
-    for rule in LLAMA_TENSOR_MAP:
-        if not exists(rule.when, config):
-            continue
-        for i in range(config.n_layer) if "{i}" in rule.ours else [0]:
-            ours = rule.ours.format(i=i)
-            tensor = state_dict.get(ours)
-            if tensor is None:
-                raise ExportError(f"model weights: tensor {ours!r} is missing")
-            span = row_span(rule.rows, config)
-            block = tensor if span is None else tensor[span[0] : span[1]]
-            if arch == "llama" and rule.rows in ("q", "k"):
-                block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.kv_heads)
-            out.append((rule.gguf.format(i=i), block))
-            used.add(ours)
+    for rule in llama_rules(config):
+        tensor = state_dict.get(rule.ours)
+        if tensor is None:
+            raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
+        block = rows_of(tensor, rule.rows, config)
+        if arch == "llama" and rule.rows in ("q", "k"):
+            block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.kv_heads)
+        out.append((rule.gguf, block))
+        used.add(rule.ours)
     tied: set[str] = {OURS_TIED} if config.tie_embeddings else set()  # the embedding's own tensor
     unknown = sorted(set(state_dict) - used - tied)
     if unknown:

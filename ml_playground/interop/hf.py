@@ -4,7 +4,8 @@ Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
 Two explicit key maps name every tensor on both sides; each drives export and import:
 - `GPT2_KEY_MAP`: names and transposes. GPT-2's Hugging Face checkpoints store linear layers as
   `Conv1D` with weight (in, out), ours are `nn.Linear` with weight (out, in).
-- `LLAMA_KEY_MAP` (Llama and Qwen3): names and row blocks. Our fused `c_attn` (rows q | k | v) and
+- `LLAMA_KEY_MAP` (Llama and Qwen3): names (Hugging Face's, and llama.cpp's GGUF names, which
+  interop.gguf writes) and row blocks. Our fused `c_attn` (rows q | k | v) and
   SwiGLU `c_fc` (rows gate | up) are HF's separate q/k/v and gate/up projections. No transposes
   and no permutation: our RoPE is Hugging Face Llama's (rotate_half on the two halves of a head).
 
@@ -188,32 +189,72 @@ When = Literal["always", "qk_norm", "untied"]
 
 @dataclass(frozen=True, slots=True)
 class LlamaRule:
-    """One HF Llama/Qwen3 tensor: our tensor it is, or the block of its rows it holds.
-    `{i}` stands for the block index."""
+    """One Llama/Qwen3 tensor, named as Hugging Face and as llama.cpp's GGUF name it: our tensor it
+    is, or the block of its rows it holds. `{i}` stands for the block index."""
 
     ours: str
     hf: str
+    gguf: str
     rows: RowBlock = "all"
     when: When = "always"
 
 
-# The whole mapping (Qwen3 = Llama + q_norm/k_norm). Blocks of one fused tensor are listed in
-# their row order. A tied head has no tensor of its own on either side's files.
+# The whole mapping (Qwen3 = Llama + q_norm/k_norm), for the HF directory and the GGUF file alike.
+# Blocks of one fused tensor are listed in their row order. A tied head has no tensor of its own in
+# either format.
 LLAMA_KEY_MAP: tuple[LlamaRule, ...] = (
-    LlamaRule("transformer.wte.weight", "model.embed_tokens.weight"),
-    LlamaRule("transformer.h.{i}.ln_1.weight", "model.layers.{i}.input_layernorm.weight"),
-    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.q_proj.weight", rows="q"),
-    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.k_proj.weight", rows="k"),
-    LlamaRule("transformer.h.{i}.attn.c_attn.weight", "model.layers.{i}.self_attn.v_proj.weight", rows="v"),
-    LlamaRule("transformer.h.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight", when="qk_norm"),
-    LlamaRule("transformer.h.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight", when="qk_norm"),
-    LlamaRule("transformer.h.{i}.attn.c_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
-    LlamaRule("transformer.h.{i}.ln_2.weight", "model.layers.{i}.post_attention_layernorm.weight"),
-    LlamaRule("transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.gate_proj.weight", rows="gate"),
-    LlamaRule("transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.up_proj.weight", rows="up"),
-    LlamaRule("transformer.h.{i}.mlp.c_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
-    LlamaRule("transformer.ln_f.weight", "model.norm.weight"),
-    LlamaRule("lm_head.weight", "lm_head.weight", when="untied"),
+    LlamaRule("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight"),
+    LlamaRule("transformer.h.{i}.ln_1.weight", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    LlamaRule(
+        "transformer.h.{i}.attn.c_attn.weight",
+        "model.layers.{i}.self_attn.q_proj.weight",
+        "blk.{i}.attn_q.weight",
+        rows="q",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.attn.c_attn.weight",
+        "model.layers.{i}.self_attn.k_proj.weight",
+        "blk.{i}.attn_k.weight",
+        rows="k",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.attn.c_attn.weight",
+        "model.layers.{i}.self_attn.v_proj.weight",
+        "blk.{i}.attn_v.weight",
+        rows="v",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.attn.q_norm.weight",
+        "model.layers.{i}.self_attn.q_norm.weight",
+        "blk.{i}.attn_q_norm.weight",
+        when="qk_norm",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.attn.k_norm.weight",
+        "model.layers.{i}.self_attn.k_norm.weight",
+        "blk.{i}.attn_k_norm.weight",
+        when="qk_norm",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.attn.c_proj.weight", "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"
+    ),
+    LlamaRule(
+        "transformer.h.{i}.ln_2.weight", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"
+    ),
+    LlamaRule(
+        "transformer.h.{i}.mlp.c_fc.weight",
+        "model.layers.{i}.mlp.gate_proj.weight",
+        "blk.{i}.ffn_gate.weight",
+        rows="gate",
+    ),
+    LlamaRule(
+        "transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", rows="up"
+    ),
+    LlamaRule(
+        "transformer.h.{i}.mlp.c_proj.weight", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"
+    ),
+    LlamaRule("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight"),
+    LlamaRule("lm_head.weight", "lm_head.weight", "output.weight", when="untied"),
 )
 
 
@@ -230,7 +271,10 @@ def llama_rules(config: GPTConfig) -> list[LlamaRule]:
         if not exists(rule.when, config):
             continue
         blocks = range(config.n_layer) if "{i}" in rule.ours else [0]
-        rules.extend(LlamaRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.rows, rule.when) for i in blocks)
+        rules.extend(
+            LlamaRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.gguf.format(i=i), rule.rows, rule.when)
+            for i in blocks
+        )
     return rules
 
 
