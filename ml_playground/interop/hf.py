@@ -189,8 +189,8 @@ When = Literal["always", "qk_norm", "untied"]
 
 @dataclass(frozen=True, slots=True)
 class LlamaRule:
-    """One Llama/Qwen3 tensor, named as Hugging Face and as llama.cpp's GGUF name it: our tensor it
-    is, or the block of its rows it holds. `{i}` stands for the block index."""
+    """One Llama/Qwen3 tensor with its Hugging Face and GGUF (llama.cpp) names: our tensor it is, or
+    the block of its rows it holds. `{i}` stands for the block index."""
 
     ours: str
     hf: str
@@ -199,60 +199,27 @@ class LlamaRule:
     when: When = "always"
 
 
-# The whole mapping (Qwen3 = Llama + q_norm/k_norm), for the HF directory and the GGUF file alike.
-# Blocks of one fused tensor are listed in their row order. A tied head has no tensor of its own in
-# either format.
+def _block(ours: str, hf: str, gguf: str, rows: RowBlock = "all", when: When = "always") -> LlamaRule:
+    """A rule for a tensor of every transformer block, named within the block."""
+    return LlamaRule(f"transformer.h.{{i}}.{ours}", f"model.layers.{{i}}.{hf}", f"blk.{{i}}.{gguf}", rows, when)
+
+
+# The whole mapping (Qwen3 = Llama + q_norm/k_norm), for the HF directory and the GGUF file alike:
+# ours, Hugging Face's, GGUF's. Blocks of one fused tensor are listed in their row order. A tied
+# head has no tensor of its own in either format.
 LLAMA_KEY_MAP: tuple[LlamaRule, ...] = (
     LlamaRule("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight"),
-    LlamaRule("transformer.h.{i}.ln_1.weight", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
-    LlamaRule(
-        "transformer.h.{i}.attn.c_attn.weight",
-        "model.layers.{i}.self_attn.q_proj.weight",
-        "blk.{i}.attn_q.weight",
-        rows="q",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.attn.c_attn.weight",
-        "model.layers.{i}.self_attn.k_proj.weight",
-        "blk.{i}.attn_k.weight",
-        rows="k",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.attn.c_attn.weight",
-        "model.layers.{i}.self_attn.v_proj.weight",
-        "blk.{i}.attn_v.weight",
-        rows="v",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.attn.q_norm.weight",
-        "model.layers.{i}.self_attn.q_norm.weight",
-        "blk.{i}.attn_q_norm.weight",
-        when="qk_norm",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.attn.k_norm.weight",
-        "model.layers.{i}.self_attn.k_norm.weight",
-        "blk.{i}.attn_k_norm.weight",
-        when="qk_norm",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.attn.c_proj.weight", "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"
-    ),
-    LlamaRule(
-        "transformer.h.{i}.ln_2.weight", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"
-    ),
-    LlamaRule(
-        "transformer.h.{i}.mlp.c_fc.weight",
-        "model.layers.{i}.mlp.gate_proj.weight",
-        "blk.{i}.ffn_gate.weight",
-        rows="gate",
-    ),
-    LlamaRule(
-        "transformer.h.{i}.mlp.c_fc.weight", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", rows="up"
-    ),
-    LlamaRule(
-        "transformer.h.{i}.mlp.c_proj.weight", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"
-    ),
+    _block("ln_1.weight", "input_layernorm.weight", "attn_norm.weight"),
+    _block("attn.c_attn.weight", "self_attn.q_proj.weight", "attn_q.weight", rows="q"),
+    _block("attn.c_attn.weight", "self_attn.k_proj.weight", "attn_k.weight", rows="k"),
+    _block("attn.c_attn.weight", "self_attn.v_proj.weight", "attn_v.weight", rows="v"),
+    _block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qk_norm"),
+    _block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qk_norm"),
+    _block("attn.c_proj.weight", "self_attn.o_proj.weight", "attn_output.weight"),
+    _block("ln_2.weight", "post_attention_layernorm.weight", "ffn_norm.weight"),
+    _block("mlp.c_fc.weight", "mlp.gate_proj.weight", "ffn_gate.weight", rows="gate"),
+    _block("mlp.c_fc.weight", "mlp.up_proj.weight", "ffn_up.weight", rows="up"),
+    _block("mlp.c_proj.weight", "mlp.down_proj.weight", "ffn_down.weight"),
     LlamaRule("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight"),
     LlamaRule("lm_head.weight", "lm_head.weight", "output.weight", when="untied"),
 )
