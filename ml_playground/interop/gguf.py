@@ -1,11 +1,11 @@
 """GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama` or `qwen3`
 architecture (which one: `interop.arch.counterpart`).
 
-Two tables name every tensor: `GPT2_TENSOR_MAP`, and for llama and qwen3 the GGUF column of
-`hf.LLAMA_KEY_MAP` (with the row blocks of our fused q|k|v and gate|up weights). No transposes are needed:
-numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out}, which is what llama.cpp's
-graphs expect. A tied output projection is not written: llama.cpp ties it to `token_embd.weight`
-when `output.weight` is absent.
+The GGUF columns of hf.py's two key maps name every tensor: `GPT2_KEY_MAP` for gpt2 and
+`LLAMA_KEY_MAP` for llama and qwen3 (with the row blocks of our fused q|k|v and gate|up weights).
+No transposes are needed: numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out},
+which is what llama.cpp's graphs expect. A tied output projection is not written: llama.cpp ties
+it to `token_embd.weight` when `output.weight` is absent.
 
 RoPE: ours rotates the two halves of a head (Hugging Face's rotate_half), as llama.cpp's `qwen3`
 ("neox" rope) does. Its `llama` rotates adjacent pairs, so for `llama` the rows of each query and
@@ -50,38 +50,11 @@ from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 FloatType = Literal["f32", "f16"]
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRule:
-    ours: str
-    gguf: str
-
-
-GPT2_TENSOR_MAP: tuple[TensorRule, ...] = (
-    TensorRule("transformer.wte.weight", "token_embd.weight"),
-    TensorRule("transformer.wpe.weight", "position_embd.weight"),
-    TensorRule("transformer.h.{i}.ln_1.weight", "blk.{i}.attn_norm.weight"),
-    TensorRule("transformer.h.{i}.ln_1.bias", "blk.{i}.attn_norm.bias"),
-    TensorRule("transformer.h.{i}.attn.c_attn.weight", "blk.{i}.attn_qkv.weight"),
-    TensorRule("transformer.h.{i}.attn.c_attn.bias", "blk.{i}.attn_qkv.bias"),
-    TensorRule("transformer.h.{i}.attn.c_proj.weight", "blk.{i}.attn_output.weight"),
-    TensorRule("transformer.h.{i}.attn.c_proj.bias", "blk.{i}.attn_output.bias"),
-    TensorRule("transformer.h.{i}.ln_2.weight", "blk.{i}.ffn_norm.weight"),
-    TensorRule("transformer.h.{i}.ln_2.bias", "blk.{i}.ffn_norm.bias"),
-    TensorRule("transformer.h.{i}.mlp.c_fc.weight", "blk.{i}.ffn_up.weight"),
-    TensorRule("transformer.h.{i}.mlp.c_fc.bias", "blk.{i}.ffn_up.bias"),
-    TensorRule("transformer.h.{i}.mlp.c_proj.weight", "blk.{i}.ffn_down.weight"),
-    TensorRule("transformer.h.{i}.mlp.c_proj.bias", "blk.{i}.ffn_down.bias"),
-    TensorRule("transformer.ln_f.weight", "output_norm.weight"),
-    TensorRule("transformer.ln_f.bias", "output_norm.bias"),
-)
-
-
 def gguf_name(ours: str, n_layer: int) -> str:
-    """The GGUF tensor name of one of our tensors."""
-    for rule in GPT2_TENSOR_MAP:
-        for i in range(n_layer) if "{i}" in rule.ours else [0]:
-            if rule.ours.format(i=i) == ours:
-                return rule.gguf.format(i=i)
+    """The GGUF tensor name of one of our GPT-2 tensors."""
+    for rule in expand(n_layer):
+        if rule.ours == ours:
+            return rule.gguf
     raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
 
 
@@ -177,7 +150,7 @@ def gpt2_tensors(state_dict: dict[str, Tensor], config: GPTConfig) -> list[tuple
             if not rule.is_bias or config.bias:
                 raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
             tensor = torch.zeros(bias_shape(rule, config))  # llama.cpp's gpt2 requires every bias
-        out.append((gguf_name(rule.ours, config.n_layer), tensor))
+        out.append((rule.gguf, tensor))
     return out
 
 

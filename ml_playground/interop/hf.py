@@ -2,8 +2,9 @@
 Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
 
 Two explicit key maps name every tensor on both sides; each drives export and import:
-- `GPT2_KEY_MAP`: names and transposes. GPT-2's Hugging Face checkpoints store linear layers as
-  `Conv1D` with weight (in, out), ours are `nn.Linear` with weight (out, in).
+- `GPT2_KEY_MAP`: names (ours = Hugging Face's, and llama.cpp's GGUF names, which interop.gguf
+  writes) and transposes. GPT-2's Hugging Face checkpoints store linear layers as `Conv1D` with
+  weight (in, out), ours are `nn.Linear` with weight (out, in).
 - `LLAMA_KEY_MAP` (Llama and Qwen3): names (Hugging Face's, and llama.cpp's GGUF names, which
   interop.gguf writes) and row blocks. Our fused `c_attn` (rows q | k | v) and
   SwiGLU `c_fc` (rows gate | up) are HF's separate q/k/v and gate/up projections. No transposes
@@ -54,33 +55,42 @@ GPT2_EOT_ID = 50256
 
 @dataclass(frozen=True, slots=True)
 class KeyRule:
-    """One tensor: our name, the Hugging Face name, and whether the 2-D weight is transposed.
-    `{i}` stands for the block index."""
+    """One GPT-2 tensor: our name, the Hugging Face name, the GGUF (llama.cpp) name, and whether the
+    2-D weight is transposed in Hugging Face's files. `{i}` stands for the block index."""
 
     ours: str
     hf: str
+    gguf: str
     transpose: bool = False
     is_bias: bool = False
 
 
-# The whole GPT-2 mapping. HF's lm_head.weight is tied to transformer.wte.weight (as ours is).
+def _gpt2_block(name: str, gguf: str, *, transpose: bool = False, is_bias: bool = False) -> KeyRule:
+    """A tensor of every GPT-2 block: Hugging Face's name is ours."""
+    return KeyRule(
+        f"transformer.h.{{i}}.{name}", f"transformer.h.{{i}}.{name}", f"blk.{{i}}.{gguf}", transpose, is_bias
+    )
+
+
+# The whole GPT-2 mapping: ours (= Hugging Face's), GGUF's. HF's lm_head.weight is tied to
+# transformer.wte.weight (as ours is); llama.cpp ties output.weight to token_embd.weight when absent.
 GPT2_KEY_MAP: tuple[KeyRule, ...] = (
-    KeyRule("transformer.wte.weight", "transformer.wte.weight"),
-    KeyRule("transformer.wpe.weight", "transformer.wpe.weight"),
-    KeyRule("transformer.h.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight"),
-    KeyRule("transformer.h.{i}.ln_1.bias", "transformer.h.{i}.ln_1.bias", is_bias=True),
-    KeyRule("transformer.h.{i}.attn.c_attn.weight", "transformer.h.{i}.attn.c_attn.weight", transpose=True),
-    KeyRule("transformer.h.{i}.attn.c_attn.bias", "transformer.h.{i}.attn.c_attn.bias", is_bias=True),
-    KeyRule("transformer.h.{i}.attn.c_proj.weight", "transformer.h.{i}.attn.c_proj.weight", transpose=True),
-    KeyRule("transformer.h.{i}.attn.c_proj.bias", "transformer.h.{i}.attn.c_proj.bias", is_bias=True),
-    KeyRule("transformer.h.{i}.ln_2.weight", "transformer.h.{i}.ln_2.weight"),
-    KeyRule("transformer.h.{i}.ln_2.bias", "transformer.h.{i}.ln_2.bias", is_bias=True),
-    KeyRule("transformer.h.{i}.mlp.c_fc.weight", "transformer.h.{i}.mlp.c_fc.weight", transpose=True),
-    KeyRule("transformer.h.{i}.mlp.c_fc.bias", "transformer.h.{i}.mlp.c_fc.bias", is_bias=True),
-    KeyRule("transformer.h.{i}.mlp.c_proj.weight", "transformer.h.{i}.mlp.c_proj.weight", transpose=True),
-    KeyRule("transformer.h.{i}.mlp.c_proj.bias", "transformer.h.{i}.mlp.c_proj.bias", is_bias=True),
-    KeyRule("transformer.ln_f.weight", "transformer.ln_f.weight"),
-    KeyRule("transformer.ln_f.bias", "transformer.ln_f.bias", is_bias=True),
+    KeyRule("transformer.wte.weight", "transformer.wte.weight", "token_embd.weight"),
+    KeyRule("transformer.wpe.weight", "transformer.wpe.weight", "position_embd.weight"),
+    _gpt2_block("ln_1.weight", "attn_norm.weight"),
+    _gpt2_block("ln_1.bias", "attn_norm.bias", is_bias=True),
+    _gpt2_block("attn.c_attn.weight", "attn_qkv.weight", transpose=True),
+    _gpt2_block("attn.c_attn.bias", "attn_qkv.bias", is_bias=True),
+    _gpt2_block("attn.c_proj.weight", "attn_output.weight", transpose=True),
+    _gpt2_block("attn.c_proj.bias", "attn_output.bias", is_bias=True),
+    _gpt2_block("ln_2.weight", "ffn_norm.weight"),
+    _gpt2_block("ln_2.bias", "ffn_norm.bias", is_bias=True),
+    _gpt2_block("mlp.c_fc.weight", "ffn_up.weight", transpose=True),
+    _gpt2_block("mlp.c_fc.bias", "ffn_up.bias", is_bias=True),
+    _gpt2_block("mlp.c_proj.weight", "ffn_down.weight", transpose=True),
+    _gpt2_block("mlp.c_proj.bias", "ffn_down.bias", is_bias=True),
+    KeyRule("transformer.ln_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
+    KeyRule("transformer.ln_f.bias", "transformer.ln_f.bias", "output_norm.bias", is_bias=True),
 )
 # Our tied output projection: the same tensor as the token embedding, so it is not stored twice.
 OURS_TIED = "lm_head.weight"
@@ -93,7 +103,7 @@ def expand(n_layer: int) -> list[KeyRule]:
     for rule in GPT2_KEY_MAP:
         if "{i}" in rule.ours:
             rules.extend(
-                KeyRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.transpose, rule.is_bias)
+                replace(rule, ours=rule.ours.format(i=i), hf=rule.hf.format(i=i), gguf=rule.gguf.format(i=i))
                 for i in range(n_layer)
             )
         else:
