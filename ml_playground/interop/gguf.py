@@ -50,14 +50,6 @@ from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 FloatType = Literal["f32", "f16"]
 
 
-def gguf_name(ours: str, n_layer: int) -> str:
-    """The GGUF tensor name of one of our GPT-2 tensors."""
-    for rule in expand(n_layer):
-        if rule.ours == ours:
-            return rule.gguf
-    raise ExportError(f"model weights: tensor {ours!r} has no GGUF name")
-
-
 def halves_to_pairs(weight: Tensor, heads: int) -> Tensor:
     """Reorder each head's rows from [x_0..x_{d/2-1}, y_0..y_{d/2-1}] (rotated as halves) to
     [x_0, y_0, x_1, y_1, ...] (rotated as adjacent pairs), so llama.cpp's `llama` rope computes

@@ -13,6 +13,7 @@ import torch
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop import gguf as writer
+from ml_playground.interop.hf import expand
 from ml_playground.model import GPT, GPTConfig
 
 
@@ -50,11 +51,11 @@ def array_of(tensor: Any, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
 
 def test_every_tensor_has_one_gguf_name() -> None:
     model = tiny(10, bias=True)
-    names = [writer.gguf_name(name, 2) for name in model.state_dict() if name != "lm_head.weight"]
+    gguf_names = {rule.ours: rule.gguf for rule in expand(2)}
+    names = [gguf_names[name] for name in model.state_dict() if name != "lm_head.weight"]
     assert len(names) == len(set(names))
-    assert writer.gguf_name("transformer.h.1.attn.c_attn.weight", 2) == "blk.1.attn_qkv.weight"
-    with pytest.raises(ExportError, match="no GGUF name"):
-        writer.gguf_name("lm_head.weight", 2)
+    assert gguf_names["transformer.h.1.attn.c_attn.weight"] == "blk.1.attn_qkv.weight"
+    assert "lm_head.weight" not in gguf_names  # tied: llama.cpp reuses token_embd.weight
 
 
 def test_char_vocab_uses_byte_level_tokens_and_merges_for_two_byte_characters() -> None:
