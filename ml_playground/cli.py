@@ -49,7 +49,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
     train_cfg = require_train(cfg, path)
-    if train_cfg.hf_model is not None:
+    if train_cfg.peft is not None:
         from ml_playground.finetune.lora import run_finetune
 
         run_finetune(train_cfg)

@@ -242,44 +242,86 @@ class TrainRuntimeConfig:
     peak_flops: float | None = Field(default=None, gt=0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
-class HFModelConfig:
-    """[train.hf_model]: the Hugging Face causal LM to finetune."""
+# LoRA targets: our module names (a name matches every module whose path ends with it), in a
+# fixed order. `c_proj` is both attn.c_proj and mlp.c_proj.
+LORA_MODULES = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "lm_head")
+LORA_ALIASES: dict[str, tuple[str, ...]] = {"c_proj": ("attn.c_proj", "mlp.c_proj")}
+# Hugging Face Llama/Qwen3 names: fused modules of ours need the whole group that they fuse.
+HF_LORA_GROUPS: dict[tuple[str, ...], str] = {
+    ("q_proj", "k_proj", "v_proj"): "c_attn",
+    ("o_proj",): "attn.c_proj",
+    ("gate_proj", "up_proj"): "c_fc",
+    ("down_proj",): "mlp.c_proj",
+}
 
-    model_name_or_path: str
-    # After training, merge the best adapter into the base and write it to out_dir/merged/ as a
-    # native checkpoint (what `make sample` and `make export` read) and a Hugging Face directory.
-    merge_on_save: bool = True
+
+def lora_modules(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`target_modules` as our module names (LORA_MODULES order); Hugging Face names map onto the
+    fused modules they make up, and a part of a fused module alone is refused."""
+    wanted = set(names)
+    ours: set[str] = set()
+    problems: list[str] = []
+    for group, module in HF_LORA_GROUPS.items():
+        present = wanted.intersection(group)
+        if present and len(present) < len(group):
+            problems.append(
+                f"{' + '.join(sorted(present))} without {' + '.join(n for n in group if n not in present)}: "
+                f"our {module} fuses {' | '.join(group)} into one layer, so name all of them (or {module})"
+            )
+        if present:
+            ours.add(module)
+        wanted -= present
+    for name in wanted:
+        if name in LORA_MODULES or name in LORA_ALIASES:
+            ours.update(LORA_ALIASES.get(name, (name,)))
+        else:
+            problems.append(
+                f"unknown module {name!r}; targets are {', '.join(LORA_MODULES)}, c_proj (both), or "
+                f"Hugging Face's {', '.join(n for group in HF_LORA_GROUPS for n in group)}"
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(module for module in LORA_MODULES if module in ours)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class PeftConfig:
-    """[train.peft]: LoRA adapter settings."""
+    """[train.peft]: LoRA on the base that [train.model] init_from names; its presence selects LoRA."""
 
     r: PositiveInt = 8
     lora_alpha: PositiveInt = 16
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    # Our module names, or Hugging Face's (see `lora_modules`); our names once loaded.
+    target_modules: Annotated[tuple[str, ...], Field(min_length=1), AfterValidator(lora_modules)] = (
+        "c_attn",
+        "attn.c_proj",
+        "c_fc",
+        "mlp.c_proj",
+    )
+    # After training, merge the best adapter into the base and write it to out_dir/merged/ as a
+    # native checkpoint (what `make sample` and `make export` read), and, for a Hugging Face base,
+    # as a Hugging Face directory.
+    merge_on_save: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class TrainConfig:
-    """[train]: the generic trainer, or HF+PEFT finetuning when [train.hf_model] is present."""
+    """[train]: the generic trainer; [train.model] init_from finetunes a pretrained model, wholly,
+    or with LoRA when [train.peft] is present."""
 
     data: DataConfig
     runtime: TrainRuntimeConfig
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    hf_model: HFModelConfig | None = None
     peft: PeftConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems: list[str] = []
         pretrained = self.model.init_from != "scratch"
-        if self.hf_model is None and not pretrained and self.data.block_size > self.model.block_size:
+        if not pretrained and self.data.block_size > self.model.block_size:
             problems.append(
                 f"data.block_size ({self.data.block_size}) exceeds model.block_size ({self.model.block_size})"
             )
@@ -287,14 +329,10 @@ class TrainConfig:
             problems.append(
                 f"schedule.min_lr ({self.schedule.min_lr}) exceeds optim.learning_rate ({self.optim.learning_rate})"
             )
-        if (self.peft is None) != (self.hf_model is None):
-            problems.append("[train.peft] and [train.hf_model] must be given together")
-        if self.optim.optimizer == "muon" and self.hf_model is not None:
-            problems.append('optim.optimizer: "muon" is for the GPT of [train.model]; LoRA runs use "adamw"')
-        if pretrained and self.hf_model is not None:
-            problems.append(
-                "model.init_from: full finetuning of a pretrained model, or LoRA ([train.hf_model]), not both"
-            )
+        if self.peft is not None and not pretrained:
+            problems.append("peft: LoRA needs a base: set train.model.init_from (a Hugging Face model or a checkpoint)")
+        if self.optim.optimizer == "muon" and self.peft is not None:
+            problems.append('optim.optimizer: "muon" is for whole matrices; LoRA runs ([train.peft]) use "adamw"')
         if self.optim.optimizer == "muon" and self.runtime.parallel == "fsdp":
             problems.append('optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"')
         if problems:

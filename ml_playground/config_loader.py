@@ -24,6 +24,11 @@ from ml_playground.config import (
 from ml_playground.errors import ConfigError
 
 _ADAPTER: TypeAdapter[ExperimentConfig] = TypeAdapter(ExperimentConfig)
+# Keys of earlier versions: what an old config reads instead of a bare "unknown key".
+_REPLACED = {
+    "train.hf_model": "[train.hf_model] is gone: name the LoRA base in [train.model] init_from "
+    "(model_name_or_path's value) and move merge_on_save to [train.peft]",
+}
 
 
 def _describe(value: object) -> str:
@@ -40,7 +45,7 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         message = item["msg"]
         if item["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
-            message = "unknown key"
+            message = _REPLACED.get(key, "unknown key")
         elif item["type"] in {"missing", "missing_keyword_argument"}:
             message = "required key is missing"
         elif item["type"] not in {"value_error", "assertion_error"}:

@@ -1,43 +1,42 @@
-"""LoRA finetuning of a Hugging Face causal LM (transformers + peft) as a mode of the one run path.
+"""LoRA finetuning of our GPT as a mode of the one run path: `run_finetune(cfg)` is
+`train.run.run(cfg, lora_target)`.
 
-`lora_target` builds a `LoRATarget` for `train.run.run`, so finetuning shares everything a run
-has: torchrun/DDP, seeding, schedule, gradient accumulation, clipping, evaluation,
-ckpt_last/ckpt_best rules, exact auto-resume (adapter weights, optimizer, RNG, data position) and
-the TensorBoard scalars. Checkpoints hold only the adapter weights (a resume checks that they fit
-[train.peft]); after every save the adapter is also written in PEFT format:
+The base comes through the importer of `init_from` (a Hugging Face GPT-2, Llama or Qwen3 model,
+by directory or hub id, or a checkpoint of ours or nanoGPT's); PEFT injects LoRA layers into its
+linear modules (`[train.peft] target_modules`, our names), and only their weights train (with
+`bias`, biases too). The target is `GPTTarget` with what differs: the optimizer sees the adapter,
+a checkpoint holds the adapter (and, in `extra`, the base and the LoRA settings; a resume checks
+that they fit), and after every save a Hugging Face base also gets the adapter in PEFT format:
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
-  out_dir/merged/        with merge_on_save (GPT-2, Llama or Qwen3 bases: the architectures
-                         `interop.hf` maps to ours), when the run ends: ckpt_best.pt's adapter
-                         merged into a copy of the base, as a native checkpoint (ckpt_best.pt with
-                         that checkpoint's step, val loss and run config, which `make sample` and
-                         `make export` read like any other) and as a Hugging Face directory
+  out_dir/merged/        with merge_on_save, when the run ends: ckpt_best.pt's adapter merged into
+                         the base, as a native checkpoint (ckpt_best.pt with that checkpoint's
+                         step, val loss and run config, which `make sample` and `make export` read
+                         like any other) and, for a Hugging Face base, a Hugging Face directory
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
-import warnings
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from pydantic import TypeAdapter
-from safetensors.torch import save
 from torch import Tensor, nn
 
-from ml_playground.atomic import write_bytes_atomic, write_text_atomic
-from ml_playground.config import PROJECT_ROOT, HFModelConfig, PeftConfig, TrainConfig
+from ml_playground.config import PeftConfig, TrainConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
-from ml_playground.interop.hf import IMPORTABLE, export_hf, from_hf_state_dict, gpt_config_from_hf
-from ml_playground.model import GPTConfig
+from ml_playground.finetune.pretrained import source_model
+from ml_playground.interop.hf import export_hf
+from ml_playground.interop.peft_adapter import LoraPair, write_peft_adapter
+from ml_playground.interop.source import load_source
+from ml_playground.model import GPT
 from ml_playground.train.checkpoint import (
     ADAPTER_KIND,
     BEST_NAME,
@@ -48,231 +47,66 @@ from ml_playground.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ml_playground.train.distributed import wrap_ddp
 from ml_playground.train.loop import TrainResult
-from ml_playground.train.metrics import palm_flops_per_token
 from ml_playground.train.run import RunContext, run
-from ml_playground.train.targets import Parallel, load_optimizer_state_checked
+from ml_playground.train.targets import GPTTarget, Parallel
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 ADAPTER_LAST_DIR = "adapter_last"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_NAME = "default"  # PEFT's name of the one adapter
 
 
-def load_base(hf_model: HFModelConfig) -> Any:
-    """The base causal LM in float32 (a local directory, or a hub name when online)."""
-    from transformers import AutoModelForCausalLM
-
-    name = hf_model.model_name_or_path
-    local = PROJECT_ROOT / name  # a relative local directory means the same from any working directory
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(local) if local.is_dir() else name, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def inject(model: GPT, peft: PeftConfig) -> None:
+    """LoRA layers (PEFT's) on `peft.target_modules` of `model`, in place; everything else frozen."""
+    if "lm_head" in peft.target_modules and model.config.tie_embeddings:
         raise ConfigError(
-            f"train.hf_model.model_name_or_path: cannot load {hf_model.model_name_or_path!r} ({first})"
-        ) from None
-
-
-def modules_named(model: nn.Module, target: str) -> list[nn.Module]:
-    """The modules a peft `target_modules` entry selects: those whose last name part is `target`."""
-    modules: list[tuple[str, nn.Module]] = list(model.named_modules())  # pyright: ignore[reportUnknownArgumentType]  # torch stub
-    return [module for name, module in modules if name.rsplit(".", 1)[-1] == target]
-
-
-def uses_conv1d(model: nn.Module, targets: tuple[str, ...]) -> bool:
-    """GPT-2 stores its linear layers as Conv1D (weight (in, out)): LoRA needs fan_in_fan_out."""
-    from transformers.pytorch_utils import Conv1D
-
-    conv1d: type[nn.Module] = Conv1D
-    return any(isinstance(m, conv1d) for target in targets for m in modules_named(model, target))
-
-
-def lora_config(peft_cfg: PeftConfig, *, fan_in_fan_out: bool) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=peft_cfg.r,
-        lora_alpha=peft_cfg.lora_alpha,
-        lora_dropout=peft_cfg.lora_dropout,
-        bias=peft_cfg.bias,
-        target_modules=list(peft_cfg.target_modules),
-        fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
+            "train.peft.target_modules: lm_head shares its weight with the token embedding (tied), "
+            "so an adapter on it cannot be merged; leave it out"
+        )
+    config = LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.lora_alpha,
+        lora_dropout=peft.lora_dropout,
+        bias=peft.bias,
+        target_modules=list(peft.target_modules),
     )
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
 
 
-@contextlib.contextmanager
-def peft_compat() -> Generator[None]:
-    """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; that FutureWarning is
-    theirs to fix, so it is ignored around peft calls (and only that one)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """The LoRA-wrapped linear layers by module name."""
+    modules: list[tuple[str, nn.Module]] = list(model.named_modules())  # pyright: ignore[reportUnknownArgumentType]  # torch stub
+    return {name: module for name, module in modules if isinstance(module, LoraLayer)}
 
 
-def with_adapter(base: Any, peft_cfg: PeftConfig) -> Any:
-    from peft import get_peft_model
-
-    selected = {target: modules_named(base, target) for target in peft_cfg.target_modules}
-    tied = base.get_output_embeddings()
-    if tied is not None and tied.weight is base.get_input_embeddings().weight:
-        for target, modules in selected.items():
-            if any(module is tied for module in modules):
-                raise ConfigError(
-                    f"train.peft.target_modules: {target} shares its weight with the token embedding "
-                    "(tied), so an adapter on it cannot be merged; leave it out"
-                )
-    missing = [target for target, modules in selected.items() if not modules]
-    if missing:
-        raise ConfigError(f"train.peft.target_modules: no module named {', '.join(missing)} in the base model")
-    config = lora_config(peft_cfg, fan_in_fan_out=uses_conv1d(base, peft_cfg.target_modules))
-    with peft_compat():
-        wrapped: Any = get_peft_model(base, config)  # pyright: ignore[reportUnknownVariableType]  # untyped peft
-    return wrapped  # pyright: ignore[reportUnknownVariableType]  # untyped peft
+def _weight(module: nn.Module) -> Tensor:
+    """The weight of one of PEFT's A/B layers (nn.Linear for a linear base layer)."""
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"expected a LoRA Linear, found {type(module).__name__}")
+    return module.weight
 
 
-def write_adapter(model: Any, folder: Path, base_name: str) -> None:
-    """PEFT format (loadable by PeftModel.from_pretrained), each file written atomically."""
-    from peft import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
-
-    adapter: dict[str, Tensor] = get_peft_model_state_dict(model)
-    state = {name: t.detach().to("cpu").contiguous() for name, t in adapter.items()}
-    config: dict[str, Any] = model.peft_config["default"].to_dict()
-    config = {key: sorted(cast("set[str]", v)) if isinstance(v, set) else v for key, v in config.items()}
-    config |= {"base_model_name_or_path": base_name, "inference_mode": True}
-    write_bytes_atomic(folder / ADAPTER_WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-    write_text_atomic(folder / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
+def lora_pairs(model: nn.Module) -> dict[str, LoraPair]:
+    """Each adapted layer's (A, B)."""
+    return {
+        name: LoraPair(_weight(layer.lora_A[ADAPTER_NAME]), _weight(layer.lora_B[ADAPTER_NAME]))
+        for name, layer in lora_layers(model).items()
+    }
 
 
-def refuse_fsdp(parallel: Parallel) -> None:
-    if parallel == "fsdp":
-        raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
+def adapter_state(model: nn.Module) -> dict[str, Tensor]:
+    """What trains (LoRA's A and B; with `bias`, biases), by parameter name: what a checkpoint holds."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-class LoRATarget:
-    """A PEFT-wrapped causal LM as the loop's TrainingTarget; only adapter weights train.
-
-    parallel "ddp" (needs an open process group) wraps it in DistributedDataParallel: the frozen
-    base is identical on every rank, the adapter's gradients are averaged."""
-
-    def __init__(
-        self,
-        model: Any,
-        peft_cfg: PeftConfig,
-        base_name: str,
-        *,
-        parallel: Parallel = "none",
-        merge_meta: DatasetMeta | None = None,
-    ):
-        self.model = model
-        self.peft_cfg = peft_cfg
-        self.base_name = base_name
-        self.parallel = parallel
-        # With merge_on_save, the tokenizer the merged checkpoint carries; None: no merge at the end.
-        self.merge_meta = merge_meta
-        self.forward: nn.Module = model
-        refuse_fsdp(parallel)
-        if parallel == "ddp":
-            self.forward = self.ddp = wrap_ddp(model, next(model.parameters()).device)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def hidden_matrices(self) -> list[nn.Parameter]:
-        return []  # LoRA runs train with AdamW only (config validation refuses "muon")
-
-    def set_training(self, training: bool) -> None:
-        self.model.train(training)
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        logits: Tensor = self.forward(input_ids=x).logits  # (B, T, vocab)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
-
-    def grad_sync(self, last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:
-        if self.parallel == "ddp" and not last_micro_step:
-            return self.ddp.no_sync()
-        return contextlib.nullcontext()
-
-    def model_state(self) -> dict[str, Tensor]:
-        from peft import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
-
-        adapter: dict[str, Tensor] = get_peft_model_state_dict(self.model)
-        return dict(adapter)
-
-    def load_model_state(self, state: dict[str, Tensor]) -> None:
-        """Adapter weights of the same LoRA settings (DDP shares the parameters, so every rank loads)."""
-        mismatch = adapter_mismatch(state, self.model_state())
-        if mismatch:
-            raise CheckpointError(f"checkpoint adapter does not fit train.peft: {mismatch}")
-        load_adapter_state(self.model, state)
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return optimizer.state_dict()
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        load_optimizer_state_checked(optimizer, state, sharded=False, load=lambda: optimizer.load_state_dict(state))
-
-    def architecture(self) -> GPTConfig:
-        """The base as our options where it is one of our architectures, else its shape alone."""
-        config = self.model.config
-        if config.model_type in IMPORTABLE:
-            return base_architecture(config.to_dict())
-        return GPTConfig(
-            n_layer=int(config.num_hidden_layers),
-            n_head=int(config.num_attention_heads),
-            n_embd=int(config.hidden_size),
-            block_size=int(config.max_position_embeddings),
-            bias=True,
-            vocab_size=int(config.vocab_size),
-            dropout=0.0,
-        )
-
-    def flops_per_token(self, context: int) -> float:
-        arch = self.architecture()
-        return palm_flops_per_token(
-            n_params=sum(p.numel() for p in self.model.parameters()),
-            n_layer=arch.n_layer,
-            n_head=arch.n_head,
-            head_size=arch.head_size,
-            context=context,
-        )
-
-    def extra_state(self) -> dict[str, Any] | None:
-        peft = TypeAdapter(PeftConfig).dump_python(self.peft_cfg, mode="json")
-        return {"kind": ADAPTER_KIND, "base_model": self.base_name, "peft": peft}
-
-    def on_checkpoint(self, out_dir: Path, best: bool) -> None:
-        write_adapter(self.model, out_dir / ADAPTER_LAST_DIR, self.base_name)
-        if best:
-            write_adapter(self.model, out_dir / ADAPTER_DIR, self.base_name)
-
-    def on_finish(self, out_dir: Path) -> None:
-        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/.
-
-        Merged from a copy: the trained model (on rank 0, the same as on every other rank) keeps
-        the weights the run ended with."""
-        if self.merge_meta is None:
-            return
-        best_path = out_dir / BEST_NAME
-        if not best_path.is_file():
-            log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
-            return
-        best = load_checkpoint(best_path)
-        mismatch = adapter_mismatch(best.model, self.model_state())
-        if mismatch:
-            raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
-        log.info("merged model -> %s", save_merged(self.model, self.merge_meta, out_dir / MERGED_DIR, source=best))
-
-
-def load_adapter_state(model: Any, state: dict[str, Tensor]) -> None:
-    """Copy adapter weights (peft's names, as `get_peft_model_state_dict` gives them) into `model`."""
-    from peft import set_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]  # untyped peft
-
-    set_peft_model_state_dict(model, state)
+def load_adapter_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy `adapter_state` weights of the same names and shapes into `model`."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
 
 
 def adapter_mismatch(state: dict[str, Tensor], own: dict[str, Tensor]) -> str:
@@ -294,48 +128,99 @@ def adapter_mismatch(state: dict[str, Tensor], own: dict[str, Tensor]) -> str:
     return "; ".join(problems)
 
 
-def check_compatible(cfg: TrainConfig, base: Any, meta: DatasetMeta) -> None:
-    problems: list[str] = []
-    if int(base.config.vocab_size) < meta.vocab_size:
-        problems.append(f"base vocab_size {base.config.vocab_size} is smaller than the dataset's {meta.vocab_size}")
-    context = int(base.config.max_position_embeddings)
-    if cfg.data.block_size > context:
-        problems.append(f"train.data.block_size {cfg.data.block_size} exceeds the base model's context {context}")
-    if cfg.hf_model is not None and cfg.hf_model.merge_on_save and base.config.model_type not in IMPORTABLE:
-        problems.append(
-            f"merge_on_save needs a base of model_type {', '.join(map(repr, IMPORTABLE))} "
-            f"(found {base.config.model_type!r}); set merge_on_save = false to train the adapter alone"
-        )
-    if problems:
-        raise ConfigError(f"train.hf_model.model_name_or_path: {'; '.join(problems)}")
+def merged_state_dict(model: GPT, adapter: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`adapter` merged into a copy of `model`'s base: a plain GPT state dict (float32, on the CPU);
+    `model` itself is left as it is."""
+    merged = copy.deepcopy(model)
+    load_adapter_state(merged, adapter)
+    for name, layer in lora_layers(merged).items():
+        layer.merge(adapter_names=[ADAPTER_NAME])
+        parent, _, child = name.rpartition(".")
+        setattr(merged.get_submodule(parent), child, layer.get_base_layer())
+    return {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
 
 
-def base_architecture(hf_cfg: dict[str, Any]) -> GPTConfig:
-    """Our architecture of a GPT-2 (biases kept: HF GPT-2 has them), Llama or Qwen3 base."""
-    return gpt_config_from_hf(hf_cfg, True, Path(str(hf_cfg.get("_name_or_path", "base")), "config.json"))
+def refuse_fsdp(parallel: Parallel) -> None:
+    if parallel == "fsdp":
+        raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
 
 
-def merged_model(model: Any, adapter: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], GPTConfig]:
-    """LoRA (the model's own, or `adapter`) merged into a copy of the GPT-2, Llama or Qwen3 base, as
-    our state dict and architecture (through `interop.hf`'s key maps); `model` itself is left as it is."""
-    copied = copy.deepcopy(model)
-    if adapter is not None:
-        load_adapter_state(copied, adapter)
-    merged = copied.merge_and_unload()
-    config = base_architecture(merged.config.to_dict())
-    state = {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
-    return from_hf_state_dict(state, config, "merged model"), config
+class LoRATarget(GPTTarget):
+    """Our GPT with LoRA layers as the loop's target: GPTTarget (compile, DDP) with the adapter as
+    what trains and what a checkpoint holds."""
+
+    def __init__(
+        self,
+        model: GPT,
+        peft: PeftConfig,
+        base_name: str,
+        *,
+        hf_base: bool,
+        compile: bool = False,
+        parallel: Parallel = "none",
+        merge_meta: DatasetMeta | None = None,
+    ):
+        refuse_fsdp(parallel)
+        super().__init__(model, compile=compile, parallel=parallel)
+        self.peft = peft
+        self.base_name = base_name
+        # A Hugging Face base: the adapter is also written in PEFT format, the merged model as HF.
+        self.hf_base = hf_base
+        # With merge_on_save, the tokenizer the merged checkpoint carries; None: no merge at the end.
+        self.merge_meta = merge_meta
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        return []  # LoRA runs train with AdamW only (config validation refuses "muon")
+
+    def model_state(self) -> dict[str, Tensor]:
+        return adapter_state(self.model)
+
+    def load_model_state(self, state: dict[str, Tensor]) -> None:
+        """Adapter weights of the same LoRA settings (DDP shares the parameters, so every rank loads)."""
+        mismatch = adapter_mismatch(state, self.model_state())
+        if mismatch:
+            raise CheckpointError(f"checkpoint adapter does not fit train.peft: {mismatch}")
+        load_adapter_state(self.model, state)
+
+    def extra_state(self) -> dict[str, Any] | None:
+        peft = TypeAdapter(PeftConfig).dump_python(self.peft, mode="json")
+        return {"kind": ADAPTER_KIND, "base_model": self.base_name, "peft": peft}
+
+    def on_checkpoint(self, out_dir: Path, best: bool) -> None:
+        """A Hugging Face base: the adapter in PEFT format (trained biases have no place there)."""
+        if not self.hf_base or self.peft.bias != "none":
+            return
+        pairs, config = lora_pairs(self.model), self.model.config
+        write_peft_adapter(out_dir / ADAPTER_LAST_DIR, pairs, config, self.peft, self.base_name)
+        if best:
+            write_peft_adapter(out_dir / ADAPTER_DIR, pairs, config, self.peft, self.base_name)
+
+    def on_finish(self, out_dir: Path) -> None:
+        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/."""
+        if self.merge_meta is None:
+            return
+        best_path = out_dir / BEST_NAME
+        if not best_path.is_file():
+            log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
+            return
+        best = load_checkpoint(best_path)
+        mismatch = adapter_mismatch(best.model, self.model_state())
+        if mismatch:
+            raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
+        folder = out_dir / MERGED_DIR
+        save_merged(self.model, self.merge_meta, folder, source=best, hf=self.hf_base)
+        log.info("merged model -> %s", folder)
 
 
-def save_merged(model: Any, meta: DatasetMeta, folder: Path, *, source: Checkpoint) -> Path:
+def save_merged(model: GPT, meta: DatasetMeta, folder: Path, *, source: Checkpoint, hf: bool) -> None:
     """The adapter of `source` (a checkpoint of this run) merged into the base: `folder/ckpt_best.pt`
-    (native, for sampling and export; with the source's step, val loss and run config) and the same
-    model as an HF directory."""
-    state_dict, config = merged_model(model, source.model)
+    (native, for sampling and export; with the source's step, val loss and run config) and, with
+    `hf`, the same model as a Hugging Face directory."""
+    state_dict = merged_state_dict(model, source.model)
     checkpoint = Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=state_dict,
-        arch=config,
+        arch=model.config,
         iter_num=source.iter_num,
         best_val_loss=source.best_val_loss,
         config=source.config,
@@ -343,8 +228,8 @@ def save_merged(model: Any, meta: DatasetMeta, folder: Path, *, source: Checkpoi
     )
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / BEST_NAME, checkpoint)
-    export_hf(state_dict, config, meta, folder)
-    return folder
+    if hf:
+        export_hf(state_dict, model.config, meta, folder)
 
 
 def check_resumable(checkpoint: Checkpoint, path: Path, target: LoRATarget) -> None:
@@ -362,23 +247,36 @@ def check_resumable(checkpoint: Checkpoint, path: Path, target: LoRATarget) -> N
 
 
 def lora_target(ctx: RunContext) -> LoRATarget:
-    """The run's mode for [train.hf_model] + [train.peft]: base + fresh adapter on the run's device."""
+    """The run's mode for [train.peft]: the init_from base with a fresh adapter on the run's device."""
     cfg = ctx.cfg
-    if cfg.hf_model is None or cfg.peft is None:
-        raise ConfigError("train.hf_model and train.peft are required for LoRA finetuning")
+    if cfg.peft is None:
+        raise ConfigError("train.peft: required for LoRA finetuning")
     refuse_fsdp(ctx.parallel)  # before every rank loads the base
-    base = load_base(cfg.hf_model)
-    check_compatible(cfg, base, ctx.meta)
-    model = with_adapter(base, cfg.peft).to(ctx.runtime.device)
-    merge_meta = ctx.meta if cfg.hf_model.merge_on_save else None
-    target = LoRATarget(model, cfg.peft, cfg.hf_model.model_name_or_path, parallel=ctx.parallel, merge_meta=merge_meta)
+    init_from = cfg.model.init_from
+    source = load_source(init_from, "train.model.init_from")
+    model = source_model(cfg, ctx.meta, source)
+    inject(model, cfg.peft)
+    hf_base = source.tokenizer_file is not None  # a Hugging Face directory (or hub id) brings its tokenizer file
+    target = LoRATarget(
+        model.to(ctx.runtime.device),
+        cfg.peft,
+        init_from,
+        hf_base=hf_base,
+        compile=cfg.runtime.compile,
+        parallel=ctx.parallel,
+        merge_meta=ctx.meta if cfg.peft.merge_on_save else None,
+    )
     if ctx.checkpoint is not None:
         check_resumable(ctx.checkpoint, cfg.runtime.out_dir / LAST_NAME, target)
+    if hf_base and cfg.peft.bias != "none":
+        log.info(
+            "train.peft.bias = %r: no PEFT-format adapter is written (merge_on_save keeps the biases)", cfg.peft.bias
+        )
     trainable = sum(p.numel() for p in target.trainable_parameters())
-    log.info("LoRA on %s: %d trainable parameters", target.base_name, trainable)
+    log.info("LoRA on %s: %d trainable parameters", init_from, trainable)
     return target
 
 
 def run_finetune(cfg: TrainConfig) -> TrainResult:
-    """`make train` with [train.hf_model] + [train.peft]; auto-resumes from ckpt_last.pt."""
+    """`make train` with [train.model] init_from + [train.peft]; auto-resumes from ckpt_last.pt."""
     return run(cfg, lora_target)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from ml_playground.config import TrainConfig
+from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError
-from ml_playground.interop.source import finetune_architecture, load_source
+from ml_playground.interop.source import Source, finetune_architecture, load_source
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import LAST_NAME
 from ml_playground.train.loop import TrainResult
@@ -29,17 +30,22 @@ def pretrained_target(ctx: RunContext) -> GPTTarget:
     if ctx.checkpoint is not None:
         log.info("resuming from %s in %s: init_from %r is not read", LAST_NAME, ctx.cfg.runtime.out_dir, init_from)
         return target_of(ctx, GPT(resumed_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)))
-    source = load_source(init_from, "train.model.init_from")
-    model = GPT(finetune_architecture(ctx.cfg, ctx.meta, source))
+    model = source_model(ctx.cfg, ctx.meta, load_source(init_from, "train.model.init_from"))
+    log.info("init_from %r: every weight of the source trains", init_from)
+    return target_of(ctx, model)
+
+
+def source_model(cfg: TrainConfig, meta: DatasetMeta, source: Source) -> GPT:
+    """The GPT of `source` with its weights, as [train] finetunes it on the dataset of `meta`."""
+    model = GPT(finetune_architecture(cfg, meta, source))
     try:
         model.load_state_dict(source.state_dict)
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[0]
         raise CheckpointError(
-            f"train.model.init_from = {init_from!r}: weights do not fit its architecture ({detail})"
+            f"train.model.init_from = {source.name!r}: weights do not fit its architecture ({detail})"
         ) from None
-    log.info("init_from %r: every weight of the source trains", init_from)
-    return target_of(ctx, model)
+    return model
 
 
 def run_pretrained(cfg: TrainConfig) -> TrainResult:

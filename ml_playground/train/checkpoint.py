@@ -194,7 +194,7 @@ def load_model_checkpoint(path: Path) -> tuple[Checkpoint, DatasetMeta]:
     if checkpoint.is_adapter:
         raise CheckpointError(
             f"{path}: holds a LoRA adapter, not a whole model; sample or export its merged model in "
-            f"{path.parent / MERGED_DIR} (written when train.hf_model.merge_on_save is true)"
+            f"{path.parent / MERGED_DIR} (written when train.peft.merge_on_save is true)"
         )
     if checkpoint.dataset_meta is None:
         raise CheckpointError(f"{path}: checkpoint key 'dataset_meta' is missing; cannot decode tokens")

@@ -45,8 +45,8 @@ def test_shipped_config_loads(path: Path) -> None:
     # train reads what prepare writes; sample reads what train writes (a LoRA run: its merged model)
     assert cfg.train.data.dataset_dir == cfg.prepare.dataset_dir
     written = cfg.train.runtime.out_dir
-    if cfg.train.hf_model is not None:
-        assert cfg.train.hf_model.merge_on_save
+    if cfg.train.peft is not None:
+        assert cfg.train.peft.merge_on_save
         written = written / MERGED_DIR
     assert cfg.sample.runtime.out_dir == written
 
@@ -92,8 +92,7 @@ def test_gpu_config_trains_and_samples_on_cuda_in_bfloat16(name: str) -> None:
     assert cfg.sample is not None
     assert (cfg.train.runtime.device, cfg.train.runtime.dtype) == ("cuda", "bfloat16")
     assert (cfg.sample.runtime.device, cfg.sample.runtime.dtype) == ("cuda", "bfloat16")
-    # torch.compile for the GPT runs; the LoRA mode trains the transformers model eagerly.
-    assert cfg.train.runtime.compile == (cfg.train.hf_model is None)
+    assert cfg.train.runtime.compile  # every mode trains our GPT, LoRA included
 
 
 def test_char_gpu_config_is_nanogpts_train_shakespeare_char() -> None:
@@ -176,10 +175,10 @@ def test_lora_gpu_config_finetunes_the_gpu_base_within_its_context() -> None:
     lora = load_experiment_config(_PACKAGE / "configs" / "shakespeare_lora_gpu.toml")
     base = load_experiment_config(_PACKAGE / "configs" / "shakespeare_gpu.toml")
     assert lora.train is not None
-    assert lora.train.hf_model is not None
+    assert lora.train.peft is not None
     assert base.train is not None
     assert base.export is not None
-    assert PROJECT_ROOT / lora.train.hf_model.model_name_or_path == base.export.ollama.export_dir / "hf"
+    assert PROJECT_ROOT / lora.train.model.init_from == base.export.ollama.export_dir / "hf"
     assert lora.train.data.block_size <= base.train.model.block_size
     assert lora.prepare is not None
     assert base.prepare is not None

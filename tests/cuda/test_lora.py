@@ -1,5 +1,6 @@
-"""LoRA finetuning on CUDA (bfloat16 autocast) through the one run path: the loss falls below the
-base's, the adapter loads in PEFT, and the merged model equals base + adapter."""
+"""LoRA finetuning on CUDA (bfloat16 autocast; our GPT with its LoRA layers compiled) through the
+one run path: the loss falls below the base's, the adapter loads in PEFT, and the merged model
+equals base + adapter."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ml_playground.interop import hf
 from ml_playground.model import GPT
 from tests.cuda.device import DEVICE, DTYPE
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow
@@ -32,25 +33,22 @@ def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path) -> None:
     data = write_finetune_dataset(tmp_path / "data", tokenizer, meta, text)
     table = lora_train_table(data, base_dir, tmp_path / "run", max_iters=30)
     table["data"] |= {"batch_size": 8, "block_size": 32}
-    table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "eval_interval": 15}
-    table["hf_model"] |= {"merge_on_save": True}
+    table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "eval_interval": 15, "compile": True}
+    table["peft"] |= {"merge_on_save": True}
     result = lora.run_finetune(train_config(table))
 
     val = read_scalars(tmp_path / "run" / "logs" / "tb")["val/loss"]
     assert [step for step, _ in val] == [0, 15, 30]
     assert result.best_val_loss < val[0][1] - 0.1  # iter 0 evaluates the base (a fresh adapter is a no-op)
 
-    from peft import PeftModel
     from transformers import GPT2LMHeadModel
 
     ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
-    base = GPT2LMHeadModel.from_pretrained(base_dir)
-    with lora.peft_compat():
-        adapted = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter"))
+    adapted = adapted_hf(base_dir, tmp_path / "run" / "adapter")
     merged: Any = GPT2LMHeadModel.from_pretrained(tmp_path / "run" / "merged")
     untouched: Any = GPT2LMHeadModel.from_pretrained(base_dir)
     with torch.no_grad():
-        adapted_logits = adapted.eval()(input_ids=ids).logits
+        adapted_logits = adapted(input_ids=ids).logits
         merged_logits = merged.eval()(input_ids=ids).logits
         base_logits = untouched.eval()(input_ids=ids).logits
     assert (adapted_logits - merged_logits).abs().max().item() <= 1e-4

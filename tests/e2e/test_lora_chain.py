@@ -99,8 +99,8 @@ def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
     lora_text = (
         f'[prepare]\ndataset_dir = "{tmp_path / "lora_data"}"\nsource = "{tmp_path / "comedy.txt"}"\n'
         'tokenizer = "tiktoken"\nencoding = "gpt2"\n\n'
-        f'[train.hf_model]\nmodel_name_or_path = "{tmp_path / "base_export" / "hf"}"\nmerge_on_save = true\n\n'
-        "[train.peft]\nr = 4\nlora_alpha = 8\n"
+        f'[train.model]\ninit_from = "{tmp_path / "base_export" / "hf"}"\n\n'
+        "[train.peft]\nr = 4\nlora_alpha = 8\nmerge_on_save = true\n"
         + run_tables(tmp_path / "lora_run", tmp_path / "lora_data", 30, tmp_path / "lora_run" / "merged")
         + f'\n[export.ollama]\nenabled = true\nexport_dir = "{tmp_path / "lora_export"}"\nmodel_name = "lora"\n'
     )
@@ -117,7 +117,7 @@ def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'lora_run' / 'ckpt_best.pt'}: holds a LoRA adapter, not a whole model; sample or "
         f"export its merged model in {tmp_path / 'lora_run' / 'merged'} (written when "
-        "train.hf_model.merge_on_save is true)"
+        "train.peft.merge_on_save is true)"
     )
     cli("sample", "shakespeare_lora", "--exp-config", str(lora_cfg))
     cli("export", "shakespeare_lora", "--exp-config", str(lora_cfg))

@@ -24,7 +24,7 @@ import torch
 
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError
-from ml_playground.finetune.lora import lora_target, peft_compat, run_finetune
+from ml_playground.finetune.lora import lora_target, run_finetune
 from ml_playground.model import GPT
 from ml_playground.runtime import resolve_runtime, torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
@@ -32,7 +32,7 @@ from ml_playground.train.distributed import DistInfo
 from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
 from tests.support.lora_ranks import checkpoint_past, kill_when, rank_pid, read_report, run_ranks
-from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 from tests.support.torchrun import run, start, write_toml
 
@@ -127,19 +127,15 @@ def test_only_rank_zero_writes(runs: Path) -> None:
 
 def test_merged_model_is_base_plus_best_adapter(runs: Path) -> None:
     """The merge at the end of a DDP run (rank 0, model still wrapped) holds the best adapter."""
-    from peft import PeftModel
-    from transformers import GPT2LMHeadModel
-
     out = runs / "two_ranks"
     merged, best = load_checkpoint(out / "merged" / "ckpt_best.pt"), load_checkpoint(out / "ckpt_best.pt")
     assert (merged.iter_num, merged.best_val_loss) == (best.iter_num, best.best_val_loss)
     model = GPT(merged.arch).eval()
     model.load_state_dict(merged.model)
-    with peft_compat():
-        adapted = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(runs / "base"), str(out / "adapter"))
+    adapted = adapted_hf(runs / "base", out / "adapter")
     ids = torch.tensor([list(range(merged.arch.vocab_size)) * 2])
     with torch.no_grad():
-        assert (model(ids).logits - adapted.eval()(input_ids=ids).logits).abs().max().item() <= 1e-4
+        assert (model(ids).logits - adapted(input_ids=ids).logits).abs().max().item() <= 1e-4
 
 
 def test_dead_rank_then_rerun_resumes_exactly(runs: Path) -> None:

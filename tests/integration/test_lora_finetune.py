@@ -1,5 +1,7 @@
-"""LoRA finetuning of our HF export on the shared trainer loop: loss falls, PEFT loads the
-adapter, and the merged model equals base + adapter."""
+"""LoRA finetuning of our GPT on a GPT-2 base (our HF export) through the shared trainer: loss
+falls, checkpoints hold the adapter alone, PEFT loads the PEFT-format adapter into the Hugging
+Face base and computes the merged model's logits; settings and bases LoRA cannot use stop with
+one line naming the key."""
 
 from __future__ import annotations
 
@@ -8,35 +10,30 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from ml_playground.config import HFModelConfig, PeftConfig
+from ml_playground.config import PeftConfig
 from ml_playground.config_loader import parse_experiment_config
-from ml_playground.data.meta import write_meta
-from ml_playground.errors import ConfigError
+from ml_playground.errors import ConfigError, ExportError
 from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
 from ml_playground.runtime import torch_threads
 from ml_playground.sample import run_sampling
+from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model
+from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
+
+FINETUNE_TEXT = "\n".join(reversed(CORPUS.splitlines())) * 4  # same characters, other text
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the base is a local directory; never reach the hub
-
-
-def write_dataset(folder: Path, ids: list[int], meta: Any) -> None:
-    folder.mkdir(parents=True)
-    split = int(len(ids) * 0.8)
-    np.array(ids[:split], dtype="<u2").tofile(folder / "train.bin")
-    np.array(ids[split:], dtype="<u2").tofile(folder / "val.bin")
-    write_meta(folder / "meta.json", meta)
 
 
 @pytest.fixture(autouse=True)
@@ -47,29 +44,18 @@ def one_thread() -> Generator[None]:
 
 def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     base_model, tokenizer, meta = char_model(steps=20)
-    base_dir = tmp_path / "base"
-    hf.export_hf(base_model.state_dict(), base_model.config, meta, base_dir)
-    finetune_text = "\n".join(reversed(CORPUS.splitlines())) * 4  # same characters, other text
-    write_dataset(tmp_path / "data", tokenizer.encode(finetune_text), meta)
-    val_ids = torch.tensor([tokenizer.encode(finetune_text)[-33:]])
+    base_dir = write_base(base_model, meta, tmp_path / "base")
+    write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
+    val_ids = torch.tensor([tokenizer.encode(FINETUNE_TEXT)[-33:]])
     with torch.no_grad():
         base_loss = base_model(val_ids[:, :-1], val_ids[:, 1:]).loss
     assert base_loss is not None
+    table = lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=30)
+    table["data"] |= {"batch_size": 8, "block_size": 32}
+    table["runtime"] |= {"eval_interval": 15, "eval_iters": 4}
+    table["peft"] |= {"target_modules": ["c_attn", "c_proj", "c_fc"], "merge_on_save": True}
     raw = {
-        "train": {
-            "data": {"dataset_dir": str(tmp_path / "data"), "batch_size": 8, "block_size": 32},
-            "runtime": {
-                "out_dir": str(tmp_path / "run"),
-                "max_iters": 30,
-                "eval_interval": 15,
-                "eval_iters": 4,
-                "log_interval": 5,
-            },
-            "optim": {"learning_rate": 1e-2},
-            "schedule": {"warmup_iters": 0, "lr_decay_iters": 30, "min_lr": 1e-3},
-            "hf_model": {"model_name_or_path": str(base_dir), "merge_on_save": True},
-            "peft": {"r": 4, "lora_alpha": 8},
-        },
+        "train": table,
         "sample": {
             "runtime": {"out_dir": str(tmp_path / "run" / "merged")},
             "sample": {"temperature": 0, "max_new_tokens": 10},
@@ -79,33 +65,38 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     assert cfg.train is not None
     assert cfg.sample is not None
     result = lora.run_finetune(cfg.train)
-    assert result.last_eval is not None
-    first = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    assert first["fan_in_fan_out"] is True  # GPT-2 Conv1D layers
     assert result.best_val_loss < float(base_loss) - 0.1
 
-    from peft import PeftModel
+    # The checkpoint holds the adapter alone (A and B of every adapted layer), its base and settings.
+    best = load_checkpoint(tmp_path / "run" / "ckpt_best.pt")
+    modules = [
+        f"transformer.h.{i}.{name}"
+        for i in range(2)
+        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
+    assert sorted(best.model) == sorted(f"{m}.lora_{ab}.default.weight" for m in modules for ab in "AB")
+    assert best.extra is not None
+    assert best.extra["base_model"] == str(base_dir)
+    assert best.extra["peft"]["target_modules"] == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
+
+    adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["fan_in_fan_out"] is True  # GPT-2's Conv1D layers
+    assert adapter_config["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    adapted = adapted_hf(base_dir, tmp_path / "run" / "adapter")
+    merged_dir = tmp_path / "run" / "merged"
     from transformers import GPT2LMHeadModel
 
-    base = GPT2LMHeadModel.from_pretrained(base_dir)
-    with lora.peft_compat():
-        adapted = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
-    merged_dir = tmp_path / "run" / "merged"
     merged: Any = GPT2LMHeadModel.from_pretrained(merged_dir)
     merged.eval()
     ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
+    imported = hf.import_hf(merged_dir)
+    ours = GPT(imported.config).eval()
+    ours.load_state_dict(imported.state_dict)
     with torch.no_grad():
         adapted_logits = adapted(input_ids=ids).logits
-        merged_logits = merged(input_ids=ids).logits
-        untouched: Any = GPT2LMHeadModel.from_pretrained(base_dir)
-        base_logits = untouched(input_ids=ids).logits
-    assert (adapted_logits - merged_logits).abs().max().item() <= 1e-4
-    assert (adapted_logits - base_logits).abs().max().item() > 1e-2  # the adapter changed the model
-
-    ours = GPT(hf.import_hf(merged_dir).config)
-    ours.load_state_dict(hf.import_hf(merged_dir).state_dict)
-    with torch.no_grad():
-        assert (ours.eval()(ids).logits - merged_logits).abs().max().item() <= 1e-4
+        assert (adapted_logits - merged(input_ids=ids).logits).abs().max().item() <= 1e-4
+        assert (adapted_logits - base_model(ids).logits).abs().max().item() > 1e-2  # the adapter changed the model
+        assert (ours(ids).logits - adapted_logits).abs().max().item() <= 1e-4
 
     samples = run_sampling(cfg.sample)
     assert len(samples) == 1
@@ -113,16 +104,71 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("targets", "message"),
+    ("targets", "ours"),
     [
-        (["lm_head"], r"lm_head shares its weight with the token embedding \(tied\)"),
-        (["c_attn", "q_proj"], r"no module named q_proj in the base model"),
+        (["c_attn", "c_proj", "c_fc"], ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")),
+        (["q_proj", "v_proj", "k_proj", "o_proj"], ("c_attn", "attn.c_proj")),
+        (["down_proj", "up_proj", "gate_proj", "lm_head"], ("c_fc", "mlp.c_proj", "lm_head")),
+        (["mlp.c_proj", "c_attn"], ("c_attn", "mlp.c_proj")),
     ],
 )
-def test_adapter_targets_are_checked_against_the_base(tmp_path: Path, targets: list[str], message: str) -> None:
-    base_model, _, meta = char_model(steps=1)
-    base_dir = tmp_path / "base"
-    hf.export_hf(base_model.state_dict(), base_model.config, meta, base_dir)
-    base = lora.load_base(HFModelConfig(model_name_or_path=str(base_dir)))
-    with pytest.raises(ConfigError, match=message):
-        lora.with_adapter(base, PeftConfig(target_modules=tuple(targets)))
+def test_target_modules_are_our_modules_once_loaded(targets: list[str], ours: tuple[str, ...]) -> None:
+    assert PeftConfig(target_modules=tuple(targets)).target_modules == ours
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (
+            ["q_proj"],
+            "train.peft.target_modules: q_proj without k_proj + v_proj: our c_attn fuses q_proj | k_proj | "
+            "v_proj into one layer, so name all of them (or c_attn)",
+        ),
+        (
+            ["c_attn", "gate_proj"],
+            "train.peft.target_modules: gate_proj without up_proj: our c_fc fuses gate_proj | up_proj into one "
+            "layer, so name all of them (or c_fc)",
+        ),
+        (["c_attn", "wte"], "train.peft.target_modules: unknown module 'wte'; targets are c_attn, attn.c_proj"),
+    ],
+)
+def test_target_modules_that_are_not_whole_layers_are_one_line(targets: list[str], message: str) -> None:
+    raw = {"train": lora_train_table(Path("ds"), Path("base"), Path("out"), max_iters=1)}
+    raw["train"]["peft"]["target_modules"] = targets
+    with pytest.raises(ConfigError) as error:
+        parse_experiment_config(raw, Path("cfg.toml"))
+    assert str(error.value).startswith(f"cfg.toml: {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_a_tied_head_is_no_target() -> None:
+    model, _, _ = char_model(steps=1)
+    with pytest.raises(ConfigError, match=r"lm_head shares its weight with the token embedding \(tied\)"):
+        lora.inject(model, PeftConfig(target_modules=("lm_head",)))
+
+
+def test_an_old_hf_model_table_says_what_replaced_it() -> None:
+    table = lora_train_table(Path("ds"), Path("base"), Path("out"), max_iters=1)
+    del table["model"]
+    table["hf_model"] = {"model_name_or_path": "base", "merge_on_save": True}
+    with pytest.raises(ConfigError) as error:
+        parse_experiment_config({"train": table}, Path("cfg.toml"))
+    assert str(error.value) == (
+        "cfg.toml: train.hf_model: [train.hf_model] is gone: name the LoRA base in [train.model] init_from "
+        "(model_name_or_path's value) and move merge_on_save to [train.peft]"
+    )
+
+
+def test_a_base_of_another_architecture_is_one_line(tmp_path: Path) -> None:
+    base_model, tokenizer, meta = char_model(steps=1)
+    base_dir = write_base(base_model, meta, tmp_path / "base")
+    config = json.loads((base_dir / "config.json").read_text())
+    (base_dir / "config.json").write_text(json.dumps(config | {"model_type": "mistral"}))
+    write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
+    cfg = train_config(lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=1))
+    with pytest.raises(ExportError) as error:
+        lora.run_finetune(cfg)
+    assert str(error.value) == (
+        f"train.model.init_from = {str(base_dir)!r}: {base_dir / 'config.json'}: model_type: expected one of "
+        "'gpt2', 'llama', 'qwen3', got 'mistral'"
+    )

@@ -1,6 +1,7 @@
-"""LoRA on a Llama-style export (LlamaForCausalLM: GQA, untied head) through the shared trainer:
-the loss falls, and merged/ (a native checkpoint and a Hugging Face directory) equals PEFT's
-base + adapter."""
+"""LoRA on a Llama-style and a Qwen3-style export (GQA, untied head) through the shared trainer:
+the loss falls, the adapter in PEFT format (fused q|k|v and gate|up adapters split into the base's
+projections) loaded by PEFT into the Hugging Face base computes what merged/ (a native checkpoint
+and a Hugging Face directory) computes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ml_playground.model import GPT
 from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model, llama
-from tests.support.tiny_lora import LLAMA_TARGETS, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import LLAMA_TARGETS, adapted_hf, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,17 @@ def one_thread() -> Generator[None]:
         yield
 
 
-def test_lora_on_a_llama_export_lowers_loss_and_merges(tmp_path: Path) -> None:
-    base_model, tokenizer, meta = char_model(steps=20, **llama(n_kv_head=2, tie_embeddings=False))
+@pytest.mark.parametrize(
+    ("options", "hf_class", "head"),
+    [
+        pytest.param({}, "LlamaForCausalLM", [], id="llama"),
+        pytest.param({"qk_norm": True}, "Qwen3ForCausalLM", ["lm_head"], id="qwen3-and-head"),
+    ],
+)
+def test_lora_on_a_llama_export_lowers_loss_and_merges(
+    tmp_path: Path, options: dict[str, Any], hf_class: str, head: list[str]
+) -> None:
+    base_model, tokenizer, meta = char_model(steps=20, **llama(n_kv_head=2, tie_embeddings=False, **options))
     base_dir = write_base(base_model, meta, tmp_path / "base")
     write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
     val_ids = torch.tensor([tokenizer.encode(FINETUNE_TEXT)[-33:]])
@@ -47,26 +57,23 @@ def test_lora_on_a_llama_export_lowers_loss_and_merges(tmp_path: Path) -> None:
         base_loss = base_model(val_ids[:, :-1], val_ids[:, 1:]).loss
     assert base_loss is not None
     table = lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=30)
-    table["peft"] = {**table["peft"], "target_modules": list(LLAMA_TARGETS)}
+    table["peft"] = {**table["peft"], "target_modules": [*LLAMA_TARGETS, *head]}
     table["data"] = {**table["data"], "batch_size": 8, "block_size": 32}
     result = lora.run_finetune(train_config(table))
     assert result.best_val_loss < float(base_loss) - 0.1
     adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["fan_in_fan_out"] is False  # nn.Linear layers
-    assert sorted(adapter_config["target_modules"]) == sorted(LLAMA_TARGETS)
+    projections = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    projections += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert adapter_config["target_modules"] == sorted(projections + head)
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    with lora.peft_compat():
-        adapted: Any = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(base_dir), str(tmp_path / "run" / "adapter")
-        )
-    adapted.eval()
+    adapted = adapted_hf(base_dir, tmp_path / "run" / "adapter")
     merged_dir = tmp_path / "run" / "merged"
     merged_hf: Any = AutoModelForCausalLM.from_pretrained(merged_dir)
     merged_hf.eval()
-    assert isinstance(merged_hf, LlamaForCausalLM)
+    assert type(merged_hf).__name__ == hf_class
     checkpoint = load_checkpoint(merged_dir / "ckpt_best.pt")
     assert checkpoint.arch == replace(base_model.config, real_vocab_size=None)
     ours = GPT(checkpoint.arch).eval()

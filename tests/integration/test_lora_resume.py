@@ -175,17 +175,17 @@ def _resume_in(root: Path, out: Path, checkpoint: Path, **peft: Any) -> Checkpoi
     [
         pytest.param(
             {"r": 8},
-            "shape(s) differ, e.g. base_model.model.transformer.h.0.attn.c_attn.lora_A.weight (4, 32) vs (8, 32)",
+            "shape(s) differ, e.g. transformer.h.0.attn.c_attn.lora_A.default.weight (4, 32) vs (8, 32)",
             id="other-rank",
         ),
         pytest.param(
             {"target_modules": ["c_attn"]},
-            "unexpected tensor(s), e.g. base_model.model.transformer.h.0.attn.c_proj",
+            "unexpected tensor(s), e.g. transformer.h.0.attn.c_proj.lora_A.default.weight",
             id="fewer-modules",
         ),
         pytest.param(
             {"target_modules": ["c_attn", "c_proj", "c_fc"]},
-            "tensor(s) missing, e.g. base_model.model.transformer.h.0.mlp.c_fc",
+            "tensor(s) missing, e.g. transformer.h.0.mlp.c_fc.lora_A.default.weight",
             id="more-modules",
         ),
     ],

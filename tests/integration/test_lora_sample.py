@@ -26,7 +26,7 @@ from ml_playground.config import ExperimentConfig, SampleConfig
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, ConfigError, DeviceError
-from ml_playground.finetune.lora import LoRATarget, lora_target, peft_compat, run_finetune
+from ml_playground.finetune.lora import LoRATarget, lora_target, run_finetune
 from ml_playground.interop.export import run_export
 from ml_playground.model import GPT
 from ml_playground.runtime import resolve_runtime, torch_threads
@@ -36,7 +36,7 @@ from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo
 from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -89,12 +89,7 @@ def sample(run: LoRARun, **settings: Any) -> str:
 
 def adapted(run: LoRARun) -> Any:
     """Base + best adapter in PEFT: what the merged model must be."""
-    from peft import PeftModel
-    from transformers import GPT2LMHeadModel
-
-    base = GPT2LMHeadModel.from_pretrained(run.base_dir)
-    with peft_compat():
-        return PeftModel.from_pretrained(base, str(run.out_dir / "adapter")).eval()
+    return adapted_hf(run.base_dir, run.out_dir / "adapter")
 
 
 def reference_greedy(model: Any, ids: list[int], new_tokens: int, *, keep: int = BLOCK_SIZE) -> list[int]:
@@ -190,6 +185,20 @@ def test_merge_reads_the_best_adapter_and_leaves_the_model_alone(lora_run: LoRAR
     assert all(torch.equal(value, expected.model[key]) for key, value in merged.model.items())
 
 
+def test_the_sampler_draws_from_the_live_adapter_as_from_the_merged_model(lora_run: LoRARun, tmp_path: Path) -> None:
+    """Our GPT with its LoRA layers (no merge) in the one sampler: the merged model's text."""
+    target = fresh_target(lora_run, tmp_path)
+    target.load_model_state(load_checkpoint(lora_run.out_dir / "ckpt_best.pt").model)
+    live = target.model.eval()
+    settings = {"temperature": 0, "max_new_tokens": 60}
+    with torch_threads(1):
+        (text,) = run_sampling(
+            sample_config(tmp_path / "live", **settings), load=lambda _: (live, lora_run.tokenizer, "live adapter")
+        )
+    assert text == sample(lora_run, **settings)
+    assert any(name.endswith("lora_B.default.weight") for name, _ in live.named_parameters())  # not merged
+
+
 def test_no_best_checkpoint_merges_nothing_and_says_so(
     lora_run: LoRARun, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,7 +290,7 @@ def test_adapter_only_run_folder_is_refused_naming_merged(lora_run: LoRARun) -> 
     out = lora_run.out_dir
     expected = (
         f"{out / 'ckpt_best.pt'}: holds a LoRA adapter, not a whole model; sample or export its merged model in "
-        f"{out / 'merged'} (written when train.hf_model.merge_on_save is true)"
+        f"{out / 'merged'} (written when train.peft.merge_on_save is true)"
     )
     with pytest.raises(CheckpointError) as sampling:
         run_sampling(sample_config(out))

@@ -68,9 +68,8 @@ OUTPUT_PATHS: tuple[Key, ...] = (
 SOURCE: Key = ("prepare", "source")
 FALLBACK_SOURCE: Key = ("prepare", "fallback_source")
 INPUTS: frozenset[Key] = frozenset({SOURCE, FALLBACK_SOURCE})
-# Pretrained models a run starts from: the LoRA base, init_from of training and of sampling.
+# Pretrained models a run starts from: init_from of training (the LoRA base too) and of sampling.
 BASE_MODELS: tuple[Key, ...] = (
-    ("train", "hf_model", "model_name_or_path"),
     ("train", "model", "init_from"),
     ("sample", "runtime", "init_from"),
 )

@@ -3,6 +3,9 @@ vocabulary, and the [train] table (as parsed TOML) of a LoRA run on them."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,25 @@ from ml_playground.tokenizers import CharTokenizer
 
 # Every linear layer of a Hugging Face Llama / Qwen3 block.
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@contextlib.contextmanager
+def peft_compat() -> Generator[None]:
+    """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a
+    transformers model; that FutureWarning is theirs to fix, so it is ignored around those calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def adapted_hf(base_dir: Path, adapter_dir: Path) -> Any:
+    """The Hugging Face base with a PEFT-format adapter (PeftModel.from_pretrained), in eval mode."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with peft_compat():
+        adapted: Any = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter_dir))
+    return adapted.eval()
 
 
 def write_base(model: GPT, meta: DatasetMeta, folder: Path) -> Path:
@@ -38,7 +60,7 @@ def write_finetune_dataset(
 
 
 def lora_train_table(dataset_dir: Path, base_dir: Path, out_dir: Path, *, max_iters: int) -> dict[str, Any]:
-    """A [train] table for LoRA (r 4) on the base, evaluated every 10 steps; tests override keys."""
+    """A [train] table for LoRA (r 4) on the base (`init_from`), evaluated every 10 steps; tests override keys."""
     return {
         "data": {"dataset_dir": str(dataset_dir), "batch_size": 4, "block_size": 16, "grad_accum_steps": 1},
         "optim": {"learning_rate": 1e-2, "grad_clip": 1.0},
@@ -52,6 +74,6 @@ def lora_train_table(dataset_dir: Path, base_dir: Path, out_dir: Path, *, max_it
             "seed": 7,
             "peak_flops": 1e12,
         },
-        "hf_model": {"model_name_or_path": str(base_dir)},
+        "model": {"init_from": str(base_dir)},
         "peft": {"r": 4, "lora_alpha": 8},
     }
