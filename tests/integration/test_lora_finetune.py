@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -172,3 +172,34 @@ def test_a_base_of_another_architecture_is_one_line(tmp_path: Path) -> None:
         f"train.model.init_from = {str(base_dir)!r}: {base_dir / 'config.json'}: model_type: expected one of "
         "'gpt2', 'llama', 'qwen3', got 'mistral'"
     )
+
+
+def test_peft_without_a_base_is_one_line() -> None:
+    table = lora_train_table(Path("ds"), Path("base"), Path("out"), max_iters=1)
+    del table["model"]
+    with pytest.raises(ConfigError) as error:
+        parse_experiment_config({"train": table}, Path("cfg.toml"))
+    assert str(error.value) == (
+        "cfg.toml: train: peft: LoRA needs a base: set train.model.init_from (a Hugging Face model or a checkpoint)"
+    )
+
+
+@pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
+def test_merged_state_dict_computes_what_the_live_adapter_computes(bias: Literal["none", "all", "lora_only"]) -> None:
+    """Every trained parameter (A, B and, with `bias`, biases) set away from its start, then merged
+    into a plain GPT: the same logits as the GPT with its LoRA layers."""
+    model, tokenizer, _ = char_model(steps=1)
+    ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
+    with torch.no_grad():
+        base = model.eval()(ids).logits
+    lora.inject(model, PeftConfig(bias=bias, target_modules=("c_attn", "c_proj", "c_fc")))
+    trained = lora.adapter_state(model)
+    assert any(".bias" in name for name in trained) == (bias != "none")
+    torch.manual_seed(1)
+    lora.load_adapter_state(model, {name: torch.randn_like(t) * 0.1 for name, t in trained.items()})
+    merged = GPT(model.config).eval()
+    merged.load_state_dict(lora.merged_state_dict(model, lora.adapter_state(model)))
+    with torch.no_grad():
+        live = model.eval()(ids).logits
+        assert (merged(ids).logits - live).abs().max().item() <= 1e-4
+        assert (live - base).abs().max().item() > 1e-2
