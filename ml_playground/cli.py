@@ -13,9 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml_playground import registry
-from ml_playground.config import ExperimentConfig
+from ml_playground.config import ExperimentConfig, TrainConfig
 from ml_playground.config_loader import (
     load_experiment_config,
     require_export,
@@ -24,6 +25,9 @@ from ml_playground.config_loader import (
     require_train,
 )
 from ml_playground.errors import MLPlaygroundError
+
+if TYPE_CHECKING:
+    from ml_playground.train.modes import Mode
 
 log = logging.getLogger("ml_playground")
 
@@ -49,18 +53,25 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
     train_cfg = require_train(cfg, path)
-    if train_cfg.peft is not None:
-        from ml_playground.finetune.lora import run_finetune
+    from ml_playground.train.loop import train
 
-        run_finetune(train_cfg)
-    elif train_cfg.model.init_from != "scratch":
-        from ml_playground.finetune.pretrained import run_pretrained
+    train(train_cfg, training_mode(train_cfg))
 
-        run_pretrained(train_cfg)
-    else:
-        from ml_playground.train.run import run_training
 
-        run_training(train_cfg)
+def training_mode(cfg: TrainConfig) -> Mode:
+    """[train.peft]: LoRA on the init_from base; init_from alone: every weight of the source; else
+    [train.model] from scratch."""
+    if cfg.peft is not None:
+        from ml_playground.finetune.lora import LoRA
+
+        return LoRA(cfg)
+    if cfg.model.init_from != "scratch":
+        from ml_playground.finetune.pretrained import Pretrained
+
+        return Pretrained()
+    from ml_playground.train.modes import Mode
+
+    return Mode()
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

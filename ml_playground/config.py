@@ -333,6 +333,8 @@ class TrainConfig:
             problems.append("peft: LoRA needs a base: set train.model.init_from (a Hugging Face model or a checkpoint)")
         if self.optim.optimizer == "muon" and self.peft is not None:
             problems.append('optim.optimizer: "muon" is for whole matrices; LoRA runs ([train.peft]) use "adamw"')
+        if self.peft is not None and self.runtime.parallel == "fsdp":
+            problems.append('runtime.parallel: "fsdp" is not supported for LoRA finetuning ([train.peft]); use "ddp"')
         if self.optim.optimizer == "muon" and self.runtime.parallel == "fsdp":
             problems.append('optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"')
         if problems:

@@ -38,7 +38,7 @@ from ml_playground.config_loader import load_experiment_config, require_train
 from ml_playground.data.meta import read_meta
 from ml_playground.data.prepare import prepare_corpus
 from ml_playground.train.distributed import grad_accum_steps_for
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from ml_playground.train.schedule import learning_rate
 
 CASE6_CHAR = "6 GPU step 6x384 B64 T256"
@@ -283,7 +283,7 @@ def case6_gpu_steps(ctx: BenchContext) -> list[Row]:
 def _our_run(cfg: TrainConfig) -> WholeRun:
     torch.compiler.reset()
     started = time.perf_counter()
-    result = run_training(cfg)
+    result = train(cfg)
     seconds = time.perf_counter() - started
     val = result.last_eval["val"] if result.last_eval is not None else float("nan")
     return WholeRun(seconds=seconds, iters=result.iter_num, final_val_loss=val, best_val_loss=result.best_val_loss)

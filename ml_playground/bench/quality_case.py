@@ -29,8 +29,8 @@ from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import alternate
 from ml_playground.config import TrainConfig
 from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.train.loop import train
 from ml_playground.train.metrics import TB_SUBDIR
-from ml_playground.train.run import run_training
 
 CASE = "3 time to val 1.88"
 QUALITY_THRESHOLD = 1.88
@@ -84,7 +84,7 @@ def timed_training(cfg: TrainConfig) -> TimedRun:
     """`run_training` from an empty out_dir; the curve is read back from the run's TensorBoard events."""
     shutil.rmtree(cfg.runtime.out_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
     started = time.time()
-    run_training(cfg)
+    train(cfg)
     total = time.time() - started
     curve = tuple(
         EvalPoint(seconds=t - started, iter=step, val_loss=loss) for t, step, loss in _val_curve(cfg.runtime.out_dir)

@@ -1,7 +1,7 @@
 """The benchmark's training runs, all through the run entry point that `make train` uses.
 
 A case builds one `TrainConfig` (`train_config`, or the shipped TOML's in case 3) and derives its
-variants with `dataclasses.replace`. `timed_steps` calls `run(cfg, gpt_target, on_step=...)`: the
+variants with `dataclasses.replace`. `timed_steps` calls `train(cfg, on_step=...)`: the
 callback syncs the device and stamps the end of every step, so a step's time is one whole
 iteration of the trainer's loop (learning rate, micro-steps, clipping, optimizer, logging on log
 steps). Set-up, the evaluations before the first and after the last step and the checkpoints
@@ -32,9 +32,10 @@ from ml_playground.config import (
     TrainConfig,
     TrainRuntimeConfig,
 )
-from ml_playground.train.metrics import TB_SUBDIR, read_scalars
-from ml_playground.train.run import RunContext, gpt_target, run
-from ml_playground.train.targets import TrainingTarget
+from ml_playground.model import GPT
+from ml_playground.train.loop import train
+from ml_playground.train.metrics import TB_SUBDIR, flops_per_token, read_scalars
+from ml_playground.train.modes import Mode, Start
 
 LOG_INTERVAL = 5  # windows short enough that several fit in the timed steps
 
@@ -131,10 +132,11 @@ def timed_steps(
     losses: list[Tensor] = []
     flops: list[float] = []
 
-    def build(run_ctx: RunContext) -> TrainingTarget:
-        target = gpt_target(run_ctx)
-        flops.append(target.flops_per_token(run_ctx.cfg.data.block_size))
-        return target
+    class Measured(Mode):
+        def build(self, start: Start) -> GPT:
+            model = super().build(start)
+            flops.append(flops_per_token(model, start.cfg.data.block_size))
+            return model
 
     def on_step(_iter_num: int, loss: Tensor) -> None:
         clock.stamp()
@@ -142,7 +144,7 @@ def timed_steps(
 
     warmup = -(-warmup // every) * every
     reps = -(-reps // every) * every
-    run(fresh_run(cfg, out_dir, steps=warmup + reps + 1), build, on_step=on_step)
+    train(fresh_run(cfg, out_dir, steps=warmup + reps + 1), Measured(), on_step=on_step)
     step_ms = read_scalars(out_dir / TB_SUBDIR).get("train/step_time_ms", [])
     return StepRun(
         timing=clock.steps(warmup),

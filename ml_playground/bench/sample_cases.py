@@ -32,7 +32,7 @@ from ml_playground.model import GPT
 from ml_playground.runtime import Runtime, resolve_runtime
 from ml_playground.sample import encode_prompt, load_model_for_inference, read_prompt, sampling_params
 from ml_playground.tokenizers import Tokenizer
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 
 # `make sample`'s defaults: nanoGPT's sample.py start ("\n"), temperature 0.8 and top_k 200.
 SETTINGS = SampleSettings()
@@ -76,7 +76,7 @@ def _sampler(ctx: BenchContext, shape: ModelShape, name: str) -> Sampler:
     """A zero-step `run_training` of `shape` (its checkpoint holds the seeded initial weights), loaded back."""
     cfg = train_config(ctx, shape, batch_size=1)
     out_dir = ctx.work_dir / name
-    run_training(fresh_run(cfg, out_dir, steps=0))
+    train(fresh_run(cfg, out_dir, steps=0))
     runtime = resolve_runtime(ctx.device_name, "float32")
     model, tokenizer, _path = load_model_for_inference(out_dir, runtime)
     ids = encode_prompt(tokenizer, read_prompt(SETTINGS.start))

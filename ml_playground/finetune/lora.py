@@ -1,12 +1,12 @@
-"""LoRA finetuning of our GPT as a mode of the one run path: `run_finetune(cfg)` is
-`train.run.run(cfg, lora_target)`.
+"""LoRA finetuning of our GPT as a mode of the one loop: `train.loop.train(cfg, LoRA(cfg))`.
 
 The base comes through the importer of `init_from` (a Hugging Face GPT-2, Llama or Qwen3 model,
 by directory or hub id, or a checkpoint of ours or nanoGPT's); PEFT injects LoRA layers into its
 linear modules (`[train.peft] target_modules`, our names), and only their weights train (with
-`bias`, biases too). The target is `GPTTarget` with what differs: the optimizer sees the adapter,
-a checkpoint holds the adapter (and, in `extra`, the base and the LoRA settings; a resume checks
-that they fit), and after every save a Hugging Face base also gets the adapter in PEFT format:
+`bias`, biases too). What differs from the loop's default mode: the optimizer sees the adapter
+(what has `requires_grad`), a checkpoint holds the adapter (and, in `extra`, the base and the LoRA
+settings; a resume checks that they fit), and after every save a Hugging Face base also gets the
+adapter in PEFT format:
 
   out_dir/adapter/       best adapter (adapter_config.json, adapter_model.safetensors)
   out_dir/adapter_last/  latest adapter
@@ -47,9 +47,7 @@ from ml_playground.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ml_playground.train.loop import TrainResult
-from ml_playground.train.run import RunContext, run
-from ml_playground.train.targets import GPTTarget, Parallel
+from ml_playground.train.modes import Mode, Start
 
 log = logging.getLogger(__name__)
 
@@ -140,76 +138,75 @@ def merged_state_dict(model: GPT, adapter: dict[str, Tensor]) -> dict[str, Tenso
     return {name: t.detach().to("cpu", torch.float32) for name, t in merged.state_dict().items()}
 
 
-def refuse_fsdp(parallel: Parallel) -> None:
-    if parallel == "fsdp":
-        raise ConfigError("train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'")
+class LoRA(Mode):
+    """The `init_from` base with LoRA layers on [train.peft] target_modules; the adapter trains and
+    is what a checkpoint holds (the loop compiles and wraps the GPT as in every mode)."""
 
-
-class LoRATarget(GPTTarget):
-    """Our GPT with LoRA layers as the loop's target: GPTTarget (compile, DDP) with the adapter as
-    what trains and what a checkpoint holds."""
-
-    def __init__(
-        self,
-        model: GPT,
-        peft: PeftConfig,
-        base_name: str,
-        *,
-        hf_base: bool,
-        compile: bool = False,
-        parallel: Parallel = "none",
-        merge_meta: DatasetMeta | None = None,
-    ):
-        refuse_fsdp(parallel)
-        super().__init__(model, compile=compile, parallel=parallel)
-        self.peft = peft
-        self.base_name = base_name
+    def __init__(self, cfg: TrainConfig):
+        if cfg.peft is None:
+            raise ConfigError("train.peft: required for LoRA finetuning")
+        self.peft = cfg.peft
+        self.base_name = cfg.model.init_from
         # A Hugging Face base: the adapter is also written in PEFT format, the merged model as HF.
-        self.hf_base = hf_base
-        # With merge_on_save, the tokenizer the merged checkpoint carries; None: no merge at the end.
-        self.merge_meta = merge_meta
+        self.hf_base = False
+        self.model: GPT | None = None  # the GPT `build` made (the run's, with its live adapter)
+        self.meta: DatasetMeta | None = None  # its dataset's tokenizer, which the merged checkpoint carries
 
-    def hidden_matrices(self) -> list[nn.Parameter]:
-        return []  # LoRA runs train with AdamW only (config validation refuses "muon")
+    def build(self, start: Start) -> GPT:
+        source = load_source(self.base_name, "train.model.init_from")
+        model = source_model(start.cfg, start.meta, source)
+        inject(model, self.peft)
+        self.hf_base = source.tokenizer_file is not None  # a Hugging Face directory (or hub id) brings one
+        self.model, self.meta = model, start.meta
+        if start.checkpoint is not None:
+            check_resumable(start.checkpoint, start.cfg.runtime.out_dir / LAST_NAME, adapter_state(model))
+        if self.hf_base and self.peft.bias != "none":
+            log.info(
+                "train.peft.bias = %r: no PEFT-format adapter is written (merge_on_save keeps the biases)",
+                self.peft.bias,
+            )
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("LoRA on %s: %d trainable parameters", self.base_name, trainable)
+        return model
 
-    def model_state(self) -> dict[str, Tensor]:
-        return adapter_state(self.model)
-
-    def load_model_state(self, state: dict[str, Tensor]) -> None:
-        """Adapter weights of the same LoRA settings (DDP shares the parameters, so every rank loads)."""
-        mismatch = adapter_mismatch(state, self.model_state())
-        if mismatch:
-            raise CheckpointError(f"checkpoint adapter does not fit train.peft: {mismatch}")
-        load_adapter_state(self.model, state)
+    def saved_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adapter (what trains) of the model's full state dict."""
+        trained = {name for name, p in self._model().named_parameters() if p.requires_grad}
+        return {name: tensor for name, tensor in state.items() if name in trained}
 
     def extra_state(self) -> dict[str, Any] | None:
         peft = TypeAdapter(PeftConfig).dump_python(self.peft, mode="json")
         return {"kind": ADAPTER_KIND, "base_model": self.base_name, "peft": peft}
 
-    def on_checkpoint(self, out_dir: Path, best: bool) -> None:
+    def after_save(self, model: GPT, out_dir: Path, best: bool) -> None:
         """A Hugging Face base: the adapter in PEFT format (trained biases have no place there)."""
         if not self.hf_base or self.peft.bias != "none":
             return
-        pairs, config = lora_pairs(self.model), self.model.config
-        write_peft_adapter(out_dir / ADAPTER_LAST_DIR, pairs, config, self.peft, self.base_name)
+        pairs = lora_pairs(model)
+        write_peft_adapter(out_dir / ADAPTER_LAST_DIR, pairs, model.config, self.peft, self.base_name)
         if best:
-            write_peft_adapter(out_dir / ADAPTER_DIR, pairs, config, self.peft, self.base_name)
+            write_peft_adapter(out_dir / ADAPTER_DIR, pairs, model.config, self.peft, self.base_name)
 
-    def on_finish(self, out_dir: Path) -> None:
-        """With merge_on_save: the best adapter merged into the base -> out_dir/merged/."""
-        if self.merge_meta is None:
+    def finish(self, model: GPT, out_dir: Path) -> None:
+        """With merge_on_save: ckpt_best.pt's adapter merged into the base -> out_dir/merged/."""
+        if not self.peft.merge_on_save or self.meta is None:
             return
         best_path = out_dir / BEST_NAME
         if not best_path.is_file():
             log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
             return
         best = load_checkpoint(best_path)
-        mismatch = adapter_mismatch(best.model, self.model_state())
+        mismatch = adapter_mismatch(best.model, adapter_state(model))
         if mismatch:
             raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
         folder = out_dir / MERGED_DIR
-        save_merged(self.model, self.merge_meta, folder, source=best, hf=self.hf_base)
+        save_merged(model, self.meta, folder, source=best, hf=self.hf_base)
         log.info("merged model -> %s", folder)
+
+    def _model(self) -> GPT:
+        if self.model is None:
+            raise RuntimeError("LoRA.build has not run")
+        return self.model
 
 
 def save_merged(model: GPT, meta: DatasetMeta, folder: Path, *, source: Checkpoint, hf: bool) -> None:
@@ -232,51 +229,15 @@ def save_merged(model: GPT, meta: DatasetMeta, folder: Path, *, source: Checkpoi
         export_hf(state_dict, model.config, meta, folder)
 
 
-def check_resumable(checkpoint: Checkpoint, path: Path, target: LoRATarget) -> None:
+def check_resumable(checkpoint: Checkpoint, path: Path, adapter: dict[str, Tensor]) -> None:
     """The resume checkpoint must hold an adapter of the configured LoRA settings."""
     if not checkpoint.is_adapter:
         raise CheckpointError(
             f"{path}: holds a whole model, not a LoRA adapter; give the LoRA run its own train.runtime.out_dir"
         )
-    mismatch = adapter_mismatch(checkpoint.model, target.model_state())
+    mismatch = adapter_mismatch(checkpoint.model, adapter)
     if mismatch:
         raise CheckpointError(
             f"{path}: adapter does not fit train.peft ({mismatch}); resume with the settings it was "
             "written with, or use another train.runtime.out_dir"
         )
-
-
-def lora_target(ctx: RunContext) -> LoRATarget:
-    """The run's mode for [train.peft]: the init_from base with a fresh adapter on the run's device."""
-    cfg = ctx.cfg
-    if cfg.peft is None:
-        raise ConfigError("train.peft: required for LoRA finetuning")
-    refuse_fsdp(ctx.parallel)  # before every rank loads the base
-    init_from = cfg.model.init_from
-    source = load_source(init_from, "train.model.init_from")
-    model = source_model(cfg, ctx.meta, source)
-    inject(model, cfg.peft)
-    hf_base = source.tokenizer_file is not None  # a Hugging Face directory (or hub id) brings its tokenizer file
-    target = LoRATarget(
-        model.to(ctx.runtime.device),
-        cfg.peft,
-        init_from,
-        hf_base=hf_base,
-        compile=cfg.runtime.compile,
-        parallel=ctx.parallel,
-        merge_meta=ctx.meta if cfg.peft.merge_on_save else None,
-    )
-    if ctx.checkpoint is not None:
-        check_resumable(ctx.checkpoint, cfg.runtime.out_dir / LAST_NAME, target)
-    if hf_base and cfg.peft.bias != "none":
-        log.info(
-            "train.peft.bias = %r: no PEFT-format adapter is written (merge_on_save keeps the biases)", cfg.peft.bias
-        )
-    trainable = sum(p.numel() for p in target.trainable_parameters())
-    log.info("LoRA on %s: %d trainable parameters", init_from, trainable)
-    return target
-
-
-def run_finetune(cfg: TrainConfig) -> TrainResult:
-    """`make train` with [train.model] init_from + [train.peft]; auto-resumes from ckpt_last.pt."""
-    return run(cfg, lora_target)

@@ -4,7 +4,7 @@ checkpoint file, read into our format with the source's tokenizer.
 A model id is downloaded only here, when a config names one: `hub_download` fetches the config,
 safetensors weights and tokenizer files (nothing else) through huggingface_hub's cache, and
 refuses with one line when the hub cannot be reached. A local path always wins over a model id of
-the same name. Training (`finetune/pretrained.py`) finetunes every weight of a source; sampling
+the same name. Training (`train/modes.py`) finetunes every weight of a source; sampling
 (`sample_source`) draws from it as it is.
 """
 

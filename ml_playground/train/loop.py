@@ -1,9 +1,10 @@
-"""The training loop shared by every run mode: fit, train_step, evaluate, maybe_save, resume.
+"""The training loop of every mode: `train(cfg, mode)` reads top to bottom like nanoGPT's train.py.
 
-One loop: warmup+cosine LR, gradient accumulation, clipping, eval every `eval_interval` steps,
-`ckpt_last.pt` at every eval, `ckpt_best.pt` when val loss improves (or always with
-`always_save_checkpoint`), exact resume from a checkpoint. What it trains is a `TrainingTarget`
-(targets.py); run.py sets a run up and calls `fit`.
+Set up (torchrun environment, process group, out_dir lock, stop signals, dataset, resume
+checkpoint, the mode's GPT, DDP/FSDP/compile, optimizer, batches), then one iteration per
+optimizer step: learning rate, micro-steps, clip, step, log, and at evaluation steps evaluate
+and save. `ckpt_last.pt` is written at every evaluation, `ckpt_best.pt` when val loss improves
+(or always with `always_save_checkpoint`). What the modes differ in is modes.py.
 
 Exact resume: a checkpoint is taken right after an evaluation, before the step with the same
 number; it holds model, optimizer, scaler, every RNG state and the batch source's position.
@@ -14,10 +15,9 @@ The batch prefetched during the last step is not part of the saved position: it 
 Throughput is logged per window between log steps (metrics.ThroughputClock): the device is
 synchronised at both ends, and evaluations and saves are paused out.
 
-Under torchrun (see distributed.py) the same loop runs on every rank: the target syncs gradients
-on the last micro-step only, each rank draws its own data, losses are averaged over ranks, rank 0
-alone logs and writes the checkpoint (holding every rank's RNG and data position) while the
-others wait for it.
+Under torchrun (distributed.py) every rank runs this loop: gradients sync on the last micro-step
+only, each rank draws its own data, losses are averaged over ranks, rank 0 alone logs and writes
+the checkpoint (holding every rank's RNG and data position) while the others wait for it.
 
 Faults (faults.py): a non-finite loss or gradient norm is recorded on the device and read at the
 next log or evaluation step, and before any save, so the run stops before a checkpoint could hold
@@ -27,10 +27,13 @@ torchrun the ranks agree at the next log or evaluation step, so all stop at the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import signal
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,32 +41,54 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSource
+from ml_playground.data.checks import check_dataset
+from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, TrainingStoppedError
-from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, rng_state, set_rng_state
-from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, copy_checkpoint, save_checkpoint
+from ml_playground.model import GPT
+from ml_playground.runtime import (
+    Runtime,
+    keep_freed_memory_for_reuse,
+    resolve_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from ml_playground.train.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    Checkpoint,
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ml_playground.train.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_mean,
     all_reduce_min,
     barrier,
+    dist_info_from_env,
     grad_accum_steps_for,
+    process_group,
+    translate_peer_failures,
 )
-from ml_playground.train.faults import NonFiniteGuard, StopRequest
+from ml_playground.train.faults import NonFiniteGuard, StopRequest, stop_signals
+from ml_playground.train.lock import out_dir_lock
 from ml_playground.train.metrics import (
     MetricsSink,
     StepStats,
     ThroughputClock,
     check_cpu_bfloat16,
+    flops_per_token,
     measure_peak_flops,
 )
-from ml_playground.train.optim import build_optimizer, set_learning_rate
+from ml_playground.train.modes import Mode, Start
+from ml_playground.train.optim import block_matrices, build_optimizer, set_learning_rate
+from ml_playground.train.parallel import Parallel
 from ml_playground.train.schedule import learning_rate
-from ml_playground.train.targets import TrainingTarget
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +112,140 @@ class TrainResult:
     last_eval: dict[str, float] | None
 
 
+def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback | None = None) -> TrainResult:
+    """`make train`: train the GPT `mode` builds (default: [train.model] from scratch or its
+    init_from source) on [train.data]; resumes exactly from out_dir's ckpt_last.pt when it exists.
+
+    Under torchrun every rank runs this. `on_step` is called after every optimizer step."""
+    mode = Mode() if mode is None else mode
+    dist = dist_info_from_env()
+    grad_accum_steps_for(cfg.data, dist.world_size)  # a global batch that does not divide fails first
+    runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype, dist.local_rank if dist.is_distributed else None)
+    if not dist.is_main:
+        logging.getLogger("ml_playground").setLevel(logging.WARNING)  # rank 0 tells the story
+    with run_guard(cfg, dist, runtime) as stop:
+        meta = read_meta(cfg.data.meta_path)
+        check_dataset(cfg.data, meta)
+        checkpoint = load_resume_checkpoint(cfg.runtime.out_dir)
+        # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
+        # rank 0's anyway), then a different dropout stream per rank.
+        seed_everything(cfg.runtime.seed)
+        model = mode.build(Start(cfg=cfg, meta=meta, checkpoint=checkpoint)).to(runtime.device)
+        log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
+        kind = cfg.runtime.parallel if dist.is_distributed else "none"
+        parallel = Parallel(model, kind=kind, compile=cfg.runtime.compile)
+        if dist.rank != 0:
+            seed_everything(cfg.runtime.seed + dist.rank)
+        batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
+        loop = build_loop(cfg, parallel, batches, runtime, dist=dist, mode=mode, dataset_meta=meta.to_dict(), stop=stop)
+        state = TrainState() if checkpoint is None else resume(loop, checkpoint)
+        log_run(loop)
+        if checkpoint is not None and state.iter_num >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
+            log.info("already at iter %d of max_iters %d: nothing to train", state.iter_num, cfg.runtime.max_iters)
+            return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=None)
+        if runtime.device_type == "cpu" and runtime.dtype == "bfloat16" and dist.is_main:
+            check_cpu_bfloat16(runtime.device)
+        # MFU counts the tokens of all ranks, so it is measured against the peak of all devices.
+        peak = (cfg.runtime.peak_flops or _measured_peak(runtime)) * dist.world_size
+        model_flops = flops_per_token(model, cfg.data.block_size)
+        if dist.is_main:
+            loop.sink = MetricsSink(cfg.runtime.out_dir, purge_step=state.iter_num if checkpoint is not None else None)
+        clock = ThroughputClock.for_device(runtime.device)  # paused until the first step
+        start, last_eval = state.iter_num, None
+        try:
+            while True:
+                # The eval at the resumed step already happened (and was saved) before the interruption.
+                evaluates = is_eval_step(cfg, state.iter_num) and (state.iter_num != start or checkpoint is None)
+                if evaluates or cfg.runtime.eval_only:
+                    clock.pause()  # evaluating and saving is not training throughput
+                    check_point(loop)  # never evaluate and save the weights of a non-finite step
+                    last_eval = evaluate(loop)
+                    if loop.sink is not None:
+                        loop.sink.log_eval(state.iter_num, last_eval)
+                    if cfg.runtime.eval_only:
+                        break
+                    maybe_save(loop, state, last_eval["val"])
+                if state.iter_num >= cfg.runtime.max_iters:
+                    break
+                signum = loop.agreed_stop if dist.is_distributed else (stop.signum or 0)
+                if signum:
+                    raise stopped(loop, state, signum, saved_now=evaluates)
+                lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
+                set_learning_rate(loop.optimizer, lr, cfg.optim)
+                clock.start()
+                loss, grad_norm = train_step(loop)
+                clock.count(loop.tokens_per_step)
+                loop.guard.record(state.iter_num, loss, grad_norm, lr)
+                if state.iter_num % cfg.runtime.log_interval == 0:
+                    window = clock.lap()  # syncs the device: the window holds the work of its steps
+                    check_point(loop)
+                    loss_value = all_reduce_mean(dist, loss).item()  # every rank joins the mean
+                    if loop.sink is not None:
+                        loop.sink.log_step(
+                            StepStats(
+                                iter_num=state.iter_num,
+                                loss=loss_value,
+                                lr=lr,
+                                window=window,
+                                flops_per_token=model_flops,
+                                peak_flops=peak,
+                            )
+                        )
+                if on_step is not None:
+                    on_step(state.iter_num, loss)
+                state.iter_num += 1
+        finally:
+            if loop.sink is not None:
+                loop.sink.close()
+        if dist.is_main:
+            mode.finish(model, cfg.runtime.out_dir)
+    return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=last_eval)
+
+
+@contextlib.contextmanager
+def run_guard(cfg: TrainConfig, dist: DistInfo, runtime: Runtime) -> Generator[StopRequest]:
+    """What holds for the whole run: the process group (opened and always closed; a dead peer
+    becomes one error line), one writer per out_dir (rank 0 holds its lock), and stop signals."""
+    out_dir = cfg.runtime.out_dir
+    with contextlib.ExitStack() as held:
+        held.enter_context(process_group(dist, runtime.device, cfg.runtime.dist_timeout_s))
+        held.enter_context(translate_peer_failures(dist, "training"))
+        if dist.is_main:
+            ensure_writable(out_dir)
+            held.enter_context(out_dir_lock(out_dir))
+        if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
+            log.debug("glibc malloc: large blocks come from the heap and freed memory is kept for reuse")
+        yield held.enter_context(stop_signals())
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Fail before any work when checkpoints could not be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-probe."):
+            pass
+    except OSError as exc:
+        raise CheckpointError(
+            f"train.runtime.out_dir: {out_dir} cannot be written ({exc.strerror or type(exc).__name__})"
+        ) from None
+
+
+def load_resume_checkpoint(out_dir: Path) -> Checkpoint | None:
+    path = out_dir / LAST_NAME
+    if not path.exists():
+        log.info("no %s in %s: starting a fresh run", LAST_NAME, out_dir)
+        return None
+    # A corrupt file raises here, before anything could overwrite it.
+    return load_checkpoint(path)
+
+
 @dataclass(slots=True, kw_only=True)
 class LoopContext:
-    """Everything the steps of one run share (the loop itself is `run_steps`)."""
+    """Everything the steps of one run share."""
 
     cfg: TrainConfig
-    target: TrainingTarget
+    parallel: Parallel
+    mode: Mode
     batches: BatchSource
     runtime: Runtime
     dist: DistInfo
@@ -107,6 +260,10 @@ class LoopContext:
     agreed_stop: int = 0
 
     @property
+    def model(self) -> GPT:
+        return self.parallel.model
+
+    @property
     def out_dir(self) -> Path:
         return self.cfg.runtime.out_dir
 
@@ -116,6 +273,61 @@ class LoopContext:
         return data.batch_size * data.block_size * self.grad_accum_steps * self.dist.world_size
 
 
+def build_loop(
+    cfg: TrainConfig,
+    parallel: Parallel,
+    batches: BatchSource,
+    runtime: Runtime,
+    *,
+    dist: DistInfo,
+    mode: Mode | None = None,
+    dataset_meta: dict[str, Any] | None,
+    stop: StopRequest | None = None,
+) -> LoopContext:
+    """Optimizer and grad scaler for the model's trainable parameters; the metrics sink is opened by
+    `train`. `stop` is set by signal handlers; without one the loop never stops early."""
+    model = parallel.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return LoopContext(
+        cfg=cfg,
+        parallel=parallel,
+        mode=Mode() if mode is None else mode,
+        batches=batches,
+        runtime=runtime,
+        dist=dist,
+        grad_accum_steps=grad_accum_steps_for(cfg.data, dist.world_size),
+        optimizer=build_optimizer(trainable, cfg.optim, runtime.device_type, hidden_matrices=block_matrices(model)),
+        scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
+        dataset_meta=dataset_meta,
+        sink=None,
+        guard=NonFiniteGuard(runtime.device),
+        stop=stop if stop is not None else StopRequest(),
+    )
+
+
+def log_run(loop: LoopContext) -> None:
+    cfg, dist = loop.cfg, loop.dist
+    log.info(
+        "training on %s (%s), %d rank(s)%s, global batch %d = batch_size %d x grad_accum_steps %d x %d rank(s), "
+        "%d tokens per step, out_dir %s (pid %d)",
+        loop.runtime.device,
+        loop.runtime.dtype,
+        dist.world_size,
+        f" ({loop.parallel.kind})" if dist.is_distributed else "",
+        cfg.data.batch_size * loop.grad_accum_steps * dist.world_size,
+        cfg.data.batch_size,
+        loop.grad_accum_steps,
+        dist.world_size,
+        loop.tokens_per_step,
+        cfg.runtime.out_dir,
+        os.getpid(),
+    )
+
+
+def is_eval_step(cfg: TrainConfig, iter_num: int) -> bool:
+    return iter_num % cfg.runtime.eval_interval == 0 or iter_num == cfg.runtime.max_iters
+
+
 def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
     """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (detached) and
     the gradient norm before clipping (None under a grad scaler, which skips non-finite steps itself)."""
@@ -123,9 +335,9 @@ def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
     total = torch.zeros((), device=loop.runtime.device)
     x, y = loop.batches.get_batch("train")  # prefetched during the previous step, if there was one
     for micro in range(accum):
-        with loop.target.grad_sync(micro == accum - 1):
+        with loop.parallel.grad_sync(micro == accum - 1):
             with loop.runtime.autocast():
-                loss = loop.target.loss(x, y) / accum
+                loss = loop.parallel.loss(x, y) / accum
             # The forward pass is queued on the device: read and copy the next micro-batch (after the
             # last one, the next step's first) while it runs, so the device never waits for data.
             loop.batches.prefetch("train")
@@ -134,17 +346,17 @@ def train_step(loop: LoopContext) -> tuple[Tensor, Tensor | None]:
         total += loss.detach().float()
         if micro < accum - 1:
             x, y = loop.batches.get_batch("train")
-    norm = _grad_norm(loop)
+    norm = clip_gradients(loop)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     loop.optimizer.zero_grad(set_to_none=True)
     return total, norm
 
 
-def _grad_norm(loop: LoopContext) -> Tensor | None:
+def clip_gradients(loop: LoopContext) -> Tensor | None:
     """Clip to grad_clip (when > 0) and return the total norm before clipping, on the device; None
     under a grad scaler, whose step skips inf/NaN gradients itself."""
-    params = loop.target.trainable_parameters()
+    params = [p for p in loop.model.parameters() if p.requires_grad]
     scaled = loop.scaler.is_enabled()
     if loop.cfg.optim.grad_clip > 0:
         loop.scaler.unscale_(loop.optimizer)
@@ -155,22 +367,26 @@ def _grad_norm(loop: LoopContext) -> Tensor | None:
         norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if scaled:
         return None
-    return norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: a sharded norm
+    if loop.parallel.kind == "fsdp":  # a sharded norm; imported here: DTensor's import costs every run ~0.5 s
+        from torch.distributed.tensor import DTensor
+
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    return norm
 
 
 @torch.no_grad()
 def evaluate(loop: LoopContext) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks."""
-    loop.target.set_training(False)
+    loop.model.train(False)
     losses: dict[str, float] = {}
     for split in ("train", "val"):
         values: list[float] = []
         for x, y in loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters):
             with loop.runtime.autocast():
-                values.append(loop.target.loss(x, y).item())
+                values.append(loop.parallel.loss(x, y).item())
         mean = torch.tensor(sum(values) / len(values), dtype=torch.float64, device=loop.runtime.device)
         losses[split] = all_reduce_mean(loop.dist, mean).item()
-    loop.target.set_training(True)
+    loop.model.train(True)
     return losses
 
 
@@ -184,9 +400,9 @@ def build_checkpoint(loop: LoopContext, state: TrainState) -> Checkpoint:
     )
     return Checkpoint(
         schema_version=1,
-        model=loop.target.model_state(),
-        arch=loop.target.architecture(),
-        optimizer=loop.target.optimizer_state(loop.optimizer),
+        model=loop.mode.saved_weights(loop.parallel.state_dict()),
+        arch=loop.model.config,
+        optimizer=loop.parallel.optimizer_state(loop.optimizer),
         scaler=loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
         iter_num=state.iter_num,
         best_val_loss=state.best_val_loss,
@@ -194,7 +410,7 @@ def build_checkpoint(loop: LoopContext, state: TrainState) -> Checkpoint:
         rng=rng_state(),
         data_state=loop.batches.state_dict(),
         dataset_meta=loop.dataset_meta,
-        extra=loop.target.extra_state(),
+        extra=loop.mode.extra_state(),
         rank_states=rank_states,
     )
 
@@ -206,16 +422,20 @@ def maybe_save(loop: LoopContext, state: TrainState, val_loss: float) -> None:
     improved = val_loss < state.best_val_loss
     if improved:
         state.best_val_loss = val_loss
+    save(loop, state, best=improved or loop.cfg.runtime.always_save_checkpoint)
+
+
+def save(loop: LoopContext, state: TrainState, *, best: bool) -> None:
+    """ckpt_last.pt (and ckpt_best.pt, the same bytes, when `best`); rank 0 writes, all ranks wait."""
     checkpoint = build_checkpoint(loop, state)
     if loop.dist.is_main:
         if loop.sink is not None:
             loop.sink.flush()  # events up to this checkpoint survive a kill
         save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
-        best = improved or loop.cfg.runtime.always_save_checkpoint
-        if best:  # the same bytes: linked (or copied), not serialized and written again
+        if best:  # linked (or copied), not serialized and written again
             copy_checkpoint(loop.out_dir / LAST_NAME, loop.out_dir / BEST_NAME)
         log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
-        loop.target.on_checkpoint(loop.out_dir, best)
+        loop.mode.after_save(loop.model, loop.out_dir, best)
     barrier(loop.dist)
 
 
@@ -225,13 +445,18 @@ def resume(loop: LoopContext, checkpoint: Checkpoint) -> TrainState:
     Each rank restores its own RNG and data position when the world size is the one the
     checkpoint was written with; with another world size only weights, optimizer and step
     resume (the data order changes, and a warning says so)."""
-    loop.target.load_model_state(checkpoint.model)
+    where = loop.out_dir / LAST_NAME
+    expected = loop.mode.saved_weights(loop.model.state_dict())
+    mismatch = weights_mismatch(checkpoint.model, expected)
+    if mismatch:
+        raise CheckpointError(f"{where}: weights do not fit this run's model: {mismatch}")
+    loop.parallel.load_state_dict(checkpoint.model)  # the names and shapes are checked: a subset may load
     if checkpoint.optimizer is None:
-        raise CheckpointError(f"{loop.out_dir / LAST_NAME}: has no optimizer state to resume from")
+        raise CheckpointError(f"{where}: has no optimizer state to resume from")
     try:
-        loop.target.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
+        loop.parallel.load_optimizer_state(loop.optimizer, checkpoint.optimizer)
     except CheckpointError as exc:
-        raise CheckpointError(f"{loop.out_dir / LAST_NAME}: {exc}") from None
+        raise CheckpointError(f"{where}: {exc}") from None
     if checkpoint.scaler is not None and loop.scaler.is_enabled():
         loop.scaler.load_state_dict(checkpoint.scaler)
     rng, data_state = _own_rank_state(loop, checkpoint)
@@ -239,13 +464,27 @@ def resume(loop: LoopContext, checkpoint: Checkpoint) -> TrainState:
         loop.batches.load_state_dict(data_state)
     if rng is not None:
         set_rng_state(rng)
-    log.info(
-        "resuming from %s at iter %d (best val loss %.4f)",
-        loop.out_dir / LAST_NAME,
-        checkpoint.iter_num,
-        checkpoint.best_val_loss,
-    )
+    log.info("resuming from %s at iter %d (best val loss %.4f)", where, checkpoint.iter_num, checkpoint.best_val_loss)
     return TrainState(iter_num=checkpoint.iter_num, best_val_loss=checkpoint.best_val_loss)
+
+
+def weights_mismatch(saved: dict[str, Tensor], expected: dict[str, Tensor]) -> str:
+    """How saved weights differ from the model's in names and shapes ("" when they fit)."""
+    problems: list[str] = []
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    shapes = [
+        f"{name} {tuple(saved[name].shape)} vs {tuple(expected[name].shape)} here"
+        for name in expected
+        if name in saved and saved[name].shape != expected[name].shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
+    return "; ".join(problems)
 
 
 def _own_rank_state(loop: LoopContext, checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -267,67 +506,6 @@ def _own_rank_state(loop: LoopContext, checkpoint: Checkpoint) -> tuple[dict[str
     return own.get("rng"), own.get("data_state")
 
 
-def _is_eval_step(cfg: TrainConfig, iter_num: int) -> bool:
-    return iter_num % cfg.runtime.eval_interval == 0 or iter_num == cfg.runtime.max_iters
-
-
-def build_loop(
-    cfg: TrainConfig,
-    target: TrainingTarget,
-    batches: BatchSource,
-    runtime: Runtime,
-    *,
-    dist: DistInfo,
-    dataset_meta: dict[str, Any] | None,
-    stop: StopRequest | None = None,
-) -> LoopContext:
-    """Optimizer and grad scaler for `target`; the metrics sink is opened by `fit`. `stop` is
-    set by signal handlers (run.py); without one the loop never stops early."""
-    return LoopContext(
-        cfg=cfg,
-        target=target,
-        batches=batches,
-        runtime=runtime,
-        dist=dist,
-        grad_accum_steps=grad_accum_steps_for(cfg.data, dist.world_size),
-        optimizer=build_optimizer(
-            target.trainable_parameters(), cfg.optim, runtime.device_type, hidden_matrices=target.hidden_matrices()
-        ),
-        scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
-        dataset_meta=dataset_meta,
-        sink=None,
-        guard=NonFiniteGuard(runtime.device),
-        stop=stop if stop is not None else StopRequest(),
-    )
-
-
-def fit(
-    cfg: TrainConfig,
-    target: TrainingTarget,
-    batches: BatchSource,
-    runtime: Runtime,
-    *,
-    dist: DistInfo,
-    dataset_meta: dict[str, Any] | None,
-    resume_from: Checkpoint | None,
-    stop: StopRequest | None = None,
-    on_step: StepCallback | None = None,
-) -> TrainResult:
-    """Train `target` from [train]; resumes exactly from `resume_from` when given."""
-    if runtime.device_type == "cpu" and keep_freed_memory_for_reuse():
-        log.debug("glibc malloc: large blocks come from the heap and freed memory is kept for reuse")
-    loop = build_loop(cfg, target, batches, runtime, dist=dist, dataset_meta=dataset_meta, stop=stop)
-    state = TrainState() if resume_from is None else resume(loop, resume_from)
-    start = state.iter_num
-    if dist.is_main:
-        loop.sink = MetricsSink(loop.out_dir, purge_step=start if resume_from is not None else None)
-    try:
-        return run_steps(loop, state, resumed=resume_from is not None, start=start, on_step=on_step)
-    finally:
-        if loop.sink is not None:
-            loop.sink.close()
-
-
 def _measured_peak(runtime: Runtime) -> float:
     peak = measure_peak_flops(runtime.device, runtime.torch_dtype)
     log.info("peak for MFU: %.1f GFLOP/s (%s matmul probe on %s)", peak / 1e9, runtime.dtype, runtime.device)
@@ -345,93 +523,14 @@ def check_point(loop: LoopContext) -> None:
     loop.agreed_stop = -signum
 
 
-def save_last(loop: LoopContext, state: TrainState) -> None:
-    """ckpt_last.pt at a step without evaluation (a stop); ckpt_best.pt stays as it is."""
-    check_point(loop)
-    checkpoint = build_checkpoint(loop, state)
-    if loop.dist.is_main:
-        if loop.sink is not None:
-            loop.sink.flush()
-        save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
-    barrier(loop.dist)
-
-
-def _stop_signal(loop: LoopContext) -> int:
-    """The signal to stop for now (0: go on): one process stops after the step a signal came
-    in; ranks stop where they agreed (check_point)."""
-    return loop.agreed_stop if loop.dist.is_distributed else (loop.stop.signum or 0)
-
-
-def _evaluate_and_save(loop: LoopContext, state: TrainState) -> dict[str, float]:
-    check_point(loop)  # never evaluate and save the weights of a non-finite step
-    losses = evaluate(loop)
-    if loop.sink is not None:
-        loop.sink.log_eval(state.iter_num, losses)
-    if not loop.cfg.runtime.eval_only:
-        maybe_save(loop, state, losses["val"])
-    return losses
-
-
-def _stopped(loop: LoopContext, state: TrainState, signum: int, saved_now: bool) -> TrainingStoppedError:
+def stopped(loop: LoopContext, state: TrainState, signum: int, saved_now: bool) -> TrainingStoppedError:
+    """ckpt_last.pt at the step a stop signal ended (unless this step's evaluation just saved it);
+    ckpt_best.pt stays as it is."""
     if not saved_now:
-        save_last(loop, state)
-    name = signal.Signals(signum).name
+        check_point(loop)
+        save(loop, state, best=False)
     return TrainingStoppedError(
-        f"{name} at iter {state.iter_num}: saved {loop.out_dir / LAST_NAME}; the same command resumes from there",
+        f"{signal.Signals(signum).name} at iter {state.iter_num}: saved {loop.out_dir / LAST_NAME}; "
+        "the same command resumes from there",
         signum,
     )
-
-
-def run_steps(
-    loop: LoopContext, state: TrainState, *, resumed: bool, start: int, on_step: StepCallback | None = None
-) -> TrainResult:
-    cfg = loop.cfg
-    if resumed and start >= cfg.runtime.max_iters and not cfg.runtime.eval_only:
-        log.info("already at iter %d of max_iters %d: nothing to train", start, cfg.runtime.max_iters)
-        return TrainResult(iter_num=start, best_val_loss=state.best_val_loss, last_eval=None)
-    runtime = loop.runtime
-    if runtime.device_type == "cpu" and runtime.dtype == "bfloat16" and loop.dist.is_main:
-        check_cpu_bfloat16(runtime.device)
-    # MFU counts the tokens of all ranks, so it is measured against the peak of all devices.
-    peak = (cfg.runtime.peak_flops or _measured_peak(runtime)) * loop.dist.world_size
-    flops_per_token = loop.target.flops_per_token(cfg.data.block_size)
-    clock = ThroughputClock.for_device(runtime.device)  # paused until the first step
-    last_eval: dict[str, float] | None = None
-    while True:
-        # The eval at the resumed step already happened (and was saved) before the interruption.
-        evaluates = _is_eval_step(cfg, state.iter_num) and (state.iter_num != start or not resumed)
-        if evaluates or cfg.runtime.eval_only:
-            clock.pause()  # evaluating and saving is not training throughput
-            last_eval = _evaluate_and_save(loop, state)
-            if cfg.runtime.eval_only:
-                break
-        if state.iter_num >= cfg.runtime.max_iters:
-            break
-        signum = _stop_signal(loop)
-        if signum:
-            raise _stopped(loop, state, signum, saved_now=evaluates)
-        lr = learning_rate(state.iter_num, cfg.optim.learning_rate, cfg.schedule)
-        set_learning_rate(loop.optimizer, lr, cfg.optim)
-        clock.start()
-        loss, grad_norm = train_step(loop)
-        clock.count(loop.tokens_per_step)
-        loop.guard.record(state.iter_num, loss, grad_norm, lr)
-        if state.iter_num % cfg.runtime.log_interval == 0:
-            window = clock.lap()  # syncs the device: the window holds the work of its steps
-            check_point(loop)
-            # Every rank joins the mean; it syncs the device, so only on log steps.
-            loss_value = all_reduce_mean(loop.dist, loss).item()
-            if loop.sink is not None:
-                stats = StepStats(
-                    iter_num=state.iter_num,
-                    loss=loss_value,
-                    lr=lr,
-                    window=window,
-                    flops_per_token=flops_per_token,
-                    peak_flops=peak,
-                )
-                loop.sink.log_step(stats)
-        if on_step is not None:
-            on_step(state.iter_num, loss)
-        state.iter_num += 1
-    return TrainResult(iter_num=state.iter_num, best_val_loss=state.best_val_loss, last_eval=last_eval)

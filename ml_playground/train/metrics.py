@@ -31,14 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
 
+from ml_playground.model import GPT
+
 log = logging.getLogger(__name__)
 
 TB_SUBDIR = Path("logs") / "tb"
 
 
-def palm_flops_per_token(*, n_params: int, n_layer: int, n_head: int, head_size: int, context: int) -> float:
-    """Forward + backward FLOPs per trained token (PaLM appendix B)."""
-    return 6.0 * n_params + 12.0 * n_layer * n_head * head_size * context
+def flops_per_token(model: GPT, context: int) -> float:
+    """Forward + backward FLOPs per trained token (PaLM appendix B) of `model` at `context` tokens."""
+    arch = model.config
+    return 6.0 * model.num_params() + 12.0 * arch.n_layer * arch.n_head * arch.head_size * context
 
 
 def _sync(device: torch.device) -> None:

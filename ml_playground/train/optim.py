@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ml_playground.config import OptimConfig
+from ml_playground.model import GPT
 
 # Devices with a fused AdamW kernel in the installed torch.
 _FUSED_DEVICES = ("cuda", "cpu", "mps")
@@ -167,6 +168,17 @@ class MuonAdamW(torch.optim.Optimizer):
         self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
 
 
+def block_matrices(model: GPT) -> list[nn.Parameter]:
+    """The trainable 2-D weights of the Linear modules inside the transformer blocks (attention and
+    MLP matrices): what `optimizer = "muon"` gives to Muon. Chosen by module structure, not name."""
+    return [
+        weight
+        for block in model.blocks
+        for module in block.modules()
+        if isinstance(module, nn.Linear) and isinstance(weight := module.weight, nn.Parameter) and weight.requires_grad
+    ]
+
+
 def build_optimizer(
     params: Iterable[nn.Parameter],
     cfg: OptimConfig,
@@ -174,7 +186,8 @@ def build_optimizer(
     hidden_matrices: Sequence[nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
     """AdamW over `params`; with `cfg.optimizer == "muon"`, Muon over the trainable
-    `hidden_matrices` (a subset of `params`, each 2-D) and AdamW over the other `params`."""
+    `hidden_matrices` (a subset of `params`, each 2-D, e.g. `block_matrices`) and AdamW over the
+    other `params`."""
     if cfg.optimizer == "adamw":
         return _adamw(params, cfg, device_type)
     muon_ids = {id(p) for p in hidden_matrices if p.requires_grad}

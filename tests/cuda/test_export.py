@@ -13,7 +13,7 @@ from ml_playground.data.meta import read_meta
 from ml_playground.interop import hf
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from tests.cuda.device import DEVICE, DTYPE
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
 
@@ -31,7 +31,7 @@ def test_hf_export_of_cuda_trained_weights_computes_the_same_logits(tmp_path: Pa
     table["model"] |= {"n_layer": 2, "n_embd": 32, "block_size": 32, "bias": True}
     table["data"] |= {"block_size": 32}
     table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "compile": True, "max_iters": 20, "eval_interval": 20}
-    run_training(train_config(table))
+    train(train_config(table))
     checkpoint = load_checkpoint(tmp_path / "out" / "ckpt_best.pt")
     meta = read_meta(tmp_path / "ds" / "meta.json")
     hf.export_hf(checkpoint.model, checkpoint.arch, meta, tmp_path / "hf")

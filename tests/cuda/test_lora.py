@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
 from tests.cuda.device import DEVICE, DTYPE
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow
@@ -35,7 +34,7 @@ def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path) -> None:
     table["data"] |= {"batch_size": 8, "block_size": 32}
     table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "eval_interval": 15, "compile": True}
     table["peft"] |= {"merge_on_save": True}
-    result = lora.run_finetune(train_config(table))
+    result = finetune(train_config(table))
 
     val = read_scalars(tmp_path / "run" / "logs" / "tb")["val/loss"]
     assert [step for step, _ in val] == [0, 15, 30]

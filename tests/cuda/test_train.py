@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.run import gpt_target, run, run_training
+from ml_playground.train.loop import train
 from tests.cuda.device import DEVICE, DTYPE
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
@@ -33,7 +33,7 @@ def test_bf16_compiled_training_lowers_the_loss(tmp_path: Path) -> None:
     meta = write_char_dataset(tmp_path / "ds", TEXT * 4)
     table = _table(tmp_path / "ds", tmp_path / "out", compile=True, max_iters=40, eval_interval=20, log_interval=1)
     table["schedule"] = {"warmup_iters": 4, "lr_decay_iters": 40, "min_lr": 1e-3}
-    result = run_training(train_config(table))
+    result = train(train_config(table))
     assert result.iter_num == 40
 
     scalars = read_scalars(tmp_path / "out" / "logs" / "tb")
@@ -83,7 +83,7 @@ def test_logged_tokens_per_second_matches_the_clock(tmp_path: Path) -> None:
             _synchronize()
             clock[iter_num] = time.perf_counter()
 
-    run(cfg, gpt_target, on_step=on_step)
+    train(cfg, on_step=on_step)
 
     elapsed = clock[max_iters - 1] - clock[warmup - 1]
     trained = (max_iters - warmup) * tokens_per_step

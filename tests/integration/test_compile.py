@@ -23,7 +23,7 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ml_playground.train.run import gpt_target, run, run_training
+from ml_playground.train.loop import train
 from tests.support.greedy import float32_shortfalls
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
@@ -44,7 +44,7 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     for compile in (False, True):
         table = tiny_train_table(tmp_path / "ds", tmp_path / f"compile_{compile}")
         table["runtime"] |= {"compile": compile, "max_iters": 3}
-        run_training(train_config(table))
+        train(train_config(table))
         scalars = read_scalars(tmp_path / f"compile_{compile}" / "logs" / "tb")
         losses[compile] = {tag: scalars[tag] for tag in ("train/loss", "val/loss")}
     for tag, eager in losses[False].items():
@@ -84,8 +84,8 @@ def test_compiled_trainer_compiles_each_graph_once(tmp_path: Path) -> None:
     torch.compiler.reset()  # no compiled graphs or counts from earlier tests in this process
     counters.clear()
     try:
-        run(train_config(other), gpt_target)  # one eval graph for (2, 8)
-        run(train_config(table), gpt_target, on_step=on_step)
+        train(train_config(other))  # one eval graph for (2, 8)
+        train(train_config(table), on_step=on_step)
         assert dict(counters["graph_break"]) == {}
         # (frames compiled, graphs) after each of the 7 steps, and after the final evaluation.
         assert compiled_after_step == [(3, 3)] * 7

@@ -34,7 +34,7 @@ import pytest
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from tests.support.kill_switch import spec as kill_spec
 from tests.support.tiny_training import (
     read_scalars,
@@ -87,7 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The uninterrupted runs both tests compare against: 1 rank (in this process) and 2 ranks."""
     root = tmp_path_factory.mktemp("ddp")
     write_char_dataset(root / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
-    run_training(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
+    train(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
     config = write_toml(root / "two.toml", {"train": _table(root / "ds", root / "two_ranks", grad_accum_steps=1)})
     result = run(config, nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -198,7 +198,7 @@ def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> N
     table = _table(root / "ds", single, grad_accum_steps=2)
     table["runtime"]["max_iters"] = MAX_ITERS + 2
     with pytest.raises(CheckpointError) as error:
-        run_training(train_config(table))
+        train(train_config(table))
     assert str(error.value) == (
         f"{single / 'ckpt_last.pt'}: optimizer state was written by an FSDP run: resume it with "
         "train.runtime.parallel = 'fsdp' under torchrun (the weights alone load anywhere)"
@@ -214,7 +214,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(runs: dict[str, Path], caplo
     table = _table(root / "ds", out, grad_accum_steps=2)
     table["runtime"]["max_iters"] = MAX_ITERS + 10
     with caplog.at_level(logging.INFO, logger="ml_playground.train"):
-        result = run_training(train_config(table))
+        result = train(train_config(table))
     assert f"resuming from {out / 'ckpt_last.pt'} at iter {MAX_ITERS}" in caplog.text
     assert "was written by 2 rank(s), now 1: weights, optimizer and step resume, but the data order changes" in (
         caplog.text
@@ -264,7 +264,7 @@ def test_muon_under_ddp_trains_like_one_rank(tmp_path: Path) -> None:
         base["schedule"] = {**base["schedule"], "lr_decay_iters": iters}
         return {**base, "optim": {**base["optim"], **muon}}
 
-    run_training(train_config(table(tmp_path / "one", 2)))
+    train(train_config(table(tmp_path / "one", 2)))
     result = run(write_toml(tmp_path / "two.toml", {"train": table(tmp_path / "two", 1)}), nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")

@@ -18,12 +18,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError, DataError, ExportError
-from ml_playground.finetune.pretrained import run_pretrained
+from ml_playground.finetune.pretrained import Pretrained
 from ml_playground.interop import hf
 from ml_playground.interop.gguf import write_gguf
 from ml_playground.interop.source import load_source, sample_source
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from ml_playground.train.loop import train
 from tests.integration.test_ddp_torchrun import BLOCK, WINDOWS_PER_STEP
 from tests.integration.test_gguf_llama_cpp import F32_BOUND, LlamaRun, our_logits
 from tests.support.tiny_training import (
@@ -115,7 +116,7 @@ def test_finetuning_from_a_source_trains_every_weight_resumes_and_exports(tmp_pa
     table["model"] = {"init_from": str(folder), "dropout": 0.1}
     table["data"]["block_size"] = 32
     table["runtime"] |= {"max_iters": 8, "eval_interval": 8}
-    result = run_pretrained(train_config(table))
+    result = train(train_config(table), Pretrained())
 
     last = load_checkpoint(out / LAST_NAME)
     source = load_source(str(folder), KEY)
@@ -128,7 +129,7 @@ def test_finetuning_from_a_source_trains_every_weight_resumes_and_exports(tmp_pa
     # ckpt_last.pt wins over init_from: the source is not read again (here it no longer exists).
     table["model"]["init_from"] = str(tmp_path / "gone")
     table["runtime"] |= {"max_iters": 10, "eval_interval": 10}
-    assert run_pretrained(train_config(table)).iter_num == 10
+    assert train(train_config(table), Pretrained()).iter_num == 10
 
     best = load_checkpoint(out / BEST_NAME)
     model = GPT(best.arch)
@@ -157,7 +158,7 @@ def test_keys_that_contradict_the_source_fail_in_one_line_naming_both_values(tmp
     table = tiny_train_table(tmp_path / "data", tmp_path / "out")
     table["model"] = {"init_from": str(folder), "n_layer": 3, "mlp": "swiglu", "n_embd": 32, "dropout": 0.2}
     with pytest.raises(ConfigError) as info:
-        run_pretrained(train_config(table))
+        train(train_config(table), Pretrained())
     message = str(info.value)
     assert "\n" not in message
     assert "train.model.n_layer = 3 (source: 2)" in message
@@ -172,7 +173,7 @@ def test_a_dataset_with_another_tokenizer_is_refused(tmp_path: Path) -> None:
     table = tiny_train_table(tmp_path / "data", tmp_path / "out")
     table["model"] = {"init_from": str(folder)}
     with pytest.raises(DataError, match=r"init_from .* uses a char vocabulary of \d+ characters, but the dataset"):
-        run_pretrained(train_config(table))
+        train(train_config(table), Pretrained())
 
 
 def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path: Path) -> None:
@@ -225,7 +226,7 @@ def test_a_source_samples_as_it_is_with_its_own_hugging_face_tokenizer(tmp_path:
     table = tiny_train_table(tmp_path / "data", tmp_path / "out")
     table["model"] = {"init_from": str(folder)}
     with pytest.raises(DataError, match=r"uses the Hugging Face tokenizer .*tokenizer\.json, but the dataset"):
-        run_pretrained(train_config(table))
+        train(train_config(table), Pretrained())
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -242,7 +243,7 @@ def test_two_ranks_finetune_a_source_like_one_rank_with_doubled_accumulation(tmp
         table["runtime"] |= {"max_iters": 8, "eval_interval": 8, "dist_timeout_s": 30.0, "parallel": parallel}
         return table
 
-    run_pretrained(train_config(table(tmp_path / "one", 2)))
+    train(train_config(table(tmp_path / "one", 2)), Pretrained())
     result = run_torchrun(write_toml(tmp_path / "two.toml", {"train": table(tmp_path / "two", 1)}), nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"2 rank(s) ({parallel})" in result.stderr
@@ -264,7 +265,7 @@ def test_a_resumed_finetune_continues_bit_for_bit(tmp_path: Path) -> None:
         table = tiny_train_table(tmp_path / "data", out)
         table["model"] = {"init_from": str(folder), "dropout": 0.1}
         table["runtime"] |= {"max_iters": max_iters, "eval_interval": 4}
-        run_pretrained(train_config(table))
+        train(train_config(table), Pretrained())
 
     finetune(tmp_path / "straight", 8)
     finetune(tmp_path / "resumed", 4)

@@ -34,7 +34,7 @@ from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import load_model_for_inference, run_sampling, sampling_params
 from ml_playground.tokenizers import CharTokenizer
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -122,11 +122,11 @@ temperature = 0.0
 
 
 def _train_tiny(config_path: Path) -> GPT:
-    """Train with the trainer (`run_training`, as `make train` does); the model LIT must serve is
+    """Train with the trainer (`train`, as `make train` does); the model LIT must serve is
     the one in the checkpoint it wrote, loaded the way sampling loads it."""
-    train = require_train(load_experiment_config(config_path), config_path)
-    run_training(train)
-    model, _, path = load_model_for_inference(train.runtime.out_dir, Runtime(torch.device("cpu"), "float32"))
+    cfg = require_train(load_experiment_config(config_path), config_path)
+    train(cfg)
+    model, _, path = load_model_for_inference(cfg.runtime.out_dir, Runtime(torch.device("cpu"), "float32"))
     assert path.name == "ckpt_best.pt"
     return model
 

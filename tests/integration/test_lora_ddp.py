@@ -22,17 +22,13 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError
-from ml_playground.finetune.lora import lora_target, run_finetune
 from ml_playground.model import GPT
-from ml_playground.runtime import resolve_runtime, torch_threads
+from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.distributed import DistInfo
-from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
 from tests.support.lora_ranks import checkpoint_past, kill_when, rank_pid, read_report, run_ranks
-from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 from tests.support.torchrun import run, start, write_toml
 
@@ -91,7 +87,7 @@ def test_ranks_read_disjoint_halves_like_one_process_with_doubled_accumulation(r
     4 windows per step instead of the 1-process run's 8."""
     one = runs / "one_rank"
     with torch_threads(1):
-        run_finetune(train_config(_table(runs, one, grad_accum_steps=2)))
+        finetune(train_config(_table(runs, one, grad_accum_steps=2)))
     one_losses, two_losses = _losses(one), _losses(runs / "two_ranks")
     assert [step for step, _ in two_losses] == [step for step, _ in one_losses] == list(range(MAX_ITERS))
     worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one_losses, two_losses, strict=True))
@@ -171,16 +167,11 @@ def test_dead_rank_then_rerun_resumes_exactly(runs: Path) -> None:
 
 
 def test_fsdp_is_refused_before_the_base_loads(tmp_path: Path) -> None:
-    """Under torchrun (a 2-rank context) with parallel "fsdp": one line, before any rank reads the base."""
+    """parallel "fsdp" with [train.peft]: one config line, before any rank could read the base."""
     table = lora_train_table(tmp_path / "ds", tmp_path / "no_base", tmp_path / "run", max_iters=2)
     table["runtime"] = {**table["runtime"], "parallel": "fsdp"}
-    ctx = RunContext(
-        cfg=train_config(table),
-        dist=DistInfo(rank=0, world_size=2),
-        runtime=resolve_runtime("cpu", "float32"),
-        meta=DatasetMeta(kind="char", vocab_size=3, dtype="uint16", itos=["a", "b", "c"]),
-        checkpoint=None,
-    )
     with pytest.raises(ConfigError) as error:
-        lora_target(ctx)
-    assert str(error.value) == "train.runtime.parallel: 'fsdp' is not supported for LoRA finetuning; use 'ddp'"
+        train_config(table)
+    assert str(error.value) == (
+        'test.toml: train: runtime.parallel: "fsdp" is not supported for LoRA finetuning ([train.peft]); use "ddp"'
+    )

@@ -23,7 +23,7 @@ from ml_playground.runtime import torch_threads
 from ml_playground.sample import run_sampling
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     cfg = parse_experiment_config(raw, tmp_path / "cfg.toml")
     assert cfg.train is not None
     assert cfg.sample is not None
-    result = lora.run_finetune(cfg.train)
+    result = finetune(cfg.train)
     assert result.best_val_loss < float(base_loss) - 0.1
 
     # The checkpoint holds the adapter alone (A and B of every adapted layer), its base and settings.
@@ -167,7 +167,7 @@ def test_a_base_of_another_architecture_is_one_line(tmp_path: Path) -> None:
     write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
     cfg = train_config(lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=1))
     with pytest.raises(ExportError) as error:
-        lora.run_finetune(cfg)
+        finetune(cfg)
     assert str(error.value) == (
         f"train.model.init_from = {str(base_dir)!r}: {base_dir / 'config.json'}: model_type: expected one of "
         "'gpt2', 'llama', 'qwen3', got 'mistral'"

@@ -14,13 +14,19 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
 from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model, llama
-from tests.support.tiny_lora import LLAMA_TARGETS, adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import (
+    LLAMA_TARGETS,
+    adapted_hf,
+    finetune,
+    lora_train_table,
+    write_base,
+    write_finetune_dataset,
+)
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -59,7 +65,7 @@ def test_lora_on_a_llama_export_lowers_loss_and_merges(
     table = lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=30)
     table["peft"] = {**table["peft"], "target_modules": [*LLAMA_TARGETS, *head]}
     table["data"] = {**table["data"], "batch_size": 8, "block_size": 32}
-    result = lora.run_finetune(train_config(table))
+    result = finetune(train_config(table))
     assert result.best_val_loss < float(base_loss) - 0.1
     adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["fan_in_fan_out"] is False  # nn.Linear layers

@@ -19,11 +19,10 @@ import pytest
 import torch
 
 from ml_playground.errors import CheckpointError
-from ml_playground.finetune.lora import run_finetune
 from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model, llama
-from tests.support.tiny_lora import LLAMA_TARGETS, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import LLAMA_TARGETS, finetune, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow
@@ -32,11 +31,12 @@ _FINETUNE = (
     "import json, logging, sys\n"
     "from pathlib import Path\n"
     "from ml_playground.config_loader import parse_experiment_config\n"
-    "from ml_playground.finetune.lora import run_finetune\n"
+    "from ml_playground.finetune.lora import LoRA\n"
+    "from ml_playground.train.loop import train\n"
     "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
     "cfg = parse_experiment_config({'train': json.loads(sys.argv[1])}, Path('resume.toml'))\n"
     "assert cfg.train is not None\n"
-    "run_finetune(cfg.train)\n"
+    "train(cfg.train, LoRA(cfg.train))\n"
 )
 MAX_ITERS = 80
 KILL_AFTER_ITER = 20
@@ -123,7 +123,7 @@ def test_sigkill_and_resume_is_bit_identical(request: pytest.FixtureRequest, bas
     root: Path = request.getfixturevalue(base)
     reference_dir, resumed_dir = root / "reference", root / "resumed"
     with torch_threads(1):
-        run_finetune(train_config(_table(root, reference_dir)))
+        finetune(train_config(_table(root, reference_dir)))
 
     killed_at = _kill_mid_run(_table(root, resumed_dir), resumed_dir)
     assert KILL_AFTER_ITER <= killed_at < MAX_ITERS
@@ -155,7 +155,7 @@ def short_run(root: Path) -> Path:
     table["peft"] = {**table["peft"], "target_modules": ["c_attn", "c_proj"]}
     table["runtime"] = {**table["runtime"], "max_iters": 2, "eval_interval": 2}
     with torch_threads(1):
-        run_finetune(train_config(table))
+        finetune(train_config(table))
     return root / "short"
 
 
@@ -166,7 +166,7 @@ def _resume_in(root: Path, out: Path, checkpoint: Path, **peft: Any) -> Checkpoi
     table = _table(root, out)
     table["peft"] = {**table["peft"], "target_modules": ["c_attn", "c_proj"], **peft}
     with pytest.raises(CheckpointError) as error, torch_threads(1):
-        run_finetune(train_config(table))
+        finetune(train_config(table))
     return error.value
 
 

@@ -24,19 +24,23 @@ from torch.overrides import TorchFunctionMode
 
 from ml_playground.config import ExperimentConfig, SampleConfig
 from ml_playground.config_loader import parse_experiment_config
-from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, ConfigError, DeviceError
-from ml_playground.finetune.lora import LoRATarget, lora_target, run_finetune
+from ml_playground.finetune.lora import LoRA, adapter_state, load_adapter_state
 from ml_playground.interop.export import run_export
 from ml_playground.model import GPT
-from ml_playground.runtime import resolve_runtime, torch_threads
+from ml_playground.runtime import torch_threads
 from ml_playground.sample import SEPARATOR, run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.distributed import DistInfo
-from ml_playground.train.run import RunContext
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import (
+    adapted_hf,
+    finetune,
+    fresh_lora,
+    lora_train_table,
+    write_base,
+    write_finetune_dataset,
+)
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -69,7 +73,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> LoRARun:
         write_finetune_dataset(root / "ds", tokenizer, meta, text)
         table = lora_train_table(root / "ds", root / "base", root / "run", max_iters=40)
         table["data"] = {**table["data"], "block_size": 32, "batch_size": 8}
-        run_finetune(train_config(table))
+        finetune(train_config(table))
     return LoRARun(root=root, out_dir=root / "run", base_dir=root / "base", tokenizer=tokenizer)
 
 
@@ -162,23 +166,20 @@ def test_merged_checkpoint_is_base_plus_best_adapter(lora_run: LoRARun) -> None:
     assert (merged.iter_num, merged.best_val_loss, merged.config) == (best.iter_num, best.best_val_loss, best.config)
 
 
-def fresh_target(run: LoRARun, out_dir: Path) -> LoRATarget:
-    """The target a LoRA run on `out_dir` builds (a fresh adapter), outside any run."""
-    cfg = train_config(lora_train_table(run.root / "ds", run.base_dir, out_dir, max_iters=40))
-    meta = read_meta(cfg.data.meta_path)
-    runtime = resolve_runtime("cpu", "float32")
-    return lora_target(RunContext(cfg=cfg, dist=DistInfo(), runtime=runtime, meta=meta, checkpoint=None))
+def fresh_target(run: LoRARun, out_dir: Path) -> tuple[LoRA, GPT]:
+    """The mode and model a LoRA run on `out_dir` builds (a fresh adapter), outside any run."""
+    return fresh_lora(train_config(lora_train_table(run.root / "ds", run.base_dir, out_dir, max_iters=40)))
 
 
 def test_merge_reads_the_best_adapter_and_leaves_the_model_alone(lora_run: LoRARun, tmp_path: Path) -> None:
-    """`on_finish` of a target holding other weights (a fresh adapter) merges ckpt_best.pt's."""
+    """`finish` with a model holding other weights (a fresh adapter) merges ckpt_best.pt's."""
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(lora_run.out_dir / "ckpt_best.pt", out / "ckpt_best.pt")
-    target = fresh_target(lora_run, out)
-    fresh = {key: value.clone() for key, value in target.model_state().items()}
-    target.on_finish(out)
-    assert all(torch.equal(value, fresh[key]) for key, value in target.model_state().items())
+    mode, model = fresh_target(lora_run, out)
+    fresh = {key: value.clone() for key, value in adapter_state(model).items()}
+    mode.finish(model, out)
+    assert all(torch.equal(value, fresh[key]) for key, value in adapter_state(model).items())
     merged = load_checkpoint(out / "merged" / "ckpt_best.pt")
     expected = load_checkpoint(lora_run.out_dir / "merged" / "ckpt_best.pt")
     assert merged.model.keys() == expected.model.keys()
@@ -187,9 +188,9 @@ def test_merge_reads_the_best_adapter_and_leaves_the_model_alone(lora_run: LoRAR
 
 def test_the_sampler_draws_from_the_live_adapter_as_from_the_merged_model(lora_run: LoRARun, tmp_path: Path) -> None:
     """Our GPT with its LoRA layers (no merge) in the one sampler: the merged model's text."""
-    target = fresh_target(lora_run, tmp_path)
-    target.load_model_state(load_checkpoint(lora_run.out_dir / "ckpt_best.pt").model)
-    live = target.model.eval()
+    _, live = fresh_target(lora_run, tmp_path)
+    load_adapter_state(live, load_checkpoint(lora_run.out_dir / "ckpt_best.pt").model)
+    live.eval()
     settings = {"temperature": 0, "max_new_tokens": 60}
     with torch_threads(1):
         (text,) = run_sampling(
@@ -202,9 +203,9 @@ def test_the_sampler_draws_from_the_live_adapter_as_from_the_merged_model(lora_r
 def test_no_best_checkpoint_merges_nothing_and_says_so(
     lora_run: LoRARun, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    target = fresh_target(lora_run, tmp_path)
+    mode, model = fresh_target(lora_run, tmp_path)
     with caplog.at_level(logging.WARNING, logger="ml_playground.finetune.lora"):
-        target.on_finish(tmp_path)
+        mode.finish(model, tmp_path)
     assert f"no ckpt_best.pt in {tmp_path} (no evaluation saved one): nothing to merge" in caplog.text
     assert not (tmp_path / "merged").exists()
 

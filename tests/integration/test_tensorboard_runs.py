@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from tests.support.tiny_training import tiny_train_table, train_config, write_char_dataset
 
 
@@ -23,7 +23,7 @@ def test_two_runs_under_one_parent_are_two_runs_with_their_val_loss(tmp_path: Pa
     for name, position in (("learned", "learned"), ("rope", "rope")):
         table = tiny_train_table(dataset, parent / name)
         table["model"]["position"] = position
-        run_training(train_config(table))
+        train(train_config(table))
     runs = EventMultiplexer().AddRunsFromDirectory(str(parent))
     runs.Reload()
     assert sorted(cast("dict[str, Any]", runs.Runs())) == ["learned/logs/tb", "rope/logs/tb"]

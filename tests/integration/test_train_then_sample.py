@@ -8,7 +8,7 @@ import pytest
 
 from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.sample import run_sampling
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from tests.support.tiny_training import tiny_train_table, train_config, write_char_dataset
 
 CYCLE = "the cat sat on a mat. "
@@ -21,7 +21,7 @@ def test_sampler_continues_a_learned_cycle_past_block_size(tmp_path: Path) -> No
     table["model"] = {**table["model"], "n_embd": 32, "n_head": 2}
     table["schedule"] = {"warmup_iters": 10, "lr_decay_iters": 200, "min_lr": 1e-3}
     table["runtime"] = {**table["runtime"], "max_iters": 200, "eval_interval": 100, "log_interval": 50}
-    run_training(train_config(table))
+    train(train_config(table))
 
     settings = SampleSettings(start="the cat", max_new_tokens=60, temperature=0.0, num_samples=1)
     (text,) = run_sampling(SampleConfig(runtime=SampleRuntimeConfig(out_dir=tmp_path / "out"), sample=settings))

@@ -9,7 +9,7 @@ import torch
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
-from ml_playground.train.run import padded_vocab_size
+from ml_playground.train.modes import padded_vocab_size
 
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

@@ -1,10 +1,11 @@
-"""GPT training targets that inject a fault at a chosen training step, for the loop's fault tests.
+"""A training mode whose GPT injects a fault at a chosen training step, for the loop's fault tests.
 
 The faults are real: a NaN loss, an infinite gradient, or a signal the process sends itself in the
-middle of a step (delivered by the OS like any SIGTERM). Everything else is the product's GPTTarget.
+middle of a step (delivered by the OS like any SIGTERM). Everything else is the product's loop and
+its default mode (the GPT of [train.model], or of the resumed checkpoint).
 
 Run as `python -m tests.support.fault_targets '<[train] table as JSON>' SIGNAL STEP [AGAIN]` to train
-through `train.run.run` with SIGNAL sent at training step STEP (and once more while the checkpoint
+through `train.loop.train` with SIGNAL sent at training step STEP (and once more while the checkpoint
 is being written when AGAIN is given).
 """
 
@@ -15,53 +16,58 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.errors import MLPlaygroundError
-from ml_playground.model import GPT
-from ml_playground.train.run import RunContext, resolve_architecture, run
-from ml_playground.train.targets import GPTTarget
+from ml_playground.model import GPT, ModelOutput
+from ml_playground.train.loop import train
+from ml_playground.train.modes import Mode, Start
 
 
-class FaultAt(GPTTarget):
-    """GPTTarget with `fault` injected into the loss of training micro-step number `step` (0-based)."""
+class FaultAt(GPT):
+    """GPT with `fault` injected into the loss of training micro-step number `step` (0-based)."""
 
-    def __init__(self, model: GPT, *, step: int, fault: str, again_on_save: bool = False):
-        super().__init__(model)
-        self.step, self.fault, self.again_on_save = step, fault, again_on_save
-        self.calls = 0
+    step: int = 0
+    fault: str = "nan"
+    calls: int = 0
 
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        loss = super().loss(x, y)
-        if not self.model.training:
-            return loss
+    def forward(self, idx: Tensor, targets: Tensor | None = None, **kwargs: Any) -> ModelOutput:
+        out = super().forward(idx, targets, **kwargs)
+        if not self.training or out.loss is None:
+            return out
         self.calls += 1
         if self.calls - 1 != self.step:
-            return loss
+            return out
         if self.fault == "nan":
-            return loss * float("nan")
+            return ModelOutput(out.logits, out.loss * float("nan"))
         if self.fault == "inf_grad":  # the loss stays finite; the gradient of one weight does not
-            zero = self.model.lm_head.weight.view(-1)[:1] * 0
-            return loss + zero.sqrt().sum()  # sqrt(0) = 0 forward, an infinite slope backward
+            zero = self.lm_head.weight.view(-1)[:1] * 0
+            return ModelOutput(out.logits, out.loss + zero.sqrt().sum())  # sqrt(0) = 0 forward, infinite slope backward
         os.kill(os.getpid(), getattr(signal, self.fault))
-        return loss
+        return out
 
-    def model_state(self) -> dict[str, Tensor]:
-        if self.again_on_save and self.calls > self.step:
+
+class FaultMode(Mode):
+    """The default mode, training a `FaultAt` of the same architecture."""
+
+    def __init__(self, step: int, fault: str, *, again_on_save: bool = False):
+        self.step, self.fault, self.again_on_save = step, fault, again_on_save
+        self.model: FaultAt | None = None
+
+    def build(self, start: Start) -> GPT:
+        model = FaultAt(super().build(start).config)
+        model.step, model.fault = self.step, self.fault
+        self.model = model
+        return model
+
+    def saved_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.again_on_save and self.model is not None and self.model.calls > self.step:
             os.kill(os.getpid(), getattr(signal, self.fault))  # a second signal while the checkpoint is written
-        return super().model_state()
-
-
-def fault_builder(step: int, fault: str, *, again_on_save: bool = False) -> Callable[[RunContext], FaultAt]:
-    def build(ctx: RunContext) -> FaultAt:
-        model = GPT(resolve_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)).to(ctx.runtime.device)
-        return FaultAt(model, step=step, fault=fault, again_on_save=again_on_save)
-
-    return build
+        return state
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +75,7 @@ def main(argv: list[str]) -> int:
     cfg = parse_experiment_config({"train": json.loads(argv[0])}, Path("faults.toml")).train
     assert cfg is not None
     try:
-        run(cfg, fault_builder(int(argv[2]), argv[1], again_on_save=len(argv) > 3))
+        train(cfg, FaultMode(int(argv[2]), argv[1], again_on_save=len(argv) > 3))
     except MLPlaygroundError as exc:
         print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.support.lora_ranks CONFIG REPORT_DIR
 
-Each rank runs `train.run.run(cfg, lora_target)` (what `make train` runs for a LoRA config),
+Each rank runs `train.loop.train(cfg, LoRA(cfg))` (what `make train` runs for a LoRA config),
 keeping a reference to the target it built, then writes REPORT_DIR/rank<r>.pt with its adapter
 weights after the run and every path under the run's out_dir that the rank opened for writing,
 created, renamed, linked or removed (Python audit events, so every write through Python's file
@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ml_playground.config_loader import load_experiment_config
-from ml_playground.finetune.lora import LoRATarget, lora_target
+from ml_playground.finetune.lora import LoRA, adapter_state
 from ml_playground.train.checkpoint import load_checkpoint
-from ml_playground.train.run import RunContext, run
+from ml_playground.train.loop import train
 from tests.support.torchrun import ROOT, environment
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -70,19 +70,15 @@ def record_writes(root: Path) -> list[str]:
 
 def main(config: Path, report_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    train = load_experiment_config(config).train
-    if train is None:
+    cfg = load_experiment_config(config).train
+    if cfg is None:
         raise SystemExit(f"{config}: no [train] table")
-    writes = record_writes(train.runtime.out_dir)
-    targets: list[LoRATarget] = []
-
-    def build(ctx: RunContext) -> LoRATarget:
-        target = lora_target(ctx)
-        targets.append(target)
-        return target
-
-    run(train, build)
-    report = {"adapter": targets[0].model_state(), "writes": list(writes)}
+    writes = record_writes(cfg.runtime.out_dir)
+    mode = LoRA(cfg)
+    train(cfg, mode)
+    if mode.model is None:
+        raise SystemExit("the LoRA mode built no model")
+    report = {"adapter": adapter_state(mode.model), "writes": list(writes)}
     torch.save(report, report_dir / f"rank{os.environ['RANK']}.pt")
 
 

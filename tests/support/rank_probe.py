@@ -1,6 +1,6 @@
 """`python -m tests.support.rank_probe CONFIG OUT_DIR` under torchrun: what each rank's run drew.
 
-Trains [train] of CONFIG through `run` (the one run entry point) with the GPT target, and writes
+Trains [train] of CONFIG through `train` (the one training loop) with the default mode, and writes
 OUT_DIR/rank<r>.json holding:
 - weights_sha256: the model's weights as this rank built them, before DDP broadcasts rank 0's
   (so equal digests mean every rank initialized the same weights by itself);
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from ml_playground.config_loader import load_experiment_config, require_train
 from ml_playground.model import GPT
-from ml_playground.train.run import RunContext, resolve_architecture, run
-from ml_playground.train.targets import GPTTarget
+from ml_playground.train.loop import train
+from ml_playground.train.modes import Mode, Start
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -43,13 +43,14 @@ def main(config: Path, out_dir: Path) -> None:
             bits = cast("list[bool]", zeroed.flatten().tolist())
             record["first_dropout_mask"] = "".join("1" if bit else "0" for bit in bits)
 
-    def build(ctx: RunContext) -> GPTTarget:
-        model = GPT(resolve_architecture(ctx.cfg, ctx.meta, ctx.checkpoint)).to(ctx.runtime.device)
-        record["weights_sha256"] = weights_sha256(model)
-        model.transformer["drop"].register_forward_hook(on_dropout)
-        return GPTTarget(model, parallel=ctx.parallel)
+    class Probe(Mode):
+        def build(self, start: Start) -> GPT:
+            model = super().build(start)
+            record["weights_sha256"] = weights_sha256(model)
+            model.transformer["drop"].register_forward_hook(on_dropout)
+            return model
 
-    run(cfg, build)
+    train(cfg, Probe())
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record), encoding="utf-8")
 

@@ -11,10 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ml_playground.data.meta import DatasetMeta, write_meta
+from ml_playground.config import TrainConfig
+from ml_playground.data.meta import DatasetMeta, read_meta, write_meta
+from ml_playground.finetune.lora import LoRA
 from ml_playground.interop.hf import export_hf
 from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer
+from ml_playground.train.loop import TrainResult, train
+from ml_playground.train.modes import Start
 
 # Every linear layer of a Hugging Face Llama / Qwen3 block.
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -77,3 +81,14 @@ def lora_train_table(dataset_dir: Path, base_dir: Path, out_dir: Path, *, max_it
         "model": {"init_from": str(base_dir)},
         "peft": {"r": 4, "lora_alpha": 8},
     }
+
+
+def finetune(cfg: TrainConfig) -> TrainResult:
+    """What `make train` runs for a LoRA config: the loop with the LoRA mode."""
+    return train(cfg, LoRA(cfg))
+
+
+def fresh_lora(cfg: TrainConfig) -> tuple[LoRA, GPT]:
+    """The mode and GPT (a fresh adapter on the base) a LoRA run of `cfg` builds, outside any run."""
+    mode = LoRA(cfg)
+    return mode, mode.build(Start(cfg=cfg, meta=read_meta(cfg.data.meta_path), checkpoint=None))

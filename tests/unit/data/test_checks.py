@@ -15,7 +15,7 @@ import pytest
 from ml_playground.data.checks import check_dataset, max_token_id
 from ml_playground.data.meta import read_meta, write_meta
 from ml_playground.errors import DataError
-from ml_playground.train.run import run_training
+from ml_playground.train.loop import train
 from tests.support.tiny_training import tiny_train_table, train_config, write_char_dataset
 
 
@@ -31,7 +31,7 @@ def test_ids_beyond_the_vocabulary_stop_training_naming_the_file(table: dict[str
     ids[3] = meta.vocab_size + 4  # as if the bins came from another preparation
     ids.tofile(tmp_path / "ds" / "val.bin")
     with pytest.raises(DataError, match=rf"val\.bin: largest token id {meta.vocab_size + 4} is outside the vocabulary"):
-        run_training(train_config(table))
+        train(train_config(table))
     assert not (tmp_path / "out" / "ckpt_last.pt").exists()
 
 

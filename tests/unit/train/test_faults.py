@@ -17,8 +17,8 @@ from ml_playground.errors import OutDirBusyError, TrainingDivergedError
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.faults import NonFiniteGuard
 from ml_playground.train.lock import out_dir_lock
-from ml_playground.train.run import run, run_training
-from tests.support.fault_targets import fault_builder
+from ml_playground.train.loop import train
+from tests.support.fault_targets import FaultMode
 from tests.support.tiny_training import read_scalars, tiny_train_table, train_config, write_char_dataset
 
 
@@ -43,7 +43,7 @@ def test_a_non_finite_step_stops_the_run_before_any_checkpoint_holds_it(
     table["runtime"] |= {"log_interval": log_interval}
     cfg = train_config(table)
     with pytest.raises(TrainingDivergedError, match=r"training diverged at iter 5: loss (nan|[0-9.]+), lr [0-9.]+"):
-        run(cfg, fault_builder(5, fault))
+        train(cfg, FaultMode(5, fault))
     out = cfg.runtime.out_dir
     assert load_checkpoint(out / "ckpt_last.pt").iter_num == 4
     assert load_checkpoint(out / "ckpt_best.pt").iter_num <= 4
@@ -57,7 +57,7 @@ def test_a_non_finite_step_stops_the_run_before_any_checkpoint_holds_it(
 
 
 def test_a_finite_run_is_not_stopped(table: dict[str, Any]) -> None:
-    result = run(train_config(table), fault_builder(10**6, "nan"))
+    result = train(train_config(table), FaultMode(10**6, "nan"))
     assert result.iter_num == 12
 
 
@@ -78,9 +78,9 @@ def test_a_second_run_on_a_held_out_dir_fails_at_once_naming_the_holder(table: d
     out.mkdir(parents=True)
     busy = rf"{out} is in use by a training run \(pid {os.getpid()}\)"
     with out_dir_lock(out), pytest.raises(OutDirBusyError, match=busy):
-        run_training(cfg)
+        train(cfg)
     assert not (out / "ckpt_last.pt").exists()  # the refused run wrote nothing
-    assert run_training(cfg).iter_num == 12  # released with its holder
+    assert train(cfg).iter_num == 12  # released with its holder
 
 
 def test_a_killed_holder_leaves_no_stale_lock(table: dict[str, Any]) -> None:
@@ -106,8 +106,8 @@ def test_a_killed_holder_leaves_no_stale_lock(table: dict[str, Any]) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(OutDirBusyError, match=rf"pid {holder.pid}\)"):
-            run_training(cfg)
+            train(cfg)
     finally:
         holder.kill()
         holder.communicate(timeout=60)
-    assert run_training(cfg).iter_num == 12
+    assert train(cfg).iter_num == 12

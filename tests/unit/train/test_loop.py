@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -7,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+import ml_playground
+from ml_playground import cli
 from ml_playground.data.batches import BatchSource
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import Runtime
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo
 from ml_playground.train.loop import LoopContext, TrainState, build_loop, maybe_save, train_step
-from ml_playground.train.targets import GPTTarget
+from ml_playground.train.parallel import Parallel
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
+from tests.support.torchrun import write_toml
 
 VOCAB = len(set(TEXT))
 
@@ -39,7 +43,7 @@ def _loop_for(table: dict[str, Any], *, always: bool) -> LoopContext:
         device=torch.device("cpu"),
     )
     return build_loop(
-        cfg, GPTTarget(model), batches, Runtime(torch.device("cpu"), "float32"), dist=DistInfo(), dataset_meta=None
+        cfg, Parallel(model), batches, Runtime(torch.device("cpu"), "float32"), dist=DistInfo(), dataset_meta=None
     )
 
 
@@ -80,7 +84,7 @@ def _gradients_of_train_steps(table: dict[str, Any], *, batch_size: int, accum: 
     model = GPT(GPTConfig(**table["model"], vocab_size=VOCAB))
     batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"))
     runtime = Runtime(torch.device("cpu"), "float32")
-    loop = build_loop(cfg, GPTTarget(model), batches, runtime, dist=DistInfo(), dataset_meta=None)
+    loop = build_loop(cfg, Parallel(model), batches, runtime, dist=DistInfo(), dataset_meta=None)
     seen: list[dict[str, torch.Tensor]] = []
 
     def record(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
@@ -102,3 +106,28 @@ def test_grad_accumulation_matches_one_big_batch(table: dict[str, Any]) -> None:
         assert len(big_grads) == sum(1 for _ in GPT(GPTConfig(**table["model"], vocab_size=VOCAB)).parameters())
         for name, grad in big_grads.items():
             torch.testing.assert_close(split_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_cli_reaches_the_models_forward_in_five_frames_of_the_package(
+    table: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop reads top to bottom: from the CLI's train command to GPT.forward, every frame of
+    ml_playground is one a reader follows (the command, the loop, the step, the loss, the model)."""
+    stacks: list[list[str]] = []
+    forward = GPT.forward
+
+    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            package = Path(ml_playground.__file__).parent
+            frames = [f for f in inspect.stack() if Path(f.filename).is_relative_to(package)]
+            stacks.append([f"{Path(f.filename).stem}.{f.function}" for f in reversed(frames)])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", recording)
+    table["runtime"]["max_iters"] = 1
+    config = write_toml(tmp_path / "tiny.toml", {"train": table})
+    assert cli.main(["train", "shakespeare", "--exp-config", str(config)]) == 0
+    assert stacks
+    # GPT.forward (replaced here by `recording`, a frame of this test) is called by the last: the
+    # command, the loop, the step, the loss and the model are the five frames from `train` to it.
+    assert stacks[0] == ["cli.main", "cli.cmd_train", "loop.train", "loop.train_step", "parallel.loss"]

@@ -5,23 +5,24 @@ import logging
 import pytest
 import torch
 
+from ml_playground.model import GPT, GPTConfig
 from ml_playground.train.metrics import (
     PrecisionProbe,
     StepStats,
     ThroughputClock,
     Window,
+    flops_per_token,
     measure_peak_flops,
-    palm_flops_per_token,
     probe_bfloat16,
     warn_if_bfloat16_slower,
 )
 
 
-def test_palm_flops_per_token() -> None:
-    # 6N + 12·L·H·Q·T
-    assert (
-        palm_flops_per_token(n_params=1000, n_layer=2, n_head=4, head_size=8, context=16) == 6000 + 12 * 2 * 4 * 8 * 16
-    )
+def test_flops_per_token_is_palms_formula() -> None:
+    model = GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=4, n_embd=32))
+    # 6N + 12·L·H·Q·T, N without the position embeddings
+    assert flops_per_token(model, 16) == 6 * model.num_params() + 12 * 2 * 4 * 8 * 16
+    assert model.num_params() == sum(p.numel() for p in model.parameters()) - 16 * 32
 
 
 def test_mfu_is_achieved_over_peak_of_the_window() -> None:

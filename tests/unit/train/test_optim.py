@@ -11,8 +11,15 @@ from torch import nn
 from ml_playground.config import OptimConfig
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.train.optim import BatchedMuon, MuonAdamW, build_optimizer, newton_schulz, set_learning_rate
-from ml_playground.train.targets import GPTTarget
+from ml_playground.train.optim import (
+    BatchedMuon,
+    MuonAdamW,
+    block_matrices,
+    build_optimizer,
+    newton_schulz,
+    set_learning_rate,
+)
+from ml_playground.train.parallel import Parallel
 from tests.support.muon_steps import step_both
 
 
@@ -40,14 +47,13 @@ def test_frozen_parameters_are_left_out() -> None:
     assert torch.is_tensor(params[0])
 
 
-def _muon_setup(**optim: Any) -> tuple[GPT, GPTTarget, MuonAdamW]:
+def _muon_setup(**optim: Any) -> tuple[GPT, MuonAdamW]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=16, bias=True))
-    target = GPTTarget(model)
     cfg = OptimConfig(optimizer="muon", learning_rate=0.01, muon_learning_rate=0.05, **optim)
-    optimizer = build_optimizer(model.parameters(), cfg, "cpu", hidden_matrices=target.hidden_matrices())
+    optimizer = build_optimizer(model.parameters(), cfg, "cpu", hidden_matrices=block_matrices(model))
     assert isinstance(optimizer, MuonAdamW)
-    return model, target, optimizer
+    return model, optimizer
 
 
 def _ids(params: Iterable[torch.Tensor]) -> set[int]:
@@ -55,7 +61,7 @@ def _ids(params: Iterable[torch.Tensor]) -> set[int]:
 
 
 def test_muon_gets_the_block_matrices_and_adamw_the_rest() -> None:
-    model, _, optimizer = _muon_setup()
+    model, optimizer = _muon_setup()
     blocks = model.blocks
     expected = [m.weight for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
     muon_params = [p for g in optimizer.muon.param_groups for p in g["params"]]
@@ -81,9 +87,9 @@ def _step_with_grads_on(model: GPT, optimizer: MuonAdamW, params: list[nn.Parame
 
 
 def test_each_part_steps_only_its_parameters() -> None:
-    model, target, optimizer = _muon_setup()
+    model, optimizer = _muon_setup()
     names = {id(p): n for n, p in model.named_parameters()}
-    hidden = target.hidden_matrices()
+    hidden = block_matrices(model)
     changed = _step_with_grads_on(model, optimizer, hidden)
     assert set(changed) == {names[id(p)] for p in hidden}
     others = [p for p in model.parameters() if id(p) not in _ids(hidden)]
@@ -92,7 +98,7 @@ def test_each_part_steps_only_its_parameters() -> None:
 
 
 def test_schedule_scales_both_learning_rates() -> None:
-    _, _, optimizer = _muon_setup()
+    _, optimizer = _muon_setup()
     cfg = OptimConfig(optimizer="muon", learning_rate=0.01, muon_learning_rate=0.05)
     set_learning_rate(optimizer, 0.005, cfg)  # half of the peak
     assert all(g["lr"] == 0.005 for g in optimizer.adamw.param_groups)
@@ -119,14 +125,14 @@ def test_muon_state_dict_round_trip_continues_identically(tmp_path: Path) -> Non
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    model, _, optimizer = _muon_setup(muon_weight_decay=0.01)
+    model, optimizer = _muon_setup(muon_weight_decay=0.01)
     train(model, optimizer, 3, seed=1)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "ckpt.pt")
     train(model, optimizer, 3, seed=2)
 
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert len(saved["optimizer"]["state"]) == len(list(model.parameters()))
-    resumed, _, resumed_optimizer = _muon_setup(muon_weight_decay=0.01)
+    resumed, resumed_optimizer = _muon_setup(muon_weight_decay=0.01)
     resumed.load_state_dict(saved["model"])
     resumed_optimizer.load_state_dict(saved["optimizer"])
     train(resumed, resumed_optimizer, 3, seed=2)
@@ -140,10 +146,11 @@ def test_muon_state_dict_round_trip_continues_identically(tmp_path: Path) -> Non
 
 def test_adamw_state_does_not_load_into_muon_nor_the_reverse() -> None:
     """Resuming with the other optimizer is a checkpoint error (one line at the CLI), not a traceback."""
-    model, target, optimizer = _muon_setup()
+    model, optimizer = _muon_setup()
     adamw = build_optimizer(model.parameters(), OptimConfig(), "cpu")
     with pytest.raises(ValueError, match="parameter groups"):
         optimizer.load_state_dict(adamw.state_dict())
+    target = Parallel(model)
     with pytest.raises(CheckpointError, match=r"train\.optim") as muon_into_adamw:
         target.load_optimizer_state(adamw, optimizer.state_dict())
     with pytest.raises(CheckpointError, match=r"train\.optim") as adamw_into_muon:
@@ -153,7 +160,7 @@ def test_adamw_state_does_not_load_into_muon_nor_the_reverse() -> None:
 
 
 def test_muon_under_the_grad_scaler() -> None:
-    model, _, optimizer = _muon_setup()
+    model, optimizer = _muon_setup()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     before = model.blocks[0].attn.c_attn.weight.detach().clone()
     x = torch.randint(0, 13, (2, 8))

@@ -16,8 +16,9 @@ from ml_playground.errors import CheckpointError, ConfigError, DataError, Device
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import mps_available
 from ml_playground.train.checkpoint import MODEL_ARG_KEYS, load_checkpoint, model_args_of
-from ml_playground.train.run import padded_vocab_size, resolve_architecture, run_training
-from ml_playground.train.targets import GPTTarget
+from ml_playground.train.loop import train
+from ml_playground.train.metrics import flops_per_token
+from ml_playground.train.modes import padded_vocab_size, resolve_architecture
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 VOCAB = len(set(TEXT))
@@ -34,7 +35,7 @@ def table(tmp_path: Path) -> dict[str, Any]:
 
 def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     cfg = train_config(table)
-    result = run_training(cfg)
+    result = train(cfg)
     assert result.iter_num == 6
     out = cfg.runtime.out_dir
     assert sorted(p.name for p in out.iterdir()) == [".lock", "ckpt_best.pt", "ckpt_last.pt", "logs"]
@@ -72,11 +73,11 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
 def test_checkpoint_model_args_take_precedence(
     table: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run_training(train_config(table))
+    train(train_config(table))
     table["model"] = {**table["model"], "n_embd": 32, "n_head": 4}
     table["runtime"] = {**table["runtime"], "max_iters": 9}
     with caplog.at_level(logging.INFO, logger="ml_playground.train"):
-        result = run_training(train_config(table))
+        result = train(train_config(table))
     assert result.iter_num == 9
     assert "checkpoint model_args take precedence over TOML: n_head=2 (TOML 4), n_embd=16 (TOML 32)" in caplog.text
     assert "resuming from" in caplog.text
@@ -91,7 +92,7 @@ def test_toml_options_build_the_model_and_a_resume_keeps_the_checkpoints(
     table: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     table["model"] = {**table["model"], **LLAMA_OPTIONS, "mlp_multiple": 16}
-    result = run_training(train_config(table))
+    result = train(train_config(table))
     assert result.best_val_loss < math.log(VOCAB)
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
     expected = {**LLAMA_OPTIONS, "mlp_hidden": 48}  # 8/3 x 16 rounded up to 16
@@ -101,7 +102,7 @@ def test_toml_options_build_the_model_and_a_resume_keeps_the_checkpoints(
     table["model"] = {k: v for k, v in table["model"].items() if k not in LLAMA_OPTIONS}
     table["runtime"] = {**table["runtime"], "max_iters": 8}
     with caplog.at_level(logging.INFO, logger="ml_playground.train"):
-        assert run_training(train_config(table)).iter_num == 8
+        assert train(train_config(table)).iter_num == 8
     assert "position='rope' (TOML 'learned')" in caplog.text
     assert "tie_embeddings=False (TOML True)" in caplog.text
     assert "n_kv_head=1 (TOML 2)" in caplog.text  # sizes as numbers, not None for "the default"
@@ -110,7 +111,7 @@ def test_toml_options_build_the_model_and_a_resume_keeps_the_checkpoints(
 
 def test_padded_size_is_what_the_checkpoint_file_records(table: dict[str, Any], tmp_path: Path) -> None:
     """The raw file keeps nanoGPT's model_args keys; vocab_size is the tensors' (padded) row count."""
-    run_training(train_config(table))
+    train(train_config(table))
     raw = torch.load(tmp_path / "out" / "ckpt_last.pt", map_location="cpu", weights_only=True)
     assert set(raw["model_args"]) == set(MODEL_ARG_KEYS)  # GPTConfig(**model_args) works in nanoGPT
     assert raw["model_args"]["vocab_size"] == PADDED
@@ -123,7 +124,7 @@ def test_vocab_multiple_and_vocab_size_set_the_rows(table: dict[str, Any], tmp_p
 
     def arch(**model: int) -> GPTConfig:
         table["model"] = {**tiny_train_table(tmp_path / "ds", tmp_path / "out")["model"], **model}
-        return resolve_architecture(train_config(table), meta, None)
+        return resolve_architecture(train_config(table), meta)
 
     assert (arch().vocab_size, arch().real_vocab_size) == (PADDED, VOCAB)
     assert (arch(vocab_multiple=1).vocab_size, arch(vocab_multiple=1).real_vocab_size) == (VOCAB, None)
@@ -139,17 +140,17 @@ def test_vocab_multiple_and_vocab_size_set_the_rows(table: dict[str, Any], tmp_p
 def test_vocab_multiple_one_reproduces_the_unpadded_model(table: dict[str, Any], tmp_path: Path) -> None:
     table["model"] = {**table["model"], "vocab_multiple": 1}
     cfg = train_config(table)
-    arch = resolve_architecture(cfg, read_meta(tmp_path / "ds" / "meta.json"), None)
+    arch = resolve_architecture(cfg, read_meta(tmp_path / "ds" / "meta.json"))
     assert arch == GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)
-    result = run_training(cfg)
+    result = train(cfg)
     assert result.best_val_loss == pytest.approx(UNPADDED_BEST_VAL_LOSS, rel=1e-5)
 
 
 def test_padded_run_resumes_with_its_padded_rows(table: dict[str, Any], tmp_path: Path) -> None:
-    run_training(train_config(table))
+    train(train_config(table))
     table["model"] = {**table["model"], "vocab_multiple": 1}  # the checkpoint's architecture wins
     table["runtime"] = {**table["runtime"], "max_iters": 9}
-    assert run_training(train_config(table)).iter_num == 9
+    assert train(train_config(table)).iter_num == 9
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
     assert (ckpt.arch.vocab_size, ckpt.arch.real_vocab) == (PADDED, VOCAB)
 
@@ -164,7 +165,7 @@ def test_eval_only_evaluates_without_writing(table: dict[str, Any], tmp_path: Pa
     gets the eval scalars and nothing else is written."""
     out = tmp_path / "out"
     table["runtime"] = {**table["runtime"], "eval_only": True}
-    result = run_training(train_config(table))
+    result = train(train_config(table))
     assert result.iter_num == 0
     assert result.last_eval is not None
     files = _files(out)
@@ -180,11 +181,11 @@ def test_eval_only_evaluates_without_writing(table: dict[str, Any], tmp_path: Pa
 
 def test_eval_only_evaluates_the_checkpoint_and_changes_no_file(table: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    trained = run_training(train_config(table))
+    trained = train(train_config(table))
     before = {name: data for name, data in _files(out).items() if not name.startswith("logs/")}
     assert set(before) == {".lock", "ckpt_best.pt", "ckpt_last.pt"}
     table["runtime"] = {**table["runtime"], "eval_only": True}
-    result = run_training(train_config(table))
+    result = train(train_config(table))
     assert result.iter_num == trained.iter_num == 6
     assert result.last_eval == trained.last_eval  # the saved weights on the same eval batches
     assert {name: data for name, data in _files(out).items() if not name.startswith("logs/")} == before
@@ -196,7 +197,7 @@ def test_bfloat16_autocast_trains_on_cpu_like_float32(table: dict[str, Any], tmp
     losses: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for dtype in ("float32", "bfloat16"):
         table["runtime"] = {**table["runtime"], "dtype": dtype, "max_iters": 3, "out_dir": str(tmp_path / dtype)}
-        run_training(train_config(table))
+        train(train_config(table))
         scalars = read_scalars(tmp_path / dtype / "logs" / "tb")
         losses[dtype] = {tag: scalars[tag] for tag in ("val/loss", "eval/train_loss", "train/loss")}
     fp32, bf16 = losses["float32"], losses["bfloat16"]
@@ -207,7 +208,7 @@ def test_bfloat16_autocast_trains_on_cpu_like_float32(table: dict[str, Any], tmp
 
 
 def test_tensorboard_scalars_are_written(table: dict[str, Any], tmp_path: Path) -> None:
-    run_training(train_config(table))
+    train(train_config(table))
     scalars = read_scalars(tmp_path / "out" / "logs" / "tb")
     expected = {"train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/step_time_ms", "train/mfu"}
     assert expected <= set(scalars)
@@ -221,7 +222,7 @@ def test_unavailable_device_is_an_error(table: dict[str, Any]) -> None:
     device = "cuda" if mps_available() else "mps"
     table["runtime"] = {**table["runtime"], "device": device}
     with pytest.raises(DeviceError, match=f"device '{device}' is configured but"):
-        run_training(train_config(table))
+        train(train_config(table))
 
 
 def test_unwritable_out_dir_is_an_error(table: dict[str, Any], tmp_path: Path) -> None:
@@ -229,7 +230,7 @@ def test_unwritable_out_dir_is_an_error(table: dict[str, Any], tmp_path: Path) -
     blocker.write_text("x")
     table["runtime"] = {**table["runtime"], "out_dir": str(blocker / "run")}
     with pytest.raises(CheckpointError, match=r"train\.runtime\.out_dir: .*a_file/run cannot be written"):
-        run_training(train_config(table))
+        train(train_config(table))
 
 
 def test_corrupt_last_checkpoint_is_reported_and_kept(table: dict[str, Any], tmp_path: Path) -> None:
@@ -237,22 +238,22 @@ def test_corrupt_last_checkpoint_is_reported_and_kept(table: dict[str, Any], tmp
     out.mkdir()
     (out / "ckpt_last.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match=r"ckpt_last\.pt: checkpoint is truncated or corrupted"):
-        run_training(train_config(table))
+        train(train_config(table))
     assert (out / "ckpt_last.pt").read_bytes() == b"PK\x03\x04 truncated"
 
 
 def test_missing_dataset_and_small_vocab_are_errors(table: dict[str, Any], tmp_path: Path) -> None:
     table["model"] = {**table["model"], "vocab_size": 5}
     with pytest.raises(ConfigError, match=r"train\.model\.vocab_size: 5 is smaller than the dataset's vocabulary"):
-        run_training(train_config(table))
+        train(train_config(table))
     table["data"] = {**table["data"], "dataset_dir": str(tmp_path / "nowhere")}
     with pytest.raises(DataError, match="dataset metadata not found"):
-        run_training(train_config(table))
+        train(train_config(table))
 
 
 def test_flops_per_token_count_the_padded_head_rows() -> None:
     """MFU measures the compute done: the head runs at the padded width."""
     base = GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16)
     padded = replace(base, vocab_size=64).with_real_vocab(40)
-    unpadded_flops = GPTTarget(GPT(base)).flops_per_token(16)
-    assert GPTTarget(GPT(padded)).flops_per_token(16) == unpadded_flops + 6 * 16 * (64 - 40)
+    unpadded_flops = flops_per_token(GPT(base), 16)
+    assert flops_per_token(GPT(padded), 16) == unpadded_flops + 6 * 16 * (64 - 40)

@@ -17,10 +17,9 @@ from ml_playground.model import GPT, GPTConfig
 from ml_playground.runtime import Runtime
 from ml_playground.train import loop as loop_module
 from ml_playground.train.distributed import DistInfo
-from ml_playground.train.loop import build_loop
+from ml_playground.train.loop import build_loop, train
 from ml_playground.train.metrics import MetricsSink, StepStats, ThroughputClock
-from ml_playground.train.run import gpt_target, run
-from ml_playground.train.targets import GPTTarget
+from ml_playground.train.parallel import Parallel
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
 
 FAR = 1000.0  # seconds a fake clock jumps during work that must stay outside every window
@@ -67,7 +66,7 @@ def test_logged_tokens_per_second_add_up_to_the_wall_clock_of_the_run(
         loss.item()  # waits for the step's work (a no-op wait on CPU)
         stamps[iter_num] = time.perf_counter()
 
-    run(cfg, gpt_target, on_step=on_step)
+    train(cfg, on_step=on_step)
     iters = [stats.iter_num for stats in logged]
     assert iters == list(range(0, 40, 4))
     tokens_per_step = 4 * 16 * 2  # batch x block x grad_accum_steps
@@ -89,7 +88,7 @@ def test_a_step_counts_every_micro_step_of_every_rank(table: dict[str, Any]) -> 
     model = GPT(GPTConfig(**table["model"], vocab_size=len(set(TEXT))))
     batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"), rank=1, world_size=2)
     runtime = Runtime(torch.device("cpu"), "float32")
-    loop = build_loop(cfg, GPTTarget(model), batches, runtime, dist=DistInfo(rank=1, world_size=2), dataset_meta=None)
+    loop = build_loop(cfg, Parallel(model), batches, runtime, dist=DistInfo(rank=1, world_size=2), dataset_meta=None)
     assert loop.tokens_per_step == 4 * 16 * 3 * 2  # what the loop counts into each window
 
 
@@ -119,12 +118,12 @@ def test_evaluation_saving_setup_and_resume_stay_outside_every_window(
         _jumps_far(monkeypatch, name, offset)
     del table["runtime"]["peak_flops"]  # the run probes the peak
     _sized(table, steps=7, eval_interval=3, log_interval=2, accum=1)
-    run(train_config(table), gpt_target)
+    train(train_config(table))
     # Logs at 0, 2, 4, 6; evaluations (each with a save) at 0, 3, 6 and 7 (after the last step):
     # the windows of 4 and 6 span an evaluation.
     assert [(stats.iter_num, stats.window.steps) for stats in logged] == [(0, 1), (2, 2), (4, 2), (6, 2)]
     table["runtime"]["max_iters"] = 11
-    run(train_config(table), gpt_target)  # resumes at 7 (its evaluation was before the save)
+    train(train_config(table))  # resumes at 7 (its evaluation was before the save)
     # The resumed run's first window starts at its first step, 7: logs at 8 and 10.
     assert [(stats.iter_num, stats.window.steps) for stats in logged[4:]] == [(8, 2), (10, 2)]
     # The jumps happened: 2 probes, 4 + 2 evaluations with as many saves, 1 resume.
