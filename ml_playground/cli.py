@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING
 
 from ml_playground import registry
 from ml_playground.config import ExperimentConfig, TrainConfig
-from ml_playground.config_loader import (
-    load_experiment_config,
-    require_export,
-    require_prepare,
-    require_sample,
-    require_train,
-)
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.errors import MLPlaygroundError
 
 if TYPE_CHECKING:
@@ -47,12 +41,12 @@ def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
-    registry.get(args.experiment).preparer(require_prepare(cfg, path))
+    registry.get(args.experiment).preparer(require(cfg.prepare, path, "prepare"))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
-    train_cfg = require_train(cfg, path)
+    train_cfg = require(cfg.train, path, "train")
     from ml_playground.train.loop import train
 
     train(train_cfg, training_mode(train_cfg))
@@ -76,7 +70,7 @@ def training_mode(cfg: TrainConfig) -> Mode:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
-    sample_cfg = require_sample(cfg, path)
+    sample_cfg = require(cfg.sample, path, "sample")
     if sample_cfg.runtime.init_from != "resume":
         from ml_playground.interop.source import sample_source
 
@@ -97,14 +91,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
     from ml_playground.interop.export import run_export
 
-    run_export(require_export(cfg, path), cfg, path)
+    run_export(require(cfg.export, path, "export.ollama"), cfg, path)
 
 
 def cmd_lit(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
     from ml_playground.analysis.lit_launcher import run_lit
 
-    run_lit(require_sample(cfg, path), path, port=args.port)
+    run_lit(require(cfg.sample, path, "sample"), path, port=args.port)
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> None:

@@ -24,12 +24,15 @@ Device = Literal["cpu", "mps", "cuda"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 
-def _resolve(path: Path) -> Path:
-    return path if path.is_absolute() else (PROJECT_ROOT / path)
+def project_path(path: str | Path) -> Path:
+    """`path` with `~` expanded; a relative path is taken from PROJECT_ROOT, so it means the same
+    from any working directory."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-# A path given as a TOML string, resolved against PROJECT_ROOT.
-ProjectPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]
+# A path given as a TOML string, resolved by `project_path`.
+ProjectPath = Annotated[Path, Field(strict=False), AfterValidator(project_path)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 

@@ -10,18 +10,14 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from ml_playground.config import (
-    ExperimentConfig,
-    ExportConfig,
-    PrepareConfig,
-    SampleConfig,
-    TrainConfig,
-)
+from ml_playground.config import ExperimentConfig
 from ml_playground.errors import ConfigError
+
+T = TypeVar("T")
 
 _ADAPTER: TypeAdapter[ExperimentConfig] = TypeAdapter(ExperimentConfig)
 # Keys of earlier versions: what an old config reads instead of a bare "unknown key".
@@ -83,25 +79,8 @@ def load_experiment_config(path: Path) -> ExperimentConfig:
     return parse_experiment_config(data, path)
 
 
-def require_prepare(cfg: ExperimentConfig, path: Path) -> PrepareConfig:
-    if cfg.prepare is None:
-        raise ConfigError(f"{path}: prepare: table [prepare] is required for this command")
-    return cfg.prepare
-
-
-def require_train(cfg: ExperimentConfig, path: Path) -> TrainConfig:
-    if cfg.train is None:
-        raise ConfigError(f"{path}: train: table [train] is required for this command")
-    return cfg.train
-
-
-def require_sample(cfg: ExperimentConfig, path: Path) -> SampleConfig:
-    if cfg.sample is None:
-        raise ConfigError(f"{path}: sample: table [sample] is required for this command")
-    return cfg.sample
-
-
-def require_export(cfg: ExperimentConfig, path: Path) -> ExportConfig:
-    if cfg.export is None:
-        raise ConfigError(f"{path}: export: table [export.ollama] is required for this command")
-    return cfg.export
+def require(table: T | None, path: Path, name: str) -> T:
+    """The table `name` of the config file at `path`, which the command needs (None: it is absent)."""
+    if table is None:
+        raise ConfigError(f"{path}: {name}: table [{name}] is required for this command")
+    return table

@@ -2,10 +2,18 @@
 
 The CLI catches `MLPlaygroundError`, prints its message as one line on stderr and exits with
 `exit_code` (a stop by signal is not a failure: it prints "stopped: ..." and exits 128 + signal).
-Anything else escaping the CLI is a bug and keeps its traceback.
+Anything else escaping the CLI is a bug and keeps its traceback. `summary` quotes a library's
+exception inside such a one-line message.
 """
 
 from __future__ import annotations
+
+
+def summary(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for
+    errors that quote a library's error in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class MLPlaygroundError(Exception):

@@ -23,8 +23,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ml_playground.atomic import write_text_atomic
-from ml_playground.config import PROJECT_ROOT, SampleConfig, SampleSettings
-from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
+from ml_playground.config import SampleConfig, SampleSettings, project_path
+from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError, summary
 from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT
 from ml_playground.progress import progress_bar
@@ -52,8 +52,7 @@ def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Toke
     try:
         model.load_state_dict(checkpoint.model)
     except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match model_args ({detail})") from None
+        raise CheckpointError(f"{path}: weights do not match model_args ({summary(exc)})") from None
     model.to(runtime.device).eval()
     tokenizer = tokenizer_from_meta(meta, where=f"{path}: dataset_meta")
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -67,8 +66,7 @@ def read_prompt(start: str) -> str:
     """`start` itself, or the contents of `FILE:path` (relative paths resolve against the project root)."""
     if not start.startswith(FILE_PREFIX):
         return start
-    path = Path(start.removeprefix(FILE_PREFIX))
-    path = path if path.is_absolute() else PROJECT_ROOT / path
+    path = project_path(start.removeprefix(FILE_PREFIX))
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

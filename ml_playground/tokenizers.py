@@ -24,7 +24,7 @@ import numpy.typing as npt
 import tiktoken
 import tokenizers
 
-from ml_playground.errors import DataError
+from ml_playground.errors import DataError, summary
 
 if TYPE_CHECKING:
     from ml_playground.data.meta import DatasetMeta
@@ -367,8 +367,7 @@ class HuggingFaceTokenizer:
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises plain Exception for unreadable or invalid files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{path}: cannot read the Hugging Face tokenizer ({first})") from None
+            raise DataError(f"{path}: cannot read the Hugging Face tokenizer ({summary(exc)})") from None
         self._path = path
 
     @property

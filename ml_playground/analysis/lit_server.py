@@ -19,7 +19,7 @@ from lit_nlp import dev_server
 from ml_playground.analysis.examples import build_examples
 from ml_playground.analysis.lit_dataset import ExperimentDataset
 from ml_playground.analysis.lit_model import GPTLitModel
-from ml_playground.config_loader import load_experiment_config, require_sample
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.errors import MLPlaygroundError
 from ml_playground.runtime import resolve_runtime, seed_everything
 from ml_playground.sample import load_model_for_inference, read_prompt
@@ -37,7 +37,7 @@ log = logging.getLogger("ml_playground")
 def build_server(config_path: Path, port: int) -> dev_server.Server:
     """Load the experiment's best checkpoint and its examples; the returned server is not started."""
     experiment = load_experiment_config(config_path)
-    cfg = require_sample(experiment, config_path)
+    cfg = require(experiment.sample, config_path, "sample")
     runtime = resolve_runtime(cfg.runtime.device, cfg.runtime.dtype)
     seed_everything(cfg.runtime.seed)
     model, tokenizer, checkpoint = load_model_for_inference(cfg.runtime.out_dir, runtime)

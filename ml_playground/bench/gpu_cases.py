@@ -34,7 +34,7 @@ from ml_playground.bench.runs import timed_steps
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import StepClock
 from ml_playground.config import PROJECT_ROOT, TrainConfig
-from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.data.meta import read_meta
 from ml_playground.data.prepare import prepare_corpus
 from ml_playground.train.distributed import grad_accum_steps_for
@@ -74,7 +74,7 @@ def _skipped(case: str) -> Row:
 def shipped_gpu_config(ctx: BenchContext, path: Path, *, dataset_dir: Path, out_dir: Path) -> TrainConfig:
     """A shipped GPU config's [train] on the benchmark's data, device and scratch out_dir; MFU
     against the measured bf16 peak. --tiny shrinks the model and run to seconds, in float32."""
-    cfg = require_train(load_experiment_config(path), path)
+    cfg = require(load_experiment_config(path).train, path, "train")
     runtime = replace(cfg.runtime, out_dir=out_dir, device=ctx.device_name, peak_flops=ctx.peaks.of(cfg.runtime.dtype))
     cfg = replace(cfg, data=replace(cfg.data, dataset_dir=dataset_dir), runtime=runtime)
     if not ctx.tiny:

@@ -28,7 +28,7 @@ from ml_playground.bench.report import Curve, EvalPoint, Quality, QualityRun, Ro
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import alternate
 from ml_playground.config import TrainConfig
-from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.train.loop import train
 from ml_playground.train.metrics import TB_SUBDIR
 
@@ -42,7 +42,7 @@ def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
 
     The run's MFU uses the peak this benchmark measured instead of probing again (nanoGPT does
     not probe, so the probe would count against ml-playground's time alone)."""
-    train = require_train(load_experiment_config(config_path), config_path)
+    train = require(load_experiment_config(config_path).train, config_path, "train")
     runtime = replace(
         train.runtime,
         out_dir=ctx.work_dir / "case3",

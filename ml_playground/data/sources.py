@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from ml_playground.atomic import atomic_binary_writer, write_text_atomic
-from ml_playground.config import PROJECT_ROOT
+from ml_playground.config import project_path
 from ml_playground.errors import DataError
 from ml_playground.progress import progress_bar
 
@@ -31,8 +31,7 @@ def local_path(source: str) -> Path:
     """A file path or file:// URL as a Path; relative paths resolve against the project root."""
     if source.startswith("file://"):
         return Path(urllib.parse.unquote(urllib.parse.urlparse(source).path))
-    path = Path(source).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return project_path(source)
 
 
 def file_sha256(path: Path) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ml_playground.config import PROJECT_ROOT, ModelConfig, SampleConfig, TrainConfig
+from ml_playground.config import ModelConfig, SampleConfig, TrainConfig, project_path
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError
+from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError, summary
 from ml_playground.interop.arch import option_value
 from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
 from ml_playground.model import GPT, GPTConfig
@@ -86,17 +86,16 @@ def hub_download(model_id: str) -> Path:
     try:
         return Path(snapshot_download(model_id, allow_patterns=list(HUB_FILES)))
     except (OSError, ValueError) as exc:  # offline, unreachable, unknown or gated repository
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"init_from {model_id!r}: cannot download it from the Hugging Face hub ({type(exc).__name__}: {first}); "
+            f"init_from {model_id!r}: cannot download it from the Hugging Face hub "
+            f"({type(exc).__name__}: {summary(exc)}); "
             "a model id needs the network (or its files in the huggingface_hub cache)"
         ) from None
 
 
 def locate(init_from: str, key: str, download: Downloader) -> Path:
     """A file or directory (relative paths against the project root), else a downloaded model id."""
-    path = Path(init_from).expanduser()
-    path = path if path.is_absolute() else PROJECT_ROOT / path
+    path = project_path(init_from)
     if path.exists():
         return path
     if HUB_ID.fullmatch(init_from) is None:

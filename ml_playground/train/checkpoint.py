@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
 from ml_playground.data.meta import DatasetMeta, read_meta
-from ml_playground.errors import CheckpointError
+from ml_playground.errors import CheckpointError, summary
 from ml_playground.model import GPTConfig
 
 SCHEMA_VERSION = 1
@@ -207,8 +207,7 @@ def _read_raw(path: Path) -> dict[str, Any]:
     try:
         raw: object = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint (weights_only load): {first_line}") from None
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint (weights_only load): {summary(exc)}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__}); delete it or restore a good copy"

@@ -30,7 +30,7 @@ from torch.distributed import PrefixStore, Store, TCPStore  # pyright: ignore[re
 from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground.config import DataConfig
-from ml_playground.errors import DistributedError
+from ml_playground.errors import DistributedError, summary
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,9 @@ def translate_peer_failures(info: DistInfo, what: str) -> Generator[None]:
     except RuntimeError as exc:  # DistError is a RuntimeError
         if not _is_peer_failure(exc):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(
             f"rank {info.rank}/{info.world_size}: {what} failed, a peer process died or timed out "
-            f"({type(exc).__name__}: {first[:300]}); rerun to resume from ckpt_last.pt "
+            f"({type(exc).__name__}: {summary(exc)[:300]}); rerun to resume from ckpt_last.pt "
             "(torchrun --max-restarts=N does this automatically)"
         ) from None
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from ml_playground import registry
-from ml_playground.config_loader import load_experiment_config, require_sample, require_train
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.data.meta import DatasetMeta, write_meta
 from ml_playground.generate import generate
 from ml_playground.model import GPT
@@ -124,7 +124,7 @@ temperature = 0.0
 def _train_tiny(config_path: Path) -> GPT:
     """Train with the trainer (`train`, as `make train` does); the model LIT must serve is
     the one in the checkpoint it wrote, loaded the way sampling loads it."""
-    cfg = require_train(load_experiment_config(config_path), config_path)
+    cfg = require(load_experiment_config(config_path).train, config_path, "train")
     train(cfg)
     model, _, path = load_model_for_inference(cfg.runtime.out_dir, Runtime(torch.device("cpu"), "float32"))
     assert path.name == "ckpt_best.pt"
@@ -232,7 +232,7 @@ def test_greedy_continuation_equals_the_sampler(served: Served, examples: list[d
     preds = _preds(served, examples, "GeneratedText")
     assert all(len(served.tokenizer.encode(p["continuation"])) == MAX_NEW_TOKENS for p in preds)
     # The configured prompt, through `make sample`'s own entry point.
-    sample = require_sample(load_experiment_config(served.config_path), served.config_path)
+    sample = require(load_experiment_config(served.config_path).sample, served.config_path, "sample")
     assert run_sampling(sample) == [PROMPT + preds[0]["continuation"]]
     # Every snippet, through the sampler's generation pipeline with the same settings.
     for example, pred in zip(examples[1:], preds[1:], strict=True):

@@ -8,7 +8,7 @@ import pytest
 
 from ml_playground import registry
 from ml_playground.config import PrepareConfig
-from ml_playground.config_loader import load_experiment_config, require_prepare
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.data.meta import read_meta
 from ml_playground.data.sources import local_path
 from ml_playground.errors import DataError
@@ -24,7 +24,7 @@ GERMAN = (
 
 def _shipped_prepare(name: str, tmp_path: Path, source: str) -> PrepareConfig:
     experiment = registry.get(name)
-    cfg = require_prepare(load_experiment_config(experiment.default_config), experiment.default_config)
+    cfg = require(load_experiment_config(experiment.default_config).prepare, experiment.default_config, "prepare")
     return dataclasses.replace(cfg, dataset_dir=tmp_path / "datasets", source=source)
 
 
@@ -55,7 +55,7 @@ def test_bundestag_prepares_user_text(tmp_path: Path, name: str, kind: str, dtyp
 @pytest.mark.parametrize("name", ["bundestag_char", "bundestag_tiktoken"])
 def test_bundestag_missing_input_says_where_to_put_it(tmp_path: Path, name: str) -> None:
     experiment = registry.get(name)
-    shipped = require_prepare(load_experiment_config(experiment.default_config), experiment.default_config)
+    shipped = require(load_experiment_config(experiment.default_config).prepare, experiment.default_config, "prepare")
     assert local_path(shipped.source) == experiment.folder / "datasets" / "input.txt"
     missing = tmp_path / "datasets" / "input.txt"
     cfg = _shipped_prepare(name, tmp_path, str(missing))

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.model import GPT
 from ml_playground.train.loop import train
 from ml_playground.train.modes import Mode, Start
@@ -34,7 +34,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 def main(config: Path, out_dir: Path) -> None:
-    cfg = require_train(load_experiment_config(config), config)
+    cfg = require(load_experiment_config(config).train, config, "train")
     record: dict[str, Any] = {}
 
     def on_dropout(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.config import PROJECT_ROOT
-from ml_playground.config_loader import load_experiment_config
+from ml_playground.config import PROJECT_ROOT, project_path
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.errors import ConfigError
 
 VALID = """
@@ -138,6 +138,22 @@ def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_experiment_config(tmp_path / "nope.toml")
+
+
+def test_a_command_requires_its_table(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID + TRAIN_TAIL)
+    cfg = load_experiment_config(path)
+    assert require(cfg.train, path, "train") is cfg.train
+    with pytest.raises(ConfigError, match=r"cfg\.toml: sample: table \[sample\] is required for this command"):
+        require(cfg.sample, path, "sample")
+
+
+def test_paths_resolve_against_the_project_root_with_home_expanded(tmp_path: Path) -> None:
+    cfg = load_experiment_config(write(tmp_path, (VALID + TRAIN_TAIL).replace('"out/run"', '"~/run"')))
+    assert cfg.train is not None
+    assert cfg.train.runtime.out_dir == Path.home() / "run"
+    assert project_path("out/run") == PROJECT_ROOT / "out" / "run"
+    assert project_path(tmp_path) == tmp_path
 
 
 @pytest.mark.parametrize(

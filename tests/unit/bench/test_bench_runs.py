@@ -16,7 +16,7 @@ from ml_playground.bench.runner import DEFAULT_QUALITY_CONFIG
 from ml_playground.bench.runs import logged_vs_wall, precision, timed_steps, train_config
 from ml_playground.bench.shapes import TINY
 from ml_playground.bench.train_cases import case2_train_mid
-from ml_playground.config_loader import load_experiment_config, require_train
+from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.train.checkpoint import LAST_NAME, load_checkpoint
 from ml_playground.train.metrics import PrecisionProbe
 
@@ -80,7 +80,7 @@ def test_precision_variant_changes_only_dtype_compile_and_peak(ctx: BenchContext
 
 
 def test_quality_config_keeps_the_shipped_settings_on_the_bench_corpus(ctx: BenchContext) -> None:
-    shipped = require_train(load_experiment_config(DEFAULT_QUALITY_CONFIG), DEFAULT_QUALITY_CONFIG)
+    shipped = require(load_experiment_config(DEFAULT_QUALITY_CONFIG).train, DEFAULT_QUALITY_CONFIG, "train")
     cfg = quality_config(ctx, DEFAULT_QUALITY_CONFIG)
     assert cfg.data.dataset_dir == ctx.char_dir
     assert cfg.runtime.out_dir == ctx.work_dir / "case3"
