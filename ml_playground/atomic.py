@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -53,13 +53,6 @@ def atomic_output_path(path: Path) -> Generator[Path]:
 def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
     """Yield a binary file that replaces `path` only when the block exits without error."""
     with atomic_output_path(path) as tmp, tmp.open("wb") as handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def atomic_text_writer(path: Path) -> Generator[TextIO]:
-    """Yield a UTF-8 text file that replaces `path` only when the block exits without error."""
-    with atomic_output_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
         yield handle
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Never, TypeVar
+from typing import Never
 
 from tqdm import tqdm
-
-T = TypeVar("T")
 
 
 def progress_enabled() -> bool:
@@ -29,8 +26,3 @@ def progress_bar(total: float | None, desc: str, unit: str = "it", unit_scale: b
         dynamic_ncols=True,
     )
     return bar
-
-
-def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """Iterate `items` with a bar."""
-    yield from tqdm(items, desc=desc, total=total, disable=not progress_enabled(), file=sys.stderr)

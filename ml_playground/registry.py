@@ -72,5 +72,5 @@ def get(name: str) -> Experiment:
     try:
         return _EXPERIMENTS[name]
     except KeyError:
-        known = ", ".join(sorted(_EXPERIMENTS)) or "none"
+        known = ", ".join(names()) or "none"
         raise ExperimentError(f"unknown experiment {name!r}; known experiments: {known}") from None

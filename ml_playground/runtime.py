@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import platform
 import random
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,17 +163,6 @@ def environment_report() -> str:
         f"devices: {', '.join(usable_devices())}",
     ]
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Generator[None]:
-    """Temporarily set the intra-op thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # glibc mallopt parameters (malloc.h).

@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 _BLOCK = 1 << 20
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://", "file://"))
-
-
 def local_path(source: str) -> Path:
     """A file path or file:// URL as a Path; relative paths resolve against the project root."""
     if source.startswith("file://"):

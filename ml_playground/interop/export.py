@@ -29,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
+from torch import Tensor
 
 from ml_playground.atomic import atomic_output_path, write_text_atomic
 from ml_playground.config import ExperimentConfig, ExportConfig, OllamaExportConfig, SampleSettings
+from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop import ollama
 from ml_playground.interop.arch import counterpart
 from ml_playground.interop.gguf import FloatType, write_gguf
-from ml_playground.interop.hf import LoadedModel, export_hf
+from ml_playground.interop.hf import export_hf
+from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import ENDOFTEXT
 from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
 
@@ -63,6 +66,15 @@ QUANT_FTYPES: dict[str, str] = {
     "q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
     "q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedModel:
+    """The model to export: weights with nanoGPT names, the architecture and the tokenizer's metadata."""
+
+    state_dict: dict[str, Tensor]
+    config: GPTConfig
+    meta: DatasetMeta
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

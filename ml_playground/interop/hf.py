@@ -522,16 +522,6 @@ def export_hf(state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMet
     write_tokenizer(out_dir, meta, config.block_size)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadedModel:
-    """A model in our format, whatever it was read from (a checkpoint, an HF directory):
-    weights with nanoGPT names, the architecture and the tokenizer's metadata."""
-
-    state_dict: dict[str, Tensor]
-    config: GPTConfig
-    meta: DatasetMeta
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         return cast("dict[str, Any]", json.loads(path.read_text(encoding="utf-8")))
@@ -644,11 +634,3 @@ def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
     if hf_cfg.get("model_type") == "gpt2":
         config = replace(config, bias=not biases_are_zero(hf_weights, config.n_layer))
     return from_hf_state_dict(hf_weights, config, str(model_dir)), config
-
-
-def import_hf(model_dir: Path) -> LoadedModel:
-    """Read an HF GPT-2, Llama or Qwen3 directory (config.json, model.safetensors, tokenizer.json)
-    into our format."""
-    state_dict, config = import_hf_weights(model_dir)
-    meta = meta_from_tokenizer_json(model_dir / TOKENIZER_FILE)
-    return LoadedModel(state_dict=state_dict, config=config, meta=meta)

@@ -66,10 +66,6 @@ class StopRequest:
 
     signum: int | None = None
 
-    @property
-    def name(self) -> str:
-        return "a signal" if self.signum is None else signal.Signals(self.signum).name
-
 
 @contextlib.contextmanager
 def stop_signals() -> Generator[StopRequest]:

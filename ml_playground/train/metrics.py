@@ -88,10 +88,6 @@ class PrecisionProbe:
     def bfloat16_slower(self) -> bool:
         return self.bfloat16_seconds > self.float32_seconds
 
-    @property
-    def bfloat16_speedup(self) -> float:
-        return self.float32_seconds / max(self.bfloat16_seconds, 1e-12)
-
 
 def _mlp_seconds(device: torch.device, dtype: torch.dtype | None, *, tokens: int, width: int) -> float:
     """One forward+backward of a GPT MLP (linear, GELU, linear) over `tokens` rows of `width`,
@@ -201,10 +197,6 @@ class ThroughputClock:
     @classmethod
     def for_device(cls, device: torch.device) -> ThroughputClock:
         return cls(lambda: _sync(device))
-
-    @property
-    def running(self) -> bool:
-        return self._since is not None
 
     def start(self) -> None:
         if self._since is None:

@@ -57,10 +57,10 @@ def test_hf_export_of_cuda_trained_weights_computes_the_same_logits(tmp_path: Pa
     assert (device_logits - cpu_logits).abs().max().item() <= 1e-2 * cpu_logits.abs().max().item()
     assert hf_logits.std().item() > 0.5  # a trained model, not flat logits
 
-    imported = hf.import_hf(tmp_path / "hf")
+    state_dict, config = hf.import_hf_weights(tmp_path / "hf")
     exported, arch = hf.tokens_only(checkpoint.model, checkpoint.arch, meta)  # what the export wrote
-    assert imported.config == arch
-    again = GPT(imported.config)
-    again.load_state_dict(imported.state_dict)
+    assert config == arch
+    again = GPT(config)
+    again.load_state_dict(state_dict)
     for name, tensor in exported.items():
         assert torch.equal(again.state_dict()[name], tensor.cpu()), name

@@ -53,8 +53,8 @@ def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path) -> None:
     assert (adapted_logits - merged_logits).abs().max().item() <= 1e-4
     assert (adapted_logits - base_logits).abs().max().item() > 1e-2  # the adapter changed the model
 
-    imported = hf.import_hf(tmp_path / "run" / "merged")
-    ours = GPT(imported.config)
-    ours.load_state_dict(imported.state_dict)
+    state_dict, config = hf.import_hf_weights(tmp_path / "run" / "merged")
+    ours = GPT(config)
+    ours.load_state_dict(state_dict)
     with torch.no_grad():
         assert (ours.eval()(ids).logits - merged_logits).abs().max().item() <= 1e-4

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_playground.interop.hf import import_hf
+from ml_playground.interop.hf import import_hf_weights
 from ml_playground.model import GPT
 from ml_playground.tokenizers import TiktokenTokenizer
 
@@ -123,9 +123,9 @@ def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
     cli("export", "shakespeare_lora", "--exp-config", str(lora_cfg))
 
     # The exported (merged) model in our format, with the weights an f16 GGUF holds.
-    merged = import_hf(tmp_path / "lora_export" / "hf")
-    model = GPT(merged.config).eval()
-    model.load_state_dict({k: v.half().float() if v.ndim == 2 else v for k, v in merged.state_dict.items()})
+    state_dict, config = import_hf_weights(tmp_path / "lora_export" / "hf")
+    model = GPT(config).eval()
+    model.load_state_dict({k: v.half().float() if v.ndim == 2 else v for k, v in state_dict.items()})
     tokenizer = TiktokenTokenizer("gpt2")
     ids = tokenizer.encode(COMEDY)[:64]
     prompt = tokenizer.encode("PUCK:\n")

@@ -69,10 +69,10 @@ def test_hf_directory_imports_back_into_the_same_model(tmp_path: Path) -> None:
     saved = tmp_path / "resaved"
     load_hf(tmp_path).save_pretrained(saved)  # type: ignore[operator]  # untyped transformers API
     (saved / "tokenizer.json").write_bytes((tmp_path / "tokenizer.json").read_bytes())
-    imported = hf.import_hf(saved)
-    assert imported.config == model.config
-    again = GPT(imported.config)
-    again.load_state_dict(imported.state_dict)
+    state_dict, config = hf.import_hf_weights(saved)
+    assert config == model.config
+    again = GPT(config)
+    again.load_state_dict(state_dict)
     for name, tensor in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
 
@@ -119,7 +119,7 @@ def test_llama_style_model_equals_its_transformers_class(tmp_path: Path, case: s
     (tmp_path / "resaved" / "tokenizer.json").write_bytes((tmp_path / "hf" / "tokenizer.json").read_bytes())
     exported = replace(model.config, vocab_size=meta.vocab_size, real_vocab_size=None)  # padding rows dropped
     for folder in ("hf", "resaved"):
-        imported = hf.import_hf(tmp_path / folder)
-        assert imported.config == exported
-        for name, tensor in imported.state_dict.items():
+        state_dict, config = hf.import_hf_weights(tmp_path / folder)
+        assert config == exported
+        for name, tensor in state_dict.items():
             assert torch.equal(tensor, model.state_dict()[name][: tensor.size(0)]), (folder, name)

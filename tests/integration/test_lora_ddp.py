@@ -24,11 +24,17 @@ import torch
 
 from ml_playground.errors import ConfigError
 from ml_playground.model import GPT
-from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model
 from tests.support.lora_ranks import checkpoint_past, kill_when, rank_pid, read_report, run_ranks
-from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import (
+    adapted_hf,
+    finetune,
+    lora_train_table,
+    torch_threads,
+    write_base,
+    write_finetune_dataset,
+)
 from tests.support.tiny_training import read_scalars, train_config
 from tests.support.torchrun import run, start, write_toml
 

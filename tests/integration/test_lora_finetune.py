@@ -19,11 +19,17 @@ from ml_playground.errors import ConfigError, ExportError
 from ml_playground.finetune import lora
 from ml_playground.interop import hf
 from ml_playground.model import GPT
-from ml_playground.runtime import torch_threads
 from ml_playground.sample import run_sampling
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import (
+    adapted_hf,
+    finetune,
+    lora_train_table,
+    torch_threads,
+    write_base,
+    write_finetune_dataset,
+)
 from tests.support.tiny_training import train_config
 
 pytestmark = pytest.mark.slow
@@ -89,9 +95,9 @@ def test_lora_lowers_loss_saves_peft_adapter_and_merges(tmp_path: Path) -> None:
     merged: Any = GPT2LMHeadModel.from_pretrained(merged_dir)
     merged.eval()
     ids = torch.tensor([tokenizer.encode(CORPUS[:64])])
-    imported = hf.import_hf(merged_dir)
-    ours = GPT(imported.config).eval()
-    ours.load_state_dict(imported.state_dict)
+    state_dict, config = hf.import_hf_weights(merged_dir)
+    ours = GPT(config).eval()
+    ours.load_state_dict(state_dict)
     with torch.no_grad():
         adapted_logits = adapted(input_ids=ids).logits
         assert (adapted_logits - merged(input_ids=ids).logits).abs().max().item() <= 1e-4

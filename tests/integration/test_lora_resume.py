@@ -19,10 +19,16 @@ import pytest
 import torch
 
 from ml_playground.errors import CheckpointError
-from ml_playground.runtime import torch_threads
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model, llama
-from tests.support.tiny_lora import LLAMA_TARGETS, finetune, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import (
+    LLAMA_TARGETS,
+    finetune,
+    lora_train_table,
+    torch_threads,
+    write_base,
+    write_finetune_dataset,
+)
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow

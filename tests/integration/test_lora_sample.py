@@ -28,7 +28,6 @@ from ml_playground.errors import CheckpointError, ConfigError, DeviceError
 from ml_playground.finetune.lora import LoRA, adapter_state, load_adapter_state
 from ml_playground.interop.export import run_export
 from ml_playground.model import GPT
-from ml_playground.runtime import torch_threads
 from ml_playground.sample import SEPARATOR, run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import load_checkpoint
@@ -38,6 +37,7 @@ from tests.support.tiny_lora import (
     finetune,
     fresh_lora,
     lora_train_table,
+    torch_threads,
     write_base,
     write_finetune_dataset,
 )

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ml_playground.interop.gguf import write_gguf
-from ml_playground.interop.hf import import_hf
+from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
 
 
 def main(argv: list[str]) -> int:
@@ -28,8 +28,9 @@ def main(argv: list[str]) -> int:
         args.outfile.write_bytes(b"GGUF-truncated")
         print("converter: unsupported tensor layout", file=sys.stderr)
         return 3
-    model = import_hf(args.model_dir)
-    write_gguf(args.outfile, model.state_dict, model.config, model.meta, ftype=args.outtype, name="standin")
+    state_dict, config = import_hf_weights(args.model_dir)
+    meta = meta_from_tokenizer_json(args.model_dir / TOKENIZER_FILE)
+    write_gguf(args.outfile, state_dict, config, meta, ftype=args.outtype, name="standin")
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.meta import DatasetMeta, read_meta, write_meta
@@ -41,6 +42,18 @@ def adapted_hf(base_dir: Path, adapter_dir: Path) -> Any:
     with peft_compat():
         adapted: Any = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter_dir))
     return adapted.eval()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Generator[None]:
+    """Temporarily set torch's intra-op thread count (the CPU is shared; spinning thread pools slow
+    tiny models down)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def write_base(model: GPT, meta: DatasetMeta, folder: Path) -> Path:

@@ -8,7 +8,6 @@ import pytest
 from ml_playground.atomic import (
     atomic_binary_writer,
     atomic_output_path,
-    atomic_text_writer,
     link_or_copy_atomic,
     write_text_atomic,
 )
@@ -37,10 +36,9 @@ def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
-def test_text_writer_writes_utf8(tmp_path: Path) -> None:
+def test_text_is_written_as_utf8(tmp_path: Path) -> None:
     target = tmp_path / "t.txt"
-    with atomic_text_writer(target) as handle:
-        handle.write("Grüße 🎭\n")
+    write_text_atomic(target, "Grüße 🎭\n")
     assert target.read_bytes() == "Grüße 🎭\n".encode()
 
 

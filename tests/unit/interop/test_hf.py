@@ -127,11 +127,11 @@ def test_export_writes_a_loadable_directory_and_imports_back(tmp_path: Path) -> 
     assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode("Speak").ids == CharTokenizer(
         meta.itos or []
     ).encode("Speak")
-    imported = hf.import_hf(tmp_path)
-    assert imported.config == model.config
-    assert imported.meta.itos == meta.itos
+    state_dict, config = hf.import_hf_weights(tmp_path)
+    assert config == model.config
+    assert hf.meta_from_tokenizer_json(tmp_path / hf.TOKENIZER_FILE).itos == meta.itos
     for name, tensor in model.state_dict().items():
-        assert torch.equal(imported.state_dict[name], tensor), name
+        assert torch.equal(state_dict[name], tensor), name
 
 
 def test_gpt2_export_writes_slow_tokenizer_files(tmp_path: Path) -> None:
@@ -142,14 +142,14 @@ def test_gpt2_export_writes_slow_tokenizer_files(tmp_path: Path) -> None:
     assert vocab["<|endoftext|>"] == 50256
     assert (tmp_path / "merges.txt").read_text().startswith("#version")
     assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 50256
-    assert hf.import_hf(tmp_path).meta.encoding == "gpt2"
+    assert hf.meta_from_tokenizer_json(tmp_path / hf.TOKENIZER_FILE).encoding == "gpt2"
 
 
 def test_import_refuses_other_architectures(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "hidden_size": 8}))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ExportError, match="model_type: expected one of 'gpt2', 'llama', 'qwen3', got 'mistral'"):
-        hf.import_hf(tmp_path)
+        hf.import_hf_weights(tmp_path)
 
 
 def test_gpt2_mlp_width_and_norm_eps_are_exported_and_imported(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_gpt2_mlp_width_and_norm_eps_are_exported_and_imported(tmp_path: Path) -
     hf.export_hf(model.state_dict(), model.config, char_meta(TEXT), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["n_inner"], config["layer_norm_epsilon"]) == (20, 1e-6)
-    assert hf.import_hf(tmp_path).config == model.config
+    assert hf.import_hf_weights(tmp_path)[1] == model.config
 
 
 # --- Llama / Qwen3 ---------------------------------------------------------------------------------
@@ -230,10 +230,10 @@ def test_llama_config_json_states_every_option(options: dict[str, Any], architec
 def test_llama_export_imports_back(tmp_path: Path, options: dict[str, Any]) -> None:
     model = tiny(False, vocab_size=len(set(TEXT)), **(LLAMA | options))
     hf.export_hf(model.state_dict(), model.config, char_meta(TEXT), tmp_path)
-    imported = hf.import_hf(tmp_path)
-    assert imported.config == model.config
+    state_dict, config = hf.import_hf_weights(tmp_path)
+    assert config == model.config
     for name, tensor in model.state_dict().items():
-        assert torch.equal(imported.state_dict[name], tensor), name
+        assert torch.equal(state_dict[name], tensor), name
 
 
 @pytest.mark.parametrize(
@@ -252,7 +252,7 @@ def test_llama_import_refuses_what_our_gpt_cannot_compute(tmp_path: Path, change
     config = json.loads((tmp_path / "config.json").read_text()) | change
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match=message):
-        hf.import_hf(tmp_path)
+        hf.import_hf_weights(tmp_path)
 
 
 @pytest.mark.parametrize("options", [LLAMA | {"mlp": "relu2"}, {"logit_softcap": 30.0}, {"tie_embeddings": False}])

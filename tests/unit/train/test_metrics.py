@@ -100,7 +100,8 @@ def test_every_mark_syncs_the_device_before_reading_the_time() -> None:
     assert device.events == ["sync", "time"] * 3
     clock.pause()  # already paused: nothing
     assert device.events == ["sync", "time"] * 3
-    assert not clock.running
+    device.now += 7.0  # paused: this time is in no window
+    assert clock.lap().seconds == 0.0
 
 
 def test_log_interval_one_reports_each_step_with_its_logging_in_the_next() -> None:
@@ -152,7 +153,6 @@ def test_bfloat16_warning_fires_only_when_bfloat16_is_slower(caplog: pytest.LogC
     assert "80.00 ms vs 2.00 ms" in message
     assert 'train.runtime.dtype = "float32"' in message
     assert slower.bfloat16_slower
-    assert slower.bfloat16_speedup == pytest.approx(0.025)
 
 
 def test_bfloat16_probe_times_both_paths_without_touching_the_global_rng() -> None:
