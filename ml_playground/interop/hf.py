@@ -1,12 +1,12 @@
 """Hugging Face interop: our GPT <-> a `transformers` GPT2LMHeadModel, LlamaForCausalLM or
 Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
 
-Two explicit key maps name every tensor on both sides; each drives export and import:
-- `GPT2_KEY_MAP`: names (ours = Hugging Face's, and llama.cpp's GGUF names, which interop.gguf
-  writes) and transposes. GPT-2's Hugging Face checkpoints store linear layers as `Conv1D` with
-  weight (in, out), ours are `nn.Linear` with weight (out, in).
-- `LLAMA_KEY_MAP` (Llama and Qwen3): names (Hugging Face's, and llama.cpp's GGUF names, which
-  interop.gguf writes) and row blocks. Our fused `c_attn` (rows q | k | v) and
+Two explicit key maps of one `KeyRule` type name every tensor three ways (ours, Hugging Face's,
+llama.cpp's GGUF name, which interop.gguf writes); `key_rules` expands the one of a model's
+architecture, and export, import and the GGUF writer all read it:
+- `GPT2_KEY_MAP`: ours = Hugging Face's names, and transposes. GPT-2's Hugging Face checkpoints
+  store linear layers as `Conv1D` with weight (in, out), ours are `nn.Linear` with weight (out, in).
+- `LLAMA_KEY_MAP` (Llama and Qwen3): row blocks. Our fused `c_attn` (rows q | k | v) and
   SwiGLU `c_fc` (rows gate | up) are HF's separate q/k/v and gate/up projections. No transposes
   and no permutation: our RoPE is Hugging Face Llama's (rotate_half on the two halves of a head).
 
@@ -27,7 +27,7 @@ from typing import Any, Literal, cast
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
@@ -35,7 +35,7 @@ from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.model import GPTConfig
-from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges
+from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges, hf_char_tokenizer, hf_gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +53,41 @@ GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 
 
+# Which rows of our tensor a tensor of the other format holds: all, or one block of a fused weight.
+RowBlock = Literal["all", "q", "k", "v", "gate", "up"]
+# When a tensor exists: always, with QK-norm (Qwen3), or with an untied output head.
+When = Literal["always", "qk_norm", "untied"]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRule:
-    """One GPT-2 tensor: our name, the Hugging Face name, the GGUF (llama.cpp) name, and whether the
-    2-D weight is transposed in Hugging Face's files. `{i}` stands for the block index."""
+    """One tensor under its three names: ours, Hugging Face's and GGUF's (llama.cpp's); `{i}` stands
+    for the block index. `transpose`: Hugging Face stores the 2-D weight transposed (GPT-2's
+    Conv1D). `rows`: the block of our fused tensor's rows it holds. `is_bias`: a bias our
+    `bias = false` model omits (GPT-2's files always hold it). `when`: which architectures have it."""
 
     ours: str
     hf: str
     gguf: str
     transpose: bool = False
+    rows: RowBlock = "all"
     is_bias: bool = False
+    when: When = "always"
 
 
 def _gpt2_block(name: str, gguf: str, *, transpose: bool = False, is_bias: bool = False) -> KeyRule:
     """A tensor of every GPT-2 block: Hugging Face's name is ours."""
-    return KeyRule(
-        f"transformer.h.{{i}}.{name}", f"transformer.h.{{i}}.{name}", f"blk.{{i}}.{gguf}", transpose, is_bias
-    )
+    block = f"transformer.h.{{i}}.{name}"
+    return KeyRule(block, block, f"blk.{{i}}.{gguf}", transpose=transpose, is_bias=is_bias)
 
 
-# The whole GPT-2 mapping: ours (= Hugging Face's), GGUF's. HF's lm_head.weight is tied to
-# transformer.wte.weight (as ours is); llama.cpp ties output.weight to token_embd.weight when absent.
+def _llama_block(ours: str, hf: str, gguf: str, rows: RowBlock = "all", when: When = "always") -> KeyRule:
+    """A tensor of every Llama/Qwen3 block, named within the block."""
+    return KeyRule(f"transformer.h.{{i}}.{ours}", f"model.layers.{{i}}.{hf}", f"blk.{{i}}.{gguf}", rows=rows, when=when)
+
+
+# GPT-2: ours (= Hugging Face's), GGUF's. HF's lm_head.weight is tied to transformer.wte.weight (as
+# ours is); llama.cpp ties output.weight to token_embd.weight when absent.
 GPT2_KEY_MAP: tuple[KeyRule, ...] = (
     KeyRule("transformer.wte.weight", "transformer.wte.weight", "token_embd.weight"),
     KeyRule("transformer.wpe.weight", "transformer.wpe.weight", "position_embd.weight"),
@@ -92,22 +106,52 @@ GPT2_KEY_MAP: tuple[KeyRule, ...] = (
     KeyRule("transformer.ln_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
     KeyRule("transformer.ln_f.bias", "transformer.ln_f.bias", "output_norm.bias", is_bias=True),
 )
+# Llama and Qwen3 (= Llama + q_norm/k_norm): ours, Hugging Face's, GGUF's. Blocks of one fused
+# tensor are listed in their row order. A tied head has no tensor of its own in either format.
+LLAMA_KEY_MAP: tuple[KeyRule, ...] = (
+    KeyRule("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight"),
+    _llama_block("ln_1.weight", "input_layernorm.weight", "attn_norm.weight"),
+    _llama_block("attn.c_attn.weight", "self_attn.q_proj.weight", "attn_q.weight", rows="q"),
+    _llama_block("attn.c_attn.weight", "self_attn.k_proj.weight", "attn_k.weight", rows="k"),
+    _llama_block("attn.c_attn.weight", "self_attn.v_proj.weight", "attn_v.weight", rows="v"),
+    _llama_block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qk_norm"),
+    _llama_block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qk_norm"),
+    _llama_block("attn.c_proj.weight", "self_attn.o_proj.weight", "attn_output.weight"),
+    _llama_block("ln_2.weight", "post_attention_layernorm.weight", "ffn_norm.weight"),
+    _llama_block("mlp.c_fc.weight", "mlp.gate_proj.weight", "ffn_gate.weight", rows="gate"),
+    _llama_block("mlp.c_fc.weight", "mlp.up_proj.weight", "ffn_up.weight", rows="up"),
+    _llama_block("mlp.c_proj.weight", "mlp.down_proj.weight", "ffn_down.weight"),
+    KeyRule("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight"),
+    KeyRule("lm_head.weight", "lm_head.weight", "output.weight", when="untied"),
+)
+KEY_MAPS: dict[Counterpart, tuple[KeyRule, ...]] = {
+    "gpt2": GPT2_KEY_MAP,
+    "llama": LLAMA_KEY_MAP,
+    "qwen3": LLAMA_KEY_MAP,
+}
 # Our tied output projection: the same tensor as the token embedding, so it is not stored twice.
 OURS_TIED = "lm_head.weight"
 OURS_WTE = "transformer.wte.weight"
 
 
-def expand(n_layer: int) -> list[KeyRule]:
-    """GPT2_KEY_MAP with `{i}` filled in for every block."""
+def exists(when: When, config: GPTConfig) -> bool:
+    """Whether a tensor of that kind is in this architecture's files."""
+    present: dict[When, bool] = {"always": True, "qk_norm": config.qk_norm, "untied": not config.tie_embeddings}
+    return present[when]
+
+
+def key_rules(config: GPTConfig) -> list[KeyRule]:
+    """The key map of the architecture's counterpart (`interop.arch.counterpart`) with `{i}` filled
+    in for every block and the tensors it lacks left out."""
     rules: list[KeyRule] = []
-    for rule in GPT2_KEY_MAP:
-        if "{i}" in rule.ours:
-            rules.extend(
-                replace(rule, ours=rule.ours.format(i=i), hf=rule.hf.format(i=i), gguf=rule.gguf.format(i=i))
-                for i in range(n_layer)
-            )
-        else:
-            rules.append(rule)
+    for rule in KEY_MAPS[counterpart(config)]:
+        if not exists(rule.when, config):
+            continue
+        blocks = range(config.n_layer) if "{i}" in rule.ours else [0]
+        rules.extend(
+            replace(rule, ours=rule.ours.format(i=i), hf=rule.hf.format(i=i), gguf=rule.gguf.format(i=i))
+            for i in blocks
+        )
     return rules
 
 
@@ -118,141 +162,6 @@ def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
         if f".{part}." in rule.ours:
             return (size,)
     return (config.n_embd,)
-
-
-def tokens_only(
-    state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMeta
-) -> tuple[dict[str, Tensor], GPTConfig]:
-    """Weights and architecture without the embedding rows past the tokenizer's vocabulary.
-
-    Padding rows are not tokens (our model gives them -inf logits), so every export shows the
-    tokenizer's vocabulary only and other implementations compute the same distribution."""
-    if config.vocab_size < meta.vocab_size:
-        raise ExportError(f"model vocab_size {config.vocab_size} is smaller than the tokenizer's {meta.vocab_size}")
-    if config.vocab_size == meta.vocab_size:
-        return state_dict, config
-    rows = meta.vocab_size
-    trimmed = {name: tensor[:rows] if name in (OURS_WTE, OURS_TIED) else tensor for name, tensor in state_dict.items()}
-    return trimmed, replace(config, vocab_size=rows, real_vocab_size=None)
-
-
-def to_gpt2_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """Our (nanoGPT-named) weights -> HF GPT-2 weights. Missing biases (bias=false) become zeros."""
-    out: dict[str, Tensor] = {}
-    for rule in expand(config.n_layer):
-        tensor = state_dict.get(rule.ours)
-        if tensor is None:
-            if not rule.is_bias or config.bias:
-                raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
-            tensor = torch.zeros(bias_shape(rule, config), dtype=state_dict[OURS_WTE].dtype)
-        tensor = tensor.detach().to("cpu")
-        out[rule.hf] = (tensor.t() if rule.transpose else tensor).contiguous()
-    unknown = sorted(set(state_dict) - {r.ours for r in expand(config.n_layer)} - {OURS_TIED})
-    if unknown:
-        raise ExportError(f"model weights: tensors without a Hugging Face name: {', '.join(unknown[:5])}")
-    return out
-
-
-def from_gpt2_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
-    """HF GPT-2 weights -> ours. Biases are dropped when `config.bias` is false."""
-    hf = {name.removeprefix("model."): tensor for name, tensor in hf.items()}
-    # Original GPT-2 files store the trunk without the "transformer." prefix.
-    if OURS_WTE not in hf:
-        hf = {f"transformer.{name}" if not name.startswith("lm_head") else name: t for name, t in hf.items()}
-    out: dict[str, Tensor] = {}
-    missing: list[str] = []
-    for rule in expand(config.n_layer):
-        if rule.is_bias and not config.bias:
-            continue
-        tensor = hf.get(rule.hf)
-        if tensor is None:
-            missing.append(rule.hf)
-            continue
-        out[rule.ours] = (tensor.t() if rule.transpose else tensor).contiguous()
-    if missing:
-        raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
-    head = hf.get("lm_head.weight")
-    if head is not None and not torch.equal(head, hf[OURS_WTE]):
-        raise ExportError(f"{where}: lm_head.weight is not tied to transformer.wte.weight (our GPT-2 ties them)")
-    out[OURS_TIED] = out[OURS_WTE]
-    return out
-
-
-def biases_are_zero(hf: dict[str, Tensor], n_layer: int) -> bool:
-    """True when every bias is zero: such a model is exactly our `bias = false` architecture."""
-    prefixed = {name.removeprefix("model."): tensor for name, tensor in hf.items()}
-    for rule in expand(n_layer):
-        if rule.is_bias:
-            tensor = prefixed.get(rule.hf, prefixed.get(rule.hf.removeprefix("transformer.")))
-            if tensor is None or bool(tensor.any()):
-                return False
-    return True
-
-
-# --- Llama / Qwen3 key map ------------------------------------------------------------------------
-
-# Which rows of our tensor an HF tensor holds: all, or one block of a fused weight.
-RowBlock = Literal["all", "q", "k", "v", "gate", "up"]
-# When a tensor exists: always, with QK-norm (Qwen3), or with an untied output head.
-When = Literal["always", "qk_norm", "untied"]
-
-
-@dataclass(frozen=True, slots=True)
-class LlamaRule:
-    """One Llama/Qwen3 tensor with its Hugging Face and GGUF (llama.cpp) names: our tensor it is, or
-    the block of its rows it holds. `{i}` stands for the block index."""
-
-    ours: str
-    hf: str
-    gguf: str
-    rows: RowBlock = "all"
-    when: When = "always"
-
-
-def _block(ours: str, hf: str, gguf: str, rows: RowBlock = "all", when: When = "always") -> LlamaRule:
-    """A rule for a tensor of every transformer block, named within the block."""
-    return LlamaRule(f"transformer.h.{{i}}.{ours}", f"model.layers.{{i}}.{hf}", f"blk.{{i}}.{gguf}", rows, when)
-
-
-# The whole mapping (Qwen3 = Llama + q_norm/k_norm), for the HF directory and the GGUF file alike:
-# ours, Hugging Face's, GGUF's. Blocks of one fused tensor are listed in their row order. A tied
-# head has no tensor of its own in either format.
-LLAMA_KEY_MAP: tuple[LlamaRule, ...] = (
-    LlamaRule("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight"),
-    _block("ln_1.weight", "input_layernorm.weight", "attn_norm.weight"),
-    _block("attn.c_attn.weight", "self_attn.q_proj.weight", "attn_q.weight", rows="q"),
-    _block("attn.c_attn.weight", "self_attn.k_proj.weight", "attn_k.weight", rows="k"),
-    _block("attn.c_attn.weight", "self_attn.v_proj.weight", "attn_v.weight", rows="v"),
-    _block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qk_norm"),
-    _block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qk_norm"),
-    _block("attn.c_proj.weight", "self_attn.o_proj.weight", "attn_output.weight"),
-    _block("ln_2.weight", "post_attention_layernorm.weight", "ffn_norm.weight"),
-    _block("mlp.c_fc.weight", "mlp.gate_proj.weight", "ffn_gate.weight", rows="gate"),
-    _block("mlp.c_fc.weight", "mlp.up_proj.weight", "ffn_up.weight", rows="up"),
-    _block("mlp.c_proj.weight", "mlp.down_proj.weight", "ffn_down.weight"),
-    LlamaRule("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight"),
-    LlamaRule("lm_head.weight", "lm_head.weight", "output.weight", when="untied"),
-)
-
-
-def exists(when: When, config: GPTConfig) -> bool:
-    """Whether a tensor of that kind is in this architecture's files."""
-    present: dict[When, bool] = {"always": True, "qk_norm": config.qk_norm, "untied": not config.tie_embeddings}
-    return present[when]
-
-
-def llama_rules(config: GPTConfig) -> list[LlamaRule]:
-    """LLAMA_KEY_MAP for this architecture: `{i}` filled in, tensors it lacks left out."""
-    rules: list[LlamaRule] = []
-    for rule in LLAMA_KEY_MAP:
-        if not exists(rule.when, config):
-            continue
-        blocks = range(config.n_layer) if "{i}" in rule.ours else [0]
-        rules.extend(
-            LlamaRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.gguf.format(i=i), rule.rows, rule.when)
-            for i in blocks
-        )
-    return rules
 
 
 def row_span(rows: RowBlock, config: GPTConfig) -> tuple[int, int] | None:
@@ -276,27 +185,73 @@ def rows_of(tensor: Tensor, rows: RowBlock, config: GPTConfig) -> Tensor:
     return tensor if span is None else tensor[span[0] : span[1]]
 
 
-def to_llama_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """Our weights -> HF Llama/Qwen3 weights (fused tensors cut into their row blocks)."""
-    out: dict[str, Tensor] = {}
-    rules = llama_rules(config)
-    for rule in rules:
-        tensor = state_dict.get(rule.ours)
-        if tensor is None:
-            raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
-        out[rule.hf] = rows_of(tensor.detach().to("cpu"), rule.rows, config).contiguous()
+def tensor_for(rule: KeyRule, state_dict: dict[str, Tensor], config: GPTConfig) -> Tensor:
+    """Our tensor a rule names (the whole tensor, before `rows`); zeros for a bias our `bias = false`
+    model omits (the formats' GPT-2 always has it)."""
+    tensor = state_dict.get(rule.ours)
+    if tensor is not None:
+        return tensor.detach().to("cpu")
+    if not rule.is_bias or config.bias:
+        raise ExportError(f"model weights: tensor {rule.ours!r} is missing")
+    return torch.zeros(bias_shape(rule, config), dtype=state_dict[OURS_WTE].dtype)
+
+
+def refuse_unnamed(state_dict: dict[str, Tensor], rules: list[KeyRule], config: GPTConfig, fmt: str) -> None:
+    """An error naming our tensors that no rule names (a tied head is the embedding's tensor)."""
     tied: set[str] = {OURS_TIED} if config.tie_embeddings else set()
     unknown = sorted(set(state_dict) - {rule.ours for rule in rules} - tied)
     if unknown:
-        raise ExportError(f"model weights: tensors without a Hugging Face name: {', '.join(unknown[:5])}")
+        raise ExportError(f"model weights: tensors without a {fmt} name: {', '.join(unknown[:5])}")
+
+
+def tokens_only(
+    state_dict: dict[str, Tensor], config: GPTConfig, meta: DatasetMeta
+) -> tuple[dict[str, Tensor], GPTConfig]:
+    """Weights and architecture without the embedding rows past the tokenizer's vocabulary.
+
+    Padding rows are not tokens (our model gives them -inf logits), so every export shows the
+    tokenizer's vocabulary only and other implementations compute the same distribution."""
+    if config.vocab_size < meta.vocab_size:
+        raise ExportError(f"model vocab_size {config.vocab_size} is smaller than the tokenizer's {meta.vocab_size}")
+    if config.vocab_size == meta.vocab_size:
+        return state_dict, config
+    rows = meta.vocab_size
+    trimmed = {name: tensor[:rows] if name in (OURS_WTE, OURS_TIED) else tensor for name, tensor in state_dict.items()}
+    return trimmed, replace(config, vocab_size=rows, real_vocab_size=None)
+
+
+def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """Our (nanoGPT-named) weights -> the HF weights of the architecture that computes the same
+    (`counterpart`): fused tensors cut into their row blocks, GPT-2's linear weights transposed,
+    biases a `bias = false` model lacks as zeros."""
+    rules = key_rules(config)
+    out: dict[str, Tensor] = {}
+    for rule in rules:
+        tensor = rows_of(tensor_for(rule, state_dict, config), rule.rows, config)
+        out[rule.hf] = (tensor.t() if rule.transpose else tensor).contiguous()
+    refuse_unnamed(state_dict, rules, config, "Hugging Face")
     return out
 
 
-def from_llama_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
-    """HF Llama/Qwen3 weights -> ours (row blocks joined into our fused tensors)."""
+def gpt2_names(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HF GPT-2 weights under the names of GPT2LMHeadModel's state dict (original GPT-2 files store
+    the trunk without the "transformer." prefix; some writers add "model.")."""
+    hf = {name.removeprefix("model."): tensor for name, tensor in hf.items()}
+    if OURS_WTE in hf:
+        return hf
+    return {f"transformer.{name}" if not name.startswith("lm_head") else name: t for name, t in hf.items()}
+
+
+def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+    """HF weights of `config`'s counterpart architecture -> ours (row blocks joined into our fused
+    tensors; GPT-2's biases dropped when `config.bias` is false)."""
+    if counterpart(config) == "gpt2":
+        hf = gpt2_names(hf)
     blocks: dict[str, list[Tensor]] = {}
     missing: list[str] = []
-    for rule in llama_rules(config):
+    for rule in key_rules(config):
+        if rule.is_bias and not config.bias:
+            continue
         tensor = hf.get(rule.hf)
         if tensor is None:
             missing.append(rule.hf)
@@ -304,10 +259,13 @@ def from_llama_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) 
         span = row_span(rule.rows, config)
         if span is not None and tensor.size(0) != span[1] - span[0]:
             raise ExportError(f"{where}: {rule.hf} has {tensor.size(0)} rows, config.json gives {span[1] - span[0]}")
-        blocks.setdefault(rule.ours, []).append(tensor)
+        blocks.setdefault(rule.ours, []).append(tensor.t() if rule.transpose else tensor)
     if missing:
         raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
-    out = {name: torch.cat(parts).contiguous() if len(parts) > 1 else parts[0] for name, parts in blocks.items()}
+    out = {
+        name: torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
+        for name, parts in blocks.items()
+    }
     if config.tie_embeddings:
         head = hf.get("lm_head.weight")
         if head is not None and not torch.equal(head, out[OURS_WTE]):
@@ -316,21 +274,16 @@ def from_llama_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) 
     return out
 
 
-# --- both architectures ---------------------------------------------------------------------------
-
-
-def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """Our weights -> the HF weights of the architecture that computes the same (`counterpart`)."""
-    if counterpart(config) == "gpt2":
-        return to_gpt2_state_dict(state_dict, config)
-    return to_llama_state_dict(state_dict, config)
-
-
-def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
-    """HF weights of `config`'s counterpart architecture -> ours."""
-    if counterpart(config) == "gpt2":
-        return from_gpt2_state_dict(hf, config, where)
-    return from_llama_state_dict(hf, config, where)
+def biases_are_zero(hf: dict[str, Tensor], config: GPTConfig) -> bool:
+    """True when every bias of HF GPT-2 weights is zero: such a model is exactly our `bias = false`
+    architecture."""
+    named = gpt2_names(hf)
+    for rule in key_rules(config):
+        if rule.is_bias:
+            tensor = named.get(rule.hf)
+            if tensor is None or bool(tensor.any()):
+                return False
+    return True
 
 
 def hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
@@ -423,38 +376,16 @@ def generation_config(meta: DatasetMeta) -> dict[str, Any]:
 # --- tokenizers -----------------------------------------------------------------------------------
 
 
-def gpt2_tokenizer() -> Tokenizer:
-    """A `tokenizers` GPT-2 BPE that produces tiktoken's gpt2 ids (`encode_ordinary`)."""
-    vocab, merges = gpt2_vocab_and_merges()
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
-    return tokenizer
-
-
-def char_tokenizer(itos: list[str]) -> Tokenizer:
-    """One token per character (code point), ids as in our CharTokenizer; unknown characters fail."""
-    vocab = {char: i for i, char in enumerate(itos)}
-    # The unknown token is deliberately not in the vocabulary: encoding an unknown character
-    # is an error, as it is for our CharTokenizer.
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="\x00<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return tokenizer
-
-
 def tokenizer_for(meta: DatasetMeta) -> Tokenizer:
     if meta.kind == "char":
         if meta.itos is None:
             raise ExportError("dataset metadata: kind 'char' has no 'itos'")
-        return char_tokenizer(meta.itos)
+        return hf_char_tokenizer(meta.itos)
     if meta.encoding != "gpt2":
         raise ExportError(
             f"dataset metadata: encoding {meta.encoding!r} cannot be exported to Hugging Face yet (only 'gpt2')"
         )
-    return gpt2_tokenizer()
+    return hf_gpt2_tokenizer()
 
 
 def tokenizer_config(meta: DatasetMeta, block_size: int) -> dict[str, Any]:
@@ -632,5 +563,5 @@ def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
         shards = sorted(set(cast("dict[str, str]", _read_config(index_path).get("weight_map", {})).values()))
         hf_weights = {name: t for shard in shards for name, t in read_safetensors(model_dir / shard).items()}
     if hf_cfg.get("model_type") == "gpt2":
-        config = replace(config, bias=not biases_are_zero(hf_weights, config.n_layer))
+        config = replace(config, bias=not biases_are_zero(hf_weights, config))
     return from_hf_state_dict(hf_weights, config, str(model_dir)), config

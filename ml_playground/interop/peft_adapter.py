@@ -3,7 +3,7 @@
 
 Our fused layers carry one adapter each: c_attn (q|k|v rows) and SwiGLU's c_fc (gate|up rows).
 A fused adapter (A: r x in, B: out x r; delta = scaling * B @ A) splits exactly into one adapter
-per projection that shares A and takes B's block of rows, the blocks of `hf.LLAMA_KEY_MAP`.
+per projection that shares A and takes B's block of rows, the blocks of `hf.LLAMA_KEY_MAP` (`hf.key_rules`).
 GPT-2's Hugging Face names are ours (its Conv1D layers store weights transposed, which PEFT's
 `fan_in_fan_out` accounts for; A and B are the same).
 """
@@ -22,7 +22,7 @@ from torch import Tensor
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
 from ml_playground.config import PeftConfig
 from ml_playground.interop.arch import counterpart
-from ml_playground.interop.hf import llama_rules, row_span
+from ml_playground.interop.hf import key_rules, row_span
 from ml_playground.model import GPTConfig
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -47,7 +47,7 @@ def hf_modules(module: str, config: GPTConfig) -> list[tuple[str, tuple[int, int
     weight = f"{module}.weight"
     return [
         (rule.hf.removesuffix(".weight"), row_span(rule.rows, config))
-        for rule in llama_rules(config)
+        for rule in key_rules(config)
         if rule.ours == weight
     ]
 

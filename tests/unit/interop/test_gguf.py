@@ -13,7 +13,7 @@ import torch
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop import gguf as writer
-from ml_playground.interop.hf import expand
+from ml_playground.interop.hf import key_rules
 from ml_playground.model import GPT, GPTConfig
 
 
@@ -51,7 +51,7 @@ def array_of(tensor: Any, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
 
 def test_every_tensor_has_one_gguf_name() -> None:
     model = tiny(10, bias=True)
-    gguf_names = {rule.ours: rule.gguf for rule in expand(2)}
+    gguf_names = {rule.ours: rule.gguf for rule in key_rules(model.config)}
     names = [gguf_names[name] for name in model.state_dict() if name != "lm_head.weight"]
     assert len(names) == len(set(names))
     assert gguf_names["transformer.h.1.attn.c_attn.weight"] == "blk.1.attn_qkv.weight"
@@ -156,4 +156,14 @@ def test_no_file_is_written_for_an_architecture_without_a_counterpart(tmp_path: 
     path = tmp_path / "m.gguf"
     with pytest.raises(ExportError, match=r"train\.model\.mlp = 'relu2'"):
         writer.write_gguf(path, model.state_dict(), model.config, char_meta(list("abcdef \n")), ftype="f32", name="t")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("options", [{}, LLAMA])
+def test_a_tensor_without_a_gguf_name_is_refused(tmp_path: Path, options: dict[str, Any]) -> None:
+    model = tiny(8, **options)
+    weights = model.state_dict() | {"transformer.extra.weight": torch.zeros(1)}
+    path = tmp_path / "m.gguf"
+    with pytest.raises(ExportError, match=r"tensors without a GGUF name: transformer\.extra\.weight"):
+        writer.write_gguf(path, weights, model.config, char_meta(list("abcdef \n")), ftype="f32", name="t")
     assert list(tmp_path.iterdir()) == []

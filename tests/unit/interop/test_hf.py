@@ -14,7 +14,7 @@ from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop import hf
 from ml_playground.model import GPT, GPTConfig
-from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+from ml_playground.tokenizers import CharTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\tSpeak,  speak!  "
 
@@ -63,9 +63,9 @@ def test_missing_biases_are_exported_as_zeros_and_detected_on_import() -> None:
     assert converted["transformer.h.0.attn.c_attn.bias"].shape == (24,)
     assert converted["transformer.h.0.mlp.c_fc.bias"].shape == (32,)
     assert converted["transformer.ln_f.bias"].shape == (8,)
-    assert hf.biases_are_zero(converted, 2)
+    assert hf.biases_are_zero(converted, model.config)
     converted["transformer.h.1.ln_2.bias"][3] = 0.5
-    assert not hf.biases_are_zero(converted, 2)
+    assert not hf.biases_are_zero(converted, model.config)
 
 
 def test_unknown_tensor_is_an_error() -> None:
@@ -80,40 +80,13 @@ def test_untied_head_is_refused_on_import() -> None:
     model = tiny(True)
     converted = hf.to_hf_state_dict(model.state_dict(), model.config)
     converted["lm_head.weight"] = torch.ones_like(converted["transformer.wte.weight"])
-    with pytest.raises(ExportError, match="not tied"):
+    with pytest.raises(ExportError, match=r"lm_head\.weight differs from the token embedding"):
         hf.from_hf_state_dict(converted, model.config, "x.safetensors")
 
 
 def char_meta(text: str) -> DatasetMeta:
     itos = sorted(set(text))
     return DatasetMeta(kind="char", vocab_size=len(itos), dtype="uint16", itos=itos)
-
-
-def test_char_tokenizer_encodes_and_decodes_like_ours() -> None:
-    meta = char_meta(TEXT + "äß€")
-    assert meta.itos is not None
-    ours = CharTokenizer(meta.itos)
-    theirs = hf.char_tokenizer(meta.itos)
-    text = TEXT + " ß€ä"
-    ids = theirs.encode(text).ids
-    assert ids == ours.encode(text)
-    assert theirs.decode(ids) == text
-
-
-def test_char_tokenizer_refuses_unknown_characters() -> None:
-    meta = char_meta("abc ")
-    assert meta.itos is not None
-    with pytest.raises(Exception, match=r"Missing \[UNK\]"):
-        hf.char_tokenizer(meta.itos).encode("abz")
-
-
-def test_gpt2_tokenizer_matches_tiktoken() -> None:
-    tokenizer = hf.gpt2_tokenizer()
-    text = TEXT + " héllo wörld 1234 it's  ok\n\n\n"
-    ids = tokenizer.encode(text).ids
-    assert ids == TiktokenTokenizer("gpt2").encode(text)
-    assert tokenizer.decode(ids) == text
-    assert tokenizer.get_vocab_size() == hf.GPT2_VOCAB_SIZE
 
 
 def test_export_writes_a_loadable_directory_and_imports_back(tmp_path: Path) -> None:
