@@ -23,8 +23,6 @@ from ml_playground.errors import MLPlaygroundError
 if TYPE_CHECKING:
     from ml_playground.train.modes import Mode
 
-log = logging.getLogger("ml_playground")
-
 
 def _config_path(args: argparse.Namespace) -> Path:
     explicit: Path | None = args.exp_config

@@ -1,4 +1,4 @@
-"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88.
+"""Case 3: wall clock of `make train` (`train`) with the shipped config until val loss <= 1.88.
 
 With a nanoGPT checkout its README CPU run is timed too, the runs alternating ours, nanoGPT,
 nanoGPT, ours, ... so that a steady drift in the machine's speed over the minutes this takes hits
@@ -42,14 +42,14 @@ def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
 
     The run's MFU uses the peak this benchmark measured instead of probing again (nanoGPT does
     not probe, so the probe would count against ml-playground's time alone)."""
-    train = require(load_experiment_config(config_path).train, config_path, "train")
+    shipped = require(load_experiment_config(config_path).train, config_path, "train")
     runtime = replace(
-        train.runtime,
+        shipped.runtime,
         out_dir=ctx.work_dir / "case3",
         device=ctx.device_name,
-        peak_flops=ctx.peaks.of(train.runtime.dtype),
+        peak_flops=ctx.peaks.of(shipped.runtime.dtype),
     )
-    cfg = replace(train, data=replace(train.data, dataset_dir=ctx.char_dir), runtime=runtime)
+    cfg = replace(shipped, data=replace(shipped.data, dataset_dir=ctx.char_dir), runtime=runtime)
     if not ctx.tiny:
         return cfg
     small = ctx.sizes.small

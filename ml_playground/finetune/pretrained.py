@@ -12,7 +12,7 @@ import logging
 
 from ml_playground.config import TrainConfig
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.errors import CheckpointError
+from ml_playground.errors import CheckpointError, summary
 from ml_playground.interop.source import Source, finetune_architecture, load_source
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import LAST_NAME
@@ -41,8 +41,7 @@ def source_model(cfg: TrainConfig, meta: DatasetMeta, source: Source) -> GPT:
     try:
         model.load_state_dict(source.state_dict)
     except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[0]
         raise CheckpointError(
-            f"train.model.init_from = {source.name!r}: weights do not fit its architecture ({detail})"
+            f"train.model.init_from = {source.name!r}: weights do not fit its architecture ({summary(exc)})"
         ) from None
     return model

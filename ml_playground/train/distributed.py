@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground.config import DataConfig
 from ml_playground.errors import DistributedError, summary
-
-log = logging.getLogger(__name__)
 
 Backend = Literal["gloo", "nccl"]
 _T = TypeVar("_T")
