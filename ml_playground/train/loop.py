@@ -28,13 +28,15 @@ torchrun the ranks agree at the next log or evaluation step, so all stop at the 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,8 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
         meta = read_meta(cfg.data.meta_path)
         check_dataset(cfg.data, meta)
         checkpoint = load_resume_checkpoint(cfg.runtime.out_dir)
+        if dist.is_main and not cfg.runtime.eval_only:
+            tidy_out_dir(cfg.runtime.out_dir, checkpoint)
         # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
         # rank 0's anyway), then a different dropout stream per rank.
         seed_everything(cfg.runtime.seed)
@@ -180,17 +184,20 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
                     window = clock.lap()  # syncs the device: the window holds the work of its steps
                     check_point(loop)
                     loss_value = all_reduce_mean(dist, loss).item()  # every rank joins the mean
+                    stats = StepStats(
+                        iter_num=state.iter_num,
+                        loss=loss_value,
+                        lr=lr,
+                        window=window,
+                        flops_per_token=model_flops,
+                        peak_flops=peak,
+                    )
+                    if not stats.mfu_known and cfg.runtime.peak_flops is None:
+                        clock.pause()  # the probe ran slow (a busy machine): measure again, keep the larger
+                        peak = max(peak, _measured_peak(runtime) * dist.world_size)
+                        stats = replace(stats, peak_flops=peak)
                     if loop.sink is not None:
-                        loop.sink.log_step(
-                            StepStats(
-                                iter_num=state.iter_num,
-                                loss=loss_value,
-                                lr=lr,
-                                window=window,
-                                flops_per_token=model_flops,
-                                peak_flops=peak,
-                            )
-                        )
+                        loop.sink.log_step(stats)
                 if on_step is not None:
                     on_step(state.iter_num, loss)
                 state.iter_num += 1
@@ -237,6 +244,37 @@ def load_resume_checkpoint(out_dir: Path) -> Checkpoint | None:
         return None
     # A corrupt file raises here, before anything could overwrite it.
     return load_checkpoint(path)
+
+
+def tidy_out_dir(out_dir: Path, checkpoint: Checkpoint | None) -> None:
+    """Before a run writes into out_dir (rank 0, holding its lock, so no other writer is active):
+    remove the temporary files of saves a kill cut short; on a fresh start keep an earlier run's
+    ckpt_best.pt under a dated name (this run's first evaluation would replace it); on resume
+    restore ckpt_best.pt when a kill between the two writes of a save (older versions wrote
+    ckpt_last.pt first) left it behind ckpt_last.pt's best val loss."""
+    for stale in sorted([*out_dir.rglob(".*.tmp"), *out_dir.rglob(".*.link")]):
+        stale.unlink(missing_ok=True)
+        log.info("removed %s (a save cut short by a kill)", stale)
+    best = out_dir / BEST_NAME
+    if not best.is_file():
+        return
+    if checkpoint is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(best.stat().st_mtime))
+        kept = next(
+            path
+            for n in itertools.count()
+            if not (path := best.with_name(f"ckpt_best.{stamp}{f'-{n}' if n else ''}.pt")).exists()
+        )
+        os.replace(best, kept)
+        log.warning("fresh run in %s: the earlier run's %s is kept as %s", out_dir, BEST_NAME, kept.name)
+    elif checkpoint.best_val_loss < load_checkpoint(best).best_val_loss:
+        copy_checkpoint(out_dir / LAST_NAME, best)
+        log.warning(
+            "%s was behind %s (a save cut short): restored from it (val loss %.4f)",
+            BEST_NAME,
+            LAST_NAME,
+            checkpoint.best_val_loss,
+        )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -431,9 +469,12 @@ def save(loop: LoopContext, state: TrainState, *, best: bool) -> None:
     if loop.dist.is_main:
         if loop.sink is not None:
             loop.sink.flush()  # events up to this checkpoint survive a kill
-        save_checkpoint(loop.out_dir / LAST_NAME, checkpoint)
-        if best:  # linked (or copied), not serialized and written again
-            copy_checkpoint(loop.out_dir / LAST_NAME, loop.out_dir / BEST_NAME)
+        # ckpt_best.pt first, then ckpt_last.pt as the same bytes (linked, or copied; not serialized
+        # twice): a kill between the two leaves ckpt_last.pt one evaluation behind, which a resume
+        # repeats, never a best val loss recorded without its model.
+        save_checkpoint(loop.out_dir / (BEST_NAME if best else LAST_NAME), checkpoint)
+        if best:
+            copy_checkpoint(loop.out_dir / BEST_NAME, loop.out_dir / LAST_NAME)
         log.info("saved %s%s at iter %d", LAST_NAME, f" and {BEST_NAME}" if best else "", state.iter_num)
         loop.mode.after_save(loop.model, loop.out_dir, best)
     barrier(loop.dist)

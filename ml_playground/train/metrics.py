@@ -248,6 +248,12 @@ class StepStats:
     def mfu(self) -> float:
         return self.flops_per_token * self.tokens_per_sec / self.peak_flops
 
+    @property
+    def mfu_known(self) -> bool:
+        """False when the achieved FLOP/s exceed the peak: the peak probe ran slow (a busy machine),
+        and no MFU is reported rather than one above 100%."""
+        return self.mfu <= 1.0
+
 
 class MetricsSink:
     """Console lines and TensorBoard scalars (out_dir/logs/tb); the writer flushes at every save."""
@@ -259,20 +265,21 @@ class MetricsSink:
 
     def log_step(self, stats: StepStats) -> None:
         log.info(
-            "iter %d: loss %.4f, lr %.3e, %.0f tok/s, %.1f ms, mfu %.2f%%",
+            "iter %d: loss %.4f, lr %.3e, %.0f tok/s, %.1f ms, mfu %s",
             stats.iter_num,
             stats.loss,
             stats.lr,
             stats.tokens_per_sec,
             stats.step_seconds * 1000,
-            stats.mfu * 100,
+            f"{stats.mfu * 100:.2f}%" if stats.mfu_known else "n/a (the peak probe measured less than this)",
         )
         step = stats.iter_num
         self.writer.add_scalar("train/loss", stats.loss, step)
         self.writer.add_scalar("train/lr", stats.lr, step)
         self.writer.add_scalar("train/tokens_per_sec", stats.tokens_per_sec, step)
         self.writer.add_scalar("train/step_time_ms", stats.step_seconds * 1000, step)
-        self.writer.add_scalar("train/mfu", stats.mfu, step)
+        if stats.mfu_known:
+            self.writer.add_scalar("train/mfu", stats.mfu, step)
 
     def log_eval(self, iter_num: int, losses: dict[str, float]) -> None:
         log.info("eval at iter %d: train loss %.4f, val loss %.4f", iter_num, losses["train"], losses["val"])

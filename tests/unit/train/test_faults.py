@@ -3,6 +3,7 @@ second run cannot write into an out_dir a run holds."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from ml_playground.errors import OutDirBusyError, TrainingDivergedError
+from ml_playground.train import loop as loop_module
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.faults import NonFiniteGuard
 from ml_playground.train.lock import out_dir_lock
@@ -111,3 +113,89 @@ def test_a_killed_holder_leaves_no_stale_lock(table: dict[str, Any]) -> None:
         holder.kill()
         holder.communicate(timeout=60)
     assert train(cfg).iter_num == 12
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_a_fresh_run_keeps_an_earlier_runs_best_model(table: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Starting fresh (ckpt_last.pt deleted, as the README says) never replaces a trained
+    ckpt_best.pt: it is kept under a dated name, and the new run's best is its own."""
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    train(cfg)
+    trained = _bytes(out / "ckpt_best.pt")
+    (out / "ckpt_last.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="ml_playground.train.loop"):
+        train(cfg)
+    kept = sorted(out.glob("ckpt_best.*.pt"))
+    assert len(kept) == 1
+    assert _bytes(kept[0]) == trained
+    assert f"the earlier run's ckpt_best.pt is kept as {kept[0].name}" in caplog.text
+    assert load_checkpoint(out / "ckpt_best.pt").iter_num <= 12  # the new run's own
+    (out / "ckpt_last.pt").unlink()
+    train(cfg)  # a second fresh start keeps both earlier models
+    assert len(list(out.glob("ckpt_best.*.pt"))) == 2
+
+
+def test_a_kill_between_the_two_writes_of_a_save_loses_no_best_model(
+    table: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ckpt_best.pt is written before ckpt_last.pt: a save cut short after the first write leaves
+    ckpt_last.pt one evaluation behind (the resume repeats it), never a best loss without its model."""
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    train(cfg)  # evaluations at 0, 4, 8, 12
+    saves: list[int] = []
+    copy = loop_module.copy_checkpoint
+
+    def dies_at_the_second_write(source: Path, path: Path) -> None:
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process ends here, between ckpt_best.pt and ckpt_last.pt
+        copy(source, path)
+
+    monkeypatch.setattr(loop_module, "copy_checkpoint", dies_at_the_second_write)
+    table["runtime"] |= {"max_iters": 24, "always_save_checkpoint": True}
+    with pytest.raises(KeyboardInterrupt):
+        train(train_config(table))
+    best, last = load_checkpoint(out / "ckpt_best.pt"), load_checkpoint(out / "ckpt_last.pt")
+    assert (last.iter_num, best.iter_num) == (16, 20)  # ckpt_last.pt behind, never ahead
+    monkeypatch.setattr(loop_module, "copy_checkpoint", copy)
+    assert train(train_config(table)).iter_num == 24
+
+
+def test_a_resume_restores_a_best_model_an_older_version_left_behind(
+    table: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """ckpt_last.pt records a better val loss than ckpt_best.pt holds (older versions wrote
+    ckpt_last.pt first, and a kill came between): the resume makes ckpt_best.pt its model again."""
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    train(cfg)
+    last = load_checkpoint(out / "ckpt_last.pt")
+    behind = torch.load(out / "ckpt_best.pt", weights_only=True)  # the state such a kill left:
+    behind["best_val_loss"] = last.best_val_loss + 1.0  # an older best, with its own (other) weights
+    behind["model"] = {name: torch.zeros_like(t) for name, t in behind["model"].items()}
+    (out / "ckpt_best.pt").unlink()  # a hard link to ckpt_last.pt: replace, do not write through it
+    torch.save(behind, out / "ckpt_best.pt")
+    table["runtime"] |= {"max_iters": 13}
+    with caplog.at_level(logging.WARNING, logger="ml_playground.train.loop"):
+        train(train_config(table))
+    assert "ckpt_best.pt was behind ckpt_last.pt (a save cut short): restored from it" in caplog.text
+    restored = load_checkpoint(out / "ckpt_best.pt")  # ckpt_last.pt's model, or a better one of step 13
+    assert restored.iter_num in (12, 13)
+    assert restored.best_val_loss <= last.best_val_loss
+
+
+def test_temporary_files_of_saves_cut_short_are_removed(table: dict[str, Any]) -> None:
+    cfg = train_config(table)
+    out = cfg.runtime.out_dir
+    train(cfg)
+    stale = [out / ".ckpt_last.pt.abc123.tmp", out / ".ckpt_best.pt.4242.link"]
+    for path in stale:
+        path.write_bytes(b"x" * 1000)
+    table["runtime"] |= {"max_iters": 16}
+    train(train_config(table))
+    assert not any(path.exists() for path in stale)

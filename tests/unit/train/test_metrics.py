@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
 from ml_playground.model import GPT, GPTConfig
 from ml_playground.train.metrics import (
+    MetricsSink,
     PrecisionProbe,
     StepStats,
     ThroughputClock,
@@ -14,6 +16,7 @@ from ml_playground.train.metrics import (
     flops_per_token,
     measure_peak_flops,
     probe_bfloat16,
+    read_scalars,
     warn_if_bfloat16_slower,
 )
 
@@ -163,3 +166,17 @@ def test_bfloat16_probe_times_both_paths_without_touching_the_global_rng() -> No
     assert probe.bfloat16_seconds > 0
     assert torch.equal(torch.get_rng_state(), before)
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_no_mfu_is_reported_above_the_peak(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """A peak probe that ran slow (a busy machine) would put MFU above 100%: none is reported."""
+    window = Window(steps=1, tokens=1000, seconds=1.0)
+    slow_probe = StepStats(iter_num=3, loss=1.0, lr=1e-3, window=window, flops_per_token=1e6, peak_flops=1e8)
+    assert slow_probe.mfu == pytest.approx(10.0)
+    assert not slow_probe.mfu_known
+    sink = MetricsSink(tmp_path)
+    with caplog.at_level(logging.INFO, logger="ml_playground.train.metrics"):
+        sink.log_step(slow_probe)
+    sink.close()
+    assert "mfu n/a" in caplog.text
+    assert "train/mfu" not in read_scalars(tmp_path / "logs" / "tb")
