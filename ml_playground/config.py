@@ -1,4 +1,6 @@
-"""Configuration schema: frozen, slotted, keyword-only dataclasses, one per TOML table.
+"""Configuration schema: frozen, slotted, keyword-only dataclasses, one per TOML table, and the
+architecture `GPTConfig`, a frozen pydantic model that is both [train.model]'s schema (as its
+subclass `ModelConfig`) and what the model is built from.
 
 Validation (types, ranges, unknown keys) is done by pydantic in strict mode: no silent
 str -> int coercion; an int is accepted where a float is expected. Only `config_loader` reads
@@ -11,9 +13,9 @@ package), so a config means the same thing from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,77 +69,133 @@ class PrepareConfig:
         return self
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
-class ModelConfig:
-    """[train.model]: the architecture (nanoGPT names). The defaults are GPT-2's block; the options
-    below switch on the newer parts one at a time (Llama = rope + rmsnorm + swiglu, no bias)."""
+Position = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+MLPKind = Literal["gelu", "swiglu", "relu2"]
 
-    # Initial weights (nanoGPT's name): "scratch" (random), or a pretrained source whose weights are
-    # all finetuned: a Hugging Face model id (downloaded; needs the network), a local Hugging Face
-    # directory (GPT-2, Llama, Qwen3) or a checkpoint file (ours, or nanoGPT's ckpt.pt). The
-    # architecture is the source's: the keys below that differ from their defaults must agree with
-    # it, except dropout, which overrides it. ckpt_last.pt in out_dir still wins (resume).
-    init_from: str = Field(default="scratch", min_length=1)
+
+def _mlp_width(data: dict[str, Any]) -> int:
+    """The MLP's hidden width when mlp_hidden is not given: 8/3 x n_embd rounded up to a multiple of
+    mlp_multiple for swiglu (about the parameters of a 4 x n_embd GELU MLP), else 4 x n_embd.
+    (A key that failed validation is missing from `data`; pydantic then reports that key alone.)"""
+    n_embd: int = data["n_embd"]
+    if data["mlp"] != "swiglu":
+        return 4 * n_embd
+    multiple: int = data["mlp_multiple"]
+    return -(-(8 * n_embd) // (3 * multiple)) * multiple
+
+
+def _one_kv_head_per_head(data: dict[str, Any]) -> int:
+    n_head: int = data["n_head"]
+    return n_head
+
+
+def _every_row_a_token(data: dict[str, Any]) -> int:
+    vocab_size: int = data["vocab_size"]
+    return vocab_size
+
+
+class GPTConfig(BaseModel):
+    """The architecture (nanoGPT's names): what `model.GPT` is built from, the keys of
+    [train.model] and what a checkpoint stores. The defaults are GPT-2's block; the options switch on
+    the newer parts one at a time (Llama = rope + rmsnorm + swiglu, no bias). Every size is a
+    number once built: the ones left out follow the keys they depend on."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
     n_layer: PositiveInt = 6
     n_head: PositiveInt = 6
     n_embd: PositiveInt = 384
     block_size: PositiveInt = 256
+    # Rows of the token embedding and the output head, possibly padded past the tokenizer's ids
+    # (GPT-2's 50257 -> 50304, as nanoGPT pads it, gives the head's matmul a fast width).
+    vocab_size: PositiveInt = 50304
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
-    # Rows of the token embedding and output head: vocab_size (None: the dataset's vocabulary size;
-    # it may not be smaller) rounded up to a multiple of vocab_multiple, which gives the head's
-    # matmul a fast width (GPT-2's 50257 -> 50304, as nanoGPT pads it). The dataset's ids stay the
-    # tokens: the rows past them get -inf logits (never sampled, no loss, no gradient), exports
-    # and LIT drop them, and checkpoints record the padded size. 1 keeps the size unpadded.
-    vocab_size: PositiveInt | None = None
-    vocab_multiple: PositiveInt = 64
     # Positions: "learned" embeddings (GPT-2) or "rope" (rotary, on queries and keys; needs an even
     # head size n_embd / n_head) with base rope_theta.
-    position: Literal["learned", "rope"] = "learned"
+    position: Position = "learned"
     rope_theta: float = Field(default=10000.0, gt=0)
     # "layernorm" (GPT-2; with a bias when bias = true) or "rmsnorm" (Llama); norm_eps for both.
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm: Norm = "layernorm"
     norm_eps: float = Field(default=1e-5, gt=0)
-    # MLP: "gelu" (GPT-2), "swiglu" (Llama: silu(gate) * up) or "relu2" (relu(x)^2). Hidden width:
-    # mlp_hidden, else 4 x n_embd (gelu, relu2) or 8/3 x n_embd rounded up to a multiple of
-    # mlp_multiple (swiglu: about the parameters of a 4 x n_embd GELU MLP).
-    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
-    mlp_hidden: PositiveInt | None = None
+    # MLP: "gelu" (GPT-2), "swiglu" (Llama: silu(gate) * up, two projections of width mlp_hidden)
+    # or "relu2" (relu(x)^2). mlp_hidden defaults to 4 x n_embd, or for swiglu 8/3 x n_embd
+    # rounded up to a multiple of mlp_multiple.
+    mlp: MLPKind = "gelu"
     mlp_multiple: PositiveInt = 64
+    mlp_hidden: PositiveInt = Field(default_factory=_mlp_width)
     # RMSNorm of each head's queries and keys before attention (Qwen3's q_norm / k_norm).
     qk_norm: bool = False
-    # Key/value heads (grouped-query attention; must divide n_head); None: n_head.
-    n_kv_head: PositiveInt | None = None
+    # Key/value heads (grouped-query attention; must divide n_head); default: one per query head.
+    n_kv_head: PositiveInt = Field(default_factory=_one_kv_head_per_head)
     # false: the output head has its own weights instead of sharing the token embedding's.
     tie_embeddings: bool = True
-    # Logits become logit_softcap * tanh(logits / logit_softcap); 0 = off.
-    logit_softcap: float = Field(default=0.0, ge=0)
+    # Logits become logit_softcap * tanh(logits / logit_softcap); 0 = off. `examples`: a cap that
+    # switches it on (modded-nanogpt's records have used 30 and 15).
+    logit_softcap: float = Field(default=0.0, ge=0, examples=[15.0])
+    # The tokenizer's ids are 0..real_vocab_size-1; rows past them get -inf logits (never sampled,
+    # no loss, no gradient) and exports drop them. Default: every row is a token.
+    real_vocab_size: PositiveInt = Field(default_factory=_every_row_a_token)
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> Self:
-        if self.init_from != "scratch":  # the source's shapes hold; keys set here are checked against them
-            return self
-        problems: list[str] = []
-        if self.n_embd % self.n_head != 0:
-            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        elif self.position == "rope" and (self.n_embd // self.n_head) % 2 != 0:
-            problems.append(
-                f"position = 'rope' needs an even head size, but n_embd / n_head = {self.n_embd // self.n_head}"
-            )
-        if self.n_kv_head is not None and self.n_head % self.n_kv_head != 0:
-            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        problems = self._shape_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def _shape_problems(self) -> list[str]:
+        """The cross-key rules, each broken one as a line."""
+        problems: list[str] = []
+        if self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        elif self.position == "rope" and self.head_size % 2 != 0:
+            problems.append(f"position = 'rope' needs an even head size, but n_embd / n_head = {self.head_size}")
+        if self.n_head % self.n_kv_head != 0:
+            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.real_vocab_size > self.vocab_size:
+            problems.append(f"real_vocab_size ({self.real_vocab_size}) exceeds vocab_size ({self.vocab_size})")
+        return problems
+
     @property
-    def hidden_size(self) -> int:
-        """The MLP's hidden width."""
-        if self.mlp_hidden is not None:
-            return self.mlp_hidden
-        if self.mlp == "swiglu":
-            return -(-(8 * self.n_embd) // (3 * self.mlp_multiple)) * self.mlp_multiple
-        return 4 * self.n_embd
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def replace(self, **changes: Any) -> Self:
+        """This configuration with `changes`, validated again; a size that was left to its default
+        follows the new values (replace(n_head=4) keeps one key/value head per head)."""
+        return type(self)(**{key: getattr(self, key) for key in self.model_fields_set} | changes)
+
+
+class ModelConfig(GPTConfig):
+    """[train.model]: the architecture, and how a run starts it. Left out, vocab_size is the
+    dataset's vocabulary (it may not be smaller); the run pads it up to vocab_multiple (1 keeps the
+    size) and masks the rows past the dataset's ids. real_vocab_size is the dataset's, never a key."""
+
+    # Initial weights (nanoGPT's name): "scratch" (random), or a pretrained source whose weights are
+    # all finetuned: a Hugging Face model id (downloaded; needs the network), a local Hugging Face
+    # directory (GPT-2, Llama, Qwen3) or a checkpoint file (ours, or nanoGPT's ckpt.pt). The
+    # architecture is the source's: the keys set here must agree with it, except dropout, which
+    # overrides it. ckpt_last.pt in out_dir still wins (resume).
+    init_from: str = Field(default="scratch", min_length=1)
+    vocab_multiple: PositiveInt = 64
+
+    @field_validator("real_vocab_size", mode="before")
+    @classmethod
+    def _not_a_key(cls, value: object) -> object:
+        raise ValueError("not a [train.model] key: the run takes the tokens from the dataset's vocabulary")
+
+    def _shape_problems(self) -> list[str]:
+        if self.init_from != "scratch":  # the source's shapes hold; keys set here are checked against them
+            return []
+        return super()._shape_problems()
+
+    def architecture(self, **changes: Any) -> GPTConfig:
+        """The architecture these keys give, with `changes` (what a run builds its GPT from; no
+        init_from or vocab_multiple). Sizes left out follow the changed values, as in `replace`."""
+        fields = GPTConfig.model_fields
+        return GPTConfig(**{key: getattr(self, key) for key in self.model_fields_set if key in fields} | changes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)

@@ -34,11 +34,13 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def format_validation_error(path: Path, error: ValidationError) -> str:
-    """One line naming the file and every offending dotted key."""
+def format_validation_error(path: Path | str, error: ValidationError) -> str:
+    """One line naming the file (or what was read) and every offending dotted key."""
     problems: list[str] = []
     for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "default_factory_not_called":  # a size following a key that failed: that key is named
+            continue
+        key = ".".join(str(part) for part in item["loc"])
         message = item["msg"]
         if item["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
             message = _REPLACED.get(key, "unknown key")
@@ -48,7 +50,7 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
             message = f"{message} (got {_describe(item['input'])})"
         else:
             message = message.removeprefix("Value error, ")
-        problems.append(f"{key}: {message}")
+        problems.append(f"{key}: {message}" if key else message)
     return f"{path}: " + "; ".join(problems)
 
 

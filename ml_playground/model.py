@@ -1,9 +1,10 @@
 """The GPT module graph (nanoGPT parameter names), with an optional KV cache for generation.
 
 Only the network lives here: optimizer setup, generation loops and checkpoint I/O are elsewhere.
-The defaults are GPT-2's block (learned positions, LayerNorm, GELU MLP, tied head); `GPTConfig`
-switches on the newer parts one by one: rotary positions, RMSNorm, SwiGLU or ReLU² MLPs, QK-norm,
-grouped-query attention, an untied head and logit soft-capping. Parameter names match nanoGPT
+The defaults are GPT-2's block (learned positions, LayerNorm, GELU MLP, tied head);
+`config.GPTConfig` (also [train.model]'s schema) switches on the newer parts one by one: rotary
+positions, RMSNorm, SwiGLU or ReLU² MLPs, QK-norm, grouped-query attention, an untied head and
+logit soft-capping. Parameter names match nanoGPT
 (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...) so nanoGPT checkpoints load directly and
 Hugging Face / GGUF exports are key maps with transposes.
 """
@@ -11,88 +12,13 @@ Hugging Face / GGUF exports are key maps with transposes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Position = Literal["learned", "rope"]
-Norm = Literal["layernorm", "rmsnorm"]
-MLPKind = Literal["gelu", "swiglu", "relu2"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GPTConfig:
-    """The architecture; stored in checkpoints as `model_args` (nanoGPT's keys plus the options
-    below, `real_vocab_size` aside). The option defaults are GPT-2's block."""
-
-    block_size: int
-    # Rows of the token embedding and the output head (possibly padded past the tokenizer's ids).
-    vocab_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-    bias: bool = False
-    position: Position = "learned"
-    rope_theta: float = 10000.0
-    norm: Norm = "layernorm"
-    norm_eps: float = 1e-5
-    mlp: MLPKind = "gelu"
-    # Width of the MLP's hidden layer (None: 4 x n_embd); SwiGLU has two such projections.
-    mlp_hidden: int | None = None
-    qk_norm: bool = False
-    # Key/value heads (grouped-query attention); None: one per query head.
-    n_kv_head: int | None = None
-    tie_embeddings: bool = True
-    # Logits become cap * tanh(logits / cap); 0 leaves them as they are.
-    logit_softcap: float = 0.0
-    # The tokenizer's ids are 0..real_vocab_size-1 when the rows are padded past them (None: every
-    # row is a token). Not in `model_args`: checkpoints take it from their dataset metadata.
-    real_vocab_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.real_vocab_size is not None and not 0 < self.real_vocab_size <= self.vocab_size:
-            raise ValueError(f"real_vocab_size {self.real_vocab_size} must be in [1, vocab_size={self.vocab_size}]")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_head % self.kv_heads != 0:
-            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads})")
-        if self.position == "rope" and self.head_size % 2 != 0:
-            raise ValueError(f"position = 'rope' needs an even head size (n_embd / n_head = {self.head_size})")
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_head if self.n_kv_head is None else self.n_kv_head
-
-    @property
-    def hidden_size(self) -> int:
-        """The MLP's hidden width."""
-        return 4 * self.n_embd if self.mlp_hidden is None else self.mlp_hidden
-
-    @property
-    def real_vocab(self) -> int:
-        """How many rows are tokens (the tokenizer's vocabulary)."""
-        return self.vocab_size if self.real_vocab_size is None else self.real_vocab_size
-
-    def canonical(self) -> GPTConfig:
-        """The same architecture with defaulted sizes as None, so equal architectures compare equal."""
-        return replace(
-            self,
-            mlp_hidden=None if self.hidden_size == 4 * self.n_embd else self.mlp_hidden,
-            n_kv_head=None if self.kv_heads == self.n_head else self.n_kv_head,
-        )
-
-    def with_real_vocab(self, size: int) -> GPTConfig:
-        """This architecture whose first `size` rows are tokens (`size` <= vocab_size)."""
-        return replace(self, real_vocab_size=size if size < self.vocab_size else None)
-
+from ml_playground.config import GPTConfig
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -119,7 +45,7 @@ class LayerKV:
     """Preallocated keys/values of one layer: (B, n_kv_head, max_len, hs) each."""
 
     def __init__(self, batch: int, config: GPTConfig, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.kv_heads, max_len, config.head_size)
+        shape = (batch, config.n_kv_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -169,12 +95,12 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.n_kv_head = config.kv_heads
+        self.n_kv_head = config.n_kv_head
         self.head_size = config.head_size
         self.dropout = config.dropout
         # One projection for q (n_head heads), k and v (n_kv_head heads each), in that order.
         self.c_attn = nn.Linear(
-            config.n_embd, (config.n_head + 2 * config.kv_heads) * config.head_size, bias=config.bias
+            config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias
         )
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -230,7 +156,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.kind = config.mlp
-        hidden = config.hidden_size
+        hidden = config.mlp_hidden
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if config.mlp == "swiglu" else hidden, bias=config.bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
@@ -344,7 +270,7 @@ class GPT(nn.Module):
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
         real = self.config.real_vocab_size
-        if real is not None:
+        if real < self.config.vocab_size:
             # Padding rows are not tokens: -inf is never sampled and drops out of the loss's softmax,
             # so they get no gradient. In place is safe: the head's backward does not read its output
             # (and tanh's backward reads its own output, a different tensor).

@@ -48,7 +48,7 @@ def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Toke
     checkpoint, meta = load_model_checkpoint(path)
     kind = "legacy nanoGPT checkpoint" if checkpoint.is_legacy else f"checkpoint schema v{checkpoint.schema_version}"
     log.info("sampling from %s (%s, iter %d)", path, kind, checkpoint.iter_num)
-    model = GPT(dataclasses.replace(checkpoint.arch, dropout=0.0))
+    model = GPT(checkpoint.arch.replace(dropout=0.0))
     try:
         model.load_state_dict(checkpoint.model)
     except RuntimeError as exc:

@@ -61,7 +61,7 @@ class GPTLitModel(lit_model.Model):
     def description(self) -> str:
         cfg = self._model.config
         return (
-            f"GPT {cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} ({self._tokenizer.kind} tokens, vocab {cfg.real_vocab})"
+            f"GPT {cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} ({self._tokenizer.kind} tokens, vocab {cfg.real_vocab_size})"
             f" from {self._checkpoint}"
         )
 
@@ -75,7 +75,7 @@ class GPTLitModel(lit_model.Model):
             "pred_tokens": lit_types.TokenTopKPreds(align="tokens"),
             "token_loss": lit_types.TokenScores(align="tokens"),
             "mean_loss": lit_types.Scalar(min_val=0.0, max_val=10.0),
-            "perplexity": lit_types.Scalar(min_val=1.0, max_val=float(self._model.config.real_vocab)),
+            "perplexity": lit_types.Scalar(min_val=1.0, max_val=float(self._model.config.real_vocab_size)),
             "pooled_embedding": lit_types.Embeddings(),
         }
         for layer in range(self._model.config.n_layer):

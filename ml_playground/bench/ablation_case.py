@@ -11,14 +11,16 @@ from __future__ import annotations
 import itertools
 import shutil
 import statistics
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic.fields import FieldInfo
 
 from ml_playground.bench.context import BenchContext
 from ml_playground.bench.quality_case import preload_optimizer_imports, quality_config, timed_training
 from ml_playground.bench.report import Ablation, Curve, Row
-from ml_playground.config import PROJECT_ROOT, ModelConfig, TrainConfig
+from ml_playground.config import PROJECT_ROOT, GPTConfig, ModelConfig, TrainConfig
 from ml_playground.train.metrics import TB_SUBDIR, read_scalars
 
 CASE = "8 ablation"
@@ -31,8 +33,6 @@ EVAL_INTERVAL = 100
 # [train.model] keys that give the model its size; every other key is an option the baseline
 # leaves at its default (GPT-2).
 SHAPE_KEYS = frozenset({"n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "vocab_size", "vocab_multiple"})
-# Logit soft-capping at 15 (modded-nanogpt's records have used caps of 30 and 15).
-SOFTCAP = 15.0
 
 Value = str | int | float | bool
 
@@ -47,7 +47,7 @@ class Option:
 
     @property
     def name(self) -> str:
-        """As the key reads in TOML: `qk_norm=true`, `logit_softcap=15`."""
+        """As the key reads in TOML: `tie_embeddings=false`, `optimizer=muon`."""
         if isinstance(self.value, bool):
             text = str(self.value).lower()
         elif isinstance(self.value, float) and self.value.is_integer():
@@ -61,30 +61,40 @@ class Option:
         change: dict[str, Any] = {self.key: self.value}
         if self.table == "optim":
             return replace(cfg, optim=replace(cfg.optim, **change))
-        return replace(cfg, model=replace(cfg.model, **change))
+        return replace(cfg, model=cfg.model.replace(**change))
 
 
 def options(model: ModelConfig) -> tuple[Option, ...]:
-    """The switches of the ablation, in the order they run. GQA keeps half the heads as key/value heads."""
-    return (
-        Option(table="model", key="position", value="rope"),
-        Option(table="model", key="norm", value="rmsnorm"),
-        Option(table="model", key="mlp", value="swiglu"),
-        Option(table="model", key="mlp", value="relu2"),
-        Option(table="model", key="qk_norm", value=True),
-        Option(table="model", key="n_kv_head", value=max(1, model.n_head // 2)),
-        Option(table="model", key="tie_embeddings", value=False),
-        Option(table="model", key="logit_softcap", value=SOFTCAP),
-        Option(table="optim", key="optimizer", value="muon"),
+    """The switches of the ablation, in the order they run: every architecture option of the type
+    (GPTConfig) in its order, then Muon."""
+    switches = (
+        Option(table="model", key=key, value=value)
+        for key, field in GPTConfig.model_fields.items()
+        if key not in SHAPE_KEYS
+        for value in switched_on(key, field, model)
     )
+    return (*switches, Option(table="optim", key="optimizer", value="muon"))
+
+
+def switched_on(key: str, field: FieldInfo, model: ModelConfig) -> list[Value]:
+    """The values that switch an option away from GPT-2's block: a choice's other values, a flag's
+    opposite, a number's `examples`; grouped-query attention keeps half the heads as key/value heads.
+    Sizes without examples (rope_theta, norm_eps, mlp_hidden, ...) are not switches."""
+    if key == "n_kv_head":
+        return [max(1, model.n_head // 2)]
+    if field.annotation is bool:
+        return [not field.default]
+    if get_origin(field.annotation) is Literal:
+        return [choice for choice in get_args(field.annotation) if choice != field.default]
+    return list(field.examples or [])
 
 
 def gpt2_adamw(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with every architecture option at its default (GPT-2's block) and AdamW; its shape,
     data, rates and schedule unchanged."""
-    defaults = ModelConfig()
-    reset = {key: getattr(defaults, key) for key in (f.name for f in fields(ModelConfig)) if key not in SHAPE_KEYS}
-    return replace(cfg, model=replace(cfg.model, **reset), optim=replace(cfg.optim, optimizer="adamw"))
+    model = cfg.model
+    shape = ModelConfig(**{key: getattr(model, key) for key in model.model_fields_set & SHAPE_KEYS})
+    return replace(cfg, model=shape, optim=replace(cfg.optim, optimizer="adamw"))
 
 
 def _for_ablation(ctx: BenchContext, cfg: TrainConfig, slug: str) -> TrainConfig:

@@ -82,7 +82,7 @@ def shipped_gpu_config(ctx: BenchContext, path: Path, *, dataset_dir: Path, out_
     small = ctx.sizes.small
     return replace(
         cfg,
-        model=replace(small.applied_to(cfg.model), dropout=cfg.model.dropout),
+        model=small.applied_to(cfg.model).replace(dropout=cfg.model.dropout),
         data=replace(
             cfg.data,
             block_size=small.block_size,

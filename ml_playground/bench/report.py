@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import DType, ModelConfig, OptimConfig
@@ -241,7 +242,9 @@ def row_dict(row: Row) -> dict[str, Any]:
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: such floats become null."""
+    """JSON has no inf/nan: such floats become null. A config model becomes its keys."""
+    if isinstance(value, BaseModel):
+        return _finite(value.model_dump())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ml_playground.config import ModelConfig
 
@@ -16,8 +16,7 @@ class ModelShape:
 
     def applied_to(self, model: ModelConfig) -> ModelConfig:
         """`model` in this shape, without dropout and bias (nanoGPT's shakespeare_char CPU settings)."""
-        return replace(
-            model,
+        return model.replace(
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_embd=self.n_embd,

@@ -8,28 +8,43 @@ architectures. `counterpart(config)` names the one whose computation equals ours
   llama  RoPE, RMSNorm, SwiGLU MLP, no biases (grouped-query attention and an untied head allowed)
   qwen3  llama plus QK-norm (RMSNorm over each head's queries and keys before RoPE)
 
-None of them has a logit soft-cap.
+None of them has a logit soft-cap. The same table gives an importer the options each one fixes
+(`options_of`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from ml_playground.config import GPTConfig
 from ml_playground.errors import ExportError
-from ml_playground.model import GPTConfig
 
 Counterpart = Literal["gpt2", "llama", "qwen3"]
 
 
 @dataclass(frozen=True, slots=True)
-class Need:
-    """One option's value an architecture requires: `train.model.<key>` must satisfy `holds`."""
+class Same:
+    """The value of another key (grouped-query attention's n_kv_head = n_head: none)."""
 
     key: str
-    holds: Callable[[GPTConfig], bool]
-    wanted: str  # what the architecture needs, for the error line
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One option's value an architecture has: `train.model.<key>` must be `value`."""
+
+    key: str
+    value: bool | float | str | Same
+
+    def holds(self, config: GPTConfig) -> bool:
+        wanted = getattr(config, self.value.key) if isinstance(self.value, Same) else self.value
+        return bool(getattr(config, self.key) == wanted)
+
+    @property
+    def wanted(self) -> str:
+        """What the architecture needs, for the error line."""
+        return self.value.key if isinstance(self.value, Same) else toml_text(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,24 +56,24 @@ class Family:
 GPT2 = Family(
     "GPT-2",
     (
-        Need("position", lambda c: c.position == "learned", "'learned'"),
-        Need("norm", lambda c: c.norm == "layernorm", "'layernorm'"),
-        Need("mlp", lambda c: c.mlp == "gelu", "'gelu'"),
-        Need("qk_norm", lambda c: not c.qk_norm, "false"),
-        Need("n_kv_head", lambda c: c.kv_heads == c.n_head, "n_head"),
-        Need("tie_embeddings", lambda c: c.tie_embeddings, "true"),
-        Need("logit_softcap", lambda c: c.logit_softcap == 0.0, "0"),
+        Need("position", "learned"),
+        Need("norm", "layernorm"),
+        Need("mlp", "gelu"),
+        Need("qk_norm", False),
+        Need("n_kv_head", Same("n_head")),
+        Need("tie_embeddings", True),
+        Need("logit_softcap", 0),
     ),
 )
 # Llama and Qwen3 differ only in QK-norm, which therefore is no requirement of the family.
 LLAMA = Family(
     "Llama/Qwen3",
     (
-        Need("position", lambda c: c.position == "rope", "'rope'"),
-        Need("norm", lambda c: c.norm == "rmsnorm", "'rmsnorm'"),
-        Need("mlp", lambda c: c.mlp == "swiglu", "'swiglu'"),
-        Need("bias", lambda c: not c.bias, "false"),
-        Need("logit_softcap", lambda c: c.logit_softcap == 0.0, "0"),
+        Need("position", "rope"),
+        Need("norm", "rmsnorm"),
+        Need("mlp", "swiglu"),
+        Need("bias", False),
+        Need("logit_softcap", 0),
     ),
 )
 FAMILIES = (GPT2, LLAMA)
@@ -88,9 +103,19 @@ def counterpart(config: GPTConfig) -> Counterpart:
     )
 
 
+def options_of(kind: Counterpart) -> dict[str, Any]:
+    """The options of `kind` as our GPTConfig keys, for an importer (its sizes come from its files)."""
+    family = GPT2 if kind == "gpt2" else LLAMA
+    fixed = {need.key: need.value for need in family.needs if not isinstance(need.value, Same)}
+    return fixed | ({} if family is GPT2 else {"qk_norm": kind == "qwen3"})
+
+
 def option_value(config: GPTConfig, key: str) -> str:
     """How the option reads in TOML (booleans lower case, strings quoted)."""
-    value: object = config.kv_heads if key == "n_kv_head" else getattr(config, key)
+    return toml_text(getattr(config, key))
+
+
+def toml_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)

@@ -32,14 +32,13 @@ from pydantic import TypeAdapter
 from torch import Tensor
 
 from ml_playground.atomic import atomic_output_path, write_text_atomic
-from ml_playground.config import ExperimentConfig, ExportConfig, OllamaExportConfig, SampleSettings
+from ml_playground.config import ExperimentConfig, ExportConfig, GPTConfig, OllamaExportConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop import ollama
 from ml_playground.interop.arch import counterpart
 from ml_playground.interop.gguf import FloatType, write_gguf
 from ml_playground.interop.hf import export_hf
-from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import ENDOFTEXT
 from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
 

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from ml_playground.atomic import atomic_output_path
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.interop.hf import GPT2_EOT_ID, key_rules, refuse_unnamed, rows_of, tensor_for, tokens_only
-from ml_playground.model import GPTConfig
 from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
 FloatType = Literal["f32", "f16"]
@@ -60,7 +60,7 @@ def named_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counte
     for rule in rules:
         block = rows_of(tensor_for(rule, state_dict, config), rule.rows, config)
         if arch == "llama" and rule.rows in ("q", "k"):
-            block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.kv_heads)
+            block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.n_kv_head)
         out.append((rule.gguf, block))
     refuse_unnamed(state_dict, rules, config, "GGUF")
     return out
@@ -134,13 +134,13 @@ def add_architecture(writer: gguf.GGUFWriter, config: GPTConfig, arch: Counterpa
     """The hyperparameters llama.cpp reads for `arch` (under `<arch>.` keys)."""
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
-    writer.add_feed_forward_length(config.hidden_size)
+    writer.add_feed_forward_length(config.mlp_hidden)
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
     if arch == "gpt2":
         writer.add_layer_norm_eps(config.norm_eps)
         return
-    writer.add_head_count_kv(config.kv_heads)
+    writer.add_head_count_kv(config.n_kv_head)
     writer.add_key_length(config.head_size)
     writer.add_value_length(config.head_size)
     writer.add_rope_dimension_count(config.head_size)

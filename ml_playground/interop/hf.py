@@ -25,16 +25,18 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from tokenizers import Tokenizer
 from torch import Tensor
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
+from ml_playground.config import GPTConfig
+from ml_playground.config_loader import format_validation_error
 from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
-from ml_playground.interop.arch import Counterpart, counterpart
-from ml_playground.model import GPTConfig
+from ml_playground.interop.arch import Counterpart, counterpart, options_of
 from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges, hf_char_tokenizer, hf_gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ GPT2_EOT_ID = 50256
 
 # Which rows of our tensor a tensor of the other format holds: all, or one block of a fused weight.
 RowBlock = Literal["all", "q", "k", "v", "gate", "up"]
-# When a tensor exists: always, with QK-norm (Qwen3), or with an untied output head.
-When = Literal["always", "qk_norm", "untied"]
+# When a tensor exists: always, in Qwen3 (its QK-norm), or with an untied output head.
+When = Literal["always", "qwen3", "untied"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +116,8 @@ LLAMA_KEY_MAP: tuple[KeyRule, ...] = (
     _llama_block("attn.c_attn.weight", "self_attn.q_proj.weight", "attn_q.weight", rows="q"),
     _llama_block("attn.c_attn.weight", "self_attn.k_proj.weight", "attn_k.weight", rows="k"),
     _llama_block("attn.c_attn.weight", "self_attn.v_proj.weight", "attn_v.weight", rows="v"),
-    _llama_block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qk_norm"),
-    _llama_block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qk_norm"),
+    _llama_block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qwen3"),
+    _llama_block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qwen3"),
     _llama_block("attn.c_proj.weight", "self_attn.o_proj.weight", "attn_output.weight"),
     _llama_block("ln_2.weight", "post_attention_layernorm.weight", "ffn_norm.weight"),
     _llama_block("mlp.c_fc.weight", "mlp.gate_proj.weight", "ffn_gate.weight", rows="gate"),
@@ -134,9 +136,9 @@ OURS_TIED = "lm_head.weight"
 OURS_WTE = "transformer.wte.weight"
 
 
-def exists(when: When, config: GPTConfig) -> bool:
-    """Whether a tensor of that kind is in this architecture's files."""
-    present: dict[When, bool] = {"always": True, "qk_norm": config.qk_norm, "untied": not config.tie_embeddings}
+def exists(when: When, kind: Counterpart, config: GPTConfig) -> bool:
+    """Whether a tensor of that kind is in the files of this architecture (whose counterpart is `kind`)."""
+    present: dict[When, bool] = {"always": True, "qwen3": kind == "qwen3", "untied": not config.tie_embeddings}
     return present[when]
 
 
@@ -144,8 +146,9 @@ def key_rules(config: GPTConfig) -> list[KeyRule]:
     """The key map of the architecture's counterpart (`interop.arch.counterpart`) with `{i}` filled
     in for every block and the tensors it lacks left out."""
     rules: list[KeyRule] = []
-    for rule in KEY_MAPS[counterpart(config)]:
-        if not exists(rule.when, config):
+    kind = counterpart(config)
+    for rule in KEY_MAPS[kind]:
+        if not exists(rule.when, kind, config):
             continue
         blocks = range(config.n_layer) if "{i}" in rule.ours else [0]
         rules.extend(
@@ -157,7 +160,7 @@ def key_rules(config: GPTConfig) -> list[KeyRule]:
 
 def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
     """The shape of a bias our model omits when `bias = false` (HF GPT-2 always has them)."""
-    width = {"c_attn": 3 * config.n_embd, "c_fc": config.hidden_size}
+    width = {"c_attn": 3 * config.n_embd, "c_fc": config.mlp_hidden}
     for part, size in width.items():
         if f".{part}." in rule.ours:
             return (size,)
@@ -167,8 +170,8 @@ def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
 def row_span(rows: RowBlock, config: GPTConfig) -> tuple[int, int] | None:
     """[start, end) of a block's rows in our fused tensor; None for the whole tensor."""
     q = config.n_head * config.head_size
-    kv = config.kv_heads * config.head_size
-    hidden = config.hidden_size
+    kv = config.n_kv_head * config.head_size
+    hidden = config.mlp_hidden
     spans: dict[RowBlock, tuple[int, int] | None] = {
         "all": None,
         "q": (0, q),
@@ -217,7 +220,7 @@ def tokens_only(
         return state_dict, config
     rows = meta.vocab_size
     trimmed = {name: tensor[:rows] if name in (OURS_WTE, OURS_TIED) else tensor for name, tensor in state_dict.items()}
-    return trimmed, replace(config, vocab_size=rows, real_vocab_size=None)
+    return trimmed, config.replace(vocab_size=rows, real_vocab_size=rows)
 
 
 def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
@@ -304,7 +307,7 @@ def gpt2_hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": config.mlp_hidden,  # None: 4 * n_embd, in both implementations
+        "n_inner": config.mlp_hidden,
         # Our MLP uses the exact (erf) GELU; HF's GPT-2 default is the tanh approximation.
         "activation_function": "gelu",
         "resid_pdrop": config.dropout,
@@ -337,10 +340,10 @@ def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> 
         "model_type": kind,
         "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd,
-        "intermediate_size": config.hidden_size,
+        "intermediate_size": config.mlp_hidden,
         "num_hidden_layers": config.n_layer,
         "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.kv_heads,
+        "num_key_value_heads": config.n_kv_head,
         "head_dim": config.head_size,
         "hidden_act": "silu",
         "max_position_embeddings": config.block_size,
@@ -474,7 +477,9 @@ def gpt_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfig
             return gpt2_config_from_hf(hf, bias, where)
         if model_type in ("llama", "qwen3"):
             return llama_config_from_hf(hf, where)
-    except ValueError as exc:  # sizes our GPT cannot be built with
+    except ValidationError as exc:  # sizes our GPT cannot be built with
+        raise ExportError(format_validation_error(where, exc)) from None
+    except ValueError as exc:  # a size that is no number
         raise ExportError(f"{where}: {exc}") from None
     raise ExportError(f"{where}: model_type: expected one of {', '.join(map(repr, IMPORTABLE))}, got {model_type!r}")
 
@@ -483,18 +488,19 @@ def gpt2_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfi
     activation = hf.get("activation_function", "gelu_new")
     if activation != "gelu":
         log.warning("%s: activation %r differs from our exact GELU; logits will differ slightly", where, activation)
-    n_inner = hf.get("n_inner")
+    n_embd, n_inner = int(hf["n_embd"]), hf.get("n_inner")
     return GPTConfig(
+        **options_of("gpt2"),
         block_size=int(hf["n_positions"]),
         vocab_size=int(hf["vocab_size"]),
         n_layer=int(hf["n_layer"]),
         n_head=int(hf["n_head"]),
-        n_embd=int(hf["n_embd"]),
+        n_embd=n_embd,
         dropout=0.0,
         bias=bias,
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        mlp_hidden=None if n_inner is None else int(n_inner),
-    ).canonical()
+        mlp_hidden=4 * n_embd if n_inner is None else int(n_inner),
+    )
 
 
 def rope_theta_of(hf: dict[str, Any], where: Path) -> float:
@@ -521,23 +527,19 @@ def llama_config_from_hf(hf: dict[str, Any], where: Path) -> GPTConfig:
     if problems:
         raise ExportError(f"{where}: " + "; ".join(problems))
     return GPTConfig(
+        **options_of("qwen3" if hf.get("model_type") == "qwen3" else "llama"),
         block_size=int(hf["max_position_embeddings"]),
         vocab_size=int(hf["vocab_size"]),
         n_layer=int(hf["num_hidden_layers"]),
         n_head=n_head,
         n_embd=n_embd,
         dropout=0.0,
-        bias=False,
-        position="rope",
         rope_theta=rope_theta_of(hf, where),
-        norm="rmsnorm",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        mlp="swiglu",
         mlp_hidden=int(hf["intermediate_size"]),
-        qk_norm=hf.get("model_type") == "qwen3",
         n_kv_head=int(hf.get("num_key_value_heads") or n_head),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    ).canonical()
+    )
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -563,5 +565,5 @@ def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
         shards = sorted(set(cast("dict[str, str]", _read_config(index_path).get("weight_map", {})).values()))
         hf_weights = {name: t for shard in shards for name, t in read_safetensors(model_dir / shard).items()}
     if hf_cfg.get("model_type") == "gpt2":
-        config = replace(config, bias=not biases_are_zero(hf_weights, config))
+        config = config.replace(bias=not biases_are_zero(hf_weights, config))
     return from_hf_state_dict(hf_weights, config, str(model_dir)), config

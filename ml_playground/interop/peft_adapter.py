@@ -20,10 +20,9 @@ from safetensors.torch import save
 from torch import Tensor
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
-from ml_playground.config import PeftConfig
+from ml_playground.config import GPTConfig, PeftConfig
 from ml_playground.interop.arch import counterpart
 from ml_playground.interop.hf import key_rules, row_span
-from ml_playground.model import GPTConfig
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -13,21 +13,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
-from ml_playground.config import ModelConfig, SampleConfig, TrainConfig, project_path
+from ml_playground.config import GPTConfig, ModelConfig, SampleConfig, TrainConfig, project_path
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError, summary
-from ml_playground.interop.arch import option_value
+from ml_playground.interop.arch import option_value, toml_text
 from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import HuggingFaceTokenizer, Tokenizer, tokenizer_from_meta
-from ml_playground.train.checkpoint import ARCH_OPTION_KEYS, MODEL_ARG_KEYS, load_model_checkpoint
+from ml_playground.train.checkpoint import load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ HUB_FILES = (
 # "gpt2", "openai-community/gpt2", "TinyLlama/TinyLlama-1.1B-Chat-v1.0": one optional owner part.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 # The [train.model] keys a source fixes: its whole architecture but dropout, which may be overridden
-# (as in nanoGPT), and vocab_size, which counts tokens there (checked against the source's tokens).
-SOURCE_KEYS = tuple(key for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS if key not in ("dropout", "vocab_size"))
+# (as in nanoGPT), vocab_size, which counts tokens there (checked against the source's tokens),
+# mlp_multiple (checked against the source's MLP width) and real_vocab_size (not a key).
+SOURCE_KEYS = tuple(
+    key for key in GPTConfig.model_fields if key not in ("dropout", "vocab_size", "mlp_multiple", "real_vocab_size")
+)
 
 # A model id -> the local folder holding its files.
 Downloader = Callable[[str], Path]
@@ -130,7 +133,7 @@ def _hf_source(name: str, path: Path) -> Source:
     return Source(
         name=name,
         state_dict=state_dict,
-        config=config.with_real_vocab(tokens),
+        config=config.replace(real_vocab_size=tokens),
         meta=meta,
         tokenizer_file=tokenizer_file,
     )
@@ -150,31 +153,22 @@ def same_tokenizer(a: DatasetMeta, b: DatasetMeta) -> bool:
 
 
 def contradictions(model: ModelConfig, arch: GPTConfig) -> list[str]:
-    """`train.model.<key> = ours (source: theirs)` for each key set away from its default that the
-    source's architecture does not have."""
-    default = ModelConfig()
-    found: list[str] = []
-    for key in SOURCE_KEYS:
-        ours: object = getattr(model, key)
-        if ours == getattr(default, key):
-            continue
-        theirs: object = {"n_kv_head": arch.kv_heads, "mlp_hidden": arch.hidden_size}.get(key, getattr(arch, key))
-        if ours != theirs:
-            found.append(f"train.model.{key} = {_toml(ours)} (source: {option_value(arch, key)})")
-    if model.vocab_size is not None and model.vocab_size != arch.real_vocab:
-        found.append(f"train.model.vocab_size = {model.vocab_size} (source: {arch.real_vocab} tokens)")
+    """`train.model.<key> = ours (source: theirs)` for each key set in [train.model] that the source's
+    architecture does not have."""
+    given = model.model_fields_set
+    found = [
+        f"train.model.{key} = {toml_text(getattr(model, key))} (source: {option_value(arch, key)})"
+        for key in SOURCE_KEYS
+        if key in given and getattr(model, key) != getattr(arch, key)
+    ]
+    if "vocab_size" in given and model.vocab_size != arch.real_vocab_size:
+        found.append(f"train.model.vocab_size = {model.vocab_size} (source: {arch.real_vocab_size} tokens)")
     # Paddings the source's sizes do not have.
-    if model.vocab_multiple != default.vocab_multiple and arch.vocab_size % model.vocab_multiple != 0:
+    if "vocab_multiple" in given and arch.vocab_size % model.vocab_multiple != 0:
         found.append(f"train.model.vocab_multiple = {model.vocab_multiple} (source: {arch.vocab_size} rows)")
-    if model.mlp_multiple != default.mlp_multiple and arch.hidden_size % model.mlp_multiple != 0:
-        found.append(f"train.model.mlp_multiple = {model.mlp_multiple} (source: MLP width {arch.hidden_size})")
+    if "mlp_multiple" in given and arch.mlp_hidden % model.mlp_multiple != 0:
+        found.append(f"train.model.mlp_multiple = {model.mlp_multiple} (source: MLP width {arch.mlp_hidden})")
     return found
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
 
 
 def finetune_architecture(cfg: TrainConfig, meta: DatasetMeta, source: Source) -> GPTConfig:
@@ -194,7 +188,7 @@ def finetune_architecture(cfg: TrainConfig, meta: DatasetMeta, source: Source) -
             f"train.data.block_size: {cfg.data.block_size} exceeds init_from {name!r}'s block_size "
             f"{source.config.block_size}"
         )
-    return replace(source.config, dropout=cfg.model.dropout)
+    return source.config.replace(dropout=cfg.model.dropout)
 
 
 def source_for_inference(
@@ -202,7 +196,7 @@ def source_for_inference(
 ) -> tuple[GPT, Tokenizer, str]:
     """The source as an eval-mode model on the runtime's device, with its own tokenizer."""
     source = load_source(init_from, "sample.runtime.init_from", download)
-    model = GPT(replace(source.config, dropout=0.0))
+    model = GPT(source.config.replace(dropout=0.0))
     model.load_state_dict(source.state_dict)
     log.info("sampling from init_from %r (%.2fM parameters)", init_from, model.num_params() / 1e6)
     return model.to(runtime.device).eval(), source.tokenizer(), init_from

@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors and JSON-like values (so `torch.load(weights_only=True)`
 can read it without running code). `Checkpoint` is its typed view. This is the one place that
-strips `torch.compile`'s `_orig_mod.` prefixes and the one place that migrates nanoGPT's
-`ckpt.pt` (keys model, model_args, iter_num, best_val_loss, config).
+strips `torch.compile`'s `_orig_mod.` prefixes and the one place that migrates older layouts:
+nanoGPT's `ckpt.pt` (keys model, model_args, iter_num, best_val_loss, config) and our files from
+before the architecture was stored whole (`model_args` alone).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
+from ml_playground.config import GPTConfig
+from ml_playground.config_loader import format_validation_error
 from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.errors import CheckpointError, summary
-from ml_playground.model import GPTConfig
 
 SCHEMA_VERSION = 1
 # Legacy nanoGPT checkpoints are migrated to this schema version on load.
@@ -38,24 +41,13 @@ DISCOVERY_ORDER = (BEST_NAME, LAST_NAME, LEGACY_NAME)
 ADAPTER_KIND = "lora"
 MERGED_DIR = "merged"
 
+# nanoGPT's GPTConfig keys: a checkpoint's `model_args` holds them (and the options that are not
+# GPT-2's), so that nanoGPT's train.py and sample.py load a GPT-2-shaped checkpoint of ours.
 MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
-# The architecture options past GPT-2 (model.GPTConfig); a checkpoint without them is GPT-2.
-ARCH_OPTION_KEYS = (
-    "position",
-    "rope_theta",
-    "norm",
-    "norm_eps",
-    "mlp",
-    "mlp_hidden",
-    "qk_norm",
-    "n_kv_head",
-    "tie_embeddings",
-    "logit_softcap",
-)
+# GPTConfig keys that `model_args` leaves out: the width rule's multiple (mlp_hidden holds the
+# width) and the tokenizer's ids (`dataset_meta` holds them).
+_NOT_MODEL_ARGS = ("mlp_multiple", "real_vocab_size")
 _COMPILE_PREFIX = "_orig_mod."
-_Choice = TypeVar("_Choice", bound=str)
-# The option defaults (GPT-2's block); the sizes are placeholders.
-_GPT2 = GPTConfig(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_embd=1)
 # nanoGPT's GPT-2 BPE fallback vocabulary size (when no meta.pkl describes the dataset).
 _GPT2_VOCAB_SIZE = 50257
 
@@ -67,8 +59,8 @@ class Checkpoint:
 
     schema_version: int
     model: dict[str, Tensor]
-    # The architecture; the file holds it as nanoGPT's `model_args` dict (see model_args_of), and
-    # `real_vocab_size` comes from `dataset_meta` when the rows are padded past its vocabulary.
+    # The architecture; the file holds it whole (`gpt_config`) and as nanoGPT's `model_args` view
+    # (see model_args_of).
     arch: GPTConfig
     iter_num: int
     best_val_loss: float
@@ -97,6 +89,7 @@ class Checkpoint:
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
+            "gpt_config": self.arch.model_dump(),
             "model_args": model_args_of(self.arch),
             "optimizer": self.optimizer,
             "scaler": self.scaler,
@@ -115,46 +108,10 @@ def model_args_of(config: GPTConfig) -> dict[str, Any]:
     """nanoGPT's `model_args` dict for an architecture, plus each option that is not GPT-2's: a
     GPT-2 checkpoint stays loadable by nanoGPT (`GPTConfig(**model_args)`), and nanoGPT refuses
     any other architecture instead of running it as GPT-2."""
-    config = config.canonical()
     args = {key: getattr(config, key) for key in MODEL_ARG_KEYS}
-    return args | {key: getattr(config, key) for key in ARCH_OPTION_KEYS if getattr(config, key) != getattr(_GPT2, key)}
-
-
-def gpt_config_from_args(model_args: dict[str, Any]) -> GPTConfig:
-    missing = [key for key in MODEL_ARG_KEYS if key not in model_args]
-    if missing:
-        raise CheckpointError(f"model_args: missing keys {', '.join(missing)}")
-    option = {key: model_args.get(key, getattr(_GPT2, key)) for key in ARCH_OPTION_KEYS}
-    try:
-        return GPTConfig(
-            n_layer=int(model_args["n_layer"]),
-            n_head=int(model_args["n_head"]),
-            n_embd=int(model_args["n_embd"]),
-            block_size=int(model_args["block_size"]),
-            bias=bool(model_args["bias"]),
-            vocab_size=int(model_args["vocab_size"]),
-            dropout=float(model_args["dropout"]),
-            position=_choice(option, "position", ("learned", "rope")),
-            rope_theta=float(option["rope_theta"]),
-            norm=_choice(option, "norm", ("layernorm", "rmsnorm")),
-            norm_eps=float(option["norm_eps"]),
-            mlp=_choice(option, "mlp", ("gelu", "swiglu", "relu2")),
-            mlp_hidden=None if option["mlp_hidden"] is None else int(option["mlp_hidden"]),
-            qk_norm=bool(option["qk_norm"]),
-            n_kv_head=None if option["n_kv_head"] is None else int(option["n_kv_head"]),
-            tie_embeddings=bool(option["tie_embeddings"]),
-            logit_softcap=float(option["logit_softcap"]),
-        ).canonical()
-    except ValueError as exc:
-        raise CheckpointError(f"model_args: {exc}") from None
-
-
-def _choice(option: dict[str, Any], key: str, allowed: tuple[_Choice, ...]) -> _Choice:
-    value = option[key]
-    for choice in allowed:
-        if value == choice:
-            return choice
-    raise ValueError(f"{key} is {value!r}, expected one of {', '.join(allowed)}")
+    gpt2 = GPTConfig(**args)  # GPT-2's block in the same sizes
+    skipped = MODEL_ARG_KEYS + _NOT_MODEL_ARGS
+    return args | {key: value for key, value in config if key not in skipped and value != getattr(gpt2, key)}
 
 
 def strip_compile_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -251,30 +208,45 @@ def _state_dict(path: Path, raw: dict[str, Any]) -> dict[str, Tensor]:
     return strip_compile_prefix(model)
 
 
-def _arch(path: Path, raw: dict[str, Any]) -> GPTConfig:
-    model_args: dict[str, Any] = _field(path, raw, "model_args", dict)
-    try:
-        return gpt_config_from_args(model_args)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def _with_tokens(arch: GPTConfig, dataset_meta: dict[str, Any] | None) -> GPTConfig:
-    """`model_args` hold the padded row count; the tokens are the dataset metadata's vocabulary.
-
-    A tokenizer larger than the model is left to the readers' checks (sampling and export name it)."""
+def _arch(path: Path, raw: dict[str, Any], dataset_meta: dict[str, Any] | None) -> GPTConfig:
+    """The architecture of a checkpoint in any layout (the one place that migrates them): `gpt_config`
+    whole; else `model_args` alone (earlier versions, nanoGPT's 7 keys), where an absent or None
+    n_kv_head or mlp_hidden meant n_head or 4 x n_embd (whatever the MLP) and the tokens are the
+    dataset metadata's vocabulary when it fits the rows (else every row)."""
+    if "gpt_config" in raw:
+        return _validated(path, "gpt_config", _field(path, raw, "gpt_config", dict), strict=True)
+    args: dict[str, Any] = _field(path, raw, "model_args", dict)
+    missing = [key for key in MODEL_ARG_KEYS if key not in args]
+    if missing:
+        raise CheckpointError(f"{path}: model_args: missing keys {', '.join(missing)}")
+    fields = {key: value for key, value in args.items() if value is not None}
+    n_embd, vocab_size = fields.get("n_embd"), fields.get("vocab_size")
+    if "mlp_hidden" not in fields and isinstance(n_embd, int):
+        fields["mlp_hidden"] = 4 * n_embd
     tokens = None if dataset_meta is None else dataset_meta.get("vocab_size")
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 < tokens <= arch.vocab_size:
-        return arch
-    return arch.with_real_vocab(tokens)
+    # A tokenizer larger than the model is left to the readers' checks (sampling and export name it).
+    if (
+        isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and isinstance(vocab_size, int)
+        and tokens <= vocab_size
+    ):
+        fields["real_vocab_size"] = tokens
+    return _validated(path, "model_args", fields, strict=False)  # numbers as older writers stored them
 
 
-def _legacy_dataset_meta(path: Path, arch: GPTConfig) -> dict[str, Any]:
+def _validated(path: Path, key: str, fields: dict[str, Any], *, strict: bool) -> GPTConfig:
+    try:
+        return GPTConfig.model_validate(fields, strict=strict)
+    except ValidationError as exc:
+        raise CheckpointError(format_validation_error(f"{path}: {key}", exc)) from None
+
+
+def _legacy_dataset_meta(path: Path, vocab_size: int) -> dict[str, Any]:
     """nanoGPT's tokenizer rule: a meta.pkl beside the checkpoint, else GPT-2 BPE."""
     meta_pkl = path.parent / "meta.pkl"
     if meta_pkl.is_file():
         return read_meta(meta_pkl).to_dict()
-    vocab_size = arch.vocab_size
     if vocab_size < _GPT2_VOCAB_SIZE:
         raise CheckpointError(
             f"{path}: legacy checkpoint with vocab_size {vocab_size} needs its meta.pkl beside it (expected {meta_pkl})"
@@ -298,14 +270,13 @@ def _drop_mask_buffers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _migrate_legacy(path: Path, raw: dict[str, Any]) -> Checkpoint:
-    arch = _arch(path, raw)
+    dataset_meta = _legacy_dataset_meta(path, _arch(path, raw, None).vocab_size)
     config = raw.get("config")
     best = raw.get("best_val_loss", math.inf)
-    dataset_meta = _legacy_dataset_meta(path, arch)
     return Checkpoint(
         schema_version=LEGACY_SCHEMA_VERSION,
         model=_drop_mask_buffers(_state_dict(path, raw)),
-        arch=_with_tokens(arch, dataset_meta),
+        arch=_arch(path, raw, dataset_meta),
         iter_num=int(raw.get("iter_num", 0)),
         best_val_loss=float(best.item() if isinstance(best, Tensor) else best),
         config=dict(config) if isinstance(config, dict) else {},  # pyright: ignore[reportUnknownArgumentType]
@@ -328,7 +299,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         schema_version=SCHEMA_VERSION,
         model=_state_dict(path, raw),
-        arch=_with_tokens(_arch(path, raw), dataset_meta),
+        arch=_arch(path, raw, dataset_meta),
         iter_num=int(_field(path, raw, "iter_num", int)),
         best_val_loss=float(_field(path, raw, "best_val_loss", (int, float))),
         config=_field(path, raw, "config", dict),

@@ -27,11 +27,11 @@ from typing import Any
 
 from torch import Tensor
 
-from ml_playground.config import TrainConfig
+from ml_playground.config import GPTConfig, TrainConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
-from ml_playground.model import GPT, GPTConfig
-from ml_playground.train.checkpoint import ARCH_OPTION_KEYS, MODEL_ARG_KEYS, Checkpoint
+from ml_playground.model import GPT
+from ml_playground.train.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,54 +82,30 @@ def padded_vocab_size(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
 
 
-def _resolved(config: GPTConfig) -> dict[str, Any]:
-    """Every architecture key with its value as the model has it (key/value heads and MLP width as
-    numbers, never None), for comparing two architectures in a message."""
-    values = {key: getattr(config, key) for key in MODEL_ARG_KEYS + ARCH_OPTION_KEYS}
-    return values | {"n_kv_head": config.kv_heads, "mlp_hidden": config.hidden_size}
-
-
 def resolve_architecture(cfg: TrainConfig, meta: DatasetMeta) -> GPTConfig:
     """TOML [train.model] with the dataset's vocabulary.
 
     The dataset's ids are the tokens; embedding rows past them (padding to `vocab_multiple`, or an
     explicit larger `vocab_size`) are masked in the model."""
     model = cfg.model
-    vocab_size = model.vocab_size if model.vocab_size is not None else meta.vocab_size
+    vocab_size = model.vocab_size if "vocab_size" in model.model_fields_set else meta.vocab_size
     if vocab_size < meta.vocab_size:
         raise ConfigError(
             f"train.model.vocab_size: {vocab_size} is smaller than the dataset's vocabulary ({meta.vocab_size})"
         )
-    return (
-        GPTConfig(
-            n_layer=model.n_layer,
-            n_head=model.n_head,
-            n_embd=model.n_embd,
-            block_size=model.block_size,
-            bias=model.bias,
-            vocab_size=padded_vocab_size(vocab_size, model.vocab_multiple),
-            dropout=model.dropout,
-            position=model.position,
-            rope_theta=model.rope_theta,
-            norm=model.norm,
-            norm_eps=model.norm_eps,
-            mlp=model.mlp,
-            mlp_hidden=model.hidden_size,
-            qk_norm=model.qk_norm,
-            n_kv_head=model.n_kv_head,
-            tie_embeddings=model.tie_embeddings,
-            logit_softcap=model.logit_softcap,
-        )
-        .canonical()
-        .with_real_vocab(meta.vocab_size)
+    return model.architecture(
+        vocab_size=padded_vocab_size(vocab_size, model.vocab_multiple), real_vocab_size=meta.vocab_size
     )
 
 
 def log_differences(toml_arch: GPTConfig, saved: GPTConfig) -> None:
-    theirs, ours = _resolved(saved), _resolved(toml_arch)
-    differences = [f"{key}={theirs[key]!r} (TOML {ours[key]!r})" for key in theirs if theirs[key] != ours[key]]
+    differences = [
+        f"{key}={value!r} (TOML {getattr(toml_arch, key)!r})"
+        for key, value in saved
+        if value != getattr(toml_arch, key)
+    ]
     if differences:
-        log.warning("checkpoint model_args take precedence over TOML: %s", ", ".join(differences))
+        log.warning("the checkpoint's architecture takes precedence over TOML: %s", ", ".join(differences))
 
 
 def resumed_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkpoint) -> GPTConfig:
@@ -139,8 +115,8 @@ def resumed_architecture(cfg: TrainConfig, meta: DatasetMeta, checkpoint: Checkp
         raise ConfigError(
             f"train.data.block_size: {cfg.data.block_size} exceeds the checkpoint's block_size {arch.block_size}"
         )
-    if arch.real_vocab < meta.vocab_size:
+    if arch.real_vocab_size < meta.vocab_size:
         raise CheckpointError(
-            f"checkpoint vocabulary ({arch.real_vocab} tokens) is smaller than the dataset's ({meta.vocab_size})"
+            f"checkpoint vocabulary ({arch.real_vocab_size} tokens) is smaller than the dataset's ({meta.vocab_size})"
         )
     return arch

@@ -135,7 +135,7 @@ def test_fast_char_gpu_config_changes_only_blocks_optimizer_and_length() -> None
     fast = load_experiment_config(_PACKAGE / "configs" / "shakespeare_char_fast_gpu.toml").train
     assert nanogpt is not None
     assert fast is not None
-    assert fast.model == replace(nanogpt.model, position="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True)
+    assert fast.model == nanogpt.model.replace(position="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True)
     assert fast.data == nanogpt.data
     assert fast.optim == replace(nanogpt.optim, optimizer="muon")
     assert fast.schedule == replace(nanogpt.schedule, lr_decay_iters=2000)

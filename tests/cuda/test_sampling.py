@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
+from ml_playground.config import GPTConfig, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.generate import SamplingParams, generate
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from tests.support.tiny_training import TEXT, tiny_train_table, write_char_dataset
 from tests.support.torchrun import write_toml

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.interop import hf
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from tests.support.tiny_training import TEXT, write_char_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

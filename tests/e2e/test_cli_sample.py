@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.config import GPTConfig
+from ml_playground.model import GPT
 
 ROOT = Path(__file__).resolve().parents[2]
 ITOS = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\n"))

@@ -17,9 +17,9 @@ from torch._dynamo.eval_frame import (
 )
 from torch._dynamo.utils import counters
 
-from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
+from ml_playground.config import GPTConfig, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint

@@ -10,11 +10,12 @@ import gguf
 import pytest
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.config_loader import parse_experiment_config
 from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
 from ml_playground.interop.export import run_export
 from ml_playground.interop.ollama import sha256_of, sha256sums_match
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from tests.integration.tiny_gpt import CORPUS

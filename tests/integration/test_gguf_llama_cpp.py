@@ -65,7 +65,9 @@ class LlamaRun:
 def our_logits(model: GPT, ids: list[int]) -> npt.NDArray[np.float32]:
     """(T, tokens): a padded model's -inf padding columns are not in the GGUF file."""
     with torch.no_grad():
-        logits: npt.NDArray[np.float32] = model(torch.tensor([ids])).logits[0, :, : model.config.real_vocab].numpy()
+        logits: npt.NDArray[np.float32] = (
+            model(torch.tensor([ids])).logits[0, :, : model.config.real_vocab_size].numpy()
+        )
     return logits
 
 
@@ -85,7 +87,7 @@ def export(tmp_path: Path, model: GPT, meta: DatasetMeta, ftype: FloatType) -> P
 
 def check_float_file(path: Path, model: GPT, tokenizer: Tokenizer, tolerance: float) -> float:
     run = LlamaRun(path, model.config.block_size)
-    assert run.llm.n_vocab() == model.config.real_vocab
+    assert run.llm.n_vocab() == model.config.real_vocab_size
     assert run.tokenize(PROMPT) == tokenizer.encode(PROMPT)
     window = tokenizer.encode(CORPUS)[: model.config.block_size]
     diff = float(np.abs(run.logits(window) - our_logits(model, window)).max())

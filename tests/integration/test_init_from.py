@@ -6,7 +6,6 @@ under torchrun (DDP, FSDP) two ranks finetune a source like one rank with double
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ def test_finetuning_from_a_source_trains_every_weight_resumes_and_exports(tmp_pa
 
     last = load_checkpoint(out / LAST_NAME)
     source = load_source(str(folder), KEY)
-    assert last.arch == replace(source.config, dropout=0.1)  # the source's architecture, dropout overridden
+    assert last.arch == source.config.replace(dropout=0.1)  # the source's architecture, dropout overridden
     assert all(not torch.equal(last.model[name], tensor) for name, tensor in source.state_dict.items())
     first_eval = _val_losses(out)[0]
     assert result.last_eval is not None

@@ -209,7 +209,7 @@ def test_info_describes_model_and_dataset(served: Served) -> None:
     }
     assert {key: spec["__name__"] for key, spec in output.items()} == expected
     # The model's rows are padded (default vocab_multiple 64); LIT shows the tokenizer's vocabulary.
-    assert (served.model.config.vocab_size, served.model.config.real_vocab) == (64, served.tokenizer.vocab_size)
+    assert (served.model.config.vocab_size, served.model.config.real_vocab_size) == (64, served.tokenizer.vocab_size)
     assert output["perplexity"]["max_val"] == served.tokenizer.vocab_size
     assert f"vocab {served.tokenizer.vocab_size})" in info["models"]["gpt"]["description"]
     assert info["models"]["gpt"]["spec"]["input"]["text"]["__name__"] == "TextSegment"

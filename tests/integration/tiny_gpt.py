@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
 from ml_playground.train.modes import padded_vocab_size
 
@@ -68,7 +69,7 @@ def tiny_config(vocab: int, vocab_multiple: int, bias: bool, **options: Any) -> 
         "bias": bias,
     }
     fields.update(options)
-    return GPTConfig(**fields).with_real_vocab(vocab)
+    return GPTConfig(**fields, real_vocab_size=vocab)
 
 
 def char_model(

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ml_playground import config as playground_config
 from ml_playground import model as playground
 
 
@@ -30,7 +31,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.inner = playground.GPT(playground.GPTConfig(**asdict(config)))
+        self.inner = playground.GPT(playground_config.GPTConfig(**asdict(config)))
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         out = self.inner(idx, targets)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from ml_playground.config import Device, DType
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.config import Device, DType, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import resolve_runtime
 from ml_playground.train.distributed import backend_for, dist_info_from_env, wrap_ddp
 

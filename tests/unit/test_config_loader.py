@@ -115,13 +115,37 @@ def test_architecture_options_are_checked_together(tmp_path: Path) -> None:
     assert "geglu" in message
 
 
+def test_real_vocab_size_is_the_datasets_not_a_key(tmp_path: Path) -> None:
+    text = VALID.replace("block_size = 16\n\n[train.data]", "block_size = 16\nreal_vocab_size = 40\n\n[train.data]")
+    message = load_error(tmp_path, text + TRAIN_TAIL)
+    assert "train.model.real_vocab_size: not a [train.model] key" in message
+
+
+def test_a_key_that_fails_is_named_alone(tmp_path: Path) -> None:
+    """Sizes that follow a failing key (n_kv_head follows n_head) add no message of their own."""
+    message = load_error(tmp_path, VALID.replace("n_head = 2", "n_head = 0") + TRAIN_TAIL)
+    assert message == f"{tmp_path / 'cfg.toml'}: train.model.n_head: Input should be greater than 0 (got int 0)"
+
+
+def test_init_from_leaves_the_shape_rules_to_the_source(tmp_path: Path) -> None:
+    """Keys set beside init_from are checked against the source's architecture, not against the
+    defaults of the keys left out (n_head 2 here, which 3 key/value heads would not divide)."""
+    text = VALID.replace("n_layer = 2", 'init_from = "gpt2"\nn_kv_head = 3')
+    cfg = load_experiment_config(write(tmp_path, text + TRAIN_TAIL))
+    assert cfg.train is not None
+    assert cfg.train.model.n_kv_head == 3
+    assert "n_head (2) must be divisible by n_kv_head (3)" in load_error(
+        tmp_path, VALID.replace("n_layer = 2", "n_kv_head = 3") + TRAIN_TAIL
+    )
+
+
 def test_swiglu_width_defaults_to_eight_thirds_rounded_up(tmp_path: Path) -> None:
     from ml_playground.config import ModelConfig
 
-    assert ModelConfig(n_embd=384, mlp="swiglu").hidden_size == 1024
-    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_multiple=32).hidden_size == 352
-    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_hidden=300).hidden_size == 300
-    assert ModelConfig(n_embd=128, n_head=4, mlp="relu2").hidden_size == 512
+    assert ModelConfig(n_embd=384, mlp="swiglu").mlp_hidden == 1024
+    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_multiple=32).mlp_hidden == 352
+    assert ModelConfig(n_embd=128, n_head=4, mlp="swiglu", mlp_hidden=300).mlp_hidden == 300
+    assert ModelConfig(n_embd=128, n_head=4, mlp="relu2").mlp_hidden == 512
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from ml_playground.config import GPTConfig
 from ml_playground.generate import (
     SamplingParams,
     generate,
@@ -18,7 +19,7 @@ from ml_playground.generate import (
     top_p_filter,
     window_start,
 )
-from ml_playground.model import GPT, GPTConfig, KVCache
+from ml_playground.model import GPT, KVCache
 from tests.support.greedy import float32_shortfalls
 
 NEG_INF = float("-inf")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 
+from ml_playground.config import GPTConfig
 from ml_playground.generate import SamplingParams, generate
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 
 REAL = 50
 PADDED = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, bias=True, real_vocab_size=REAL)
@@ -42,7 +41,7 @@ def test_padding_ids_are_never_drawn_even_when_their_rows_win() -> None:
     model = padded_model()
     lure_into_padding(model)
     prompt = torch.randint(0, REAL, (4, 3))
-    unmasked = GPT(dataclasses.replace(PADDED, real_vocab_size=None)).eval()
+    unmasked = GPT(PADDED.replace(real_vocab_size=64)).eval()
     unmasked.load_state_dict(model.state_dict())
     assert bool((generate(unmasked, prompt, 5, SamplingParams(temperature=0.0))[:, 3:] >= REAL).all())  # the lure works
     for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)):
@@ -68,7 +67,7 @@ def test_padded_model_computes_what_its_real_rows_compute_unpadded() -> None:
     """Masked padding rows drop out of the softmax: logits and loss equal the model cut to its tokens."""
     model = padded_model()
     lure_into_padding(model)
-    cut = GPT(dataclasses.replace(PADDED, vocab_size=REAL, real_vocab_size=None)).eval()
+    cut = GPT(PADDED.replace(vocab_size=REAL, real_vocab_size=REAL)).eval()
     state = {
         k: v[:REAL] if k in ("transformer.wte.weight", "lm_head.weight") else v for k, v in model.state_dict().items()
     }
@@ -91,9 +90,10 @@ def test_masked_forward_compiles_as_one_graph() -> None:
 
 
 def test_real_vocab_size_must_fit_the_rows() -> None:
-    assert PADDED.real_vocab == REAL
-    assert dataclasses.replace(PADDED, real_vocab_size=None).real_vocab == 64
-    assert PADDED.with_real_vocab(64).real_vocab_size is None  # every row a token: nothing to mask
+    assert PADDED.real_vocab_size == REAL
+    every_row = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16)
+    assert every_row.real_vocab_size == 64  # left out: every row is a token, nothing to mask
+    assert every_row.replace(vocab_size=80).real_vocab_size == 80  # and it follows the rows
     for bad in (0, 65):
         with pytest.raises(ValueError, match="real_vocab_size"):
-            dataclasses.replace(PADDED, real_vocab_size=bad)
+            PADDED.replace(real_vocab_size=bad)

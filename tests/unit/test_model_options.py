@@ -4,7 +4,6 @@ every combination."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -13,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ml_playground.config import GPTConfig
 from ml_playground.generate import SamplingParams, generate
-from ml_playground.model import GPT, MLP, CausalSelfAttention, GPTConfig, KVCache, Rotary
+from ml_playground.model import GPT, MLP, CausalSelfAttention, KVCache, Rotary
 
 BASE = GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=4, n_embd=32)
-LLAMA = dataclasses.replace(BASE, position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48)
+LLAMA = BASE.replace(position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48)
 
 # Each option alone, the Llama set, and everything at once (GQA with qk_norm, untied, capped).
 COMBINATIONS: dict[str, dict[str, Any]] = {
@@ -47,7 +47,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
 
 def model_with(seed: int = 0, **options: Any) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(dataclasses.replace(BASE, **options))
+    model = GPT(BASE.replace(**options))
     with torch.no_grad():  # larger weights than GPT-2's init: varied, clear-cut greedy choices
         for param in model.parameters():
             if param.dim() == 2:
@@ -83,7 +83,7 @@ class TestParameters:
         assert not any("norm.weight" in name and "attn" in name for name in shapes)
 
     def test_llama_options_change_exactly_the_parameters_they_own(self) -> None:
-        config = dataclasses.replace(LLAMA, n_kv_head=2, qk_norm=True, tie_embeddings=False)
+        config = LLAMA.replace(n_kv_head=2, qk_norm=True, tie_embeddings=False)
         model = GPT(config)
         shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
         assert "transformer.wpe.weight" not in shapes  # rotary positions have no weights
@@ -101,15 +101,15 @@ class TestParameters:
         assert model.lm_head.weight is model.wte.weight
 
     def test_num_params_counts_the_untied_head(self) -> None:
-        tied, untied = GPT(BASE), GPT(dataclasses.replace(BASE, tie_embeddings=False))
+        tied, untied = GPT(BASE), GPT(BASE.replace(tie_embeddings=False))
         assert untied.num_params() - tied.num_params() == 40 * 32
-        rope = GPT(dataclasses.replace(BASE, position="rope"))
+        rope = GPT(BASE.replace(position="rope"))
         assert rope.num_params() == rope.num_params(non_embedding=False) == tied.num_params()
 
 
 class TestRotary:
     def test_scores_depend_on_relative_positions_only(self) -> None:
-        rotary = Rotary(dataclasses.replace(BASE, block_size=64, position="rope"))
+        rotary = Rotary(BASE.replace(block_size=64, position="rope"))
         torch.manual_seed(0)
         q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
@@ -121,15 +121,15 @@ class TestRotary:
         assert score(10, 7) != pytest.approx(score(10, 8), abs=1e-3)  # and they do depend on it
 
     def test_rotation_keeps_length_and_position_zero_is_identity(self) -> None:
-        rotary = Rotary(dataclasses.replace(BASE, position="rope"))
+        rotary = Rotary(BASE.replace(position="rope"))
         x = torch.randn(2, 4, 5, 8)
         assert torch.equal(rotary(x[:, :, :1], 0), x[:, :, :1])
         rotated: Tensor = rotary(x, 3)
         assert torch.allclose(rotated.pow(2).sum(-1), x.pow(2).sum(-1), atol=1e-5)  # lengths kept
 
     def test_theta_sets_the_frequencies(self) -> None:
-        slow = Rotary(dataclasses.replace(BASE, position="rope", rope_theta=1e6))
-        fast = Rotary(dataclasses.replace(BASE, position="rope"))
+        slow = Rotary(BASE.replace(position="rope", rope_theta=1e6))
+        fast = Rotary(BASE.replace(position="rope"))
         # The lowest-frequency pair turns by 1/theta^(6/8) radians per position.
         assert float(slow.sin[1, 3]) == pytest.approx(math.sin(1e6**-0.75))
         assert float(fast.sin[1, 3]) == pytest.approx(math.sin(1e4**-0.75))
@@ -144,7 +144,7 @@ class TestRotary:
 
 class TestNormsAndMLPs:
     def test_rmsnorm_is_torchs_rms_norm(self) -> None:
-        model = GPT(dataclasses.replace(BASE, norm="rmsnorm", norm_eps=1e-6))
+        model = GPT(BASE.replace(norm="rmsnorm", norm_eps=1e-6))
         ln = model.blocks[0].ln_1
         assert isinstance(ln, nn.RMSNorm)
         assert ln.weight is not None
@@ -154,13 +154,13 @@ class TestNormsAndMLPs:
         assert torch.allclose(ln(x), F.rms_norm(x, (32,), ln.weight, eps=1e-6))
 
     def test_layernorm_takes_norm_eps(self) -> None:
-        ln = GPT(dataclasses.replace(BASE, norm_eps=1e-3)).blocks[0].ln_1
+        ln = GPT(BASE.replace(norm_eps=1e-3)).blocks[0].ln_1
         assert isinstance(ln, nn.LayerNorm)
         assert ln.eps == 1e-3
 
     def test_swiglu_is_silu_gate_times_up(self) -> None:
         torch.manual_seed(0)
-        mlp = MLP(dataclasses.replace(BASE, mlp="swiglu", mlp_hidden=48))
+        mlp = MLP(BASE.replace(mlp="swiglu", mlp_hidden=48))
         x = torch.randn(2, 3, 32)
         gate, up = mlp.c_fc.weight[:48], mlp.c_fc.weight[48:]
         expected = (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.c_proj.weight.T
@@ -168,7 +168,7 @@ class TestNormsAndMLPs:
 
     def test_relu2_is_squared_relu(self) -> None:
         torch.manual_seed(0)
-        mlp = MLP(dataclasses.replace(BASE, mlp="relu2", bias=True))
+        mlp = MLP(BASE.replace(mlp="relu2", bias=True))
         x = torch.randn(2, 3, 32)
         h = torch.clamp(x @ mlp.c_fc.weight.T + mlp.c_fc.bias, min=0) ** 2
         assert torch.allclose(mlp(x), h @ mlp.c_proj.weight.T + mlp.c_proj.bias, atol=1e-6)
@@ -178,13 +178,13 @@ class TestNormsAndMLPs:
 class TestAttention:
     @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
     def test_grouped_query_attention_repeats_key_value_heads(self, n_kv_head: int) -> None:
-        attn = attention(dataclasses.replace(BASE, n_kv_head=n_kv_head))
+        attn = attention(BASE.replace(n_kv_head=n_kv_head))
         x = torch.randn(2, 7, 32)
         with torch.no_grad():
             assert torch.allclose(attn(x), reference_attention(attn, x), atol=1e-5)
 
     def test_n_kv_head_equal_to_n_head_is_plain_attention(self) -> None:
-        plain, gqa = attention(BASE), attention(dataclasses.replace(BASE, n_kv_head=4))
+        plain, gqa = attention(BASE), attention(BASE.replace(n_kv_head=4))
         x = torch.randn(2, 7, 32)
         assert plain.state_dict().keys() == gqa.state_dict().keys()
         gqa.load_state_dict(plain.state_dict())
@@ -192,7 +192,7 @@ class TestAttention:
             assert torch.equal(plain(x), gqa(x))
 
     def test_qk_norm_gives_unit_rms_queries_and_keys(self) -> None:
-        attn = attention(dataclasses.replace(BASE, qk_norm=True, norm_eps=1e-8))
+        attn = attention(BASE.replace(qk_norm=True, norm_eps=1e-8))
         q, k, _ = attn.heads(torch.randn(2, 7, 32) * 5)
         assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-4)
         assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-4)
@@ -206,7 +206,7 @@ class TestLogits:
         capped = model_with(logit_softcap=2.0)
         with torch.no_grad():
             capped.wte.weight.mul_(3.0)  # the tied head then gives logits past the cap
-        plain = GPT(dataclasses.replace(BASE))
+        plain = GPT(BASE.replace())
         plain.load_state_dict(capped.state_dict())
         idx = torch.tensor([[1, 2, 3, 4]])
         with torch.no_grad():
@@ -216,7 +216,7 @@ class TestLogits:
         assert torch.allclose(out, 2.0 * torch.tanh(raw / 2.0), atol=1e-6)
 
     def test_softcap_still_masks_padding(self) -> None:
-        model = GPT(dataclasses.replace(BASE, logit_softcap=2.0, real_vocab_size=30))
+        model = GPT(BASE.replace(logit_softcap=2.0, real_vocab_size=30))
         logits = model(torch.tensor([[1, 2]])).logits
         assert torch.isinf(logits[..., 30:]).all()
         assert torch.isfinite(logits[..., :30]).all()
@@ -224,7 +224,7 @@ class TestLogits:
 
 class TestKVCache:
     def test_cache_holds_kv_heads_only(self) -> None:
-        cache = KVCache(3, dataclasses.replace(BASE, n_kv_head=1), torch.device("cpu"), torch.float32)
+        cache = KVCache(3, BASE.replace(n_kv_head=1), torch.device("cpu"), torch.float32)
         assert cache.layers[0].k.shape == (3, 1, 16, 8)
 
     @pytest.mark.parametrize("name", list(COMBINATIONS))
@@ -253,20 +253,21 @@ class TestKVCache:
 class TestConfig:
     def test_impossible_combinations_are_refused(self) -> None:
         with pytest.raises(ValueError, match=r"n_head \(4\) must be divisible by n_kv_head \(3\)"):
-            dataclasses.replace(BASE, n_kv_head=3)
+            BASE.replace(n_kv_head=3)
         with pytest.raises(ValueError, match="even head size"):
             GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=4, n_embd=12, position="rope")
 
-    def test_canonical_forgets_default_sizes(self) -> None:
-        explicit = dataclasses.replace(BASE, mlp_hidden=128, n_kv_head=4)
-        assert explicit != BASE
-        assert explicit.canonical() == BASE
-        assert dataclasses.replace(BASE, n_kv_head=2).canonical().n_kv_head == 2
+    def test_left_out_sizes_are_numbers_that_follow_their_keys(self) -> None:
+        assert (BASE.mlp_hidden, BASE.n_kv_head) == (128, 4)  # 4 x n_embd; one key/value head per head
+        assert BASE.replace(mlp_hidden=128, n_kv_head=4) == BASE  # the same architecture compares equal
+        assert (BASE.replace(n_head=2).n_kv_head, BASE.replace(n_embd=64).mlp_hidden) == (2, 256)
+        assert BASE.replace(n_kv_head=2).replace(n_head=8).n_kv_head == 2  # a size given stays
+        assert BASE.replace(mlp="swiglu", mlp_multiple=16).mlp_hidden == 96  # 8/3 x 32 rounded up to 16s
 
     @pytest.mark.parametrize("name", list(COMBINATIONS))
     def test_every_combination_trains(self, name: str) -> None:
         torch.manual_seed(0)
-        model = GPT(dataclasses.replace(BASE, **COMBINATIONS[name]))
+        model = GPT(BASE.replace(**COMBINATIONS[name]))
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
         losses = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -17,11 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from ml_playground.config import PROJECT_ROOT, DType, SampleConfig, SampleRuntimeConfig, SampleSettings
+from ml_playground.config import PROJECT_ROOT, DType, GPTConfig, SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.generate import SamplingParams, generate
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import StreamDecoder, load_model_for_inference, read_prompt, run_sampling, save_samples
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
@@ -297,7 +296,7 @@ class TestLegacyNanoGPT:
         self.write_nanogpt_checkpoint(tmp_path, model)
         (tmp_path / "meta.pkl").unlink()  # nanoGPT's GPT-2 runs have none
         loaded, tokenizer, _ = load_model_for_inference(tmp_path, Runtime(torch.device("cpu"), "float32"))
-        assert (loaded.config.vocab_size, loaded.config.real_vocab, tokenizer.vocab_size) == (50304, 50257, 50257)
+        assert (loaded.config.vocab_size, loaded.config.real_vocab_size, tokenizer.vocab_size) == (50304, 50257, 50257)
         prompt = torch.tensor([tokenizer.encode("Hello, world")])
         assert int(generate(model, prompt, 8, SamplingParams(temperature=0.0)).max()) >= 50257  # unmasked: padding wins
         for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=2.0)):
@@ -332,7 +331,7 @@ class TestErrors:
         checkpoint = Checkpoint(
             schema_version=1,
             model=model.state_dict(),
-            arch=dataclasses.replace(model.config, n_embd=32),
+            arch=model.config.replace(n_embd=32),
             iter_num=0,
             best_val_loss=1.0,
             config={},

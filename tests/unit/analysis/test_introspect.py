@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -9,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.analysis.introspect import attention_weights, inspect_sequence
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.config import GPTConfig
+from ml_playground.model import GPT
 
 TINY = GPTConfig(block_size=16, vocab_size=13, n_layer=2, n_head=2, n_embd=16)
 
@@ -81,12 +81,12 @@ def test_attention_weights_reproduce_the_attention_output(model: GPT) -> None:
 def test_attention_weights_follow_the_architecture_options(options: dict[str, Any]) -> None:
     """LIT's maps for rotary, QK-normed and grouped-query attention reproduce the module's output."""
     torch.manual_seed(0)
-    config = dataclasses.replace(GPTConfig(block_size=16, vocab_size=13, n_layer=1, n_head=4, n_embd=16), **options)
+    config = GPTConfig(block_size=16, vocab_size=13, n_layer=1, n_head=4, n_embd=16, **options)
     attn = GPT(config).eval().blocks[0].attn
     x = torch.randn(1, 6, config.n_embd)
     weights = attention_weights(attn, x)  # (1, nh, T, T)
     _, _, v = attn.heads(x)  # (1, nkv, T, hs)
-    v = v.repeat_interleave(config.n_head // config.kv_heads, dim=1)
+    v = v.repeat_interleave(config.n_head // config.n_kv_head, dim=1)
     y = (weights @ v).transpose(1, 2).reshape(1, 6, config.n_embd)
     with torch.no_grad():
         torch.testing.assert_close(attn.c_proj(y), attn(x))

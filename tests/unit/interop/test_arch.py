@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from ml_playground.config import GPTConfig
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import counterpart
-from ml_playground.model import GPTConfig
 
 LLAMA: dict[str, Any] = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop import gguf as writer
 from ml_playground.interop.hf import key_rules
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 
 
 def char_meta(itos: list[str]) -> DatasetMeta:

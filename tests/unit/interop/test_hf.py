@@ -10,10 +10,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop import hf
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\tSpeak,  speak!  "

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.config import ModelConfig
+from ml_playground.config import GPTConfig, ModelConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ConfigError
 from ml_playground.interop import hf
 from ml_playground.interop.source import contradictions, hub_download, load_source, locate
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.train.checkpoint import SCHEMA_VERSION, Checkpoint, save_checkpoint
 
 KEY = "train.model.init_from"
@@ -132,7 +132,7 @@ def test_offline_mode_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         hub_download("gpt2-medium")
 
 
-def test_keys_at_their_defaults_take_the_sources_values() -> None:
+def test_keys_left_out_take_the_sources_values() -> None:
     source = GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, bias=True)
     assert contradictions(ModelConfig(init_from="gpt2", dropout=0.1), source) == []
     assert contradictions(ModelConfig(init_from="gpt2", n_layer=12, bias=True), source) == []
@@ -145,3 +145,8 @@ def test_keys_at_their_defaults_take_the_sources_values() -> None:
         "train.model.vocab_multiple = 128 (source: 50257 rows)",
     ]
     assert contradictions(ModelConfig(init_from="gpt2", vocab_multiple=1, mlp_multiple=32), source) == []
+    # A key set is checked even at its default value; sizes that follow a key are checked when set.
+    assert contradictions(ModelConfig(init_from="gpt2", n_head=6, n_kv_head=4), source) == [
+        "train.model.n_head = 6 (source: 12)",
+        "train.model.n_kv_head = 4 (source: 12)",
+    ]

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.errors import CheckpointError
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.train.checkpoint import (
     Checkpoint,
     find_checkpoint,
@@ -54,8 +55,10 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert loaded.schema_version == 1
     assert not loaded.is_legacy
     assert loaded.arch == TINY
-    # On disk the architecture is nanoGPT's model_args dict (so nanoGPT's sample.py reads our files).
-    assert torch.load(path, weights_only=True)["model_args"] == model_args_of(TINY)
+    # On disk the architecture is whole, and nanoGPT's model_args dict (so nanoGPT's sample.py reads our files).
+    raw = torch.load(path, weights_only=True)
+    assert raw["gpt_config"] == TINY.model_dump()
+    assert raw["model_args"] == model_args_of(TINY)
     assert loaded.iter_num == 7
     assert loaded.best_val_loss == 1.25
     assert loaded.config == {"runtime": {"out_dir": "/x"}}
@@ -139,7 +142,15 @@ def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
         "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
         | {"_orig_mod.transformer.h.0.attn.bias": mask},
         "optimizer": optimizer.state_dict(),
-        "model_args": {**model_args_of(config), "dropout": 0.0},
+        "model_args": {
+            "n_layer": 1,
+            "n_head": 2,
+            "n_embd": 16,
+            "block_size": 8,
+            "bias": True,
+            "vocab_size": 50257,
+            "dropout": 0.0,
+        },
         "iter_num": 250,
         "best_val_loss": torch.tensor(1.4697),
         "config": {"dataset": "openwebtext", "batch_size": 12, "compile": True},
@@ -228,6 +239,7 @@ def test_a_checkpoint_from_before_the_options_loads_as_gpt2(tmp_path: Path) -> N
     path = tmp_path / "ckpt_last.pt"
     save_checkpoint(path, _checkpoint(GPT(TINY)))
     raw = torch.load(path, weights_only=True)
+    del raw["gpt_config"]
     raw["model_args"] = {
         k: raw["model_args"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
     }
@@ -243,12 +255,78 @@ def test_a_checkpoint_from_before_the_options_loads_as_gpt2(tmp_path: Path) -> N
     GPT(loaded.arch).load_state_dict(loaded.model)
 
 
-def test_unknown_option_value_is_a_checkpoint_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["gpt_config", "model_args"])
+def test_unknown_option_value_is_a_checkpoint_error(tmp_path: Path, layout: str) -> None:
     torch.manual_seed(0)
     path = tmp_path / "ckpt_last.pt"
     save_checkpoint(path, _checkpoint(GPT(TINY)))
     raw = torch.load(path, weights_only=True)
-    raw["model_args"]["mlp"] = "geglu"
+    if layout == "model_args":  # a file from before the architecture was stored whole
+        del raw["gpt_config"]
+    raw[layout]["mlp"] = "geglu"
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match=r"mlp is 'geglu', expected one of gelu, swiglu, relu2"):
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert f"{path}: {layout}: mlp: Input should be 'gelu', 'swiglu' or 'relu2'" in message
+    assert "\n" not in message
+
+
+def _model_args_only(config: GPTConfig, model_args: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """A checkpoint as versions before the whole architecture was stored wrote it, built by hand."""
+    torch.manual_seed(0)
+    return {
+        "schema_version": 1,
+        "model": GPT(config).state_dict(),
+        "model_args": model_args,
+        "iter_num": 3,
+        "best_val_loss": 2.5,
+        "config": {},
+        "dataset_meta": {"kind": "char", "vocab_size": tokens},
+    }
+
+
+@pytest.mark.parametrize("sizes", ["None", "absent"])
+def test_model_args_without_sizes_load_as_the_sizes_they_meant(tmp_path: Path, sizes: str) -> None:
+    """Earlier versions wrote n_kv_head and mlp_hidden as None (or left them out) for their defaults:
+    n_head, and 4 x n_embd even for swiglu (whose default width is now 8/3 x n_embd); the tokens were
+    the dataset metadata's vocabulary."""
+    config = GPTConfig(
+        block_size=8, vocab_size=16, n_layer=1, n_head=4, n_embd=16, position="rope", mlp="swiglu", mlp_hidden=64
+    ).replace(real_vocab_size=9)
+    model_args: dict[str, Any] = {
+        "n_layer": 1,
+        "n_head": 4,
+        "n_embd": 16,
+        "block_size": 8,
+        "bias": False,
+        "vocab_size": 16,
+        "dropout": 0.0,
+        "position": "rope",
+        "mlp": "swiglu",
+    }
+    if sizes == "None":
+        model_args |= {"mlp_hidden": None, "n_kv_head": None}
+    raw = _model_args_only(config, model_args, tokens=9)
+    path = tmp_path / "ckpt_last.pt"
+    torch.save(raw, path)
+    loaded = load_checkpoint(path)
+    assert (loaded.arch.mlp_hidden, loaded.arch.n_kv_head, loaded.arch.real_vocab_size) == (64, 4, 9)
+    assert loaded.arch == config
+    GPT(loaded.arch).load_state_dict(loaded.model)  # strict: every shape is the one it was saved with
+
+
+def test_model_args_with_every_option_load_whole(tmp_path: Path) -> None:
+    """An earlier file of a non-GPT-2 architecture: its options were in model_args, sizes as numbers."""
+    raw = _model_args_only(LLAMA_LIKE, model_args_of(LLAMA_LIKE), tokens=11)
+    path = tmp_path / "ckpt_last.pt"
+    torch.save(raw, path)
+    assert load_checkpoint(path).arch == LLAMA_LIKE
+
+
+def test_model_args_keys_we_do_not_know_are_refused(tmp_path: Path) -> None:
+    raw = _model_args_only(TINY, model_args_of(TINY) | {"sliding_window": 4}, tokens=11)
+    path = tmp_path / "ckpt_last.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"model_args: sliding_window: unknown key"):
         load_checkpoint(path)

@@ -10,8 +10,9 @@ import torch
 
 import ml_playground
 from ml_playground import cli
+from ml_playground.config import GPTConfig
 from ml_playground.data.batches import BatchSource
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.config import GPTConfig
+from ml_playground.model import GPT
 from ml_playground.train.metrics import (
     MetricsSink,
     PrecisionProbe,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from ml_playground.config import OptimConfig
+from ml_playground.config import GPTConfig, OptimConfig
 from ml_playground.errors import CheckpointError
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.train.optim import (
     BatchedMuon,
     MuonAdamW,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import replace
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.meta import read_meta
 from ml_playground.errors import CheckpointError, ConfigError, DataError, DeviceError
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import mps_available
 from ml_playground.train.checkpoint import MODEL_ARG_KEYS, load_checkpoint, model_args_of
 from ml_playground.train.loop import train
@@ -51,7 +51,7 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
         "vocab_size": PADDED,
         "dropout": 0.0,
     }
-    assert ckpt.arch.real_vocab == VOCAB
+    assert ckpt.arch.real_vocab_size == VOCAB
     assert ckpt.dataset_meta is not None
     assert ckpt.dataset_meta["kind"] == "char"
     assert ckpt.config["runtime"]["out_dir"] == str(out)
@@ -70,7 +70,7 @@ def test_run_writes_a_complete_checkpoint(table: dict[str, Any]) -> None:
     assert all(not key.startswith("_orig_mod.") for key in ckpt.model)
 
 
-def test_checkpoint_model_args_take_precedence(
+def test_checkpoint_architecture_takes_precedence(
     table: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     train(train_config(table))
@@ -79,7 +79,10 @@ def test_checkpoint_model_args_take_precedence(
     with caplog.at_level(logging.INFO, logger="ml_playground.train"):
         result = train(train_config(table))
     assert result.iter_num == 9
-    assert "checkpoint model_args take precedence over TOML: n_head=2 (TOML 4), n_embd=16 (TOML 32)" in caplog.text
+    assert (
+        "the checkpoint's architecture takes precedence over TOML: n_head=2 (TOML 4), n_embd=16 (TOML 32)"
+        in caplog.text
+    )
     assert "resuming from" in caplog.text
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
     assert (ckpt.arch.n_embd, ckpt.iter_num) == (16, 9)
@@ -127,10 +130,13 @@ def test_vocab_multiple_and_vocab_size_set_the_rows(table: dict[str, Any], tmp_p
         return resolve_architecture(train_config(table), meta)
 
     assert (arch().vocab_size, arch().real_vocab_size) == (PADDED, VOCAB)
-    assert (arch(vocab_multiple=1).vocab_size, arch(vocab_multiple=1).real_vocab_size) == (VOCAB, None)
+    assert (arch(vocab_multiple=1).vocab_size, arch(vocab_multiple=1).real_vocab_size) == (VOCAB, VOCAB)
     assert arch(vocab_multiple=10).vocab_size == 40
-    assert (arch(vocab_size=65).vocab_size, arch(vocab_size=65).real_vocab) == (128, VOCAB)
-    assert (arch(vocab_size=40, vocab_multiple=1).vocab_size, arch(vocab_size=40, vocab_multiple=1).real_vocab) == (
+    assert (arch(vocab_size=65).vocab_size, arch(vocab_size=65).real_vocab_size) == (128, VOCAB)
+    assert (
+        arch(vocab_size=40, vocab_multiple=1).vocab_size,
+        arch(vocab_size=40, vocab_multiple=1).real_vocab_size,
+    ) == (
         40,
         VOCAB,
     )
@@ -152,7 +158,7 @@ def test_padded_run_resumes_with_its_padded_rows(table: dict[str, Any], tmp_path
     table["runtime"] = {**table["runtime"], "max_iters": 9}
     assert train(train_config(table)).iter_num == 9
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
-    assert (ckpt.arch.vocab_size, ckpt.arch.real_vocab) == (PADDED, VOCAB)
+    assert (ckpt.arch.vocab_size, ckpt.arch.real_vocab_size) == (PADDED, VOCAB)
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -254,6 +260,6 @@ def test_missing_dataset_and_small_vocab_are_errors(table: dict[str, Any], tmp_p
 def test_flops_per_token_count_the_padded_head_rows() -> None:
     """MFU measures the compute done: the head runs at the padded width."""
     base = GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16)
-    padded = replace(base, vocab_size=64).with_real_vocab(40)
+    padded = base.replace(vocab_size=64, real_vocab_size=40)
     unpadded_flops = flops_per_token(GPT(base), 16)
     assert flops_per_token(GPT(padded), 16) == unpadded_flops + 6 * 16 * (64 - 40)

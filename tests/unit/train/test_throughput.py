@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from ml_playground.config import GPTConfig
 from ml_playground.data.batches import BatchSource
-from ml_playground.model import GPT, GPTConfig
+from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.train import loop as loop_module
 from ml_playground.train.distributed import DistInfo
