@@ -77,7 +77,7 @@ MLPKind = Literal["gelu", "swiglu", "relu2"]
 def _mlp_width(data: dict[str, Any]) -> int:
     """The MLP's hidden width when mlp_hidden is not given: 8/3 x n_embd rounded up to a multiple of
     mlp_multiple for swiglu (about the parameters of a 4 x n_embd GELU MLP), else 4 x n_embd.
-    (A key that failed validation is missing from `data`; pydantic then reports that key alone.)"""
+    pydantic calls a default factory only when every key before it is valid."""
     n_embd: int = data["n_embd"]
     if data["mlp"] != "swiglu":
         return 4 * n_embd

@@ -225,12 +225,7 @@ def _arch(path: Path, raw: dict[str, Any], dataset_meta: dict[str, Any] | None) 
         fields["mlp_hidden"] = 4 * n_embd
     tokens = None if dataset_meta is None else dataset_meta.get("vocab_size")
     # A tokenizer larger than the model is left to the readers' checks (sampling and export name it).
-    if (
-        isinstance(tokens, int)
-        and not isinstance(tokens, bool)
-        and isinstance(vocab_size, int)
-        and tokens <= vocab_size
-    ):
+    if type(tokens) is int and isinstance(vocab_size, int) and 0 < tokens <= vocab_size:  # not a bool
         fields["real_vocab_size"] = tokens
     return _validated(path, "model_args", fields, strict=False)  # numbers as older writers stored them
 
