@@ -16,7 +16,7 @@ import torch
 
 from ml_playground.errors import OutDirBusyError, TrainingDivergedError
 from ml_playground.train import loop as loop_module
-from ml_playground.train.checkpoint import load_checkpoint
+from ml_playground.train.checkpoint import copy_checkpoint, load_checkpoint
 from ml_playground.train.faults import NonFiniteGuard
 from ml_playground.train.lock import out_dir_lock
 from ml_playground.train.loop import train
@@ -148,13 +148,12 @@ def test_a_kill_between_the_two_writes_of_a_save_loses_no_best_model(
     out = cfg.runtime.out_dir
     train(cfg)  # evaluations at 0, 4, 8, 12
     saves: list[int] = []
-    copy = loop_module.copy_checkpoint
 
     def dies_at_the_second_write(source: Path, path: Path) -> None:
         saves.append(1)
         if len(saves) == 2:
             raise KeyboardInterrupt  # the process ends here, between ckpt_best.pt and ckpt_last.pt
-        copy(source, path)
+        copy_checkpoint(source, path)
 
     monkeypatch.setattr(loop_module, "copy_checkpoint", dies_at_the_second_write)
     table["runtime"] |= {"max_iters": 24, "always_save_checkpoint": True}
@@ -162,7 +161,7 @@ def test_a_kill_between_the_two_writes_of_a_save_loses_no_best_model(
         train(train_config(table))
     best, last = load_checkpoint(out / "ckpt_best.pt"), load_checkpoint(out / "ckpt_last.pt")
     assert (last.iter_num, best.iter_num) == (16, 20)  # ckpt_last.pt behind, never ahead
-    monkeypatch.setattr(loop_module, "copy_checkpoint", copy)
+    monkeypatch.undo()
     assert train(train_config(table)).iter_num == 24
 
 
