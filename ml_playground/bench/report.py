@@ -71,6 +71,17 @@ class WholeRun:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StartUp:
+    """Case 9: whole 1-iteration training processes of one side, the median and its runs."""
+
+    seconds: float
+    runs: int
+    seconds_per_run: tuple[float, ...]
+    vs_nanogpt: float | None = None  # median seconds over nanoGPT's
+    minus_nanogpt: float | None = None  # median seconds minus nanoGPT's
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EvalPoint:
     """One evaluation of a training run: seconds since the run started, its iteration, val loss."""
 
@@ -177,7 +188,9 @@ class BpeComparison:
     ratio: float
 
 
-Metrics = Throughput | Skipped | GpuSkipped | Quality | WholeRun | Ablation | Sampling | Prepare | BpeComparison
+Metrics = (
+    Throughput | Skipped | GpuSkipped | Quality | WholeRun | Ablation | Sampling | Prepare | BpeComparison | StartUp
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

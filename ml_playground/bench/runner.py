@@ -33,7 +33,7 @@ from ml_playground.train.metrics import measure_peak_flops, probe_bfloat16
 
 log = logging.getLogger(__name__)
 
-ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8)
+ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 # Case 8 keeps its runs' TensorBoard events here, under --out-dir: one run per row.
 ABLATION_LOGS = "ablation"
@@ -54,6 +54,7 @@ class Options:
     tiny: bool
     quality_config: Path
     quality_runs: int
+    startup_runs: int
     prepare_mb: float | None
     render: Path | None  # a saved report: draw its chart, run nothing
     svg: Path | None  # where the chart goes (default: beside the JSON report)
@@ -78,7 +79,7 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--cases",
         type=_cases,
-        help="comma-separated case numbers (default: 1-5 and 8, and the GPU cases 6-7 with --device cuda or --tiny)",
+        help="comma-separated case numbers (default: 1-5, 8 and 9, and the GPU cases 6-7 with --device cuda or --tiny)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up repetitions per variant")
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
@@ -96,6 +97,9 @@ def parse_options(argv: list[str]) -> Options:
         default=2,
         help="case 3 runs per side, alternating ours, nanoGPT, nanoGPT, ours, ... (means reported)",
     )
+    parser.add_argument(
+        "--startup-runs", type=int, default=5, help="case 9 whole processes per side, alternating (medians reported)"
+    )
     parser.add_argument("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
     parser.add_argument(
         "--tiny", action="store_true", help="smoke run: tiny models and inputs (numbers are meaningless)"
@@ -107,8 +111,8 @@ def parse_options(argv: list[str]) -> Options:
         "--svg", type=Path, help=f"where the val-loss-vs-time chart goes (default: {CHART_NAME} beside the report)"
     )
     args = parser.parse_args(argv)
-    if args.warmup < 0 or args.reps < 1 or args.quality_runs < 1:
-        parser.error("--warmup must be >= 0, --reps and --quality-runs >= 1")
+    if args.warmup < 0 or min(args.reps, args.quality_runs, args.startup_runs) < 1:
+        parser.error("--warmup must be >= 0, --reps, --quality-runs and --startup-runs >= 1")
     cases: tuple[int, ...] | None = args.cases
     if cases is None:
         gpu = args.device == "cuda" or args.tiny
@@ -126,6 +130,7 @@ def parse_options(argv: list[str]) -> Options:
         tiny=args.tiny,
         quality_config=args.quality_config,
         quality_runs=args.quality_runs,
+        startup_runs=args.startup_runs,
         prepare_mb=args.prepare_mb,
         render=args.render,
         svg=args.svg,
@@ -186,6 +191,7 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
     from ml_playground.bench.prepare_cases import case5_prepare
     from ml_playground.bench.quality_case import case3_time_to_quality
     from ml_playground.bench.sample_cases import case4_sampling
+    from ml_playground.bench.startup_case import case9_startup
     from ml_playground.bench.train_cases import case1_train_small, case2_train_mid
 
     return {
@@ -197,6 +203,7 @@ def case_runners(options: Options) -> dict[int, Callable[[BenchContext], list[Ro
         6: case6_gpu_steps,
         7: case7_gpu_run,
         8: lambda ctx: case8_ablation(ctx, options.quality_config, options.out_dir / ABLATION_LOGS),
+        9: lambda ctx: case9_startup(ctx, options.startup_runs),
     }
 
 
@@ -228,6 +235,7 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
                 "warmup": options.warmup,
                 "reps": options.reps,
                 "quality_runs": options.quality_runs,
+                "startup_runs": options.startup_runs,
                 "tiny": options.tiny,
                 "compile": options.compile,
                 "force_bf16": options.force_bf16,

@@ -32,13 +32,14 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     corpus.write_text(TEXT * 4, encoding="utf-8")
     out_dir = tmp_path / "bench"
     argv = ["--tiny", "--no-compile", "--force-bf16", "--warmup", "0", "--reps", "1", "--prepare-mb", "0.05"]
+    argv += ["--startup-runs", "1"]
     code = main([*argv, "--corpus", str(corpus), "--out-dir", str(out_dir)])
     assert code == 0
     report = json.loads((out_dir / "latest.json").read_text())
     assert report["peak_flops"]["float32"] > 0
     assert report["peak_flops"]["bfloat16"] > 0
     cases = {row["case"].split()[0] for row in report["rows"]}
-    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8"}
+    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
     by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "reference"
@@ -58,6 +59,10 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     kept = sorted(path.name for path in (out_dir / "ablation").iterdir())  # TensorBoard events, one run per row
     assert kept == sorted(variant for case, variant in by_variant if case == "8")
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
+    startup = by_variant[("9", "ml-playground train")]  # a whole `ml-playground train` process
+    assert startup["runs"] == 1
+    assert startup["seconds"] > 0
+    assert startup["vs_nanogpt"] is None  # no checkout: nothing to set it against
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
     assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte
     against = by_variant[("5", "GPT-2 BPE vs tiktoken's")]  # present only when the ids were identical
