@@ -1,10 +1,9 @@
 """Side-by-side baseline: the user's own checkout of karpathy/nanoGPT (`--nanogpt-dir`).
 
-Nothing of nanoGPT lives in this repository: its `model.py` is imported from the given folder,
-and its training step is driven the way its train.py drives it (batches cut from a memmap that
-is reopened for every batch, one row at a time; forward, backward, clip, AdamW without `fused`
-on CPU, `zero_grad(set_to_none=True)`, `loss.item()` every step at log_interval=1).
-Without a checkout, reports compare against the reference numbers below instead.
+Nothing of nanoGPT lives in this repository: its `model.py` is imported from the given folder, and
+its training driven the way its train.py (or bench.py) drives it: `train_py_step` for one
+iteration, `train_py_run` for a whole run with its evaluations and checkpoints. Without a
+checkout, reports compare against the reference numbers below instead.
 """
 
 from __future__ import annotations
@@ -12,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -22,8 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ml_playground.bench.report import Curve, EvalPoint
 from ml_playground.bench.shapes import ModelShape
+from ml_playground.bench.timing import StepClock
+from ml_playground.config import DataConfig, ScheduleConfig
+from ml_playground.data.meta import read_meta
 from ml_playground.errors import ConfigError
+from ml_playground.train.schedule import learning_rate
 
 # nanoGPT measured on a 2-core CPU; the ratios use these when no checkout is given.
 REFERENCE_TRAIN_TOKENS_PER_S = 28_000.0  # case 1: ~25-28 ms/iter at 768 tokens/iter
@@ -43,15 +48,7 @@ class NanoGPT:
     def build(self, shape: ModelShape, vocab_size: int, device: torch.device, *, dropout: float = 0.0) -> nn.Module:
         config_class = cast("Callable[..., Any]", self.module.GPTConfig)
         model_class = cast("Callable[[Any], nn.Module]", self.module.GPT)
-        config = config_class(
-            n_layer=shape.n_layer,
-            n_head=shape.n_head,
-            n_embd=shape.n_embd,
-            block_size=shape.block_size,
-            vocab_size=vocab_size,
-            dropout=dropout,
-            bias=False,
-        )
+        config = config_class(**asdict(shape), vocab_size=vocab_size, dropout=dropout, bias=False)
         return model_class(config).to(device)
 
     def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -76,21 +73,20 @@ def load_nanogpt(checkout: Path) -> NanoGPT:
     return NanoGPT(module=module, checkout=checkout)
 
 
+@dataclass(frozen=True, slots=True)
 class RowBatches:
     """nanoGPT's get_batch: reopen the memmap, random starts, one row tensor per start, stack;
     on CUDA pinned and copied without blocking."""
 
-    def __init__(self, path: Path, dtype: np.dtype[Any], batch_size: int, block_size: int, device: torch.device):
-        self.path = path
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.block_size = block_size
-        self.device = device
+    path: Path
+    dtype: np.dtype[Any]
+    spec: TrainPy
+    device: torch.device
 
     def __call__(self) -> Batch:
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        starts = cast("list[int]", torch.randint(len(data) - self.block_size, (self.batch_size,)).tolist())
-        T = self.block_size
+        T = self.spec.shape.block_size
+        starts = cast("list[int]", torch.randint(len(data) - T, (self.spec.batch_size,)).tolist())
         x = torch.stack([torch.from_numpy(data[i : i + T].astype(np.int64)) for i in starts])
         y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + T].astype(np.int64)) for i in starts])
         if self.device.type == "cuda":  # pinned and asynchronous, as train.py copies on CUDA
@@ -98,62 +94,75 @@ class RowBatches:
         return x.to(self.device), y.to(self.device)
 
 
-def nanogpt_lr(it: int, *, max_lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100, decay: int = 2000) -> float:
-    """train.py's warmup + cosine schedule with the shakespeare_char CPU settings."""
-    if it < warmup:
-        return max_lr * (it + 1) / (warmup + 1)
-    if it > decay:
-        return min_lr
-    ratio = (it - warmup) / (decay - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainPy:
+    """How nanoGPT's scripts train one side-by-side run: train.py by default; bench.py with
+    `grad_clip=0`, `read_every=1` and no schedule."""
+
+    shape: ModelShape
+    vocab_size: int
+    batch_size: int
+    dropout: float = 0.0
+    grad_clip: float = 1.0  # 0: no clipping (bench.py)
+    read_every: int = 1  # loss.item() every log_interval steps
+    bf16: bool = False  # autocast forward
+    compile: bool = False  # `model = torch.compile(model)`, done in place
+    seed: int = 1337
+    schedule: ScheduleConfig | None = None  # warmup + cosine from learning_rate; None: constant (bench.py)
+    learning_rate: float = 1e-3
 
 
-def nanogpt_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Batch]) -> float:
-    """One train.py iteration (grad_accum 1, grad_clip 1.0, float32: no autocast, no scaler)."""
-    x, y = batches()
-    _, loss = cast("tuple[Tensor, Tensor]", model(x, y))
-    torch.autograd.backward(loss)
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.item())
+def set_up(nanogpt: NanoGPT, spec: TrainPy, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """nanoGPT's model and AdamW from `spec`'s seed, compiled from scratch as a fresh process would."""
+    torch.compiler.reset()
+    torch.manual_seed(spec.seed)
+    model = nanogpt.build(spec.shape, spec.vocab_size, device, dropout=spec.dropout)
+    optimizer = nanogpt.optimizer(model, device)
+    if spec.compile:
+        model.compile()
+    return model, optimizer
 
 
-def nanogpt_iteration(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Batch], it: int, *, decay: int = 2000
-) -> float:
-    """Iteration `it` of train.py's loop: the scheduled learning rate, then `nanogpt_step`."""
-    for group in optimizer.param_groups:
-        group["lr"] = nanogpt_lr(it, decay=decay)
-    return nanogpt_step(model, optimizer, batches)
-
-
-def nanogpt_gpu_step(
+def train_py_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     batches: Callable[[], Batch],
-    *,
-    grad_clip: float,
-    read_loss: bool,
-    bf16: bool = True,
+    it: int,
+    spec: TrainPy,
 ) -> tuple[Tensor, Batch]:
-    """One step as nanoGPT's GPU scripts take it (grad_accum 1): bfloat16 autocast forward, the
-    next batch fetched while the device runs it, backward, clip (train.py; bench.py has none),
-    fused AdamW, `zero_grad(set_to_none=True)`. `read_loss` waits for the loss as `loss.item()`
-    does (bench.py every step, train.py every log_interval). Returns the loss and the next batch."""
+    """Iteration `it` as train.py takes it (grad_accum 1): the scheduled learning rate, the forward
+    (under bf16 autocast when `spec.bf16`), the next batch fetched while the device runs it, backward,
+    clip, AdamW, `zero_grad(set_to_none=True)`, `loss.item()` every `read_every` steps.
+    Returns the loss and the next batch."""
+    if spec.schedule is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(it, spec.learning_rate, spec.schedule)
     x, y = batch
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=spec.bf16):
         _, loss = cast("tuple[Tensor, Tensor]", model(x, y))
     following = batches()
     torch.autograd.backward(loss)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if spec.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if read_loss:
+    if it % spec.read_every == 0:
         loss.item()
     return loss.detach(), following
+
+
+def train_py_steps(
+    nanogpt: NanoGPT, spec: TrainPy, data: DataConfig, device: torch.device, clock: StepClock, steps: int
+) -> float:
+    """`steps` iterations of `train_py_step`, each stamped on `clock`; the last loss."""
+    model, optimizer = set_up(nanogpt, spec, device)
+    batches = RowBatches(data.train_path, read_meta(data.meta_path).numpy_dtype, spec, device)
+    batch, loss = batches(), torch.full((), math.nan)
+    for it in range(steps):
+        loss, batch = train_py_step(model, optimizer, batch, batches, it, spec)
+        clock.stamp()
+    return float(loss)
 
 
 @torch.no_grad()
@@ -167,6 +176,40 @@ def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, 
             losses.append(float(cast("tuple[Tensor, Tensor]", model(x, y))[1].item()))
     model.train()
     return sum(losses) / len(losses)
+
+
+def train_py_run(
+    nanogpt: NanoGPT,
+    spec: TrainPy,
+    data: DataConfig,
+    device: torch.device,
+    *,
+    iters: int,
+    eval_interval: int,
+    eval_iters: int,
+    checkpoint: Path,
+) -> tuple[Curve, float]:
+    """train.py's whole run, compilation included: evaluation of both splits every `eval_interval`
+    iterations including 0 and the last, a checkpoint (model + optimizer, torch.save) whenever val
+    improves after iteration 0, `train_py_step` between. Its evaluations (seconds since its start)
+    and its total seconds."""
+    started = time.time()
+    model, optimizer = set_up(nanogpt, spec, device)
+    dtype = read_meta(data.meta_path).numpy_dtype
+    train, val = RowBatches(data.train_path, dtype, spec, device), RowBatches(data.val_path, dtype, spec, device)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    curve: list[EvalPoint] = []
+    batch = train()
+    for it in range(iters + 1):
+        if it % eval_interval == 0 or it == iters:
+            nanogpt_eval(model, train, eval_iters, bf16=spec.bf16)
+            val_loss = nanogpt_eval(model, val, eval_iters, bf16=spec.bf16)
+            if it > 0 and val_loss < min(point.val_loss for point in curve):
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+            curve.append(EvalPoint(seconds=time.time() - started, iter=it, val_loss=val_loss))
+        if it < iters:
+            _, batch = train_py_step(model, optimizer, batch, train, it, spec)
+    return tuple(curve), time.time() - started
 
 
 def nanogpt_generate(model: nn.Module, prompt: Tensor, max_new_tokens: int) -> Tensor:

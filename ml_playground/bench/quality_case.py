@@ -1,4 +1,4 @@
-"""Case 3: wall clock of `make train` (`train`) with the shipped config until val loss <= 1.88.
+"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88.
 
 With a nanoGPT checkout its README CPU run is timed too, the runs alternating ours, nanoGPT,
 nanoGPT, ours, ... so that a steady drift in the machine's speed over the minutes this takes hits
@@ -14,20 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-import torch
-
 from ml_playground.bench.context import BenchContext
-from ml_playground.bench.nanogpt import (
-    REFERENCE_TIME_TO_QUALITY_S,
-    NanoGPT,
-    RowBatches,
-    nanogpt_eval,
-    nanogpt_iteration,
-)
+from ml_playground.bench.nanogpt import REFERENCE_TIME_TO_QUALITY_S, NanoGPT, TrainPy, train_py_run
 from ml_playground.bench.report import Curve, EvalPoint, Quality, QualityRun, Row
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import alternate
-from ml_playground.config import TrainConfig
+from ml_playground.config import ScheduleConfig, TrainConfig
 from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.train.loop import train
 from ml_playground.train.metrics import TB_SUBDIR
@@ -37,19 +29,17 @@ QUALITY_THRESHOLD = 1.88
 NANOGPT_VARIANT = "nanoGPT README config (checkout)"
 
 
-def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
-    """The shipped config's [train], pointed at the benchmark corpus and a scratch out_dir.
-
-    The run's MFU uses the peak this benchmark measured instead of probing again (nanoGPT does
-    not probe, so the probe would count against ml-playground's time alone)."""
-    shipped = require(load_experiment_config(config_path).train, config_path, "train")
+def shipped_config(ctx: BenchContext, path: Path, out_dir: Path, dataset_dir: Path | None = None) -> TrainConfig:
+    """A shipped config's [train] on the benchmark's data (`dataset_dir`, default the char-level
+    corpus), device and a scratch out_dir. MFU uses the peak this benchmark measured instead of
+    probing again (nanoGPT does not probe, so the probe would count against ml-playground's time
+    alone). `--tiny`: the small shape, batch and a 6-step run."""
+    shipped = require(load_experiment_config(path).train, path, "train")
     runtime = replace(
-        shipped.runtime,
-        out_dir=ctx.work_dir / "case3",
-        device=ctx.device_name,
-        peak_flops=ctx.peaks.of(shipped.runtime.dtype),
+        shipped.runtime, out_dir=out_dir, device=ctx.device_name, peak_flops=ctx.peaks.of(shipped.runtime.dtype)
     )
-    cfg = replace(shipped, data=replace(shipped.data, dataset_dir=ctx.char_dir), runtime=runtime)
+    data = replace(shipped.data, dataset_dir=ctx.char_dir if dataset_dir is None else dataset_dir)
+    cfg = replace(shipped, data=data, runtime=runtime)
     if not ctx.tiny:
         return cfg
     small = ctx.sizes.small
@@ -60,6 +50,11 @@ def quality_config(ctx: BenchContext, config_path: Path) -> TrainConfig:
         runtime=replace(cfg.runtime, max_iters=6, eval_interval=3, eval_iters=2),
         schedule=replace(cfg.schedule, warmup_iters=2, lr_decay_iters=6),
     )
+
+
+def quality_config(ctx: BenchContext, path: Path) -> TrainConfig:
+    """Case 3's (and case 8's) run of a shipped config."""
+    return shipped_config(ctx, path, ctx.work_dir / "case3")
 
 
 def _val_curve(out_dir: Path) -> list[tuple[float, int, float]]:
@@ -120,25 +115,25 @@ def _our_time_to_quality(cfg: TrainConfig) -> QualityRun:
 def _nanogpt_time_to_quality(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> QualityRun:
     """nanoGPT's README CPU run: 2000 iters, eval of 20 batches per split every 250 iters."""
     shape = ModelShape(n_layer=4, n_head=4, n_embd=128, block_size=64) if not ctx.tiny else ctx.sizes.small
-    batch = 12 if not ctx.tiny else ctx.sizes.small_batch
     iters, interval, eval_iters = (2000, 250, 20) if not ctx.tiny else (6, 3, 2)
-    started = time.time()
-    torch.manual_seed(1337)
-    model = nanogpt.build(shape, ctx.char_meta.vocab_size, ctx.device)
-    optimizer = nanogpt.optimizer(model, ctx.device)
-    dtype = ctx.char_meta.numpy_dtype
-    train = RowBatches(cfg.data.train_path, dtype, batch, shape.block_size, ctx.device)
-    val = RowBatches(cfg.data.val_path, dtype, batch, shape.block_size, ctx.device)
-    curve: list[EvalPoint] = []
-    for it in range(iters + 1):
-        if it % interval == 0 or it == iters:
-            nanogpt_eval(model, train, eval_iters)
-            val_loss = nanogpt_eval(model, val, eval_iters)
-            curve.append(EvalPoint(seconds=time.time() - started, iter=it, val_loss=val_loss))
-        if it == iters:
-            break
-        nanogpt_iteration(model, optimizer, train, it, decay=iters)
-    return _quality_run(tuple(curve), iters=iters, total_seconds=time.time() - started)
+    spec = TrainPy(
+        shape=shape,
+        vocab_size=ctx.char_meta.vocab_size,
+        batch_size=12 if not ctx.tiny else ctx.sizes.small_batch,
+        schedule=ScheduleConfig(warmup_iters=100, lr_decay_iters=iters, min_lr=1e-4),
+    )
+    checkpoint = ctx.work_dir / "case3-nanogpt" / "ckpt.pt"
+    curve, seconds = train_py_run(
+        nanogpt,
+        spec,
+        cfg.data,
+        ctx.device,
+        iters=iters,
+        eval_interval=interval,
+        eval_iters=eval_iters,
+        checkpoint=checkpoint,
+    )
+    return _quality_run(curve, iters=iters, total_seconds=seconds)
 
 
 def _mean(runs: list[QualityRun]) -> Quality:

@@ -113,28 +113,10 @@ def parse_options(argv: list[str]) -> Options:
     args = parser.parse_args(argv)
     if args.warmup < 0 or min(args.reps, args.quality_runs, args.startup_runs) < 1:
         parser.error("--warmup must be >= 0, --reps, --quality-runs and --startup-runs >= 1")
-    cases: tuple[int, ...] | None = args.cases
-    if cases is None:
+    if args.cases is None:
         gpu = args.device == "cuda" or args.tiny
-        cases = ALL_CASES if gpu else tuple(case for case in ALL_CASES if case not in GPU_CASES)
-    return Options(
-        corpus=args.corpus,
-        out_dir=args.out_dir,
-        nanogpt_dir=args.nanogpt_dir,
-        cases=cases,
-        warmup=args.warmup,
-        reps=args.reps,
-        device=args.device,
-        compile=args.compile,
-        force_bf16=args.force_bf16,
-        tiny=args.tiny,
-        quality_config=args.quality_config,
-        quality_runs=args.quality_runs,
-        startup_runs=args.startup_runs,
-        prepare_mb=args.prepare_mb,
-        render=args.render,
-        svg=args.svg,
-    )
+        args.cases = ALL_CASES if gpu else tuple(case for case in ALL_CASES if case not in GPU_CASES)
+    return Options(**vars(args))
 
 
 def resolve_corpus(corpus: Path | None, work_dir: Path) -> Path:
@@ -153,8 +135,7 @@ def measure_peaks(device: torch.device) -> Peaks:
     """The trainer's own probe (best FLOP/s over square matmul sizes), so MFU means the same in
     `make bench` as in training logs."""
     return Peaks(
-        float32=measure_peak_flops(device, torch.float32, repeats=5),
-        bfloat16=measure_peak_flops(device, torch.bfloat16, repeats=5),
+        **{name: measure_peak_flops(device, getattr(torch, name), repeats=5) for name in ("float32", "bfloat16")}
     )
 
 

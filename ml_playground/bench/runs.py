@@ -142,9 +142,8 @@ def timed_steps(
         clock.stamp()
         losses.append(loss)  # read after the run: reading it now would wait for the device
 
-    warmup = -(-warmup // every) * every
-    reps = -(-reps // every) * every
-    train(fresh_run(cfg, out_dir, steps=warmup + reps + 1), Measured(), on_step=on_step)
+    warmup, steps = clock.plan(warmup, reps)
+    train(fresh_run(cfg, out_dir, steps=steps), Measured(), on_step=on_step)
     step_ms = read_scalars(out_dir / TB_SUBDIR).get("train/step_time_ms", [])
     return StepRun(
         timing=clock.steps(warmup),

@@ -10,57 +10,23 @@ nanoGPT, ours, ...), `--startup-runs` per side, and their medians are compared.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ml_playground.bench.context import BenchContext
 from ml_playground.bench.report import Row, StartUp
+from ml_playground.bench.runs import train_config
 from ml_playground.bench.timing import alternate
 from ml_playground.config import PROJECT_ROOT
 from ml_playground.errors import ConfigError, DataError
 
 CASE = "9 start-up 1 iter"
-# [train] of nanoGPT's README CPU run (config/train_shakespeare_char.py with the README's flags).
-CONFIG = """\
-[train.model]
-n_layer = {n_layer}
-n_head = {n_head}
-n_embd = {n_embd}
-block_size = {block_size}
-dropout = 0.0
-bias = false
-
-[train.data]
-dataset_dir = "{dataset_dir}"
-batch_size = {batch_size}
-block_size = {block_size}
-
-[train.optim]
-learning_rate = 1e-3
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.99
-grad_clip = 1.0
-
-[train.schedule]
-warmup_iters = 100
-lr_decay_iters = 2000
-min_lr = 1e-4
-
-[train.runtime]
-out_dir = "{out_dir}"
-max_iters = 1
-eval_interval = 250
-eval_iters = {eval_iters}
-log_interval = 1
-device = "cpu"
-dtype = "float32"
-"""
 NANOGPT_DATA = Path("data") / "shakespeare_char"
 
 
@@ -85,20 +51,25 @@ class Process:
 
 
 def ours(ctx: BenchContext) -> Process:
-    """`ml-playground train` on a config of the README's shape, and the run's out_dir."""
-    shape, out_dir = ctx.sizes.small, ctx.work_dir / "case9" / "ours"
+    """`ml-playground train` on case 1's config (train_shakespeare_char's settings at the README's
+    shape) for one iteration as the README runs it, written as TOML to the scratch folder. Its
+    peak probe stays in: a user's config has no `peak_flops`."""
+    cfg = train_config(ctx, ctx.sizes.small, ctx.sizes.small_batch)
+    out_dir = ctx.work_dir / "case9" / "ours"
+    eval_iters = 2 if ctx.tiny else 20
+    runtime = replace(cfg.runtime, out_dir=out_dir, max_iters=1, eval_interval=250, eval_iters=eval_iters)
+    cfg = replace(cfg, runtime=replace(runtime, log_interval=1, peak_flops=None))
+    # [train.model] as its TOML table reads: the keys set (sizes left out follow from them).
+    tables = {"model": {key: getattr(cfg.model, key) for key in sorted(cfg.model.model_fields_set)}}
+    tables |= {name: asdict(getattr(cfg, name)) for name in ("data", "optim", "schedule", "runtime")}
+    text = ""
+    for name, table in tables.items():
+        text += f"[train.{name}]\n"
+        for key, value in table.items():
+            if value is not None:  # JSON's numbers, strings and booleans are TOML's too
+                text += f"{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}\n"
     config = ctx.work_dir / "case9" / "startup.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    text = CONFIG.format(
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        n_embd=shape.n_embd,
-        block_size=shape.block_size,
-        batch_size=ctx.sizes.small_batch,
-        eval_iters=2 if ctx.tiny else 20,
-        dataset_dir=ctx.char_dir,
-        out_dir=out_dir,
-    )
     config.write_text(text, encoding="utf-8")  # scratch input of the bench, read once by the child
     command = [sys.executable, "-m", "ml_playground.cli", "train", "shakespeare_char", "--exp-config", str(config)]
     return Process(command=command, cwd=PROJECT_ROOT, out_dir=out_dir)

@@ -63,6 +63,12 @@ class StepClock:
         self.calls = 0
         self.stamps: list[float] = []
 
+    def plan(self, warmup: int, reps: int) -> tuple[int, int]:
+        """(warm-up steps, all steps) for `reps` timed steps after `warmup`, each rounded up to whole
+        windows, and the first step, which has no stamp before it."""
+        warm = -(-warmup // self.every) * self.every
+        return warm, warm + -(-reps // self.every) * self.every + 1
+
     def stamp(self) -> None:
         self.calls += 1
         if (self.calls - 1) % self.every == 0:

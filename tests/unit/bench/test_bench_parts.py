@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.bench.nanogpt import load_nanogpt, nanogpt_lr
+from ml_playground.bench.nanogpt import load_nanogpt
 from ml_playground.bench.prepare_cases import write_synthetic_corpus
 from ml_playground.bench.report import EvalPoint, Quality, Row, format_table, row_dict, write_report
 from ml_playground.bench.runner import parse_options
@@ -144,10 +144,3 @@ def test_alternate_runs_abba_so_drift_hits_both_sides() -> None:
 def test_nanogpt_dir_without_model_py_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.py not found"):
         load_nanogpt(tmp_path)
-
-
-def test_nanogpt_schedule_warms_up_then_decays_to_min_lr() -> None:
-    assert nanogpt_lr(0) == pytest.approx(1e-3 / 101)
-    assert nanogpt_lr(100) == pytest.approx(1e-3)
-    assert nanogpt_lr(2000) == pytest.approx(1e-4)
-    assert nanogpt_lr(1050) == pytest.approx(5.5e-4)
