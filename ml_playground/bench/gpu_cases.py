@@ -18,7 +18,7 @@ import torch
 from ml_playground.bench.context import BenchContext
 from ml_playground.bench.nanogpt import NanoGPT, TrainPy, train_py_run
 from ml_playground.bench.quality_case import shipped_config, timed_training
-from ml_playground.bench.report import GpuSkipped, Row, Throughput, WholeRun
+from ml_playground.bench.report import GpuSkipped, Row, Throughput, TimedRun, WholeRun
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.train_cases import compared, nanogpt_steps, our_steps, throughput
 from ml_playground.config import PROJECT_ROOT, TrainConfig
@@ -73,6 +73,9 @@ def train_py(cfg: TrainConfig, vocab_size: int) -> TrainPy:
         seed=cfg.runtime.seed,
         schedule=cfg.schedule,
         learning_rate=cfg.optim.learning_rate,
+        iters=cfg.runtime.max_iters,
+        eval_interval=cfg.runtime.eval_interval,
+        eval_iters=cfg.runtime.eval_iters,
     )
 
 
@@ -111,6 +114,11 @@ def case6_gpu_steps(ctx: BenchContext) -> list[Row]:
     return rows + compared(CASE6_GPT2, ours_rows, theirs, None)
 
 
+def _whole_run(run: TimedRun, iters: int) -> WholeRun:
+    vals = [point.val_loss for point in run.curve]
+    return WholeRun(seconds=run.total_seconds, iters=iters, final_val_loss=vals[-1], best_val_loss=min(vals))
+
+
 def _run_summary(metrics: WholeRun) -> str:
     text = f"{metrics.seconds:7.1f} s for {metrics.iters} iters; val {metrics.final_val_loss:.4f}"
     if metrics.vs_nanogpt is not None:
@@ -128,27 +136,12 @@ def case7_gpu_run(ctx: BenchContext) -> list[Row]:
         runtime = replace(cfg.runtime, max_iters=RUN_ITERS, eval_interval=RUN_EVAL_INTERVAL, eval_iters=RUN_EVAL_ITERS)
         cfg = replace(cfg, runtime=runtime)
     torch.compiler.reset()  # each side compiles from scratch, as a fresh process would
-    run = timed_training(cfg)
-    vals = [point.val_loss for point in run.curve]
-    ours = WholeRun(
-        seconds=run.total_seconds, iters=cfg.runtime.max_iters, final_val_loss=vals[-1], best_val_loss=min(vals)
-    )
+    ours = _whole_run(timed_training(cfg), cfg.runtime.max_iters)
     rows: list[Row] = []
     if ctx.nanogpt is not None:
-        curve, seconds = train_py_run(
-            ctx.nanogpt,
-            train_py(cfg, ctx.char_meta.vocab_size),
-            cfg.data,
-            ctx.device,
-            iters=cfg.runtime.max_iters,
-            eval_interval=cfg.runtime.eval_interval,
-            eval_iters=cfg.runtime.eval_iters,
-            checkpoint=ctx.work_dir / "case7-nanogpt" / "ckpt.pt",
-        )
-        vals = [point.val_loss for point in curve]
-        theirs = WholeRun(
-            seconds=seconds, iters=cfg.runtime.max_iters, final_val_loss=vals[-1], best_val_loss=min(vals)
-        )
+        checkpoint = ctx.work_dir / "case7-nanogpt" / "ckpt.pt"
+        run = train_py_run(ctx.nanogpt, train_py(cfg, ctx.char_meta.vocab_size), cfg.data, ctx.device, checkpoint)
+        theirs = _whole_run(run, cfg.runtime.max_iters)
         ours = replace(ours, vs_nanogpt=ours.seconds / theirs.seconds)
         rows.append(Row(case=CASE7, variant="nanoGPT train.py loop", summary=_run_summary(theirs), metrics=theirs))
     return [

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ml_playground.bench.report import Curve, EvalPoint
+from ml_playground.bench.report import EvalPoint, TimedRun
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import StepClock
 from ml_playground.config import DataConfig, ScheduleConfig
@@ -110,6 +110,9 @@ class TrainPy:
     seed: int = 1337
     schedule: ScheduleConfig | None = None  # warmup + cosine from learning_rate; None: constant (bench.py)
     learning_rate: float = 1e-3
+    iters: int = 2000  # a whole run (`train_py_run`): its iterations and evaluations
+    eval_interval: int = 250
+    eval_iters: int = 20
 
 
 def set_up(nanogpt: NanoGPT, spec: TrainPy, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -178,21 +181,10 @@ def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, 
     return sum(losses) / len(losses)
 
 
-def train_py_run(
-    nanogpt: NanoGPT,
-    spec: TrainPy,
-    data: DataConfig,
-    device: torch.device,
-    *,
-    iters: int,
-    eval_interval: int,
-    eval_iters: int,
-    checkpoint: Path,
-) -> tuple[Curve, float]:
-    """train.py's whole run, compilation included: evaluation of both splits every `eval_interval`
-    iterations including 0 and the last, a checkpoint (model + optimizer, torch.save) whenever val
-    improves after iteration 0, `train_py_step` between. Its evaluations (seconds since its start)
-    and its total seconds."""
+def train_py_run(nanogpt: NanoGPT, spec: TrainPy, data: DataConfig, device: torch.device, checkpoint: Path) -> TimedRun:
+    """train.py's whole run of `spec.iters`, compilation included: both splits evaluated every
+    `eval_interval` iterations including 0 and the last, a checkpoint (model + optimizer,
+    torch.save) whenever val improves after iteration 0, `train_py_step` between."""
     started = time.time()
     model, optimizer = set_up(nanogpt, spec, device)
     dtype = read_meta(data.meta_path).numpy_dtype
@@ -200,16 +192,16 @@ def train_py_run(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     curve: list[EvalPoint] = []
     batch = train()
-    for it in range(iters + 1):
-        if it % eval_interval == 0 or it == iters:
-            nanogpt_eval(model, train, eval_iters, bf16=spec.bf16)
-            val_loss = nanogpt_eval(model, val, eval_iters, bf16=spec.bf16)
+    for it in range(spec.iters + 1):
+        if it % spec.eval_interval == 0 or it == spec.iters:
+            nanogpt_eval(model, train, spec.eval_iters, bf16=spec.bf16)
+            val_loss = nanogpt_eval(model, val, spec.eval_iters, bf16=spec.bf16)
             if it > 0 and val_loss < min(point.val_loss for point in curve):
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
             curve.append(EvalPoint(seconds=time.time() - started, iter=it, val_loss=val_loss))
-        if it < iters:
+        if it < spec.iters:
             _, batch = train_py_step(model, optimizer, batch, train, it, spec)
-    return tuple(curve), time.time() - started
+    return TimedRun(total_seconds=time.time() - started, curve=tuple(curve))
 
 
 def nanogpt_generate(model: nn.Module, prompt: Tensor, max_new_tokens: int) -> Tensor:

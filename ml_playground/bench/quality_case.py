@@ -1,22 +1,20 @@
-"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88.
-
-With a nanoGPT checkout its README CPU run is timed too, the runs alternating ours, nanoGPT,
-nanoGPT, ours, ... so that a steady drift in the machine's speed over the minutes this takes hits
-both sides alike.
-"""
+"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88,
+with a checkout against nanoGPT's README CPU run (runs alternating ours, nanoGPT, nanoGPT, ours, ...).
+Also the shipped-config runs of cases 7-8 (`shipped_config`, `timed_training`)."""
 
 from __future__ import annotations
 
 import importlib
 import shutil
+import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 from ml_playground.bench.context import BenchContext
 from ml_playground.bench.nanogpt import REFERENCE_TIME_TO_QUALITY_S, NanoGPT, TrainPy, train_py_run
-from ml_playground.bench.report import Curve, EvalPoint, Quality, QualityRun, Row
+from ml_playground.bench.report import EvalPoint, Quality, Row, TimedRun
 from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import alternate
 from ml_playground.config import ScheduleConfig, TrainConfig
@@ -67,14 +65,6 @@ def _val_curve(out_dir: Path) -> list[tuple[float, int, float]]:
     return [(float(e.wall_time), int(e.step), float(e.value)) for e in scalars]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimedRun:
-    """One fresh `run_training`: its wall clock and its evaluations in seconds since its start."""
-
-    total_seconds: float
-    curve: Curve
-
-
 def timed_training(cfg: TrainConfig) -> TimedRun:
     """`run_training` from an empty out_dir; the curve is read back from the run's TensorBoard events."""
     shutil.rmtree(cfg.runtime.out_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
@@ -93,61 +83,36 @@ def preload_optimizer_imports() -> None:
     importlib.import_module("torch._dynamo")
 
 
-def _quality_run(curve: Curve, *, iters: int, total_seconds: float) -> QualityRun:
-    reached = next((point for point in curve if point.val_loss <= QUALITY_THRESHOLD), None)
-    return QualityRun(
-        threshold=QUALITY_THRESHOLD,
-        seconds_to_threshold=None if reached is None else reached.seconds,
-        iter_at_threshold=None if reached is None else reached.iter,
-        final_val_loss=curve[-1].val_loss,
-        iters=iters,
-        total_seconds=total_seconds,
-        curve=curve,
-    )
-
-
-def _our_time_to_quality(cfg: TrainConfig) -> QualityRun:
-    """One fresh `run_training` with the shipped config: wall clock to the first val loss <= 1.88."""
-    run = timed_training(cfg)
-    return _quality_run(run.curve, iters=cfg.runtime.max_iters, total_seconds=run.total_seconds)
-
-
-def _nanogpt_time_to_quality(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> QualityRun:
+def _nanogpt_run(nanogpt: NanoGPT, ctx: BenchContext, cfg: TrainConfig) -> TimedRun:
     """nanoGPT's README CPU run: 2000 iters, eval of 20 batches per split every 250 iters."""
-    shape = ModelShape(n_layer=4, n_head=4, n_embd=128, block_size=64) if not ctx.tiny else ctx.sizes.small
-    iters, interval, eval_iters = (2000, 250, 20) if not ctx.tiny else (6, 3, 2)
     spec = TrainPy(
-        shape=shape,
+        shape=ModelShape(n_layer=4, n_head=4, n_embd=128, block_size=64),
         vocab_size=ctx.char_meta.vocab_size,
-        batch_size=12 if not ctx.tiny else ctx.sizes.small_batch,
-        schedule=ScheduleConfig(warmup_iters=100, lr_decay_iters=iters, min_lr=1e-4),
+        batch_size=12,
+        schedule=ScheduleConfig(warmup_iters=100, lr_decay_iters=2000, min_lr=1e-4),
     )
-    checkpoint = ctx.work_dir / "case3-nanogpt" / "ckpt.pt"
-    curve, seconds = train_py_run(
-        nanogpt,
-        spec,
-        cfg.data,
-        ctx.device,
-        iters=iters,
-        eval_interval=interval,
-        eval_iters=eval_iters,
-        checkpoint=checkpoint,
-    )
-    return _quality_run(curve, iters=iters, total_seconds=seconds)
+    if ctx.tiny:
+        schedule = ScheduleConfig(warmup_iters=100, lr_decay_iters=6, min_lr=1e-4)
+        spec = replace(spec, shape=ctx.sizes.small, batch_size=ctx.sizes.small_batch, schedule=schedule, iters=6)
+        spec = replace(spec, eval_interval=3, eval_iters=2)
+    return train_py_run(nanogpt, spec, cfg.data, ctx.device, ctx.work_dir / "case3-nanogpt" / "ckpt.pt")
 
 
-def _mean(runs: list[QualityRun]) -> Quality:
-    """The runs averaged (None when one run never reached the threshold), and each run's time."""
-    reached = [run.seconds_to_threshold for run in runs]
+def quality(runs: list[TimedRun], iters: int) -> Quality:
+    """One side's runs: the means (time to the threshold None when a run never reached it; a run
+    that never reached it counts with its whole time in `seconds_per_run`) and each curve."""
+    reached = [next((p for p in run.curve if p.val_loss <= QUALITY_THRESHOLD), None) for run in runs]
     return Quality(
-        threshold=runs[0].threshold,
-        seconds_to_threshold=None if None in reached else sum(r for r in reached if r is not None) / len(runs),
-        iter_at_threshold=runs[0].iter_at_threshold,
-        final_val_loss=sum(run.final_val_loss for run in runs) / len(runs),
-        iters=runs[0].iters,
+        threshold=QUALITY_THRESHOLD,
+        seconds_to_threshold=None if None in reached else sum(p.seconds for p in reached if p) / len(runs),
+        iter_at_threshold=None if reached[0] is None else reached[0].iter,
+        final_val_loss=sum(run.curve[-1].val_loss for run in runs) / len(runs),
+        iters=iters,
         total_seconds=sum(run.total_seconds for run in runs) / len(runs),
         runs=len(runs),
-        seconds_per_run=tuple(run.seconds for run in runs),
+        seconds_per_run=tuple(
+            run.total_seconds if p is None else p.seconds for run, p in zip(runs, reached, strict=True)
+        ),
         curves=tuple(run.curve for run in runs),
     )
 
@@ -157,35 +122,28 @@ def _summary(metrics: Quality) -> str:
     at = "not reached" if seconds is None else f"{seconds:.1f} s (iter {metrics.iter_at_threshold})"
     each = ", ".join(f"{s:.1f}" for s in metrics.seconds_per_run)
     runs = f"; mean of {metrics.runs} runs: {each} s" if metrics.runs > 1 else ""
-    final = metrics.final_val_loss
-    return f"{at}; final val {final:.4f} after {metrics.iters} iters in {metrics.total_seconds:.1f} s{runs}"
+    final = f"final val {metrics.final_val_loss:.4f} after {metrics.iters} iters in {metrics.total_seconds:.1f} s"
+    text = f"{at}; {final}{runs}"
+    if metrics.vs_nanogpt is not None:
+        text += f"  {metrics.vs_nanogpt * 100:.0f}% of nanoGPT's time ({metrics.nanogpt_baseline})"
+    return text
 
 
 def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> list[Row]:
-    """`runs` runs per side; means reported."""
+    """`runs` fresh `run_training`s of the shipped config per side, alternating; means reported."""
     cfg = quality_config(ctx, config_path)
     preload_optimizer_imports()
     nanogpt = ctx.nanogpt
     ours_runs, theirs_runs = alternate(
-        lambda: _our_time_to_quality(cfg),
-        None if nanogpt is None else lambda: _nanogpt_time_to_quality(nanogpt, ctx, cfg),
-        runs,
+        lambda: timed_training(cfg), None if nanogpt is None else lambda: _nanogpt_run(nanogpt, ctx, cfg), runs
     )
     rows: list[Row] = []
+    baseline, source = REFERENCE_TIME_TO_QUALITY_S, "reference"
     if theirs_runs:
-        theirs = _mean(theirs_runs)
-        baseline, source = sum(run.seconds for run in theirs_runs) / len(theirs_runs), "measured"
-        variant = NANOGPT_VARIANT
-        rows.append(Row(case=CASE, variant=variant, summary=_summary(theirs), metrics=theirs))
-    else:
-        baseline, source = REFERENCE_TIME_TO_QUALITY_S, "reference"
-    ours = replace(_mean(ours_runs), config=str(config_path), nanogpt_baseline=source)
-    extra = ""
+        theirs = quality(theirs_runs, 6 if ctx.tiny else 2000)
+        baseline, source = statistics.mean(theirs.seconds_per_run), "measured"
+        rows.append(Row(case=CASE, variant=NANOGPT_VARIANT, summary=_summary(theirs), metrics=theirs))
+    ours = replace(quality(ours_runs, cfg.runtime.max_iters), config=str(config_path), nanogpt_baseline=source)
     if ours.seconds_to_threshold is not None:
-        ratio = ours.seconds_to_threshold / baseline
-        ours = replace(ours, vs_nanogpt=ratio)
-        extra = f"  {ratio * 100:.0f}% of nanoGPT's {baseline:.0f} s ({source})"
-    rows.insert(
-        0, Row(case=CASE, variant=f"ml-playground {config_path.name}", summary=_summary(ours) + extra, metrics=ours)
-    )
-    return rows
+        ours = replace(ours, vs_nanogpt=ours.seconds_to_threshold / baseline)
+    return [Row(case=CASE, variant=f"ml-playground {config_path.name}", summary=_summary(ours), metrics=ours), *rows]

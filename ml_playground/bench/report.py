@@ -94,21 +94,11 @@ Curve = tuple[EvalPoint, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QualityRun:
-    """Case 3: one training run to the validation-loss threshold."""
+class TimedRun:
+    """One whole training run: its wall clock and its evaluations in seconds since its start."""
 
-    threshold: float
-    seconds_to_threshold: float | None  # None: never reached
-    iter_at_threshold: int | None
-    final_val_loss: float
-    iters: int
     total_seconds: float
     curve: Curve
-
-    @property
-    def seconds(self) -> float:
-        """Seconds to the threshold; a run that never reached it counts with its whole time."""
-        return self.total_seconds if self.seconds_to_threshold is None else self.seconds_to_threshold
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

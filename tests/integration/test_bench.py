@@ -94,7 +94,7 @@ def test_side_by_side_with_a_checkout_alternates_case_3_runs(tmp_path: Path, mon
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 4, encoding="utf-8")
     order: list[str] = []
-    for name, side in (("_our_time_to_quality", "ours"), ("_nanogpt_time_to_quality", "nanoGPT")):
+    for name, side in (("timed_training", "ours"), ("_nanogpt_run", "nanoGPT")):
         original = getattr(quality_case, name)
 
         def recorded(*args: Any, _original: Any = original, _side: str = side) -> Any:
