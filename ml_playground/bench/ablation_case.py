@@ -3,18 +3,18 @@
 The baseline is the char-level CPU model of `bundestag_char_cpu.toml`'s [train] as GPT-2 (every
 option of [train.model] at its default) with AdamW; each option row is that config with one key
 changed, run for the same iterations, batch and block. The best row is case 3's config
-(`--quality-config`) as shipped. Every row is one fresh `run_training`, one after the other.
+(`--quality-config`) as shipped. Every row is one fresh `train`, one after the other.
 """
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import numpy as np
 from pydantic.fields import FieldInfo
 
 from ml_playground.bench.context import BenchContext
@@ -117,14 +117,10 @@ def ablation_configs(ctx: BenchContext, best_config: Path) -> list[tuple[str, Tr
 
 def interpolate(curve: Curve, seconds: float) -> float | None:
     """Val loss at `seconds` on the straight line between the evaluations around it; None outside the curve."""
-    for before, after in itertools.pairwise(curve):
-        if before.seconds <= seconds <= after.seconds:
-            span = after.seconds - before.seconds
-            share = 0.0 if span == 0 else (seconds - before.seconds) / span
-            return before.val_loss + share * (after.val_loss - before.val_loss)
-    if curve and curve[-1].seconds == seconds:
-        return curve[-1].val_loss
-    return None
+    times = [point.seconds for point in curve]
+    if not curve or not times[0] <= seconds <= times[-1]:
+        return None
+    return float(np.interp(seconds, times, [point.val_loss for point in curve]))
 
 
 def _logged_tokens_per_s(out_dir: Path) -> float | None:

@@ -1,7 +1,7 @@
 """Cases 6-7 (CUDA): nanoGPT's GPU runs side by side, both in bfloat16 autocast under torch.compile.
 
 Case 6 times steps in windows of `WINDOW` (a device sync at each end; a sync per step would keep the
-host from queueing the next step, which neither trainer does), ours through `run` with the shipped
+host from queueing the next step, which neither trainer does), ours through `train` with the shipped
 GPU configs: train_shakespeare_char's shape against train.py's step, GPT-2 124M at bench.py's
 micro-batch and as shipped against bench.py. Case 7 is train_shakespeare_char's whole run of 2000
 steps (compilation included) against train.py's loop. On another device both report skipped rows,

@@ -1,4 +1,4 @@
-"""Case 3: wall clock of `make train` (`run_training`) with the shipped config until val loss <= 1.88,
+"""Case 3: wall clock of `make train` (`train`) with the shipped config until val loss <= 1.88,
 with a checkout against nanoGPT's README CPU run (runs alternating ours, nanoGPT, nanoGPT, ours, ...).
 Also the shipped-config runs of cases 7-8 (`shipped_config`, `timed_training`)."""
 
@@ -66,7 +66,7 @@ def _val_curve(out_dir: Path) -> list[tuple[float, int, float]]:
 
 
 def timed_training(cfg: TrainConfig) -> TimedRun:
-    """`run_training` from an empty out_dir; the curve is read back from the run's TensorBoard events."""
+    """`train` from an empty out_dir; the curve is read back from the run's TensorBoard events."""
     shutil.rmtree(cfg.runtime.out_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
     started = time.time()
     train(cfg)
@@ -130,7 +130,7 @@ def _summary(metrics: Quality) -> str:
 
 
 def case3_time_to_quality(ctx: BenchContext, config_path: Path, runs: int) -> list[Row]:
-    """`runs` fresh `run_training`s of the shipped config per side, alternating; means reported."""
+    """`runs` fresh `train` runs of the shipped config per side, alternating; means reported."""
     cfg = quality_config(ctx, config_path)
     preload_optimizer_imports()
     nanogpt = ctx.nanogpt

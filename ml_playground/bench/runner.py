@@ -37,6 +37,7 @@ ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 # Case 8 keeps its runs' TensorBoard events here, under --out-dir: one run per row.
 ABLATION_LOGS = "ablation"
+SETTINGS = ("warmup", "reps", "quality_runs", "startup_runs", "tiny", "compile", "force_bf16")  # in the report
 DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_fast_cpu.toml"
 
 
@@ -213,13 +214,7 @@ def run(options: Options) -> tuple[list[Row], dict[str, Any]]:
             "settings": {
                 "corpus": str(ctx.corpus if options.corpus is not None else "bundled"),
                 "nanogpt_dir": None if options.nanogpt_dir is None else str(options.nanogpt_dir),
-                "warmup": options.warmup,
-                "reps": options.reps,
-                "quality_runs": options.quality_runs,
-                "startup_runs": options.startup_runs,
-                "tiny": options.tiny,
-                "compile": options.compile,
-                "force_bf16": options.force_bf16,
+                **{key: getattr(options, key) for key in SETTINGS},
             },
             "case_seconds": seconds,
             "rows": [row_dict(row) for row in rows],

@@ -1,14 +1,9 @@
-"""The benchmark's training runs, all through the run entry point that `make train` uses.
+"""The step cases' training runs, through the run entry point that `make train` uses.
 
-A case builds one `TrainConfig` (`train_config`, or the shipped TOML's in case 3) and derives its
-variants with `dataclasses.replace`. `timed_steps` calls `train(cfg, on_step=...)`: the
-callback syncs the device and stamps the end of every step, so a step's time is one whole
-iteration of the trainer's loop (learning rate, micro-steps, clipping, optimizer, logging on log
-steps). Set-up, the evaluations before the first and after the last step and the checkpoints
-written with them fall outside the stamps.
-
-The same run's TensorBoard scalars are read back and set against the stamps (`LoggedVsWall`):
-what the trainer logged as its speed, checked against the wall clock of the same steps.
+`timed_steps` calls `train(cfg, mode, on_step=...)`: the callback syncs the device and stamps the
+end of every step, so a step's time is one whole iteration of the trainer's loop; set-up and the
+evaluations and checkpoints around the steps fall outside the stamps. The run's TensorBoard
+scalars are read back and set against the stamps (`LoggedVsWall`).
 """
 
 from __future__ import annotations
@@ -126,7 +121,7 @@ def fresh_run(cfg: TrainConfig, out_dir: Path, *, steps: int) -> TrainConfig:
 def timed_steps(
     ctx: BenchContext, cfg: TrainConfig, out_dir: Path, *, warmup: int, reps: int, every: int = 1
 ) -> StepRun:
-    """A fresh `run` of warmup + reps timed steps (plus the first, which has no stamp before it),
+    """A fresh `train` of warmup + reps timed steps (plus the first, which has no stamp before it),
     stamped every `every` steps (`StepClock`); reps is rounded up to whole windows."""
     clock = StepClock(ctx.device, every=every)
     losses: list[Tensor] = []

@@ -1,7 +1,7 @@
 """Case 4: sampling speed, with and without the KV cache, at block_size 64 and 1024.
 
 Through the sampler's public functions, not `run_sampling` itself: each model is a checkpoint
-written by `run_training` (zero steps: the initial weights), loaded with
+written by `train` (zero steps: the initial weights), loaded with
 `load_model_for_inference` as `make sample` loads it, and `generate` is called with the arguments
 `run_sampling` passes (settings from `SampleSettings`' defaults via `sampling_params`, its
 generator, cache dtype and autocast). `run_sampling` would also time loading the checkpoint,
@@ -73,7 +73,7 @@ class Sampler:
 
 
 def _sampler(ctx: BenchContext, shape: ModelShape, name: str) -> Sampler:
-    """A zero-step `run_training` of `shape` (its checkpoint holds the seeded initial weights), loaded back."""
+    """A zero-step `train` of `shape` (its checkpoint holds the seeded initial weights), loaded back."""
     cfg = train_config(ctx, shape, batch_size=1)
     out_dir = ctx.work_dir / name
     train(fresh_run(cfg, out_dir, steps=0))

@@ -1,4 +1,4 @@
-"""Cases 1-2: training step throughput through `run` (runs.py), and the throughput rows every step case
+"""Cases 1-2: training step throughput through `train` (runs.py), and the throughput rows every step case
 (1, 2, 6) shares: `our_steps` and `nanogpt_steps` measure a side, `compared` sets ours against nanoGPT's.
 
 Case 1 is nanoGPT's README CPU config, its train.py loop side by side in runs that alternate with
@@ -54,7 +54,7 @@ def throughput(
 def our_steps(
     ctx: BenchContext, cfg: TrainConfig, name: str, *, every: int = 1, warmup: int, probe: bool = False
 ) -> tuple[Throughput, StepRun]:
-    """A fresh `run` of `cfg` timed step by step (`timed_steps`); MFU against the measured peak of
+    """A fresh `train` of `cfg` timed step by step (`timed_steps`); MFU against the measured peak of
     its dtype, with `probe` the larger of that and a probe right after the steps (`peak_now`)."""
     steps = timed_steps(ctx, cfg, ctx.work_dir / name, warmup=warmup, reps=ctx.reps, every=every)
     dtype = cfg.runtime.dtype
@@ -104,7 +104,7 @@ def _pooled(runs: list[LoggedVsWall | None]) -> float | None:
 
 
 def case1_train_small(ctx: BenchContext) -> list[Row]:
-    """nanoGPT's README CPU config in float32: ml-playground's `run` vs nanoGPT's train.py loop."""
+    """nanoGPT's README CPU config in float32: ml-playground's `train` vs nanoGPT's train.py loop."""
     cfg = train_config(ctx, ctx.sizes.small, ctx.sizes.small_batch)
     nanogpt = ctx.nanogpt
     rounds = ROUNDS if nanogpt is not None else 1
@@ -139,7 +139,7 @@ def case1_train_small(ctx: BenchContext) -> list[Row]:
 def case2_train_mid(ctx: BenchContext) -> list[Row]:
     """A mid-size model: float32 vs bfloat16 autocast (vs torch.compile), MFU of each dtype's peak.
 
-    Every variant starts from the same weights and sees the same batches (`run` seeds both from
+    Every variant starts from the same weights and sees the same batches (`train` seeds both from
     the config), so the losses of the steps show whether bfloat16 follows the float32 curve.
     """
     cfg = train_config(ctx, ctx.sizes.mid, ctx.sizes.mid_batch)

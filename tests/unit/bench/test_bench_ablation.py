@@ -1,5 +1,5 @@
 """Case 8's configs (one option switched on per row against a GPT-2 + AdamW baseline) and a tiny run of
-the case through `run_training`, its rows read back from the JSON report. No timing is asserted."""
+the case through `train`, its rows read back from the JSON report. No timing is asserted."""
 
 from __future__ import annotations
 

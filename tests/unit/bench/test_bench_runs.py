@@ -1,4 +1,4 @@
-"""The benchmark's training runs go through `run` on a tiny corpus; its configs are built, not parsed back.
+"""The benchmark's training runs go through `train` on a tiny corpus; its configs are built, not parsed back.
 
 No timing is asserted: only how many steps were stamped and what the runs wrote.
 """
