@@ -31,8 +31,6 @@ from ml_playground.errors import ConfigError, MLPlaygroundError
 from ml_playground.runtime import resolve_runtime
 from ml_playground.train.metrics import measure_peak_flops, probe_bfloat16
 
-log = logging.getLogger(__name__)
-
 ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 # Case 8 keeps its runs' TensorBoard events here, under --out-dir: one run per row.
