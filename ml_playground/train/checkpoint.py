@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
 from ml_playground.config import GPTConfig
 from ml_playground.config_loader import format_validation_error
 from ml_playground.data.meta import DatasetMeta, read_meta
-from ml_playground.errors import CheckpointError, summary
+from ml_playground.errors import CheckpointError
 
 SCHEMA_VERSION = 1
 # Legacy nanoGPT checkpoints are migrated to this schema version on load.
@@ -158,20 +159,49 @@ def load_model_checkpoint(path: Path) -> tuple[Checkpoint, DatasetMeta]:
     return checkpoint, DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{path}: dataset_meta")
 
 
+# What a file torch.save wrote starts with: a zip archive (torch >= 1.6) or a pickle (older).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_LFS_POINTER = b"version https://git-lfs"
+
+
 def _read_raw(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+        if not head.startswith(_TORCH_MAGIC):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_what_it_is(head)})")
         raw: object = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:  # not a corrupt file: no advice to delete it
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror}); it was left as it is") from None
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint (weights_only load): {summary(exc)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        # torch's message suggests weights_only=False, which would run code from the file: never.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects{what} that a safe load (tensors and plain values "
+            "only, weights_only) does not run; it was not written by ml-playground or nanoGPT"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__}); delete it or restore a good copy"
         ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a checkpoint (top level is {type(raw).__name__}, expected a dict)")
     return {str(key): value for key, value in cast("dict[object, Any]", raw).items()}
+
+
+def _what_it_is(head: bytes) -> str:
+    if head.startswith(_LFS_POINTER):
+        return "a Git LFS pointer: fetch the file itself, e.g. `git lfs pull`"
+    if not head:
+        return "an empty file"
+    try:
+        head[:56].decode("utf-8")  # short of the end, where a character may be cut in two
+    except UnicodeDecodeError:
+        return "an unknown binary format"
+    return "a text file"
 
 
 def _field(path: Path, raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
