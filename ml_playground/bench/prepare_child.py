@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
         val_fraction=0.1,
     )
     seconds = time.perf_counter() - started
-    report = {"seconds": seconds, "peak_rss_bytes": peak_rss_bytes(), "tokens": meta.train_tokens + meta.val_tokens}
+    tokens = (meta.train_tokens or 0) + (meta.val_tokens or 0)  # a preparation always records both
+    report = {"seconds": seconds, "peak_rss_bytes": peak_rss_bytes(), "tokens": tokens}
     print(json.dumps(report))
     return 0
 

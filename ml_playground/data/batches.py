@@ -51,12 +51,15 @@ class BatchShape:
 def _open_tokens(path: Path, dtype: np.dtype[Any], block_size: int) -> np.memmap[Any, np.dtype[Any]]:
     if not path.is_file():
         raise DataError(f"{path}: token file not found (run `make prepare` first)")
-    if path.stat().st_size % dtype.itemsize != 0:
-        raise DataError(f"{path}: size {path.stat().st_size} is not a multiple of {dtype.itemsize} ({dtype})")
-    tokens = np.memmap(path, dtype=dtype, mode="r")
-    if len(tokens) <= block_size:
-        raise DataError(f"{path}: {len(tokens)} tokens, need more than block_size {block_size}")
-    return tokens
+    size = path.stat().st_size
+    if size % dtype.itemsize != 0:
+        raise DataError(f"{path}: size {size} is not a multiple of {dtype.itemsize} ({dtype})")
+    if size // dtype.itemsize <= block_size:  # before mapping: an empty file cannot be mapped
+        raise DataError(f"{path}: {size // dtype.itemsize} tokens, need more than block_size {block_size}")
+    try:
+        return np.memmap(path, dtype=dtype, mode="r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
 
 
 class _SplitStream:

@@ -1,19 +1,25 @@
-"""Dataset consistency, checked before training: the token files' ids fit the metadata's vocabulary,
-and the metadata fits its tokenizer.
+"""Dataset consistency, checked before training and before `make prepare` calls a dataset up to date:
+the token files are those the metadata describes, their ids fit its vocabulary, and the metadata
+fits its tokenizer.
 
-Every id of train.bin/val.bin must be below `vocab_size` of the metadata file; otherwise the bins
-and the metadata come from different preparations (or one was edited), and training would end
-in an embedding lookup error. The largest id of a file is computed once (a streaming pass over
-the memmap) and cached beside it in `.<name>.maxid.json`, keyed by the file's size and mtime;
-a folder that cannot be written just goes without the cache.
+Each token file must exist and be readable; hold exactly the token count the metadata records
+(size = count x dtype width: a file cut short or from another preparation is refused); match the
+sha256 it records (metadata from before token-file hashes has none); hold more than block_size
+tokens; and hold only ids below `vocab_size`. The largest id and the sha256 come from one streaming
+pass, cached beside the file in `.<name>.scan.json` and keyed by everything the result depends on:
+the file's size, mtime, ctime, inode and device, and the dtype it is read as. A folder that cannot
+be written just goes without the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -25,55 +31,120 @@ from ml_playground.tokenizers import tokenizer_from_meta
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 24  # ids per pass: 32 MiB of uint16
+Split = Literal["train", "val"]
+_BLOCK_BYTES = 1 << 25  # 32 MiB per read
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scan:
+    """What one pass over a token file finds."""
+
+    max_id: int  # -1 when the file is empty
+    sha256: str
 
 
 def _cache_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.maxid.json")
+    return path.with_name(f".{path.name}.scan.json")
 
 
-def _key(path: Path) -> dict[str, int]:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _key(stat: os.stat_result, dtype: np.dtype[Any]) -> dict[str, object]:
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,  # changes on every write or rename, and cannot be set back
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+        "dtype": dtype.str,
+    }
 
 
-def _cached(path: Path) -> int | None:
+def _cached(path: Path, key: dict[str, object]) -> Scan | None:
     try:
-        record: Any = json.loads(_cache_path(path).read_text(encoding="utf-8"))
+        raw: object = json.loads(_cache_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("key") != _key(path):
+    record = cast("dict[str, object]", raw) if isinstance(raw, dict) else {}
+    max_id, sha256 = record.get("max_id"), record.get("sha256")
+    if record.get("key") != key or not isinstance(max_id, int) or not isinstance(sha256, str):
         return None
-    value = record.get("max_id")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-    return value if isinstance(value, int) else None
+    return Scan(max_id=max_id, sha256=sha256)
+
+
+def record_scan(path: Path, dtype: np.dtype[Any], scan: Scan) -> None:
+    """Cache `scan` as the result for the file as it is now (a writer that computed it while writing)."""
+    record = {"key": _key(path.stat(), dtype), "max_id": scan.max_id, "sha256": scan.sha256}
+    try:
+        write_text_atomic(_cache_path(path), json.dumps(record) + "\n")
+    except OSError:
+        log.debug("%s: cannot cache the scan of the token file", path)
+
+
+def scan_tokens(path: Path, dtype: np.dtype[Any]) -> Scan:
+    """The largest id and the sha256 of a token file, from the cache when the file is unchanged."""
+    try:
+        with path.open("rb") as handle:
+            key = _key(os.fstat(handle.fileno()), dtype)
+            cached = _cached(path, key)
+            if cached is not None:
+                return cached
+            digest, largest = hashlib.sha256(), -1
+            while block := handle.read(_BLOCK_BYTES - _BLOCK_BYTES % dtype.itemsize):
+                digest.update(block)
+                ids = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
+                largest = max(largest, int(ids.max())) if ids.size else largest
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
+    scan = Scan(max_id=largest, sha256=digest.hexdigest())
+    record_scan(path, dtype, scan)
+    return scan
 
 
 def max_token_id(path: Path, dtype: np.dtype[Any]) -> int:
-    """The largest id in a token file (-1 when empty), from the cache when the file is unchanged."""
-    cached = _cached(path)
-    if cached is not None:
-        return cached
-    tokens = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype=dtype)
-    largest = -1
-    for start in range(0, len(tokens), _CHUNK):
-        largest = max(largest, int(tokens[start : start + _CHUNK].max()))
+    """The largest id in a token file (-1 when empty)."""
+    return scan_tokens(path, dtype).max_id
+
+
+def check_token_file(path: Path, split: Split, meta: DatasetMeta, *, meta_path: Path, block_size: int) -> None:
+    """Fail with one line naming the file unless it is the `split` token file `meta` describes."""
+    dtype = meta.numpy_dtype
     try:
-        write_text_atomic(_cache_path(path), json.dumps({"key": _key(path), "max_id": largest}) + "\n")
-    except OSError:
-        log.debug("%s: cannot cache the largest token id", path)
-    return largest
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path}: token file not found (run `make prepare` first)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
+    if not path.is_file():
+        raise DataError(f"{path}: not a file (a token file was expected; run `make prepare`)")
+    tokens = meta.train_tokens if split == "train" else meta.val_tokens
+    if tokens is not None and size != tokens * dtype.itemsize:
+        raise DataError(
+            f"{path}: {size} bytes, but {meta_path} records {tokens} {meta.dtype} tokens ({tokens * dtype.itemsize} "
+            "bytes); the file is cut short or comes from another preparation: run `make prepare` again"
+        )
+    if size % dtype.itemsize:
+        raise DataError(f"{path}: size {size} is not a multiple of {dtype.itemsize} ({meta.dtype}, from {meta_path})")
+    if size // dtype.itemsize <= block_size:
+        raise DataError(
+            f"{path}: {size // dtype.itemsize} tokens, need more than block_size {block_size} "
+            "(a longer corpus, a larger prepare.val_fraction or a smaller block_size)"
+        )
+    scan = scan_tokens(path, dtype)
+    expected = meta.train_sha256 if split == "train" else meta.val_sha256
+    if expected is not None and scan.sha256 != expected:
+        raise DataError(
+            f"{path}: content differs from the sha256 {meta_path} records; the file was changed or comes from "
+            "another preparation: run `make prepare` again"
+        )
+    if scan.max_id >= meta.vocab_size:
+        raise DataError(
+            f"{path}: largest token id {scan.max_id} is outside the vocabulary of {meta_path} "
+            f"(vocab_size {meta.vocab_size}); the token files and the metadata come from different "
+            "preparations: run `make prepare` again"
+        )
 
 
 def check_dataset(data: DataConfig, meta: DatasetMeta) -> None:
     """Fail with one line naming the file when the dataset's parts do not fit together."""
     tokenizer_from_meta(meta, where=str(data.meta_path))
-    for path in (data.train_path, data.val_path):
-        if not path.is_file() or path.stat().st_size % meta.numpy_dtype.itemsize:
-            continue  # the batch source names a missing or torn file
-        largest = max_token_id(path, meta.numpy_dtype)
-        if largest >= meta.vocab_size:
-            raise DataError(
-                f"{path}: largest token id {largest} is outside the vocabulary of {data.meta_path} "
-                f"(vocab_size {meta.vocab_size}); the token files and the metadata come from different "
-                "preparations: run `make prepare` again"
-            )
+    check_token_file(data.train_path, "train", meta, meta_path=data.meta_path, block_size=data.block_size)
+    check_token_file(data.val_path, "val", meta, meta_path=data.meta_path, block_size=data.block_size)

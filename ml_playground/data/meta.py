@@ -1,4 +1,9 @@
-"""Dataset metadata: how to decode `train.bin` / `val.bin` (meta.json, versioned).
+"""Dataset metadata: how to decode `train.bin` / `val.bin` (meta.json, versioned), and the
+dataset's identity: its tokenizer (kind, encoding or character table, vocabulary size), its token
+counts and the sha256 of each token file and of the corpus.
+
+meta.json is the commit record of a preparation: it is written last, so the counts and hashes it
+names are those of complete token files. Version 1 files (no token-file hashes) are still read.
 
 `read_meta` also accepts a legacy nanoGPT `meta.pkl` ({vocab_size, itos, stoi}), read through a
 restricted unpickler that only admits plain containers.
@@ -17,7 +22,7 @@ from ml_playground.atomic import write_text_atomic
 from ml_playground.data.legacy_pickle import load_plain_pickle
 from ml_playground.errors import DataError
 
-META_VERSION = 1
+META_VERSION = 2
 META_FILENAME = "meta.json"
 
 TokenKind = Literal["char", "tiktoken"]
@@ -39,9 +44,11 @@ class DatasetMeta:
     dtype: TokenDType
     encoding: str | None = None  # tiktoken encoding name (kind "tiktoken")
     itos: list[str] | None = None  # id -> character (kind "char")
-    train_tokens: int = 0
-    val_tokens: int = 0
-    source_sha256: str | None = None
+    train_tokens: int | None = None  # None: not recorded (a metadata built in code, not prepared)
+    val_tokens: int | None = None
+    source_sha256: str | None = None  # the corpus
+    train_sha256: str | None = None  # the token files, as written
+    val_sha256: str | None = None
 
     @property
     def numpy_dtype(self) -> np.dtype[np.unsignedinteger[Any]]:
@@ -59,6 +66,8 @@ class DatasetMeta:
             "train_tokens": self.train_tokens,
             "val_tokens": self.val_tokens,
             "source_sha256": self.source_sha256,
+            "train_sha256": self.train_sha256,
+            "val_sha256": self.val_sha256,
         }
 
     @classmethod
@@ -83,12 +92,22 @@ def _parse(data: object, where: str) -> DatasetMeta:
             return minimum
         return value
 
+    def optional_int(key: str) -> int | None:
+        return None if d.get(key) is None else need_int(key, 0)
+
+    def optional_str(key: str) -> str | None:
+        value = d.get(key)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {value!r}")
+            return None
+        return value
+
     version = need_int("version", 1)
     if version > META_VERSION:
         problems.append(f"version: {version} is newer than this code understands ({META_VERSION})")
     vocab_size = need_int("vocab_size", 1)
-    train_tokens = need_int("train_tokens", 0)
-    val_tokens = need_int("val_tokens", 0)
+    train_tokens = optional_int("train_tokens")
+    val_tokens = optional_int("val_tokens")
     kind = d.get("kind")
     if kind not in ("char", "tiktoken"):
         problems.append(f"kind: expected 'char' or 'tiktoken', got {kind!r}")
@@ -97,9 +116,7 @@ def _parse(data: object, where: str) -> DatasetMeta:
         problems.append(f"dtype: expected 'uint16' or 'uint32', got {dtype!r}")
     elif dtype == "uint16" and vocab_size > 2**16:
         problems.append(f"dtype: uint16 cannot hold vocab_size {vocab_size}")
-    encoding = d.get("encoding")
-    if encoding is not None and not isinstance(encoding, str):
-        problems.append(f"encoding: expected a string, got {encoding!r}")
+    encoding = optional_str("encoding")
     itos_raw = d.get("itos")
     itos: list[str] | None = None
     if itos_raw is not None:
@@ -114,9 +131,7 @@ def _parse(data: object, where: str) -> DatasetMeta:
         problems.append(f"itos: has {len(itos)} entries but vocab_size is {vocab_size}")
     if kind == "tiktoken" and encoding is None:
         problems.append("encoding: required for kind 'tiktoken'")
-    sha = d.get("source_sha256")
-    if sha is not None and not isinstance(sha, str):
-        problems.append(f"source_sha256: expected a string, got {sha!r}")
+    source_sha256, train_sha256, val_sha256 = (optional_str(f"{key}_sha256") for key in ("source", "train", "val"))
     if problems:
         raise DataError(f"{where}: " + "; ".join(problems))
     return DatasetMeta(
@@ -128,7 +143,9 @@ def _parse(data: object, where: str) -> DatasetMeta:
         itos=itos,
         train_tokens=train_tokens,
         val_tokens=val_tokens,
-        source_sha256=sha,
+        source_sha256=source_sha256,
+        train_sha256=train_sha256,
+        val_sha256=val_sha256,
     )
 
 
@@ -186,6 +203,46 @@ def read_meta(path: Path) -> DatasetMeta:
         return _legacy_meta(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the dataset metadata ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     return _parse(data, str(path))
+
+
+def _tokenizer_difference(a: DatasetMeta, b: DatasetMeta) -> str:
+    """How a's tokenizer differs from b's ("" when every id decodes alike)."""
+    if (a.kind, a.encoding) != (b.kind, b.encoding):
+        return f"tokenizer {a.encoding or a.kind} vs {b.encoding or b.kind}"
+    if a.vocab_size != b.vocab_size:
+        return f"vocab_size {a.vocab_size} vs {b.vocab_size}"
+    pairs = enumerate(zip(a.itos or [], b.itos or [], strict=False))
+    first = next(((i, x, y) for i, (x, y) in pairs if x != y), None)
+    if first is not None:
+        return f"token {first[0]} is {first[1]!r} vs {first[2]!r}"
+    return ""
+
+
+def _data_difference(a: DatasetMeta, b: DatasetMeta) -> str:
+    """How a's token files differ from b's, judged by what both record ("" when they agree)."""
+    for key in ("train_tokens", "val_tokens", "train_sha256", "val_sha256", "source_sha256"):
+        mine, theirs = getattr(a, key), getattr(b, key)
+        if mine is not None and theirs is not None and mine != theirs:
+            shown = (mine[:12], theirs[:12]) if key.endswith("sha256") else (mine, theirs)
+            return f"{key} {shown[0]} vs {shown[1]}"
+    return ""
+
+
+def identity_difference(
+    a: DatasetMeta, b: DatasetMeta, *, a_name: str, b_name: str, tokenizer_only: bool = False
+) -> str:
+    """One line saying how two datasets' identities differ, or "" when they are the same dataset.
+
+    The identity is the tokenizer (kind, encoding or character table, vocabulary size) and, unless
+    `tokenizer_only`, the data: token counts and sha256 of the token files and of the corpus, each
+    compared where both record it (older metadata lacks the token-file hashes). Sampling and
+    fine-tuning on other data need only the tokenizer; a resume needs the same data too."""
+    difference = _tokenizer_difference(a, b) or ("" if tokenizer_only else _data_difference(a, b))
+    if not difference:
+        return ""
+    return f"{a_name} and {b_name} describe different datasets ({difference})"

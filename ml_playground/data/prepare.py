@@ -4,17 +4,28 @@ The corpus is read in blocks and cut only where BPE pre-tokenization splits anyw
 "\\n" between two printable ASCII characters), so encoding piece by piece gives exactly the ids of
 encoding the whole split at once. The first (1 - val_fraction) of the bytes is the train split,
 the rest the val split (cut at a character boundary), each encoded separately as nanoGPT does.
-Outputs are written atomically; a stamp with the input's sha256 and the settings lets a re-run
-with the same input and settings skip all work.
+
+meta.json is the one commit point: both token files are written to temp files first; only when
+both are complete does meta.json go (with the stamp), then the token files replace the old ones,
+and meta.json comes back last, naming the token counts and sha256 of the new files. A preparation
+killed or failing at any moment leaves the old dataset intact, the new one complete, or token
+files without meta.json, which training refuses ("run `make prepare`"). A dataset folder sits
+inside the user's corpus folder (input.txt, the download cache), so it cannot be swapped whole.
+
+One preparation per dataset folder at a time (`.prepare.lock`, a kernel lock that dies with its
+process); a stamp with the input's sha256 and the settings lets a re-run with the same input and
+settings skip all work once the files pass the same checks training makes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -22,10 +33,12 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ml_playground.atomic import atomic_binary_writer, write_text_atomic
+from ml_playground.atomic import atomic_binary_writer, fsync_dir, write_text_atomic
 from ml_playground.config import PrepareConfig
+from ml_playground.data.checks import Scan, check_token_file, record_scan
 from ml_playground.data.meta import META_FILENAME, DatasetMeta, dtype_for_vocab, read_meta, write_meta
 from ml_playground.data.sources import file_sha256, resolve_input
+from ml_playground.dir_lock import exclusive_lock
 from ml_playground.errors import DataError
 from ml_playground.progress import progress_bar
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
@@ -34,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = 1
 STAMP_FILENAME = ".prepare-stamp.json"
+LOCK_FILENAME = ".prepare.lock"
 TRAIN_FILENAME = "train.bin"
 VAL_FILENAME = "val.bin"
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -162,13 +176,17 @@ def _write_split(
     tokenizer: Encoder,
     dtype: np.dtype[Any],
     on_bytes: Callable[[int], object],
-) -> int:
-    """Encode `pieces` and append the ids to `out`; returns the token count."""
-    count = 0
+) -> tuple[int, Scan]:
+    """Encode `pieces` and append the ids to `out`; returns the token count and what a scan of the
+    written bytes would find (their sha256 and largest id)."""
+    count, largest, digest = 0, -1, hashlib.sha256()
     for ids in _encode_pieces(pieces, tokenizer, on_bytes):
-        out.write(ids.astype(dtype, copy=False).tobytes())
+        data = ids.astype(dtype, copy=False).tobytes()
+        out.write(data)
+        digest.update(data)
         count += int(ids.size)
-    return count
+        largest = max(largest, int(ids.max())) if ids.size else largest
+    return count, Scan(max_id=largest, sha256=digest.hexdigest())
 
 
 def _stamp(input_sha256: str, tokenizer: str, encoding: str | None, val_fraction: float) -> dict[str, Any]:
@@ -182,39 +200,95 @@ def _stamp(input_sha256: str, tokenizer: str, encoding: str | None, val_fraction
 
 
 def _up_to_date(dataset_dir: Path, stamp: dict[str, Any]) -> DatasetMeta | None:
-    """The existing metadata when stamp, meta and token files all agree with `stamp`; else None."""
+    """The existing metadata when the stamp agrees with `stamp` and the files pass training's
+    checks; else None."""
     stamp_path = dataset_dir / STAMP_FILENAME
+    meta_path = dataset_dir / META_FILENAME
     try:
         if json.loads(stamp_path.read_text(encoding="utf-8")) != stamp:
             return None
-        meta = read_meta(dataset_dir / META_FILENAME)
-    except (OSError, ValueError, DataError):
+        meta = read_meta(meta_path)
+        check_token_file(dataset_dir / TRAIN_FILENAME, "train", meta, meta_path=meta_path, block_size=1)
+        check_token_file(dataset_dir / VAL_FILENAME, "val", meta, meta_path=meta_path, block_size=1)
+    except (OSError, ValueError):
         return None
-    width = meta.numpy_dtype.itemsize
-    for name, tokens in ((TRAIN_FILENAME, meta.train_tokens), (VAL_FILENAME, meta.val_tokens)):
-        bin_path = dataset_dir / name
-        if not bin_path.is_file() or bin_path.stat().st_size != tokens * width:
-            return None
+    except DataError as exc:
+        log.info("%s; preparing again", exc)
+        return None
     return meta
 
 
-def _remove_stale_temp_files(dataset_dir: Path) -> None:
-    """Temp files a killed run left behind (atomic writers clean up only on exceptions)."""
+def _remove_stale_files(dataset_dir: Path) -> None:
+    """Temp files a killed run left behind (atomic writers clean up only on exceptions); safe under
+    the dataset's lock, which no other preparation holds."""
     for name in (TRAIN_FILENAME, VAL_FILENAME, META_FILENAME, STAMP_FILENAME):
         for stale in dataset_dir.glob(f".{name}.*.tmp"):
             stale.unlink(missing_ok=True)
+        dataset_dir.joinpath(f".{name}.maxid.json").unlink(missing_ok=True)  # the cache's former name
 
 
-def prepare_corpus(
+@contextlib.contextmanager
+def _preparing(dataset_dir: Path) -> Generator[None]:
+    """Hold the dataset folder's lock (created when missing), or fail at once naming the holder;
+    an OS error inside (full disk, unreadable corpus, unwritable folder) becomes one line."""
+
+    def busy(holder: str) -> DataError:
+        return DataError(
+            f"{dataset_dir} is being prepared by {holder}; wait for it to end "
+            "(a second `make prepare` then finds it up to date)"
+        )
+
+    try:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(dataset_dir / LOCK_FILENAME, busy):
+            yield
+    except OSError as exc:
+        raise _os_failure(exc, dataset_dir) from None
+
+
+def _os_failure(exc: OSError, dataset_dir: Path) -> DataError:
+    """One line for an OS error while preparing, naming the file it concerns (the corpus, a folder),
+    or the dataset folder for its own hidden files (temp files, the lock) and for writes."""
+    where = Path(exc.filename) if isinstance(exc.filename, str | Path) else dataset_dir
+    if where.parent == dataset_dir and where.name.startswith("."):
+        where = dataset_dir
+    return DataError(
+        f"{where}: {exc.strerror or exc} while preparing {dataset_dir}: fix this and run `make prepare` again"
+    )
+
+
+def _retract(dataset_dir: Path) -> None:
+    """Withdraw the commit record (meta.json) and the stamp before any token file is replaced."""
+    (dataset_dir / STAMP_FILENAME).unlink(missing_ok=True)
+    (dataset_dir / META_FILENAME).unlink(missing_ok=True)
+    fsync_dir(dataset_dir)
+
+
+def _commit(dataset_dir: Path, meta: DatasetMeta, stamp: dict[str, Any], scans: dict[str, Scan]) -> None:
+    """meta.json names the installed token files; the stamp follows."""
+    for name, scan in scans.items():
+        record_scan(dataset_dir / name, meta.numpy_dtype, scan)
+    write_meta(dataset_dir / META_FILENAME, meta)
+    write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
+
+
+def _encoder(
+    tokenizer: Literal["char", "tiktoken"], encoding: str, input_path: Path, size: int, chunk_bytes: int
+) -> Encoder:
+    if tokenizer == "char":
+        return CharTokenizer(char_vocabulary(input_path, size, chunk_bytes))
+    return TiktokenTokenizer(encoding)
+
+
+def _prepare_locked(
     input_path: Path,
     dataset_dir: Path,
     *,
     tokenizer: Literal["char", "tiktoken"],
     encoding: str,
     val_fraction: float,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int,
 ) -> DatasetMeta:
-    """Tokenize `input_path` into dataset_dir/{train.bin,val.bin,meta.json}; skip if up to date."""
     try:
         size = input_path.stat().st_size
     except FileNotFoundError:
@@ -223,19 +297,13 @@ def prepare_corpus(
         raise DataError(f"{input_path}: corpus is empty")
     input_sha256 = file_sha256(input_path)
     stamp = _stamp(input_sha256, tokenizer, encoding if tokenizer == "tiktoken" else None, val_fraction)
+    _remove_stale_files(dataset_dir)
     existing = _up_to_date(dataset_dir, stamp)
     if existing is not None:
         log.info("%s is up to date for %s; skipping", dataset_dir, input_path)
         return existing
 
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    (dataset_dir / STAMP_FILENAME).unlink(missing_ok=True)
-    _remove_stale_temp_files(dataset_dir)
-    encoder: Encoder = (
-        CharTokenizer(char_vocabulary(input_path, size, chunk_bytes))
-        if tokenizer == "char"
-        else TiktokenTokenizer(encoding)
-    )
+    encoder = _encoder(tokenizer, encoding, input_path, size, chunk_bytes)
     dtype = dtype_for_vocab(encoder.vocab_size)
     np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
     split = split_offset(input_path, size, val_fraction)
@@ -245,15 +313,16 @@ def prepare_corpus(
         atomic_binary_writer(dataset_dir / VAL_FILENAME) as val_out,
     ):
         train_pieces = iter_text(input_path, 0, split, chunk_bytes)
-        train_tokens = _write_split(train_out, train_pieces, encoder, np_dtype, bar.update)
+        train_tokens, train_scan = _write_split(train_out, train_pieces, encoder, np_dtype, bar.update)
         val_pieces = iter_text(input_path, split, size, chunk_bytes)
-        val_tokens = _write_split(val_out, val_pieces, encoder, np_dtype, bar.update)
+        val_tokens, val_scan = _write_split(val_out, val_pieces, encoder, np_dtype, bar.update)
         for name, count in (("train", train_tokens), ("val", val_tokens)):
             if count < _MIN_SPLIT_TOKENS:
                 raise DataError(
                     f"{input_path}: corpus too small: the {name} split has {count} token(s), "
                     f"need at least one training block (block_size + 1 tokens)"
                 )
+        _retract(dataset_dir)  # leaving this block replaces val.bin, then train.bin
     meta = DatasetMeta(
         kind="char" if isinstance(encoder, CharTokenizer) else "tiktoken",
         vocab_size=encoder.vocab_size,
@@ -263,9 +332,10 @@ def prepare_corpus(
         train_tokens=train_tokens,
         val_tokens=val_tokens,
         source_sha256=input_sha256,
+        train_sha256=train_scan.sha256,
+        val_sha256=val_scan.sha256,
     )
-    write_meta(dataset_dir / META_FILENAME, meta)
-    write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
+    _commit(dataset_dir, meta, stamp, {TRAIN_FILENAME: train_scan, VAL_FILENAME: val_scan})
     log.info(
         "prepared %s: %d train + %d val tokens (%s, vocab %d, %s)",
         dataset_dir,
@@ -278,28 +348,52 @@ def prepare_corpus(
     return meta
 
 
-def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorpus | None = None) -> DatasetMeta:
-    """The preparer every experiment shares: resolve [prepare].source, then `prepare_corpus`."""
-    if cfg.source == "bundled":
-        if bundled is None:
-            raise DataError(
-                f"prepare.source: experiment {experiment!r} has no bundled corpus; "
-                "set it to a UTF-8 text file path or an http(s):// URL"
-            )
-        input_path = cfg.dataset_dir / f"{experiment}_bundled.txt"
-        bundled(input_path)
-    else:
-        input_path = resolve_input(
-            cfg.source,
-            cache=cfg.dataset_dir / "input.txt",
-            timeout_s=cfg.download_timeout_s,
-            sha256=cfg.source_sha256,
-            fallback=cfg.fallback_source,
+def prepare_corpus(
+    input_path: Path,
+    dataset_dir: Path,
+    *,
+    tokenizer: Literal["char", "tiktoken"],
+    encoding: str,
+    val_fraction: float,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> DatasetMeta:
+    """Tokenize `input_path` into dataset_dir/{train.bin,val.bin,meta.json}; skip if up to date."""
+    with _preparing(dataset_dir):
+        return _prepare_locked(
+            input_path,
+            dataset_dir,
+            tokenizer=tokenizer,
+            encoding=encoding,
+            val_fraction=val_fraction,
+            chunk_bytes=chunk_bytes,
         )
-    return prepare_corpus(
-        input_path,
-        cfg.dataset_dir,
-        tokenizer=cfg.tokenizer,
-        encoding=cfg.encoding,
-        val_fraction=cfg.val_fraction,
-    )
+
+
+def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorpus | None = None) -> DatasetMeta:
+    """The preparer every experiment shares: resolve [prepare].source, then tokenize it (as
+    `prepare_corpus`), all under the dataset folder's lock."""
+    with _preparing(cfg.dataset_dir):
+        if cfg.source == "bundled":
+            if bundled is None:
+                raise DataError(
+                    f"prepare.source: experiment {experiment!r} has no bundled corpus; "
+                    "set it to a UTF-8 text file path or an http(s):// URL"
+                )
+            input_path = cfg.dataset_dir / f"{experiment}_bundled.txt"
+            bundled(input_path)
+        else:
+            input_path = resolve_input(
+                cfg.source,
+                cache=cfg.dataset_dir / "input.txt",
+                timeout_s=cfg.download_timeout_s,
+                sha256=cfg.source_sha256,
+                fallback=cfg.fallback_source,
+            )
+        return _prepare_locked(
+            input_path,
+            cfg.dataset_dir,
+            tokenizer=cfg.tokenizer,
+            encoding=cfg.encoding,
+            val_fraction=cfg.val_fraction,
+            chunk_bytes=DEFAULT_CHUNK_BYTES,
+        )

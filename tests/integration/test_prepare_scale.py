@@ -49,6 +49,8 @@ def test_large_corpus_prepares_with_bounded_memory(tmp_path: Path) -> None:
     # streaming stays near the interpreter's baseline (~100 MB) whatever the corpus size.
     assert report["peak_rss_mb"] < 300, report
     meta = read_meta(tmp_path / "ds" / "meta.json")
+    assert meta.train_tokens is not None
+    assert meta.val_tokens is not None
     assert report["tokens"] == meta.train_tokens + meta.val_tokens == len(corpus.read_text(encoding="utf-8"))
     assert size > 60 * 1024 * 1024
     train = np.memmap(tmp_path / "ds" / "train.bin", dtype=meta.numpy_dtype, mode="r")

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
 
 import pytest
 
-from ml_playground.data.meta import DatasetMeta, dtype_for_vocab, read_meta, write_meta
+from ml_playground.data.meta import DatasetMeta, dtype_for_vocab, identity_difference, read_meta, write_meta
 from ml_playground.errors import DataError
 
 
@@ -88,3 +89,37 @@ def test_malicious_pickle_is_refused_not_run(tmp_path: Path, capsys: pytest.Capt
     path.write_bytes(b"\x80\x04garbage")
     with pytest.raises(DataError, match=str(path)):
         read_meta(path)
+
+
+def test_version_1_metadata_without_token_hashes_or_counts_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps({"version": 1, "kind": "char", "vocab_size": 2, "dtype": "uint16", "itos": ["a", "b"]}))
+    meta = read_meta(path)
+    assert (meta.train_tokens, meta.val_tokens, meta.train_sha256, meta.val_sha256) == (None, None, None, None)
+    v1 = DatasetMeta.from_dict(_char_meta().to_dict() | {"version": 1, "train_sha256": None})
+    assert v1 == dataclasses.replace(_char_meta(), version=1)
+
+
+def test_identity_difference_names_what_differs_in_one_line() -> None:
+    meta = dataclasses.replace(_char_meta(), train_sha256="a" * 64, val_sha256="b" * 64)
+    same = identity_difference(meta, dataclasses.replace(meta), a_name="ckpt_last.pt", b_name="meta.json")
+    assert same == ""
+    remapped = dataclasses.replace(meta, itos=["\n", "ä", "a"])
+    line = identity_difference(meta, remapped, a_name="ckpt_last.pt", b_name="ds/meta.json")
+    assert line == "ckpt_last.pt and ds/meta.json describe different datasets (token 1 is 'a' vs 'ä')"
+    smaller = dataclasses.replace(meta, vocab_size=2, itos=["\n", "a"])
+    assert "vocab_size 3 vs 2" in identity_difference(meta, smaller, a_name="x", b_name="y")
+    bpe = DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2")
+    assert "tokenizer char vs gpt2" in identity_difference(meta, bpe, a_name="x", b_name="y")
+    cl100k = dataclasses.replace(bpe, vocab_size=100277, dtype="uint32", encoding="cl100k_base")
+    assert "tokenizer gpt2 vs cl100k_base" in identity_difference(bpe, cl100k, a_name="x", b_name="y")
+
+    reprepared = dataclasses.replace(meta, train_sha256="c" * 64)
+    line = identity_difference(meta, reprepared, a_name="x", b_name="y")
+    assert line == f"x and y describe different datasets (train_sha256 {'a' * 12} vs {'c' * 12})"
+    grown = dataclasses.replace(meta, val_tokens=11)
+    assert "val_tokens 10 vs 11" in identity_difference(meta, grown, a_name="x", b_name="y")
+    assert identity_difference(meta, reprepared, a_name="x", b_name="y", tokenizer_only=True) == ""
+    # What only one side records (metadata from before token hashes) is not a difference.
+    older = dataclasses.replace(meta, train_sha256=None, val_sha256=None, train_tokens=None)
+    assert identity_difference(meta, older, a_name="x", b_name="y") == ""
