@@ -6,7 +6,8 @@ With ML_PLAYGROUND_TEST_SIGNAL_AFTER="<module>:<function>:<n>:<signal>" (e.g.
 up as a module attribute, so the product's own calls go through the wrapper) and, after its n-th
 call returns, sends itself the signal: SIGKILL to die at exactly that point of a preparation,
 SIGSTOP to stay there (holding what it holds) until the test sends SIGCONT. A deterministic
-stand-in for `kill` from outside, which races the process. The product's functions run unchanged.
+stand-in for `kill` from outside, which races the process. The product's functions run unchanged;
+without the variable this is just the CLI.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,18 +36,6 @@ def spec(point: str, signame: str) -> dict[str, str]:
     return {VARIABLE: f"{point}:{signame}"}
 
 
-def run(cli_args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess (under this switch when `env` arms it)."""
-    return subprocess.run(
-        command(*cli_args) if env and VARIABLE in env else [sys.executable, "-m", "ml_playground.cli", *cli_args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang, not a speed check
-        env={**os.environ, **(env or {})},
-    )
-
-
 def arm(value: str) -> None:
     module_name, function_name, count, signame = value.split(":")
     module = importlib.import_module(module_name)
@@ -65,5 +53,6 @@ def arm(value: str) -> None:
 
 
 if __name__ == "__main__":
-    arm(os.environ[VARIABLE])
+    if VARIABLE in os.environ:  # unarmed: just the CLI
+        arm(os.environ[VARIABLE])
     sys.exit(cli.main(sys.argv[1:]))
