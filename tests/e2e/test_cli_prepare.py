@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ml_playground.data.prepare import STAMP_FILENAME
 from ml_playground.data.sources import file_sha256
+from tests.support.one_line import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,24 +32,16 @@ def _config(tmp_path: Path, source: Path) -> Path:
     return path
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 def test_prepare_cli_errors_and_success(tmp_path: Path) -> None:
     corpus = tmp_path / "input.txt"
     config = _config(tmp_path, corpus)
 
-    line = _one_line_error(prepare(config), 4)
+    line = one_line_error(prepare(config), 4)
     assert f"{corpus}: corpus not found" in line
 
     good = "Grüß Gott.\nDas Parlament tagt.\n".encode() * 30
     corpus.write_bytes(good + b"\xe4 kaputt\n")
-    line = _one_line_error(prepare(config), 4)
+    line = one_line_error(prepare(config), 4)
     assert f"{corpus}: invalid UTF-8 at byte {len(good)}" in line
 
     corpus.write_bytes(good)
@@ -71,7 +64,7 @@ def test_bundestag_tiktoken_reads_the_bundestag_char_corpus_unless_it_has_its_ow
         encoding="utf-8",
     )
 
-    line = _one_line_error(prepare(config, "bundestag_tiktoken"), 4)
+    line = one_line_error(prepare(config, "bundestag_tiktoken"), 4)
     assert str(own) in line
     assert str(shared) in line
 

@@ -22,6 +22,7 @@ from ml_playground.data.meta import DatasetMeta, read_meta
 from ml_playground.data.prepare import prepare_corpus
 from ml_playground.errors import DataError
 from tests.support import signal_after
+from tests.support.one_line import one_line_error
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config
 
 pytestmark = pytest.mark.slow
@@ -65,14 +66,6 @@ def _accepted(ds: Path) -> DatasetMeta | None:
     except DataError:
         return None
     return meta
-
-
-def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -143,7 +136,7 @@ def test_a_second_preparation_of_the_folder_exits_naming_the_first_and_leaves_it
         assert os.WIFSTOPPED(status)
         staged = sorted(ds.glob(".*.tmp"))
         assert staged
-        line = _one_line(_prepare(config), 4)
+        line = one_line_error(_prepare(config), 4)
         assert f"{ds} is being prepared by pid {first.pid}; wait for it to end" in line
         assert sorted(ds.glob(".*.tmp")) == staged  # the second removed nothing of the first's
     finally:
@@ -178,7 +171,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_dataset(tmp_path: Path) -> No
         assert _prepare(config, preexec=preexec).returncode == 0
         old = _files(ds)
         corpus.write_text(TEXT * 40, encoding="utf-8")  # token files of over 64 KiB each
-        line = _one_line(_prepare(config, preexec=preexec), 4)
+        line = one_line_error(_prepare(config, preexec=preexec), 4)
         assert line.startswith(f"error: {ds}: ")
         assert "No space left on device" in line or "File too large" in line
         assert "run `make prepare` again" in line
@@ -207,14 +200,14 @@ def test_an_unwritable_dataset_folder_is_one_line_and_keeps_the_old_dataset(
 ) -> None:
     config, ds, old, _new = setup
     with _read_only(ds):
-        line = _one_line(_prepare(config), 4)
+        line = one_line_error(_prepare(config), 4)
         assert line.startswith(f"error: {ds}: ")
         assert "Read-only file system" in line or "Permission denied" in line
         assert _files(ds) == old
     unborn = tmp_path / "locked" / "ds"
     unborn.parent.mkdir()
     with _read_only(unborn.parent):
-        line = _one_line(_prepare(_config(tmp_path, tmp_path / "input.txt", unborn)), 4)
+        line = one_line_error(_prepare(_config(tmp_path, tmp_path / "input.txt", unborn)), 4)
         assert line.startswith(f"error: {unborn}: ")
 
 
@@ -236,13 +229,13 @@ def _bound_by_permissions() -> Preexec:
 _PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2  # <linux/prctl.h>, <linux/capability.h>
 
 
-def test_unreadable_corpus_meta_json_and_token_files_are_one_line(tmp_path: Path) -> None:
+def test_unreadable_corpus_meta_json_and_token_files_areone_line_error(tmp_path: Path) -> None:
     corpus, ds = tmp_path / "input.txt", tmp_path / "ds"
     corpus.write_text(OLD, encoding="utf-8")
     config = _config(tmp_path, corpus, ds)
     assert _prepare(config).returncode == 0
     corpus.chmod(0o000)
-    line = _one_line(_prepare(config, preexec=_bound_by_permissions()), 4)
+    line = one_line_error(_prepare(config, preexec=_bound_by_permissions()), 4)
     assert line.startswith(f"error: {corpus}: Permission denied")
 
     check = (
