@@ -412,18 +412,38 @@ def clip_gradients(loop: LoopContext) -> Tensor | None:
     return norm
 
 
+# An evaluation forward takes several eval batches at once while it stays within these bounds (a
+# few large forwards are much faster than many small ones, above all on a CPU).
+EVAL_TOKENS_PER_FORWARD = 16384
+EVAL_LOGITS_BYTES_PER_FORWARD = 64 * 2**20
+
+
+def eval_batches_per_forward(loop: LoopContext) -> int:
+    """How many eval batches one forward takes: 1 under torch.compile (the training shape, so no
+    graph is compiled for another), else as many as the token and logits bounds allow."""
+    if loop.cfg.runtime.compile:
+        return 1
+    tokens = loop.batches.shape.batch_size * loop.batches.shape.block_size
+    logits_bytes = tokens * loop.model.config.vocab_size * 4
+    return max(1, min(EVAL_TOKENS_PER_FORWARD // tokens, EVAL_LOGITS_BYTES_PER_FORWARD // logits_bytes))
+
+
 @torch.no_grad()
 def evaluate(loop: LoopContext) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks."""
+    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks.
+    Batches of equal size: the mean of per-forward means weighted by their batch counts."""
     loop.model.train(False)
+    per_forward = eval_batches_per_forward(loop)
     losses: dict[str, float] = {}
     for split in ("train", "val"):
-        values: list[float] = []
-        for x, y in loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters):
+        batches = list(loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters))
+        total = torch.zeros((), dtype=torch.float64, device=loop.runtime.device)
+        for first in range(0, len(batches), per_forward):
+            part = batches[first : first + per_forward]
+            x, y = torch.cat([x for x, _ in part]), torch.cat([y for _, y in part])  # (k*B, T)
             with loop.runtime.autocast():
-                values.append(loop.parallel.loss(x, y).item())
-        mean = torch.tensor(sum(values) / len(values), dtype=torch.float64, device=loop.runtime.device)
-        losses[split] = all_reduce_mean(loop.dist, mean).item()
+                total += loop.parallel.loss(x, y).double() * len(part)
+        losses[split] = all_reduce_mean(loop.dist, total / len(batches)).item()
     loop.model.train(True)
     return losses
 

@@ -14,9 +14,10 @@ from ml_playground.config import GPTConfig
 from ml_playground.data.batches import BatchSource
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
+from ml_playground.train import loop as loop_module
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo
-from ml_playground.train.loop import LoopContext, TrainState, build_loop, maybe_save, train_step
+from ml_playground.train.loop import LoopContext, TrainState, build_loop, evaluate, maybe_save, train_step
 from ml_playground.train.parallel import Parallel
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
 from tests.support.torchrun import write_toml
@@ -132,3 +133,30 @@ def test_the_cli_reaches_the_models_forward_in_five_frames_of_the_package(
     # GPT.forward (replaced here by `recording`, a frame of this test) is called by the last: the
     # command, the loop, the step, the loss and the model are the five frames from `train` to it.
     assert stacks[0] == ["cli.main", "cli.cmd_train", "loop.train", "loop.train_step", "parallel.loss"]
+
+
+@pytest.mark.parametrize("bound", [1, 3, 10**9])
+def test_evaluation_takes_several_batches_per_forward_with_the_same_mean(
+    table: dict[str, Any], monkeypatch: pytest.MonkeyPatch, bound: int
+) -> None:
+    """The loss is the mean over the eval batches whatever their grouping into forwards; the
+    token bound decides how many share one forward."""
+    table["runtime"]["eval_iters"] = 7
+    loop = _loop_for(table, always=False)
+    model = loop.model.train(False)
+    with torch.no_grad():
+        expected = {
+            split: sum(float(model(x, y).loss or 0) for x, y in loop.batches.eval_batches(split, 7)) / 7
+            for split in ("train", "val")
+        }
+    batch = loop.batches.shape.batch_size
+    tokens = batch * loop.batches.shape.block_size
+    monkeypatch.setattr(loop_module, "EVAL_TOKENS_PER_FORWARD", tokens * bound)
+    shapes: list[int] = []
+    model.register_forward_hook(lambda _m, args, _out: shapes.append(args[0].size(0)))
+    losses = evaluate(loop)
+    assert losses == pytest.approx(expected, rel=1e-6)
+    per_forward = min(bound, 7)
+    sizes = [per_forward] * (7 // per_forward) + ([7 % per_forward] if 7 % per_forward else [])
+    assert shapes == [n * batch for n in sizes] * 2  # train, then val
+    assert model.training  # evaluation leaves the model training again
