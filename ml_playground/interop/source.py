@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ml_playground.config import GPTConfig, ModelConfig, SampleConfig, TrainConfig, project_path
-from ml_playground.data.meta import DatasetMeta
+from ml_playground.data.meta import DatasetMeta, identity_difference
 from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError, summary
 from ml_playground.interop.arch import option_value, toml_text
 from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
@@ -145,13 +145,6 @@ def describe(meta: DatasetMeta) -> str:
     return f"tiktoken {meta.encoding}"
 
 
-def same_tokenizer(a: DatasetMeta, b: DatasetMeta) -> bool:
-    """Whether two metadata decode every id alike."""
-    if a.kind != b.kind:
-        return False
-    return a.itos == b.itos if a.kind == "char" else a.encoding == b.encoding
-
-
 def contradictions(model: ModelConfig, arch: GPTConfig) -> list[str]:
     """`train.model.<key> = ours (source: theirs)` for each key set in [train.model] that the source's
     architecture does not have."""
@@ -178,7 +171,9 @@ def finetune_architecture(cfg: TrainConfig, meta: DatasetMeta, source: Source) -
     found = contradictions(cfg.model, source.config)
     if found:
         raise ConfigError(f"train.model: keys contradict init_from {name!r}: {'; '.join(found)}")
-    if source.meta is None or not same_tokenizer(source.meta, meta):
+    if source.meta is None or identity_difference(
+        source.meta, meta, a_name=f"init_from {name!r}", b_name=str(cfg.data.meta_path), tokenizer_only=True
+    ):
         raise DataError(
             f"train.model.init_from {name!r} uses {source.describe_tokenizer()}, but the dataset "
             f"{cfg.data.meta_path} is {describe(meta)}; prepare the dataset with the source's tokenizer"

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSource
 from ml_playground.data.checks import check_dataset
-from ml_playground.data.meta import read_meta
-from ml_playground.errors import CheckpointError, TrainingStoppedError
+from ml_playground.data.meta import DatasetMeta, identity_difference, read_meta
+from ml_playground.errors import CheckpointError, DataError, TrainingStoppedError
 from ml_playground.model import GPT
 from ml_playground.runtime import (
     Runtime,
@@ -129,6 +129,8 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
         meta = read_meta(cfg.data.meta_path)
         check_dataset(cfg.data, meta)
         checkpoint = load_resume_checkpoint(cfg.runtime.out_dir)
+        if checkpoint is not None:
+            check_same_dataset(checkpoint, meta, cfg)
         if dist.is_main and not cfg.runtime.eval_only:
             tidy_out_dir(cfg.runtime.out_dir, checkpoint)
         # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
@@ -274,6 +276,21 @@ def tidy_out_dir(out_dir: Path, checkpoint: Checkpoint | None) -> None:
             BEST_NAME,
             LAST_NAME,
             checkpoint.best_val_loss,
+        )
+
+
+def check_same_dataset(checkpoint: Checkpoint, meta: DatasetMeta, cfg: TrainConfig) -> None:
+    """A resume continues on the data it was trained on: the same tokenizer, token counts and
+    hashes (where both record them); another dataset in dataset_dir would be trained on silently
+    remapped ids."""
+    if checkpoint.dataset_meta is None:
+        return
+    where = cfg.runtime.out_dir / LAST_NAME
+    saved = DatasetMeta.from_dict(checkpoint.dataset_meta, where=f"{where}: dataset_meta")
+    difference = identity_difference(saved, meta, a_name=str(where), b_name=str(cfg.data.meta_path))
+    if difference:
+        raise DataError(
+            f"{difference}; resume on the dataset it was trained on, or start fresh in another train.runtime.out_dir"
         )
 
 

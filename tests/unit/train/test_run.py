@@ -263,3 +263,26 @@ def test_flops_per_token_count_the_padded_head_rows() -> None:
     padded = base.replace(vocab_size=64, real_vocab_size=40)
     unpadded_flops = flops_per_token(GPT(base), 16)
     assert flops_per_token(GPT(padded), 16) == unpadded_flops + 6 * 16 * (64 - 40)
+
+
+@pytest.mark.parametrize(
+    ("corpus", "difference"),
+    [
+        (TEXT[: len(TEXT) // 2], "train_tokens 1260 vs 630"),  # the same characters, other data
+        (TEXT.swapcase(), "token"),  # another character table of the same size
+    ],
+)
+def test_a_resume_on_another_dataset_is_refused(
+    table: dict[str, Any], tmp_path: Path, corpus: str, difference: str
+) -> None:
+    """dataset_dir prepared again from another corpus: the resume would train on remapped ids."""
+    train(train_config(table))
+    write_char_dataset(tmp_path / "ds", corpus)
+    table["runtime"]["max_iters"] = 8
+    with pytest.raises(DataError) as error:
+        train(train_config(table))
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'out' / 'ckpt_last.pt'} and {tmp_path / 'ds' / 'meta.json'} describe ")
+    assert difference in message
+    assert "\n" not in message
+    assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == 6  # nothing was written
