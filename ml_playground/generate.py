@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ml_playground.model import GPT, KVCache
+from ml_playground.runtime import memory_for
 
 # Called after each step with the new token ids, shape (B,).
 TokenCallback = Callable[[Tensor], None]
@@ -135,7 +136,11 @@ def generate(
     cache: KVCache | None = None
     if use_cache:
         dtype = cache_dtype if cache_dtype is not None else model.wte.weight.dtype
-        cache = KVCache(batch, model.config, prompt.device, dtype)
+        config = model.config
+        heads = f"{config.n_layer} layers x 2 x {config.n_kv_head} heads"
+        shape = f"{batch} x {heads} x {config.block_size} x {config.head_size}, {dtype}"
+        with memory_for(f"the KV cache ({shape})", prompt.device):
+            cache = KVCache(batch, config, prompt.device, dtype)
     start = -1  # no context yet: the first step fills it
     with torch.inference_mode(), autocast():
         for _ in range(max_new_tokens):

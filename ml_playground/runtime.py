@@ -6,6 +6,8 @@ import contextlib
 import ctypes
 import platform
 import random
+import re
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from ml_playground.config import Device, DType
-from ml_playground.errors import DeviceError
+from ml_playground.errors import DeviceError, summary
 
 TORCH_DTYPES: dict[DType, torch.dtype] = {
     "float32": torch.float32,
@@ -188,3 +190,18 @@ def keep_freed_memory_for_reuse() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+
+
+@contextlib.contextmanager
+def memory_for(what: str, device: torch.device) -> Generator[None]:
+    """An allocation inside the block that does not fit becomes one DeviceError line naming `what`
+    and the size asked for (torch raises OutOfMemoryError on accelerators, RuntimeError on CPUs)."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        text = summary(exc)
+        if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in text:
+            raise
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f"{int(asked.group(1)) / 2**30:.1f} GiB asked for" if asked else text
+        raise DeviceError(f"{what} does not fit in the memory of {device} ({size}); make it smaller") from None

@@ -53,6 +53,7 @@ from ml_playground.model import GPT
 from ml_playground.runtime import (
     Runtime,
     keep_freed_memory_for_reuse,
+    memory_for,
     resolve_runtime,
     rng_state,
     seed_everything,
@@ -136,7 +137,8 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
         # The same initial weights on every rank (FSDP shards them as they are; DDP would broadcast
         # rank 0's anyway), then a different dropout stream per rank.
         seed_everything(cfg.runtime.seed)
-        model = mode.build(Start(cfg=cfg, meta=meta, checkpoint=checkpoint)).to(runtime.device)
+        with memory_for("the model", runtime.device):
+            model = mode.build(Start(cfg=cfg, meta=meta, checkpoint=checkpoint)).to(runtime.device)
         log.info("model: %.2fM parameters (without position embeddings)", model.num_params() / 1e6)
         kind = cfg.runtime.parallel if dist.is_distributed else "none"
         parallel = Parallel(model, kind=kind, compile=cfg.runtime.compile)

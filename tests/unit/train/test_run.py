@@ -286,3 +286,12 @@ def test_a_resume_on_another_dataset_is_refused(
     assert difference in message
     assert "\n" not in message
     assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == 6  # nothing was written
+
+
+def test_a_model_too_large_for_memory_is_one_line_naming_the_size(table: dict[str, Any]) -> None:
+    """1 TiB of embedding rows: the allocation is refused at once (not a traceback), and the line
+    names what did not fit and how much was asked for."""
+    table["model"] = {**table["model"], "vocab_size": 2**34}
+    with pytest.raises(DeviceError) as error:
+        train(train_config(table))
+    assert str(error.value) == "the model does not fit in the memory of cpu (1024.0 GiB asked for); make it smaller"
