@@ -25,7 +25,12 @@ PORT ?=
 NPROC ?= 1
 LOGDIR ?=
 CORPUS ?=
-CFG_ARG := $(if $(CONFIG),--exp-config $(CONFIG),)
+# Values reach the shell as one word each, whatever they hold (spaces, quotes): 'x' with every '
+# inside written as '\''.
+quote = '$(subst ','\'',$(1))'
+CFG_ARG = $(if $(CONFIG),--exp-config $(call quote,$(CONFIG)),)
+PORT_ARG = $(if $(PORT),--port $(call quote,$(PORT)),)
+EXP_ARG = $(call quote,$(EXP))
 PYTEST := $(RUN) pytest
 
 .PHONY: help setup verify format lint pyright mypy quality quality-ext test unit unit-cov \
@@ -105,21 +110,21 @@ test-cuda: $(DEV) ## CUDA tests (tests/cuda; they skip where CUDA is absent)
 	$(PYTEST) -m cuda
 
 define need_exp
-	@if [ -z "$(EXP)" ]; then echo "error: EXP is required, e.g. make $@ EXP=shakespeare; experiments: $$($(RUN) python -c 'from ml_playground import registry; print(", ".join(registry.names()))')" >&2; exit 2; fi
+	@if [ -z $(EXP_ARG) ]; then echo "error: EXP is required, e.g. make $@ EXP=shakespeare; experiments: $$($(RUN) python -c 'from ml_playground import registry; print(", ".join(registry.names()))')" >&2; exit 2; fi
 endef
 
 prepare: $(RUNTIME) ## tokenize a corpus: make prepare EXP=shakespeare
 	$(need_exp)
-	$(CLI) prepare $(EXP) $(CFG_ARG)
+	$(CLI) prepare $(EXP_ARG) $(CFG_ARG)
 
 train: $(RUNTIME) ## train: make train EXP=.. [CONFIG=..] [NPROC=N for DDP]
 	$(need_exp)
-	@if [ "$(NPROC)" = "1" ]; then $(CLI) train $(EXP) $(CFG_ARG); \
-	else $(RUN) torchrun --standalone --nproc_per_node=$(NPROC) -m ml_playground.cli train $(EXP) $(CFG_ARG); fi
+	@if [ $(call quote,$(NPROC)) = "1" ]; then $(CLI) train $(EXP_ARG) $(CFG_ARG); \
+	else $(RUN) torchrun --standalone --nproc_per_node=$(call quote,$(NPROC)) -m ml_playground.cli train $(EXP_ARG) $(CFG_ARG); fi
 
 sample: $(RUNTIME) ## sample from the best checkpoint: make sample EXP=.. [CONFIG=..]
 	$(need_exp)
-	$(CLI) sample $(EXP) $(CFG_ARG)
+	$(CLI) sample $(EXP_ARG) $(CFG_ARG)
 
 # Without EXP: shakespeare_char's own config (character-level Shakespeare with rotary positions,
 # QK-norm and Muon), the shortest way from a fresh clone to text that reads as Shakespeare on a CPU
@@ -127,22 +132,22 @@ sample: $(RUNTIME) ## sample from the best checkpoint: make sample EXP=.. [CONFI
 LOOP_EXP := shakespeare_char
 
 loop: $(RUNTIME) ## prepare, train, sample (default: shakespeare_char, under a minute on a CPU)
-	$(CLI) loop $(or $(EXP),$(LOOP_EXP)) $(CFG_ARG)
+	$(CLI) loop $(call quote,$(or $(EXP),$(LOOP_EXP))) $(CFG_ARG)
 
 export: $(RUNTIME) ## export HF / GGUF / Ollama: make export EXP=.. [CONFIG=..]
 	$(need_exp)
-	$(CLI) export $(EXP) $(CFG_ARG)
+	$(CLI) export $(EXP_ARG) $(CFG_ARG)
 
 tensorboard: $(RUNTIME) ## serve TensorBoard on 127.0.0.1: make tensorboard LOGDIR=out/<run>/logs/tb, or LOGDIR=out for every run under out/ [PORT=6006]
-	@if [ -z "$(LOGDIR)" ]; then echo "error: LOGDIR is required, e.g. make tensorboard LOGDIR=out/shakespeare/logs/tb (one run) or LOGDIR=out (every run under out/)" >&2; exit 2; fi
-	$(CLI) tensorboard --logdir $(LOGDIR) $(if $(PORT),--port $(PORT),)
+	@if [ -z $(call quote,$(LOGDIR)) ]; then echo "error: LOGDIR is required, e.g. make tensorboard LOGDIR=out/shakespeare/logs/tb (one run) or LOGDIR=out (every run under out/)" >&2; exit 2; fi
+	$(CLI) tensorboard --logdir $(call quote,$(LOGDIR)) $(PORT_ARG)
 
 lit: $(RUNTIME) ## explore a trained model in LIT: make lit EXP=.. [CONFIG=..] [PORT=5432]
 	$(need_exp)
-	$(CLI) lit $(EXP) $(CFG_ARG) $(if $(PORT),--port $(PORT),)
+	$(CLI) lit $(EXP_ARG) $(CFG_ARG) $(PORT_ARG)
 
 bench: $(BENCH) ## CPU benchmarks, JSON to out/bench/: make bench [CORPUS=path/to/input.txt]
-	$(RUN) python -m ml_playground.bench $(if $(CORPUS),--corpus $(CORPUS),)
+	$(RUN) python -m ml_playground.bench $(if $(CORPUS),--corpus $(call quote,$(CORPUS)),)
 
 gguf-help: $(RUNTIME) ## run the vendored llama.cpp converter with --help (or say it is missing)
 	$(RUN) python tools/llama_cpp/check_converter.py

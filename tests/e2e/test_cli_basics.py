@@ -62,6 +62,27 @@ def test_make_target_without_exp_names_experiments() -> None:
     assert "experiments:" in result.stderr
 
 
+def test_make_passes_paths_with_spaces_and_quotes_as_one_argument(tmp_path: Path) -> None:
+    """CONFIG (and the corpus and dataset it names) in a folder whose name has spaces and a quote."""
+    folder = tmp_path / "dir with spaces" / "it's here"
+    folder.mkdir(parents=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
+    config = folder / "my config.toml"
+    config.write_text(
+        f"[prepare]\ndataset_dir = {str(folder / 'data set')!r}\nsource = {str(corpus)!r}\n", encoding="utf-8"
+    )
+    result = subprocess.run(
+        ["make", "-s", "prepare", "EXP=shakespeare_char", f"CONFIG={config}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {"meta.json", "train.bin", "val.bin"} <= {p.name for p in (folder / "data set").iterdir()}
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
