@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,23 @@ def project_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-# A path given as a TOML string, resolved by `project_path`.
-ProjectPath = Annotated[Path, Field(strict=False), AfterValidator(project_path)]
+def _not_blank(value: object) -> object:
+    # "" would be PROJECT_ROOT itself: a run's files would land among the project's own.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty path; name a file or folder (a relative path is taken from the project root)")
+    return value
+
+
+def _not_a_file(path: Path) -> Path:
+    if path.is_file():
+        raise ValueError(f"{path} is a file, not a folder; name a folder (or move the file)")
+    return path
+
+
+# A path given as a TOML string, resolved by `project_path`; an empty string is an error.
+ProjectPath = Annotated[Path, Field(strict=False), BeforeValidator(_not_blank), AfterValidator(project_path)]
+# A folder the command reads or writes: a ProjectPath that is not an existing file.
+FolderPath = Annotated[ProjectPath, AfterValidator(_not_a_file)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -43,7 +58,7 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 class PrepareConfig:
     """[prepare]: where the corpus comes from and how it is tokenized."""
 
-    dataset_dir: ProjectPath
+    dataset_dir: FolderPath
     # "bundled" (the experiment's offline corpus), an http(s):// or file:// URL, or a file path.
     source: str = "bundled"
     # A file read when the file `source` names does not exist (a corpus another experiment reads,
@@ -203,7 +218,7 @@ class DataConfig:
     """[train.data]: prepared dataset files and batch shape. `meta_pkl` is the metadata file
     (JSON, or a legacy nanoGPT pickle), named as in nanoGPT."""
 
-    dataset_dir: ProjectPath
+    dataset_dir: FolderPath
     train_bin: str = "train.bin"
     val_bin: str = "val.bin"
     # The dataset's metadata file (vocabulary, tokenizer), whatever its format: our "meta.json" or a
@@ -283,7 +298,7 @@ class ScheduleConfig:
 class TrainRuntimeConfig:
     """[train.runtime]: loop length, evaluation, checkpoints, device."""
 
-    out_dir: ProjectPath
+    out_dir: FolderPath
     max_iters: NonNegativeInt = 5000
     eval_interval: PositiveInt = 250
     eval_iters: PositiveInt = 200
@@ -408,7 +423,7 @@ class SampleRuntimeConfig:
     """[sample.runtime]: where to find the checkpoint and how to run it."""
 
     # Samples are saved under out_dir/samples.
-    out_dir: ProjectPath
+    out_dir: FolderPath
     # The model (nanoGPT's sample.py name): "resume" samples the checkpoint found in out_dir; else a
     # source as [train.model] init_from takes it (a Hugging Face model id, a local Hugging Face
     # directory or a checkpoint file), sampled as it is, with its own tokenizer.
@@ -449,7 +464,7 @@ class OllamaExportConfig:
     """[export.ollama]: GGUF + Modelfile export."""
 
     enabled: bool = False
-    export_dir: ProjectPath
+    export_dir: FolderPath
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     quant: str = "f16"
     template: str | None = None

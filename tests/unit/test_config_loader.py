@@ -180,6 +180,39 @@ def test_paths_resolve_against_the_project_root_with_home_expanded(tmp_path: Pat
     assert project_path(tmp_path) == tmp_path
 
 
+def test_a_byte_order_mark_is_not_part_of_the_toml(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (VALID + TRAIN_TAIL).encode("utf-8"))
+    cfg = load_experiment_config(path)
+    assert cfg.train is not None
+    assert cfg.train.runtime.out_dir == PROJECT_ROOT / "out/run"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('out_dir = "out/run"', 'out_dir = ""', "train.runtime.out_dir"),
+        ('out_dir = "out/run"', 'out_dir = "  "', "train.runtime.out_dir"),
+        ('[prepare]\ndataset_dir = "out/ds"', '[prepare]\ndataset_dir = ""', "prepare.dataset_dir"),
+    ],
+)
+def test_an_empty_path_is_an_error_naming_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
+    """Not the project root, where a run's checkpoints, lock and logs would land among the sources."""
+    message = load_error(tmp_path, (VALID + TRAIN_TAIL).replace(old, new))
+    reason = "empty path; name a file or folder (a relative path is taken from the project root)"
+    assert message == f"{tmp_path / 'cfg.toml'}: {key}: {reason}"
+
+
+def test_a_folder_key_naming_a_file_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    existing = tmp_path / "run.txt"
+    existing.write_text("a file\n", encoding="utf-8")
+    message = load_error(tmp_path, (VALID + TRAIN_TAIL).replace('"out/run"', f'"{existing}"'))
+    assert message == (
+        f"{tmp_path / 'cfg.toml'}: train.runtime.out_dir: {existing} is a file, not a folder; "
+        "name a folder (or move the file)"
+    )
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
