@@ -6,12 +6,16 @@ A crash or kill at any moment leaves either the old file or the new one, never a
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 def _umask() -> int:
@@ -49,11 +53,38 @@ def atomic_output_path(path: Path) -> Generator[Path]:
         raise
 
 
+class _RecordingFile(io.FileIO):
+    """A file that remembers the operating system's refusal of a write (a full disk, a size limit)."""
+
+    failure: OSError | None = None
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+
 @contextlib.contextmanager
 def atomic_binary_writer(path: Path) -> Generator[BinaryIO]:
-    """Yield a binary file that replaces `path` only when the block exits without error."""
-    with atomic_output_path(path) as tmp, tmp.open("wb") as handle:
-        yield handle
+    """Yield a binary file that replaces `path` only when the block exits without error.
+
+    A write the operating system refused is raised as its OSError even when the library writing
+    through the handle reports it as an error of its own (torch.save: a RuntimeError)."""
+    with atomic_output_path(path) as tmp:
+        raw = _RecordingFile(tmp, "wb")
+        handle = io.BufferedWriter(raw)
+        try:
+            yield handle
+            handle.flush()
+        except Exception as exc:
+            if raw.failure is None or raw.failure is exc:
+                raise
+            raise raw.failure from exc
+        finally:
+            with contextlib.suppress(OSError):  # after a failed write the final flush fails again
+                handle.close()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -8,12 +8,26 @@ exception inside such a one-line message.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 def summary(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when the message is empty), for
     errors that quote a library's error in one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an operating-system call failed, for a one-line message: its strerror ("No space left on
+    device", "Permission denied"), or, where a file stands in a folder's place, which file."""
+    if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename is not None:
+        path = Path(os.fsdecode(exc.filename))
+        in_the_way = next((part for part in (path, *path.parents) if part.is_file()), None)
+        if in_the_way is not None:
+            return f"{in_the_way} is a file, not a folder"
+    return exc.strerror or summary(exc)
 
 
 class MLPlaygroundError(Exception):

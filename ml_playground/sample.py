@@ -10,6 +10,7 @@ stdout as they are generated; each finished sample is also saved atomically unde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import SampleConfig, SampleSettings, project_path
-from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError, summary
+from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError, os_reason, summary
 from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT
 from ml_playground.progress import progress_bar
@@ -153,12 +154,16 @@ def save_samples(out_dir: Path, checkpoint: str, cfg: SampleConfig, samples: lis
         "settings": dataclasses.asdict(cfg.sample),
         "samples": samples,
     }
+    files = {folder / f"{name}_{i:02d}.txt": text for i, text in enumerate(samples)}
+    files[folder / f"{name}.json"] = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     try:
-        for i, text in enumerate(samples):
-            write_text_atomic(folder / f"{name}_{i:02d}.txt", text)
-        write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        for path, text in files.items():
+            write_text_atomic(path, text)
     except OSError as exc:
-        raise MLPlaygroundError(f"{folder}: cannot write samples ({exc.strerror or exc})") from None
+        for path in files:  # all of this run's files or none
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise MLPlaygroundError(f"{folder}: cannot write samples ({os_reason(exc)})") from None
     return folder / f"{name}.json"
 
 

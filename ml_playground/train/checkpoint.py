@@ -25,7 +25,7 @@ from ml_playground.atomic import atomic_binary_writer, link_or_copy_atomic
 from ml_playground.config import GPTConfig
 from ml_playground.config_loader import format_validation_error
 from ml_playground.data.meta import DatasetMeta, read_meta
-from ml_playground.errors import CheckpointError
+from ml_playground.errors import CheckpointError, os_reason
 
 SCHEMA_VERSION = 1
 # Legacy nanoGPT checkpoints are migrated to this schema version on load.
@@ -121,12 +121,13 @@ def strip_compile_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Write atomically: a crash at any moment leaves the previous file intact."""
+    """Write atomically: a crash at any moment leaves the previous file intact. A refused write (a
+    full disk, where torch itself reports a RuntimeError) is one line; its temporary file is removed."""
     try:
         with atomic_binary_writer(path) as handle:
             torch.save(checkpoint.to_dict(), handle)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{path}: cannot write checkpoint ({os_reason(exc)})") from None
 
 
 def copy_checkpoint(source: Path, path: Path) -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
 
+from ml_playground.errors import MLPlaygroundError, os_reason
 from ml_playground.model import GPT
 
 log = logging.getLogger(__name__)
@@ -256,12 +259,41 @@ class StepStats:
 
 
 class MetricsSink:
-    """Console lines and TensorBoard scalars (out_dir/logs/tb); the writer flushes at every save."""
+    """Console lines and TensorBoard scalars (out_dir/logs/tb); the writer flushes at every save.
+    A log folder that cannot be written (unwritable, a file, a full disk) is one line naming it."""
 
     def __init__(self, out_dir: Path, *, purge_step: int | None = None):
         self.logdir = out_dir / TB_SUBDIR
-        # purge_step drops events a killed run logged after its last checkpoint.
-        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=purge_step)
+        with self._writing():
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            # The writer writes in a thread of its own, where a failure would also print a traceback:
+            # a folder that cannot take one byte fails here instead, before the writer starts.
+            probe = self.logdir / f".write-probe-{os.getpid()}"
+            try:
+                probe.write_bytes(b"\0")
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+            started = set(threading.enumerate())
+            # purge_step drops events a killed run logged after its last checkpoint.
+            self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=purge_step)
+        self._writer_threads = set(threading.enumerate()) - started
+        self._next_hook = threading.excepthook
+        threading.excepthook = self._quiet_writer_failure
+
+    def _quiet_writer_failure(self, args: threading.ExceptHookArgs) -> None:
+        # A write that fails later (the disk fills during the run) is kept by the writer's thread and
+        # raised again at the sink's next call, as one line (`_writing`): no traceback from the thread.
+        if args.thread in self._writer_threads and issubclass(args.exc_type, OSError):
+            return
+        self._next_hook(args)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Generator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise MLPlaygroundError(f"{self.logdir}: cannot write TensorBoard logs ({os_reason(exc)})") from None
 
     def log_step(self, stats: StepStats) -> None:
         log.info(
@@ -274,23 +306,31 @@ class MetricsSink:
             f"{stats.mfu * 100:.2f}%" if stats.mfu_known else "n/a (the peak probe measured less than this)",
         )
         step = stats.iter_num
-        self.writer.add_scalar("train/loss", stats.loss, step)
-        self.writer.add_scalar("train/lr", stats.lr, step)
-        self.writer.add_scalar("train/tokens_per_sec", stats.tokens_per_sec, step)
-        self.writer.add_scalar("train/step_time_ms", stats.step_seconds * 1000, step)
-        if stats.mfu_known:
-            self.writer.add_scalar("train/mfu", stats.mfu, step)
+        with self._writing():
+            self.writer.add_scalar("train/loss", stats.loss, step)
+            self.writer.add_scalar("train/lr", stats.lr, step)
+            self.writer.add_scalar("train/tokens_per_sec", stats.tokens_per_sec, step)
+            self.writer.add_scalar("train/step_time_ms", stats.step_seconds * 1000, step)
+            if stats.mfu_known:
+                self.writer.add_scalar("train/mfu", stats.mfu, step)
 
     def log_eval(self, iter_num: int, losses: dict[str, float]) -> None:
         log.info("eval at iter %d: train loss %.4f, val loss %.4f", iter_num, losses["train"], losses["val"])
-        self.writer.add_scalar("val/loss", losses["val"], iter_num)
-        self.writer.add_scalar("eval/train_loss", losses["train"], iter_num)
+        with self._writing():
+            self.writer.add_scalar("val/loss", losses["val"], iter_num)
+            self.writer.add_scalar("eval/train_loss", losses["train"], iter_num)
 
     def flush(self) -> None:
-        self.writer.flush()
+        with self._writing():
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            with self._writing():
+                self.writer.close()
+        finally:
+            if threading.excepthook == self._quiet_writer_failure:
+                threading.excepthook = self._next_hook
 
 
 def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
