@@ -3,7 +3,9 @@
 The checkpoint is found in the [sample] (else [train]) out_dir like sampling finds it; a LoRA
 run's merged model is such a checkpoint (out_dir/merged/), so export never sees how it was trained.
 
-Steps, all written atomically under [export.ollama].export_dir:
+Steps, all written first into a hidden folder inside [export.ollama].export_dir and moved into
+place only when every one has succeeded (a full disk or an unwritable folder is one line, and the
+previous export stays as it was):
   hf/          GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM directory (interop.hf), as
                `interop.arch.counterpart` finds for the model's options; a model without one stops
                with one line naming the options, before anything is written
@@ -15,17 +17,21 @@ Steps, all written atomically under [export.ollama].export_dir:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -34,7 +40,7 @@ from torch import Tensor
 from ml_playground.atomic import atomic_output_path, write_text_atomic
 from ml_playground.config import ExperimentConfig, ExportConfig, GPTConfig, OllamaExportConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
-from ml_playground.errors import ConfigError, ExportError, MissingDependencyError
+from ml_playground.errors import ConfigError, ExportError, MissingDependencyError, summary
 from ml_playground.interop import ollama
 from ml_playground.interop.arch import counterpart
 from ml_playground.interop.gguf import FloatType, write_gguf
@@ -112,9 +118,24 @@ def resolve_source(cfg: ExperimentConfig, config_path: Path) -> ExportSource:
 
 
 def check_quant(export: OllamaExportConfig, config_path: Path) -> None:
-    if export.quant not in FLOAT_TYPES and export.quant not in QUANT_FTYPES:
+    """An unknown type, or a quantized one without llama-cpp-python, fails before anything is written."""
+    if export.quant in QUANT_FTYPES:
+        quantizer(export.quant)
+    elif export.quant not in FLOAT_TYPES:
         known = ", ".join([*FLOAT_TYPES, *QUANT_FTYPES])
         raise ConfigError(f"{config_path}: export.ollama.quant: unknown type {export.quant!r}; known: {known}")
+
+
+def quantizer(quant: str) -> ModuleType:
+    """llama-cpp-python, which quantizes GGUF files; absent, the error says how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingDependencyError(
+            f"export.ollama.quant {quant!r} needs llama-cpp-python (dev dependency group): run `make setup`, "
+            'or export "f16" / "f32"'
+        ) from None
+    return llama_cpp
 
 
 def fingerprint(source: ExportSource, export: OllamaExportConfig, sample: SampleSettings | None) -> str:
@@ -157,12 +178,7 @@ def run_converter(convert_bin: Path, hf_dir: Path, out: Path, ftype: FloatType) 
 
 def quantize(src: Path, dst: Path, quant: str) -> None:
     """Quantize a GGUF file with llama.cpp (llama-cpp-python's llama_model_quantize)."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingDependencyError(
-            f"export.ollama.quant {quant!r} needs llama-cpp-python (dev dependency group): run `make setup`"
-        ) from None
+    llama_cpp = quantizer(quant)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
     params.nthread = os.cpu_count() or 1
@@ -192,6 +208,59 @@ def write_model_gguf(export: OllamaExportConfig, model: LoadedModel, hf_dir: Pat
         quantize(intermediate, gguf_path, export.quant)
 
 
+def write_export(
+    export: OllamaExportConfig, model: LoadedModel, sample: SampleSettings | None, digest: str, folder: Path
+) -> None:
+    """Every file of the export, written into `folder`; export.json (the inputs' fingerprint) last."""
+    hf_dir = folder / HF_SUBDIR
+    gguf_path = folder / ollama.GGUF_NAME
+    log.info("export: Hugging Face directory (%s)", counterpart(model.config))
+    export_hf(model.state_dict, model.config, model.meta, hf_dir)
+    log.info("export: GGUF (%s)", export.quant)
+    write_model_gguf(export, model, hf_dir, gguf_path)
+    stop = ENDOFTEXT if model.meta.kind == "tiktoken" else None
+    write_text_atomic(folder / ollama.MODELFILE, ollama.modelfile(export, sample, model.config.block_size, stop))
+    write_text_atomic(folder / ollama.README, ollama.readme(export))
+    outputs = [gguf_path, folder / ollama.MODELFILE, folder / ollama.README]
+    outputs += sorted(path for path in hf_dir.iterdir() if path.is_file() and not path.name.startswith("."))
+    ollama.write_sha256sums(folder, outputs)
+    marker = {"format": EXPORT_FORMAT, "inputs_sha256": digest, "quant": export.quant}
+    write_text_atomic(folder / FINGERPRINT_FILE, json.dumps(marker, indent=2) + "\n")
+
+
+# Moved into export_dir in this order: the fingerprint last, so that an export stopped between two
+# moves is not taken for an up-to-date one.
+PUBLISHED = (ollama.GGUF_NAME, ollama.MODELFILE, ollama.README, HF_SUBDIR, ollama.SHA256SUMS, FINGERPRINT_FILE)
+
+
+def publish(staging: Path, export_dir: Path) -> None:
+    """Move the staged export into export_dir (renames within one file system: nothing is copied).
+    A folder is swapped whole: the previous one moves into `staging`, which the caller deletes."""
+    for name in PUBLISHED:
+        target = export_dir / name
+        if target.is_dir():
+            target.rename(staging / f".previous-{name}")
+        os.replace(staging / name, target)
+
+
+@contextlib.contextmanager
+def staging_folder(export_dir: Path) -> Generator[Path]:
+    """A hidden folder inside export_dir, deleted afterwards; export_dir itself too when the block
+    fails and it was created for this export."""
+    created = not export_dir.exists()
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=export_dir))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                export_dir.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def run_export(export_cfg: ExportConfig, cfg: ExperimentConfig, config_path: Path) -> ExportResult:
     """Export the experiment's model as configured by [export.ollama]; a no-op when up to date."""
     export = export_cfg.ollama
@@ -201,26 +270,26 @@ def run_export(export_cfg: ExportConfig, cfg: ExperimentConfig, config_path: Pat
     sample = cfg.sample.sample if cfg.sample is not None else None
     source = resolve_source(cfg, config_path)
     export_dir = export.export_dir
-    hf_dir = export_dir / HF_SUBDIR
-    gguf_path = export_dir / ollama.GGUF_NAME
+    result = ExportResult(
+        export_dir=export_dir, gguf_path=export_dir / ollama.GGUF_NAME, hf_dir=export_dir / HF_SUBDIR, skipped=False
+    )
     digest = fingerprint(source, export, sample)
     if up_to_date(export_dir, digest):
         log.info("export: %s is up to date (inputs unchanged)", export_dir)
-        return ExportResult(export_dir=export_dir, gguf_path=gguf_path, hf_dir=hf_dir, skipped=True)
+        return dataclasses.replace(result, skipped=True)
 
     model = source.load()
-    arch = counterpart(model.config)  # before anything is written
-    log.info("export: Hugging Face directory (%s) -> %s", arch, hf_dir)
-    export_hf(model.state_dict, model.config, model.meta, hf_dir)
-    log.info("export: GGUF (%s) -> %s", export.quant, gguf_path)
-    write_model_gguf(export, model, hf_dir, gguf_path)
-    stop = ENDOFTEXT if model.meta.kind == "tiktoken" else None
-    write_text_atomic(export_dir / ollama.MODELFILE, ollama.modelfile(export, sample, model.config.block_size, stop))
-    write_text_atomic(export_dir / ollama.README, ollama.readme(export))
-    outputs = [gguf_path, export_dir / ollama.MODELFILE, export_dir / ollama.README]
-    outputs += sorted(path for path in hf_dir.iterdir() if path.is_file() and not path.name.startswith("."))
-    ollama.write_sha256sums(export_dir, outputs)
-    marker = {"format": EXPORT_FORMAT, "inputs_sha256": digest, "quant": export.quant}
-    write_text_atomic(export_dir / FINGERPRINT_FILE, json.dumps(marker, indent=2) + "\n")
-    log.info("export: done; `ollama create %s -f %s`", export.model_name, export_dir / ollama.MODELFILE)
-    return ExportResult(export_dir=export_dir, gguf_path=gguf_path, hf_dir=hf_dir, skipped=False)
+    counterpart(model.config)  # before anything is written
+    written = False
+    try:
+        with staging_folder(export_dir) as staging:
+            write_export(export, model, sample, digest, staging)
+            written = True
+            publish(staging, export_dir)
+    except OSError as exc:
+        kept = "" if written else "; nothing in it was changed"
+        raise ExportError(f"{export_dir}: cannot write the export ({exc.strerror or summary(exc)}){kept}") from None
+    log.info(
+        "export: %s written; `ollama create %s -f %s`", export_dir, export.model_name, export_dir / ollama.MODELFILE
+    )
+    return result

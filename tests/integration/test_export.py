@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,28 @@ def test_disabled_export_is_an_error(tmp_path: Path) -> None:
 def test_unknown_quant_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"export\.ollama\.quant: unknown type 'q9'"):
         export(tmp_path, quant="q9")
+
+
+def test_quantizing_without_llama_cpp_fails_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_run(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    with pytest.raises(MissingDependencyError) as caught:
+        export(tmp_path, quant="q4_0")
+    assert str(caught.value) == (
+        "export.ollama.quant 'q4_0' needs llama-cpp-python (dev dependency group): run `make setup`, "
+        'or export "f16" / "f32"'
+    )
+    assert not (tmp_path / "export").exists()
+
+
+def test_an_export_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "export").write_text("a file\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        export(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'cfg.toml'}: export.ollama.export_dir: {tmp_path / 'export'} is a file, not a folder; "
+        "name a folder (or move the file)"
+    )
 
 
 def test_missing_converter_says_how_to_install_it(tmp_path: Path) -> None:
