@@ -322,6 +322,9 @@ def _prepare_locked(
                     f"{input_path}: corpus too small: the {name} split has {count} token(s), "
                     f"need at least one training block (block_size + 1 tokens)"
                 )
+        for out in (train_out, val_out):  # on the disk before anything of the old dataset goes:
+            out.flush()  # a full disk fails here, with the old dataset whole
+            os.fsync(out.fileno())
         _retract(dataset_dir)  # leaving this block replaces val.bin, then train.bin
     meta = DatasetMeta(
         kind="char" if isinstance(encoder, CharTokenizer) else "tiktoken",

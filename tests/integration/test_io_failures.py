@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config import SampleConfig, SampleRuntimeConfig
-from ml_playground.errors import CheckpointError, ExportError, MLPlaygroundError
+from ml_playground.data.prepare import prepare_corpus
+from ml_playground.errors import CheckpointError, DataError, ExportError, MLPlaygroundError
 from ml_playground.sample import save_samples
 from ml_playground.train.checkpoint import load_checkpoint, save_checkpoint
 from ml_playground.train.metrics import MetricsSink, read_scalars
@@ -164,3 +165,20 @@ def test_samples(fault: Fault) -> None:
         save_samples(out_dir, "ckpt_best.pt", _sample_config(out_dir), texts)
     assert one_line(caught, folder, fault.reasons).startswith(f"{folder}: cannot write samples (")
     assert tree(folder) == before
+
+
+def test_prepare(fault: Fault) -> None:
+    """Another corpus cannot be prepared: one DataError line; the previous dataset is as it was
+    (the lock file's holder pid aside: it says who prepares, not what was prepared)."""
+    disk = fault.disk
+    corpus = disk / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
+    dataset_dir = disk / "ds"
+    prepare_corpus(corpus, dataset_dir, tokenizer="char", encoding="gpt2", val_fraction=0.1)
+    before = {name: data for name, data in tree(dataset_dir).items() if name != ".prepare.lock"}
+    other = disk / "other.txt"
+    other.write_text("all the world's a stage, and all the men and women merely players\n" * 50, encoding="utf-8")
+    with fault.breaks(dataset_dir), pytest.raises(DataError) as caught:
+        prepare_corpus(other, dataset_dir, tokenizer="char", encoding="gpt2", val_fraction=0.1)
+    one_line(caught, dataset_dir, fault.reasons)
+    assert {name: data for name, data in tree(dataset_dir).items() if name != ".prepare.lock"} == before
