@@ -22,6 +22,7 @@ from ml_playground.model import GPT
 from tests.support.tiny_training import TEXT, write_char_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
+HUB_SECONDS = 240  # the hub stops by itself after this, even if this test cannot stop it
 
 
 def cli(*args: str, home: Path, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,7 +125,7 @@ def tiny_hub(root: Path, log: Path) -> Generator[str]:
     port_file = root.parent / "hub.port"
     with log.open("w", encoding="utf-8") as log_file:
         server = subprocess.Popen(
-            ["timeout", "240", sys.executable, "-m", "tests.support.tiny_hub", str(root), str(port_file)],
+            [sys.executable, "-m", "tests.support.tiny_hub", str(root), str(port_file), str(HUB_SECONDS)],
             cwd=ROOT,
             stderr=log_file,
         )
@@ -136,7 +137,7 @@ def tiny_hub(root: Path, log: Path) -> Generator[str]:
                 time.sleep(0.05)
             yield f"http://127.0.0.1:{port_file.read_text(encoding='utf-8')}"
         finally:
-            server.kill()
+            server.kill()  # the hub itself, by its PID (a wrapper such as timeout would orphan it)
             server.wait(timeout=10)
 
 

@@ -1,9 +1,10 @@
 """A tiny Hugging Face hub on 127.0.0.1 for tests: serves the folders under ROOT as model repos
 (ROOT/<owner>/<name>/...) with the endpoints huggingface_hub's `snapshot_download` calls.
 
-  python -m tests.support.tiny_hub ROOT PORT_FILE
+  python -m tests.support.tiny_hub ROOT PORT_FILE SECONDS
 
-binds a free port, writes it to PORT_FILE and serves until killed. Endpoints: repo info
+binds a free port on 127.0.0.1, writes it to PORT_FILE and serves until killed, for SECONDS at
+most, and no longer than the process that started it lives (an orphaned hub stops by itself). Endpoints: repo info
 (`/api/models/<id>/revision/<rev>`), the file tree (`/api/models/<id>/tree/<rev>`) and file
 downloads (`/<id>/resolve/<rev>/<file>`, HEAD and GET). Unknown repos are 404 RepoNotFound, as on
 the hub. Every request is logged to stderr, so a test can see which files were fetched.
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -103,12 +107,22 @@ class Hub(BaseHTTPRequestHandler):
         self.not_found()
 
 
-def main(root: str, port_file: str) -> None:
+def stop_when_done(server: ThreadingHTTPServer, seconds: float, parent: int) -> None:
+    """Shut `server` down after `seconds` or as soon as `parent` is no longer this process's parent."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and os.getppid() == parent:
+        time.sleep(0.2)
+    server.shutdown()
+
+
+def main(root: str, port_file: str, seconds: float) -> None:
     Hub.root = Path(root)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    Path(port_file).write_text(str(server.server_address[1]), encoding="utf-8")
-    server.serve_forever()
+    with ThreadingHTTPServer(("127.0.0.1", 0), Hub) as server:
+        watchdog = threading.Thread(target=stop_when_done, args=(server, seconds, os.getppid()), daemon=True)
+        watchdog.start()
+        Path(port_file).write_text(str(server.server_address[1]), encoding="utf-8")
+        server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]))

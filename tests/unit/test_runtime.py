@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ml_playground.config import DType
-from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, resolve_runtime
+from ml_playground.runtime import Runtime, keep_freed_memory_for_reuse, resolve_runtime, use_tf32_on_cuda
+from tests.support.torch_state import TorchState
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps", "cuda"])
@@ -69,18 +70,10 @@ def _matmul_precisions() -> tuple[str, str, str]:
     )
 
 
-@pytest.fixture
-def restore_matmul_precision() -> Iterator[None]:
-    cuda_before = torch.backends.cuda.matmul.allow_tf32
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = cuda_before
-
-
 def _select_nothing(_index: int) -> None:
     return None
 
 
-@pytest.mark.usefixtures("restore_matmul_precision")
 def test_tf32_is_set_for_cuda_runtimes_only(monkeypatch: pytest.MonkeyPatch) -> None:
     before = _matmul_precisions()
     assert before[0] != "tf32"
@@ -100,6 +93,40 @@ def test_tf32_is_set_for_cuda_runtimes_only(monkeypatch: pytest.MonkeyPatch) -> 
     # other libraries) neither raises nor sees full float32.
     assert torch.backends.cuda.matmul.allow_tf32
     assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_a_cuda_runtime_turns_tf32_on_for_the_whole_process() -> None:
+    """resolve_runtime("cuda") calls use_tf32_on_cuda: a process-wide flag, left on (the next
+    test proves it is back off for it)."""
+    use_tf32_on_cuda()
+    torch.set_default_dtype(torch.float64)
+    torch.use_deterministic_algorithms(True)
+    assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_the_next_test_finds_torch_as_a_fresh_process_has_it() -> None:
+    """tests/conftest.py restores torch's settings after every test, so the layers pass in any order."""
+    assert not torch.backends.cuda.matmul.allow_tf32
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.get_default_dtype() == torch.float32
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_torch_state_restores_every_setting_it_reads() -> None:
+    before = TorchState.now()
+    use_tf32_on_cuda()
+    torch.backends.cudnn.allow_tf32 = not before.cudnn_tf32
+    torch.set_default_dtype(torch.float64)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = not before.cudnn_deterministic
+    torch.backends.cudnn.benchmark = not before.cudnn_benchmark
+    torch.set_num_threads(before.threads + 1)
+    torch.set_grad_enabled(False)
+    changed = TorchState.now()
+    assert [f.name for f in fields(TorchState) if getattr(changed, f.name) == getattr(before, f.name)] == []
+    before.restore()
+    assert TorchState.now() == before
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
