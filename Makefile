@@ -106,8 +106,9 @@ e2e: $(DEV) ## CLI end-to-end tests
 acceptance: $(DEV) ## acceptance tests
 	$(PYTEST) -m acceptance
 
-test-cuda: $(DEV) ## CUDA tests (tests/cuda; they skip where CUDA is absent)
-	$(PYTEST) -m cuda
+# ML_PLAYGROUND_REQUIRE_CUDA=1: without a usable GPU the layer fails instead of skipping (make test skips it).
+test-cuda: $(DEV) ## CUDA tests (tests/cuda); they fail where CUDA is absent
+	ML_PLAYGROUND_REQUIRE_CUDA=1 $(PYTEST) -m cuda
 
 define need_exp
 	@if [ -z $(EXP_ARG) ]; then echo "error: EXP is required, e.g. make $@ EXP=shakespeare; experiments: $$($(RUN) python -c 'from ml_playground import registry; print(", ".join(registry.names()))')" >&2; exit 2; fi

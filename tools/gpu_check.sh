@@ -27,7 +27,8 @@
 #
 # Rehearsal without a GPU: DEV=cpu TINY=1 tools/gpu_check.sh NANOGPT_DIR CORPUS runs the same
 # phases with the project's .venv on the CPU — tiny shapes, a few iterations, no compile — in a
-# minute or two (the tests phase then only shows that the layer skips without CUDA).
+# minute or two (the tests phase then only shows that the layer skips without CUDA; with DEV=cuda it
+# sets ML_PLAYGROUND_REQUIRE_CUDA=1, so a machine without a usable GPU fails it).
 set -uo pipefail
 
 if [ $# -ne 2 ]; then
@@ -88,6 +89,8 @@ t = time.time()
 for line in sys.stdin: print(f"[{time.time() - t:8.2f}] {line}", end="")'; }
 
 if wants tests; then
+    # Without a usable GPU the layer fails instead of skipping (the CPU rehearsal shows the skip).
+    [ "$DEV" = cuda ] && export ML_PLAYGROUND_REQUIRE_CUDA=1
     phase tests "${TESTS_TIMEOUT:-200}" $PY -m pytest -m cuda tests/cuda --ignore=tests/cuda/test_gpu_chains.py \
         -v -p no:cacheprovider --durations=0 2>&1 | tee "$OUTD/pytest_cuda.log" | tail -40
 fi
@@ -208,6 +211,7 @@ if wants bench; then
 fi
 
 if wants chains; then
+    [ "$DEV" = cuda ] && export ML_PLAYGROUND_REQUIRE_CUDA=1
     phase chains "${CHAINS_TIMEOUT:-500}" $PY -m pytest -m cuda tests/cuda/test_gpu_chains.py -v -p no:cacheprovider \
         --durations=0 2>&1 | tee "$OUTD/chains.log" | tail -30
 fi

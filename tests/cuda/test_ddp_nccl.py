@@ -1,6 +1,8 @@
-"""DDP on CUDA: one rank under real torchrun opens a process group on the backend the trainer
-chooses for cuda (nccl, on cuda:LOCAL_RANK) and trains a `wrap_ddp` GPT exactly like an unwrapped
-one; the CLI's `make train NPROC=1`-style launch under torchrun trains on the GPU."""
+"""DDP on CUDA: one rank, and two where two GPUs are, under real torchrun open a process group on
+the backend the trainer chooses for cuda (nccl, on cuda:LOCAL_RANK) and train a `wrap_ddp` GPT
+like an unwrapped one (with two ranks nccl really reduces: both ranks' gradients, of the same
+batch, average to one rank's); the CLI's `make train NPROC=1`-style launch under torchrun trains
+on the GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cuda.device import DEVICE, DTYPE
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
@@ -18,16 +21,33 @@ from tests.support.torchrun import ROOT, environment, write_toml
 pytestmark = pytest.mark.slow
 
 
-def _one_rank(*module_args: str) -> list[str]:
-    """`torchrun --standalone --nproc_per_node=1 -m ...` (tests.support.torchrun runs a single
+def _ranks(nproc: int, *module_args: str) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N -m ...` (tests.support.torchrun runs a single
     process without torchrun; here the launcher and its environment are the point)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", *module_args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "-m", *module_args]
 
 
-def test_one_rank_ddp_over_the_cuda_backend_equals_plain_training(tmp_path: Path) -> None:
+def _one_rank(*module_args: str) -> list[str]:
+    return _ranks(1, *module_args)
+
+
+@pytest.mark.parametrize(
+    "nproc",
+    [
+        1,
+        pytest.param(
+            2,
+            marks=pytest.mark.skipif(
+                torch.cuda.device_count() < 2, reason="a 2-rank nccl reduction needs 2 GPUs; fewer are visible"
+            ),
+        ),
+    ],
+)
+def test_ddp_over_the_cuda_backend_equals_plain_training(tmp_path: Path, nproc: int) -> None:
     report = tmp_path / "report.json"
     result = subprocess.run(
-        _one_rank("tests.support.nccl_rank", DEVICE, DTYPE, str(report)),
+        _ranks(nproc, "tests.support.nccl_rank", DEVICE, DTYPE, str(report)),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,7 +58,7 @@ def test_one_rank_ddp_over_the_cuda_backend_equals_plain_training(tmp_path: Path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     got = json.loads(report.read_text(encoding="utf-8"))
     expected_backend = "nccl" if DEVICE == "cuda" else "gloo"
-    assert (got["backend"], got["chosen_backend"], got["world_size"]) == (expected_backend, expected_backend, 1)
+    assert (got["backend"], got["chosen_backend"], got["world_size"]) == (expected_backend, expected_backend, nproc)
     assert got["device"] == ("cuda:0" if DEVICE == "cuda" else "cpu")
     # Bitwise equal where the kernels are deterministic (noise 0), else within the device's own noise.
     assert got["ddp_difference"] <= 4 * got["noise"]

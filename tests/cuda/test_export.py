@@ -14,7 +14,9 @@ from ml_playground.interop import hf
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.loop import train
+from ml_playground.train.modes import Mode
 from tests.cuda.device import DEVICE, DTYPE
+from tests.cuda.observe import assert_ran, watch_mode
 from tests.support.tiny_training import TEXT, tiny_train_table, train_config, write_char_dataset
 
 pytestmark = pytest.mark.slow
@@ -25,13 +27,18 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_hf_export_of_cuda_trained_weights_computes_the_same_logits(tmp_path: Path) -> None:
+def test_hf_export_of_cuda_trained_weights_computes_the_same_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_char_dataset(tmp_path / "ds", TEXT * 4)
     table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
     table["model"] |= {"n_layer": 2, "n_embd": 32, "block_size": 32, "bias": True}
     table["data"] |= {"block_size": 32}
     table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "compile": True, "max_iters": 20, "eval_interval": 20}
-    train(train_config(table))
+    mode = Mode()
+    calls = watch_mode(mode, monkeypatch)
+    train(train_config(table), mode)
+    assert_ran(calls, device=DEVICE, dtype=getattr(torch, DTYPE), compiled=True)
     checkpoint = load_checkpoint(tmp_path / "out" / "ckpt_best.pt")
     meta = read_meta(tmp_path / "ds" / "meta.json")
     hf.export_hf(checkpoint.model, checkpoint.arch, meta, tmp_path / "hf")

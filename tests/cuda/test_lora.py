@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground.finetune.lora import LoRA
 from ml_playground.interop import hf
 from ml_playground.model import GPT
+from ml_playground.train.loop import train
 from tests.cuda.device import DEVICE, DTYPE
+from tests.cuda.observe import assert_ran, watch_mode
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.tiny_lora import adapted_hf, finetune, lora_train_table, write_base, write_finetune_dataset
+from tests.support.tiny_lora import adapted_hf, lora_train_table, write_base, write_finetune_dataset
 from tests.support.tiny_training import read_scalars, train_config
 
 pytestmark = pytest.mark.slow
@@ -25,7 +28,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the base is a local directory; never reach the hub
 
 
-def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path) -> None:
+def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base_model, tokenizer, meta = char_model(steps=20)
     base_dir = write_base(base_model, meta, tmp_path / "base")
     text = "\n".join(reversed(CORPUS.splitlines())) * 4  # same characters, other text
@@ -34,7 +37,11 @@ def test_lora_on_cuda_lowers_loss_and_merges(tmp_path: Path) -> None:
     table["data"] |= {"batch_size": 8, "block_size": 32}
     table["runtime"] |= {"device": DEVICE, "dtype": DTYPE, "eval_interval": 15, "compile": True}
     table["peft"] |= {"merge_on_save": True}
-    result = finetune(train_config(table))
+    cfg = train_config(table)
+    mode = LoRA(cfg)
+    calls = watch_mode(mode, monkeypatch)
+    result = train(cfg, mode)  # what finetune (and `make train` for a LoRA config) runs
+    assert_ran(calls, device=DEVICE, dtype=getattr(torch, DTYPE), compiled=True)
 
     val = read_scalars(tmp_path / "run" / "logs" / "tb")["val/loss"]
     assert [step for step, _ in val] == [0, 15, 30]

@@ -19,6 +19,7 @@ from ml_playground.sample import run_sampling
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from tests.cuda.device import DEVICE, DTYPE
+from tests.cuda.observe import Call, assert_ran, watch
 from tests.support.greedy import float32_shortfalls
 from tests.support.tiny_training import TEXT
 
@@ -55,6 +56,8 @@ def test_cached_greedy_under_autocast_picks_float32_choices() -> None:
     a stale or misplaced cache entry moves a pick by far more)."""
     model = _model(vocab_size=29)
     device_model = copy.deepcopy(model).to(DEVICE)
+    calls: list[Call] = []
+    watch(device_model, calls)
     prompt = torch.tensor([[3, 1, 4, 1, 5]], device=DEVICE)
     dtype = getattr(torch, DTYPE)
 
@@ -73,6 +76,7 @@ def test_cached_greedy_under_autocast_picks_float32_choices() -> None:
                 autocast=autocast,
             )
         assert max(float32_shortfalls(model, [int(t) for t in tokens[0]], prompt_length=5)) < 0.05
+    assert_ran(calls, device=DEVICE, dtype=dtype, compiled=False)  # on the GPU, under autocast
 
 
 def test_sampler_on_cuda_continues_with_float32_greedy_choices(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """Training on CUDA through the real trainer: bfloat16 autocast + torch.compile lowers the loss,
-and the logged throughput (train/tokens_per_sec) agrees with the clock."""
+float16 autocast with the grad scaler too, and the logged throughput (train/tokens_per_sec)
+agrees with the clock. Each run's forwards are read back (observe.py): on the GPU, in the
+autocast dtype, compiled where asked."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from torch import Tensor
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.loop import train
+from ml_playground.train.modes import Mode
 from tests.cuda.device import DEVICE, DTYPE
+from tests.cuda.observe import assert_ran, watch_mode
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
 
@@ -27,14 +31,17 @@ def _table(dataset_dir: Path, out_dir: Path, **runtime: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_bf16_compiled_training_lowers_the_loss(tmp_path: Path) -> None:
+def test_bf16_compiled_training_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """40 steps in bfloat16 with torch.compile: the loss falls well below its start (ln vocab),
     val loss improves, and the checkpoint holds plain float32 weights that load into a GPT."""
     meta = write_char_dataset(tmp_path / "ds", TEXT * 4)
     table = _table(tmp_path / "ds", tmp_path / "out", compile=True, max_iters=40, eval_interval=20, log_interval=1)
     table["schedule"] = {"warmup_iters": 4, "lr_decay_iters": 40, "min_lr": 1e-3}
-    result = train(train_config(table))
+    mode = Mode()
+    calls = watch_mode(mode, monkeypatch)
+    result = train(train_config(table), mode)
     assert result.iter_num == 40
+    assert_ran(calls, device=DEVICE, dtype=getattr(torch, DTYPE), compiled=True)
 
     scalars = read_scalars(tmp_path / "out" / "logs" / "tb")
     losses = [value for _, value in scalars["train/loss"]]
@@ -52,6 +59,31 @@ def test_bf16_compiled_training_lowers_the_loss(tmp_path: Path) -> None:
     assert {tensor.dtype for tensor in checkpoint.model.values()} == {torch.float32}
     assert not [key for key in checkpoint.model if key.startswith("_orig_mod.")]
     GPT(checkpoint.arch).load_state_dict(checkpoint.model)
+
+
+@pytest.mark.slow
+def test_float16_training_with_the_grad_scaler_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float16 autocast: the grad scaler scales the loss (float16's range would lose small
+    gradients), steps only with finite gradients, and its state is saved for resume."""
+    meta = write_char_dataset(tmp_path / "ds", TEXT * 4)
+    table = _table(tmp_path / "ds", tmp_path / "out", max_iters=40, eval_interval=20, log_interval=1)
+    table["runtime"]["dtype"] = "float16"
+    table["schedule"] = {"warmup_iters": 4, "lr_decay_iters": 40, "min_lr": 1e-3}
+    mode = Mode()
+    calls = watch_mode(mode, monkeypatch)
+    result = train(train_config(table), mode)
+    assert result.iter_num == 40
+    assert_ran(calls, device=DEVICE, dtype=torch.float16, compiled=False)
+    losses = [value for _, value in read_scalars(tmp_path / "out" / "logs" / "tb")["train/loss"]]
+    assert len(losses) == 40
+    assert all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert first == pytest.approx(torch.log(torch.tensor(float(meta.vocab_size))).item(), rel=0.15)
+    assert last < 0.6 * first
+    checkpoint = load_checkpoint(tmp_path / "out" / "ckpt_last.pt")
+    assert checkpoint.scaler is not None
+    scale = float(checkpoint.scaler["scale"])
+    assert 1.0 <= scale <= 2.0**16  # a loss scale in use: GradScaler starts at 2**16 and grows only after 2000 steps
 
 
 def _synchronize() -> None:

@@ -1,12 +1,13 @@
-"""`torchrun --nproc_per_node=1 -m tests.support.nccl_rank DEVICE DTYPE REPORT`: one rank of a
+"""`torchrun --nproc_per_node=N -m tests.support.nccl_rank DEVICE DTYPE REPORT`: each rank of a
 process group on the backend the trainer picks for DEVICE (nccl for cuda), a GPT wrapped by the
 trainer's `wrap_ddp`, and three AdamW steps of it on one batch beside the same steps of an unwrapped copy.
 
-With one rank DDP's gradient all-reduce (over the backend, bucket by bucket) averages one
-contribution, so the wrapped model must end where the copy does: bitwise where the device's
+Every rank steps on the same batch, so DDP's gradient all-reduce (over the backend, bucket by
+bucket) averages equal contributions (with one rank: one), and the wrapped model must end where
+the copy does: bitwise where the device's
 kernels are deterministic, otherwise within what a second plain run differs by. The trainer itself opens
 no process group for a single rank, so this is where the backend is exercised on one GPU.
-Writes a JSON report: backend, device, world size, the weight differences, the losses.
+Rank 0 writes a JSON report: backend, device, world size, the weight differences, the losses.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main(device_name: str, dtype_name: str, report: Path) -> None:
         }
     finally:
         torch_dist.destroy_process_group()
-    report.write_text(json.dumps(result), encoding="utf-8")
+    if info.rank == 0:
+        report.write_text(json.dumps(result), encoding="utf-8")
 
 
 if __name__ == "__main__":
