@@ -1,13 +1,17 @@
-"""Exit codes 6-9 as a user meets them: each triggered for real through the CLI, one error line.
+"""Exit codes 6-11 as a user meets them: each triggered for real through the CLI, one error line.
 
 6 device, 7 export, 8 missing optional dependency, 9 distributed (a misconfigured launch, a peer
-that never joins the process group, a peer that joins but never enters a collective).
+that never joins the process group, a peer that joins but never enters a collective), 10 an
+out_dir another run holds, 11 a run that diverges.
+
+The distributed cases rendezvous at a store this test holds on a port it bound itself (as
+torchrun's agent does), so no port is probed first and bound later by someone else.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +23,10 @@ import torch
 from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.model import GPT
-from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
+from ml_playground.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ml_playground.train.lock import out_dir_lock
 from tests.support.tiny_training import TEXT, tiny_train_table, write_char_dataset
-from tests.support.torchrun import write_toml
+from tests.support.torchrun import agent_store, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN_VARIABLES = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
@@ -82,12 +87,6 @@ def export_toml(tmp_path: Path, **ollama: Any) -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_unusable_dtype_is_exit_6(tmp_path: Path) -> None:
     line = one_line_error(cli("train", "shakespeare", "--exp-config", str(train_toml(tmp_path, dtype="float16"))), 6)
     assert line == "error: dtype 'float16' is not supported on cpu; use bfloat16 or float32"
@@ -126,8 +125,8 @@ def test_world_size_without_torchrun_is_exit_9(tmp_path: Path) -> None:
     assert line == "error: WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: launch with torchrun (make train NPROC=N)"
 
 
-def rank_zero_env(port: int) -> dict[str, str]:
-    return {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+def rank_zero_env(store: dict[str, str]) -> dict[str, str]:
+    return {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", **store}
 
 
 @pytest.mark.slow
@@ -135,7 +134,8 @@ def test_a_peer_that_never_joins_is_exit_9_after_dist_timeout_s(tmp_path: Path) 
     """Rank 0 alone (rank 1 never starts): the process group's rendezvous gives up after
     dist_timeout_s and rank 0 ends with the one-line distributed error."""
     config = train_toml(tmp_path, dist_timeout_s=2.0)
-    line = one_line_error(cli("train", "shakespeare", "--exp-config", str(config), env=rank_zero_env(free_port())), 9)
+    with agent_store() as store:
+        line = one_line_error(cli("train", "shakespeare", "--exp-config", str(config), env=rank_zero_env(store)), 9)
     assert line.startswith("error: rank 0/2: init_process_group failed, a peer process died or timed out")
     assert "rerun to resume from ckpt_last.pt" in line
 
@@ -157,21 +157,46 @@ def test_a_collective_that_times_out_is_exit_9(tmp_path: Path) -> None:
     """Rank 1 joins the group but never enters a collective: rank 0's first collective (DDP's
     check of parameter shapes across ranks) times out after dist_timeout_s, and rank 0 ends
     with the one-line distributed error, exit 9."""
-    port = free_port()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "1"}
-    peer = subprocess.Popen(
-        [sys.executable, "-c", _STUCK_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert peer.stdout is not None
-        assert peer.stdout.readline() == "ready\n"  # torch imported: it joins as soon as rank 0's store is up
-        # 10 s to join leaves rank 1 ample time to connect; the collective then waits as long.
-        config = train_toml(tmp_path, dist_timeout_s=10.0)
-        result = cli("train", "shakespeare", "--exp-config", str(config), env=rank_zero_env(port))
-        assert peer.stdout.readline() == "joined\n"
-    finally:
-        peer.kill()
-        peer.communicate()
+    with agent_store() as store:
+        env = {**os.environ, **store, "WORLD_SIZE": "2", "RANK": "1"}
+        peer = subprocess.Popen(
+            [sys.executable, "-c", _STUCK_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert peer.stdout is not None
+            assert peer.stdout.readline() == "ready\n"  # torch imported: it joins the store
+            # 10 s to join leaves rank 1 ample time to connect; the collective then waits as long.
+            config = train_toml(tmp_path, dist_timeout_s=10.0)
+            result = cli("train", "shakespeare", "--exp-config", str(config), env=rank_zero_env(store))
+            assert peer.stdout.readline() == "joined\n"
+        finally:
+            peer.kill()
+            peer.communicate()
     line = one_line_error(result, 9)
     assert line.startswith("error: rank 0/2: training failed, a peer process died or timed out")
     assert "rerun to resume from ckpt_last.pt" in line
+
+
+def test_an_out_dir_another_run_holds_is_exit_10(tmp_path: Path) -> None:
+    config = train_toml(tmp_path)
+    (tmp_path / "out").mkdir()
+    with out_dir_lock(tmp_path / "out"):  # this process is the other run
+        line = one_line_error(cli("train", "shakespeare", "--exp-config", str(config)), 10)
+    assert line == (
+        f"error: train.runtime.out_dir: {tmp_path / 'out'} is in use by a training run (pid {os.getpid()}); "
+        "wait for it to end or choose another out_dir"
+    )
+    assert not (tmp_path / "out" / "ckpt_last.pt").exists()
+
+
+def test_a_diverging_run_is_exit_11_and_saves_nothing_of_it(tmp_path: Path) -> None:
+    """A learning rate no model survives: the first non-finite step stops the run before any
+    checkpoint could hold it (the one at iter 0 holds the initial weights)."""
+    write_char_dataset(tmp_path / "ds")
+    table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
+    table["optim"] |= {"learning_rate": 1e30}
+    table["runtime"] |= {"max_iters": 20, "eval_interval": 10, "log_interval": 1}
+    config = write_toml(tmp_path / "train.toml", {"train": table})
+    line = one_line_error(cli("train", "shakespeare", "--exp-config", str(config)), 11)
+    assert re.fullmatch(r"error: training diverged at iter \d+: .*", line), line
+    assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == 0

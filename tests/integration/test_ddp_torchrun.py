@@ -2,7 +2,8 @@
 
 - 2 ranks x grad_accum_steps 1 trains like 1 rank x grad_accum_steps 2 on the same windows
   (sequential sampler): the loss curves agree within 1e-5 relative in float32.
-- Only rank 0 writes: one TensorBoard event file, one "saved" line per evaluation.
+- Only rank 0 writes: an audit of each rank's writes (tests/support/write_audit.py) finds none
+  from rank 1, and rank 0's account for every file in out_dir.
 - SIGKILL of rank 1 (by tests/support/kill_switch.py, 5 steps past the checkpoint at iter 20)
   ends the job (non-zero, naming the failed rank) instead of hanging; a rerun
   (`make train NPROC=2`) resumes from ckpt_last.pt and reproduces the uninterrupted 2-rank run exactly.
@@ -14,6 +15,8 @@
   order changes).
 - FSDP (`parallel = "fsdp"`, fully_shard over gloo) trains like DDP, and its checkpoint holds
   the full weights (it loads into a plain GPT); resuming its optimizer without FSDP is a clear error.
+- An FSDP run SIGKILLed past a checkpoint resumes at the same world size to the uninterrupted
+  FSDP run's losses, exactly.
 - `optimizer = "muon"` under DDP trains like one rank with doubled accumulation.
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT
@@ -43,7 +47,18 @@ from tests.support.tiny_training import (
     train_config,
     write_char_dataset,
 )
-from tests.support.torchrun import ROOT, environment, make_train, run, start, torchrun_command, write_toml
+from tests.support.torchrun import (
+    ROOT,
+    environment,
+    make_train,
+    run,
+    start,
+    torchrun_command,
+    train_command,
+    write_toml,
+)
+from tests.support.write_audit import read_writes
+from tests.support.write_audit import spec as audit_spec
 
 KILL_SWITCH = "tests.support.kill_switch"
 MAX_ITERS = 120
@@ -89,7 +104,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_char_dataset(root / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
     train(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
     config = write_toml(root / "two.toml", {"train": _table(root / "ds", root / "two_ranks", grad_accum_steps=1)})
-    result = run(config, nproc=2)
+    (root / "audit").mkdir()
+    audit = audit_spec(root / "two_ranks", root / "audit")
+    command = train_command(config, nproc=2, module="tests.support.write_audit")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment(audit), timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     (root / "two_ranks.log").write_text(result.stdout + result.stderr)
     return {"root": root, "one_rank": root / "one_rank", "two_ranks": root / "two_ranks"}
@@ -107,10 +125,10 @@ def test_two_ranks_match_one_rank_with_doubled_accumulation(runs: dict[str, Path
 @pytest.mark.slow
 def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
     out = runs["two_ranks"]
-    log = (runs["root"] / "two_ranks.log").read_text()
-    evals = MAX_ITERS // EVAL_INTERVAL + 1
-    assert log.count("saved ckpt_last.pt") == evals
-    assert log.count("training on cpu (float32), 2 rank(s) (ddp), global batch 8") == 1
+    assert read_writes(runs["root"] / "audit", 1) == []
+    written = {entry.split(" ", 1)[1] for entry in read_writes(runs["root"] / "audit", 0)}
+    files = sorted(path for path in out.rglob("*") if path.is_file())
+    assert [path for path in files if str(path) not in written] == []  # the audit saw every file made
     assert len(list((out / "logs" / "tb").iterdir())) == 1  # one event file
     assert sorted(p.name for p in out.iterdir()) == [".lock", "ckpt_best.pt", "ckpt_last.pt", "logs"]  # rank 0's lock
     ckpt = load_checkpoint(out / "ckpt_last.pt")
@@ -173,14 +191,22 @@ def test_torchrun_max_restarts_resumes_the_job_by_itself(runs: dict[str, Path]) 
     assert load_checkpoint(out / "ckpt_last.pt").iter_num == MAX_ITERS
 
 
-@pytest.mark.slow
-def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def fsdp_run(runs: dict[str, Path]) -> Path:
+    """The uninterrupted 2-rank FSDP run."""
     root = runs["root"]
     out = root / "fsdp"
     table = _table(root / "ds", out, grad_accum_steps=1, parallel="fsdp")
     result = run(write_toml(root / "fsdp.toml", {"train": table}), nproc=2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 rank(s) (fsdp)" in result.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path], fsdp_run: Path) -> None:
+    root = runs["root"]
+    out = fsdp_run
     ddp, fsdp = _losses(runs["two_ranks"]), _losses(out)
     assert [step for step, _ in fsdp] == list(range(MAX_ITERS))
     worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(ddp, fsdp, strict=True))
@@ -203,6 +229,27 @@ def test_fsdp_trains_like_ddp_and_saves_full_weights(runs: dict[str, Path]) -> N
         f"{single / 'ckpt_last.pt'}: optimizer state was written by an FSDP run: resume it with "
         "train.runtime.parallel = 'fsdp' under torchrun (the weights alone load anywhere)"
     )
+
+
+@pytest.mark.slow
+def test_fsdp_killed_then_rerun_at_the_same_world_size_resumes_exactly(runs: dict[str, Path], fsdp_run: Path) -> None:
+    root = runs["root"]
+    out = root / "fsdp_killed"
+    config = write_toml(
+        root / "fsdp_killed.toml", {"train": _table(root / "ds", out, grad_accum_steps=1, parallel="fsdp")}
+    )
+    launcher = start(config, nproc=2, module=KILL_SWITCH, env=_kill_rank_one(root / "fsdp_killed.marker"))
+    output = _communicate(launcher)
+    assert launcher.returncode != 0, output[-3000:]
+    assert (root / "fsdp_killed.marker").exists()  # rank 1 reached the kill point
+    assert load_checkpoint(out / "ckpt_last.pt").iter_num == KILL_AFTER_ITER
+    result = run(config, nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming from {out / 'ckpt_last.pt'} at iter {KILL_AFTER_ITER}" in result.stderr
+    assert _losses(out) == _losses(fsdp_run)  # same world size: exact, every step
+    resumed, uninterrupted = load_checkpoint(out / "ckpt_last.pt"), load_checkpoint(fsdp_run / "ckpt_last.pt")
+    assert resumed.iter_num == MAX_ITERS
+    assert all(torch.equal(value, uninterrupted.model[key]) for key, value in resumed.model.items())
 
 
 @pytest.mark.slow

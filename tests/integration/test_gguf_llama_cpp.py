@@ -16,6 +16,7 @@ from ml_playground.interop.gguf import FloatType, write_gguf
 from ml_playground.model import GPT
 from ml_playground.tokenizers import Tokenizer
 from tests.integration.tiny_gpt import CORPUS, LLAMA, char_model, gpt2_model, greedy
+from tests.support.greedy import float32_shortfalls
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,7 @@ GGML_TYPE_F32 = 0  # keep llama.cpp's KV cache in float32 (its default is f16)
 # ~1.5e-3 on these logits (|logit| up to ~6); 2e-3 is the bound.
 F32_BOUND = 1e-3
 F16_BOUND = 2e-3
+Q8_BOUND = 0.1  # 8-bit weights: our logits within this
 
 
 class LlamaRun:
@@ -144,7 +146,10 @@ def test_q8_0_file_loads_and_stays_close(tmp_path: Path) -> None:
     assert quantized.stat().st_size < (tmp_path / "model-f32.gguf").stat().st_size
     run = LlamaRun(quantized, model.config.block_size)
     window = tokenizer.encode(CORPUS)[: model.config.block_size]
-    assert float(np.abs(run.logits(window) - our_logits(model, window)).max()) <= 0.1
-    generated = run.greedy(tokenizer.encode(PROMPT), 50)
-    assert len(generated) == len(tokenizer.encode(PROMPT)) + 50
+    assert float(np.abs(run.logits(window) - our_logits(model, window)).max()) <= Q8_BOUND
+    prompt = tokenizer.encode(PROMPT)
+    generated = run.greedy(prompt, 50)
+    # Each of llama.cpp's picks lies within two logit errors of our float model's largest logit
+    # there: 8-bit weights may break a near-tie the other way, never pick a clearly worse token.
+    assert max(float32_shortfalls(model, generated, prompt_length=len(prompt))) <= 2 * Q8_BOUND
     run.close()

@@ -103,8 +103,12 @@ def test_a_second_signal_while_saving_changes_nothing(reference: Path) -> None:
     _same_run(reference / "reference", out)
 
 
-def test_ctrl_c_on_the_cli_saves_and_exits_130(tmp_path: Path) -> None:
-    """A user's Ctrl-C (SIGINT from outside, at whatever step the run has reached)."""
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGHUP", 129)])
+def test_ctrl_c_or_a_closed_terminal_on_the_cli_saves_and_exits_128_plus_signal(
+    tmp_path: Path, name: str, code: int
+) -> None:
+    """A user's Ctrl-C (SIGINT) or a terminal that closes (SIGHUP), from outside, at whatever step
+    the run has reached."""
     write_char_dataset(tmp_path / "ds")
     table = _table(tmp_path / "ds", tmp_path / "out")
     table["runtime"] |= {"max_iters": 100_000, "eval_interval": 5}
@@ -130,13 +134,13 @@ def test_ctrl_c_on_the_cli_saves_and_exits_130(tmp_path: Path) -> None:
             assert process.poll() is None
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.Signals[name])
         _, stderr = process.communicate(timeout=240)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == code, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("stopped: SIGINT at iter ")
+    assert line.startswith(f"stopped: {name} at iter ")
     assert "Traceback" not in stderr
     iter_num = int(line.split("at iter ")[1].split(":")[0])
     assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == iter_num

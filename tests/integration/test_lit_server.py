@@ -35,6 +35,7 @@ from ml_playground.runtime import Runtime
 from ml_playground.sample import load_model_for_inference, run_sampling, sampling_params
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.loop import train
+from tests.support.ports import reserved_port
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +57,6 @@ class Served:
     config_path: Path
     tokenizer: CharTokenizer
     model: GPT
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _prepare_dataset(dataset_dir: Path) -> CharTokenizer:
@@ -157,15 +151,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tokenizer = _prepare_dataset(tmp_path / "data")
     config_path = _write_config(tmp_path)
     model = _train_tiny(config_path)
-    port = _free_port()
     log_path = tmp_path / "server.log"
     command = [sys.executable, "-m", "ml_playground.cli", "lit", registry.names()[0], "--exp-config", str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread, no contention on a busy machine
-    with log_path.open("wb") as log:
+    with reserved_port() as port, log_path.open("wb") as log:  # held until the server listens on it
         process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_until_serving(url, process, log_path)
+        except BaseException:
+            process.kill()
+            process.wait(timeout=30)
+            raise
     try:
-        _wait_until_serving(url, process, log_path)
         yield Served(url=url, config_path=config_path, tokenizer=tokenizer, model=model)
     finally:
         process.terminate()  # by PID; the launcher stops the server it started

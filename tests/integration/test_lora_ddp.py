@@ -26,7 +26,8 @@ from ml_playground.errors import ConfigError
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model
-from tests.support.lora_ranks import checkpoint_past, kill_when, rank_pid, read_report, run_ranks
+from tests.support.kill_switch import spec as kill_spec
+from tests.support.lora_ranks import read_report, run_ranks
 from tests.support.tiny_lora import (
     adapted_hf,
     finetune,
@@ -143,15 +144,17 @@ def test_merged_model_is_base_plus_best_adapter(runs: Path) -> None:
 def test_dead_rank_then_rerun_resumes_exactly(runs: Path) -> None:
     out = runs / "killed"
     config = write_toml(runs / "killed.toml", {"train": _table(runs, out, grad_accum_steps=1)})
-    launcher = start(config, nproc=2)
+    # Rank 1 SIGKILLs itself 3 steps past the first checkpoint at or after KILL_AFTER_ITER.
+    kill = kill_spec(rank=1, after_iter=KILL_AFTER_ITER, steps=3, marker=runs / "killed.marker")
+    launcher = start(config, nproc=2, module="tests.support.kill_switch", env=kill)
     try:
-        kill_when(rank_pid(launcher, 1), launcher, checkpoint_past(out, KILL_AFTER_ITER))
-        output, _ = launcher.communicate(timeout=120)
+        output, _ = launcher.communicate(timeout=240)
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.communicate()
     assert launcher.returncode != 0
+    assert (runs / "killed.marker").exists()  # rank 1 reached the kill point
     assert "Signal 9 (SIGKILL)" in output or "exitcode  : -9" in output, output[-3000:]
     resumed_from = load_checkpoint(out / "ckpt_last.pt").iter_num
     assert KILL_AFTER_ITER <= resumed_from < MAX_ITERS

@@ -6,12 +6,7 @@ base. A checkpoint that does not fit the configured adapter is refused with one 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ import torch
 from ml_playground.errors import CheckpointError
 from ml_playground.train.checkpoint import load_checkpoint
 from tests.integration.tiny_gpt import CORPUS, char_model, llama
+from tests.support.kill_switch import spec, train_cli
 from tests.support.tiny_lora import (
     LLAMA_TARGETS,
     finetune,
@@ -30,20 +26,10 @@ from tests.support.tiny_lora import (
     write_finetune_dataset,
 )
 from tests.support.tiny_training import read_scalars, train_config
+from tests.support.torchrun import write_toml
 
 pytestmark = pytest.mark.slow
 
-_FINETUNE = (
-    "import json, logging, sys\n"
-    "from pathlib import Path\n"
-    "from ml_playground.config_loader import parse_experiment_config\n"
-    "from ml_playground.finetune.lora import LoRA\n"
-    "from ml_playground.train.loop import train\n"
-    "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
-    "cfg = parse_experiment_config({'train': json.loads(sys.argv[1])}, Path('resume.toml'))\n"
-    "assert cfg.train is not None\n"
-    "train(cfg.train, LoRA(cfg.train))\n"
-)
 MAX_ITERS = 80
 KILL_AFTER_ITER = 20
 
@@ -86,33 +72,11 @@ def _table(root: Path, out_dir: Path) -> dict[str, Any]:
     return table
 
 
-def _start(table: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", _FINETUNE, json.dumps(table)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # One intra-op thread: the CPU is shared, and spinning thread pools only slow tiny models down.
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-    )
-
-
-def _kill_mid_run(table: dict[str, Any], out_dir: Path) -> int:
-    """Start finetuning, SIGKILL it once a checkpoint past KILL_AFTER_ITER exists; return that iter."""
-    process = _start(table)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            last = out_dir / "ckpt_last.pt"
-            if last.exists() and load_checkpoint(last).iter_num >= KILL_AFTER_ITER:
-                process.send_signal(signal.SIGKILL)
-                break
-            assert process.poll() is None, "finetuning finished before it could be killed"
-            time.sleep(0.02)
-    finally:
-        process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
+def _kill_mid_run(root: Path, table: dict[str, Any], out_dir: Path) -> int:
+    """Finetune through the CLI, SIGKILLed by the kill switch 3 steps past the first checkpoint at
+    or after KILL_AFTER_ITER; return that checkpoint's iter."""
+    config = write_toml(root / f"{out_dir.name}.toml", {"train": table})
+    train_cli(config, killed=True, env=spec(rank=0, after_iter=KILL_AFTER_ITER, steps=3, marker=root / "killed"))
     return load_checkpoint(out_dir / "ckpt_last.pt").iter_num
 
 
@@ -131,12 +95,10 @@ def test_sigkill_and_resume_is_bit_identical(request: pytest.FixtureRequest, bas
     with torch_threads(1):
         finetune(train_config(_table(root, reference_dir)))
 
-    killed_at = _kill_mid_run(_table(root, resumed_dir), resumed_dir)
+    killed_at = _kill_mid_run(root, _table(root, resumed_dir), resumed_dir)
     assert KILL_AFTER_ITER <= killed_at < MAX_ITERS
     assert not (resumed_dir / "merged").exists()  # written only when a run ends
-    process = _start(_table(root, resumed_dir))
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
+    output = train_cli(root / f"{resumed_dir.name}.toml")
     assert f"resuming from {resumed_dir / 'ckpt_last.pt'} at iter {killed_at}" in output
 
     reference_losses = _train_losses(reference_dir)

@@ -26,7 +26,7 @@ class TorchState:
     @classmethod
     def now(cls) -> TorchState:
         return cls(
-            cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+            cuda_matmul_tf32=bool(torch.backends.cuda.matmul.allow_tf32),  # typed bool | str in torch's stubs
             cudnn_tf32=torch.backends.cudnn.allow_tf32,
             float32_matmul_precision=torch.get_float32_matmul_precision(),
             default_dtype=torch.get_default_dtype(),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from torch.distributed import TCPStore  # pyright: ignore[reportPrivateImportUsage]  # torch's public name, re-exported from C
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,11 +22,13 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"  # pyright: ignore[reportUnknownVariableType]
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 def write_toml(path: Path, tables: dict[str, Any]) -> Path:
-    """Nested dicts of str/int/float/bool as TOML tables (enough for experiment configs)."""
+    """Nested dicts of str/int/float/bool (and lists of them) as TOML tables (enough for experiment configs)."""
     lines: list[str] = []
 
     def emit(prefix: str, table: dict[str, Any]) -> None:
@@ -98,3 +104,15 @@ def make_train(config: Path, *, nproc: int, timeout: float = 240) -> subprocess.
         env=environment(),
         timeout=timeout,
     )
+
+
+@contextmanager
+def agent_store(world_size: int = 2) -> Generator[dict[str, str]]:
+    """A rendezvous store on a port the OS picked, held by this process for the block, as
+    torchrun's agent holds one: every rank joins it as a client, so no port is probed first and
+    bound later (by then perhaps by someone else). Yields the environment that points a rank at it."""
+    store = TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
+    try:
+        yield {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    finally:
+        del store

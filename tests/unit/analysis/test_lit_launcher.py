@@ -20,6 +20,7 @@ from ml_playground.analysis.lit_launcher import (
 )
 from ml_playground.config import SampleConfig, SampleRuntimeConfig
 from ml_playground.errors import CheckpointError, MissingDependencyError, MLPlaygroundError
+from tests.support.ports import reserved_port
 
 
 def test_without_uv_the_error_says_how_to_install(tmp_path: Path) -> None:
@@ -60,12 +61,6 @@ def test_a_busy_port_is_reported() -> None:
             check_port_free(port)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_no_checkpoint_fails_before_installing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """uv (the one that would create or sync the LIT environment) is a stand-in that records its
     arguments: without a checkpoint it never runs; with one, the same launch reaches it."""
@@ -76,14 +71,15 @@ def test_no_checkpoint_fails_before_installing_anything(tmp_path: Path, monkeypa
     monkeypatch.setenv("UV", str(uv))
     out_dir = tmp_path / "run"
     cfg = SampleConfig(runtime=SampleRuntimeConfig(out_dir=out_dir))
-    with pytest.raises(CheckpointError, match="no checkpoint found"):
-        run_lit(cfg, tmp_path / "c.toml", port=_free_port())
-    assert not calls.exists()
+    with reserved_port() as port:  # free for the launcher's check (and the server's bind), no one else's
+        with pytest.raises(CheckpointError, match="no checkpoint found"):
+            run_lit(cfg, tmp_path / "c.toml", port=port)
+        assert not calls.exists()
 
-    out_dir.mkdir()
-    (out_dir / "ckpt_best.pt").touch()
-    with pytest.raises(MissingDependencyError, match="uv exited with 3"):
-        run_lit(cfg, tmp_path / "c.toml", port=_free_port())
+        out_dir.mkdir()
+        (out_dir / "ckpt_best.pt").touch()
+        with pytest.raises(MissingDependencyError, match="uv exited with 3"):
+            run_lit(cfg, tmp_path / "c.toml", port=port)
     assert calls.read_text(encoding="utf-8").split()[:4] == ["sync", "--project", str(LIT_PROJECT), "--locked"]
 
 

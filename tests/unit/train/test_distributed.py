@@ -3,7 +3,6 @@ the multi-process behaviour is tested under torchrun in tests/integration/test_d
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ml_playground.train.distributed import (
     translate_peer_failures,
 )
 from tests.support.tiny_training import tiny_train_table, train_config
+from tests.support.torchrun import agent_store
 
 
 def _data(tmp_path: Path, **data: Any) -> Any:
@@ -120,15 +120,13 @@ def test_world_size_without_torchrun_variables_is_an_error(monkeypatch: pytest.M
 
 
 def test_missing_peer_fails_within_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
     started = time.monotonic()
     two_ranks = DistInfo(rank=0, world_size=2)
-    with pytest.raises(DistributedError) as error, process_group(two_ranks, torch.device("cpu"), 2.0):
-        pass
+    with agent_store() as store:
+        for name, value in store.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(DistributedError) as error, process_group(two_ranks, torch.device("cpu"), 2.0):
+            pass
     # The configured 2 s, not torch's default of 30 min; generous, so a busy machine cannot fail it.
     assert time.monotonic() - started < 120
     message = str(error.value)
