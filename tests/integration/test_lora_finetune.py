@@ -180,6 +180,29 @@ def test_a_base_of_another_architecture_is_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_a_truncated_or_missing_base_is_one_line(tmp_path: Path) -> None:
+    """A base whose safetensors file was cut short, or a local path that does not exist."""
+    base_model, tokenizer, meta = char_model(steps=1)
+    base_dir = write_base(base_model, meta, tmp_path / "base")
+    weights = base_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    write_finetune_dataset(tmp_path / "data", tokenizer, meta, FINETUNE_TEXT)
+    cfg = train_config(lora_train_table(tmp_path / "data", base_dir, tmp_path / "run", max_iters=1))
+    with pytest.raises(ExportError) as truncated:
+        finetune(cfg)
+    assert str(truncated.value).startswith(
+        f"train.model.init_from = {str(base_dir)!r}: {weights}: cannot read safetensors weights ("
+    )
+    missing = tmp_path / "no" / "such" / "base"
+    cfg = train_config(lora_train_table(tmp_path / "data", missing, tmp_path / "run2", max_iters=1))
+    with pytest.raises(ConfigError) as not_found:
+        finetune(cfg)
+    assert str(not_found.value) == (
+        f"train.model.init_from: {missing} not found (and {str(missing)!r} is not a Hugging Face model id)"
+    )
+    assert not (tmp_path / "run2" / "ckpt_last.pt").exists()
+
+
 def test_peft_without_a_base_is_one_line() -> None:
     table = lora_train_table(Path("ds"), Path("base"), Path("out"), max_iters=1)
     del table["model"]
