@@ -1,10 +1,6 @@
-"""Side-by-side baseline: the user's own checkout of karpathy/nanoGPT (`--nanogpt-dir`).
-
-Nothing of nanoGPT lives in this repository: its `model.py` is imported from the given folder, and
-its training driven the way its train.py (or bench.py) drives it: `train_py_step` for one
-iteration, `train_py_run` for a whole run with its evaluations and checkpoints. Without a
-checkout, reports compare against the reference numbers below instead.
-"""
+"""Side-by-side baseline: the user's own checkout of karpathy/nanoGPT (`--nanogpt-dir`), its
+`model.py` imported from there and trained as its train.py (or bench.py) trains it. Without a
+checkout, reports compare against the reference numbers below."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -23,9 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ml_playground.bench.report import EvalPoint, TimedRun
-from ml_playground.bench.shapes import ModelShape
 from ml_playground.bench.timing import StepClock
-from ml_playground.config import DataConfig, ScheduleConfig
+from ml_playground.config import GPTConfig, TrainConfig
 from ml_playground.data.meta import read_meta
 from ml_playground.errors import ConfigError
 from ml_playground.train.schedule import learning_rate
@@ -45,15 +40,11 @@ class NanoGPT:
     module: ModuleType
     checkout: Path
 
-    def build(self, shape: ModelShape, vocab_size: int, device: torch.device, *, dropout: float = 0.0) -> nn.Module:
-        config_class = cast("Callable[..., Any]", self.module.GPTConfig)
-        model_class = cast("Callable[[Any], nn.Module]", self.module.GPT)
-        config = config_class(**asdict(shape), vocab_size=vocab_size, dropout=dropout, bias=False)
-        return model_class(config).to(device)
-
-    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-        configure = cast("Callable[..., torch.optim.Optimizer]", model.configure_optimizers)
-        return configure(0.1, 1e-3, (0.9, 0.99), device.type)  # train_shakespeare_char settings
+    def build(self, model: GPTConfig, vocab_size: int, device: torch.device) -> nn.Module:
+        """nanoGPT's GPT in `model`'s shape and dropout, without bias."""
+        shape = {key: getattr(model, key) for key in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+        config = cast("Callable[..., Any]", self.module.GPTConfig)(**shape, vocab_size=vocab_size, bias=False)
+        return cast("Callable[[Any], nn.Module]", self.module.GPT)(config).to(device)
 
 
 def load_nanogpt(checkout: Path) -> NanoGPT:
@@ -73,55 +64,42 @@ def load_nanogpt(checkout: Path) -> NanoGPT:
     return NanoGPT(module=module, checkout=checkout)
 
 
-@dataclass(frozen=True, slots=True)
-class RowBatches:
-    """nanoGPT's get_batch: reopen the memmap, random starts, one row tensor per start, stack;
-    on CUDA pinned and copied without blocking."""
-
-    path: Path
-    dtype: np.dtype[Any]
-    spec: TrainPy
-    device: torch.device
-
-    def __call__(self) -> Batch:
-        data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        T = self.spec.shape.block_size
-        starts = cast("list[int]", torch.randint(len(data) - T, (self.spec.batch_size,)).tolist())
-        x = torch.stack([torch.from_numpy(data[i : i + T].astype(np.int64)) for i in starts])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + T].astype(np.int64)) for i in starts])
-        if self.device.type == "cuda":  # pinned and asynchronous, as train.py copies on CUDA
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainPy:
-    """How nanoGPT's scripts train one side-by-side run: train.py by default; bench.py with
-    `grad_clip=0`, `read_every=1` and no schedule."""
+    """nanoGPT's side of a run as its train.py takes `cfg`: its shape, dropout, batch, clip, precision
+    (bf16 autocast), compile, seed, schedule, iterations and evaluations. bench.py's step is train.py's
+    with no clip (grad_clip 0) and a constant learning rate (decay_lr false)."""
 
-    shape: ModelShape
+    cfg: TrainConfig
     vocab_size: int
-    batch_size: int
-    dropout: float = 0.0
-    grad_clip: float = 1.0  # 0: no clipping (bench.py)
     read_every: int = 1  # loss.item() every log_interval steps
-    bf16: bool = False  # autocast forward
-    compile: bool = False  # `model = torch.compile(model)`, done in place
-    seed: int = 1337
-    schedule: ScheduleConfig | None = None  # warmup + cosine from learning_rate; None: constant (bench.py)
-    learning_rate: float = 1e-3
-    iters: int = 2000  # a whole run (`train_py_run`): its iterations and evaluations
-    eval_interval: int = 250
-    eval_iters: int = 20
+
+    def batches(self, path: Path, device: torch.device) -> Callable[[], Batch]:
+        """nanoGPT's get_batch on `path`: reopen the memmap, random starts, one row tensor per start,
+        stack; on CUDA pinned and copied without blocking."""
+        dtype, T, B = read_meta(self.cfg.data.meta_path).numpy_dtype, self.cfg.data.block_size, self.cfg.data.batch_size
+
+        def get_batch() -> Batch:
+            rows = np.memmap(path, dtype=dtype, mode="r")
+            starts = cast("list[int]", torch.randint(len(rows) - T, (B,)).tolist())
+            x = torch.stack([torch.from_numpy(rows[i : i + T].astype(np.int64)) for i in starts])
+            y = torch.stack([torch.from_numpy(rows[i + 1 : i + 1 + T].astype(np.int64)) for i in starts])
+            if device.type == "cuda":  # pinned and asynchronous, as train.py copies on CUDA
+                return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            return x.to(device), y.to(device)
+
+        return get_batch
 
 
 def set_up(nanogpt: NanoGPT, spec: TrainPy, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """nanoGPT's model and AdamW from `spec`'s seed, compiled from scratch as a fresh process would."""
+    """nanoGPT's model and AdamW (train_shakespeare_char's settings) from `spec`'s seed, compiled
+    from scratch as a fresh process would."""
     torch.compiler.reset()
-    torch.manual_seed(spec.seed)
-    model = nanogpt.build(spec.shape, spec.vocab_size, device, dropout=spec.dropout)
-    optimizer = nanogpt.optimizer(model, device)
-    if spec.compile:
+    torch.manual_seed(spec.cfg.runtime.seed)
+    model = nanogpt.build(spec.cfg.model, spec.vocab_size, device)
+    configure = cast("Callable[..., torch.optim.Optimizer]", model.configure_optimizers)
+    optimizer = configure(0.1, 1e-3, (0.9, 0.99), device.type)
+    if spec.cfg.runtime.compile:
         model.compile()
     return model, optimizer
 
@@ -135,19 +113,20 @@ def train_py_step(
     spec: TrainPy,
 ) -> tuple[Tensor, Batch]:
     """Iteration `it` as train.py takes it (grad_accum 1): the scheduled learning rate, the forward
-    (under bf16 autocast when `spec.bf16`), the next batch fetched while the device runs it, backward,
+    (under bf16 autocast when the run is bfloat16), the next batch fetched while the device runs it, backward,
     clip, AdamW, `zero_grad(set_to_none=True)`, `loss.item()` every `read_every` steps.
     Returns the loss and the next batch."""
-    if spec.schedule is not None:
+    cfg = spec.cfg
+    if cfg.schedule.decay_lr:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(it, spec.learning_rate, spec.schedule)
+            group["lr"] = learning_rate(it, cfg.optim.learning_rate, cfg.schedule)
     x, y = batch
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=spec.bf16):
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=cfg.runtime.dtype == "bfloat16"):
         _, loss = cast("tuple[Tensor, Tensor]", model(x, y))
     following = batches()
     torch.autograd.backward(loss)
-    if spec.grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+    if cfg.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if it % spec.read_every == 0:
@@ -156,20 +135,23 @@ def train_py_step(
 
 
 def train_py_steps(
-    nanogpt: NanoGPT, spec: TrainPy, data: DataConfig, device: torch.device, clock: StepClock, steps: int
-) -> float:
-    """`steps` iterations of `train_py_step`, each stamped on `clock`; the last loss."""
+    nanogpt: NanoGPT, spec: TrainPy, device: torch.device, *, warmup: int, reps: int, every: int = 1
+) -> tuple[tuple[float, ...], float]:
+    """`train_py_step` stamped as ours are (`StepClock`): the seconds per step of each window after
+    `warmup` steps, and the last loss."""
+    clock = StepClock(device, every=every)
+    warmup, steps = clock.plan(warmup, reps)
     model, optimizer = set_up(nanogpt, spec, device)
-    batches = RowBatches(data.train_path, read_meta(data.meta_path).numpy_dtype, spec, device)
+    batches = spec.batches(spec.cfg.data.train_path, device)
     batch, loss = batches(), torch.full((), math.nan)
     for it in range(steps):
         loss, batch = train_py_step(model, optimizer, batch, batches, it, spec)
         clock.stamp()
-    return float(loss)
+    return clock.steps(warmup), float(loss)
 
 
 @torch.no_grad()
-def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, bf16: bool = False) -> float:
+def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, bf16: bool) -> float:
     """train.py's estimate_loss for one split (under its autocast context when `bf16`)."""
     model.eval()
     losses: list[float] = []
@@ -181,25 +163,25 @@ def nanogpt_eval(model: nn.Module, batches: Callable[[], Batch], iters: int, *, 
     return sum(losses) / len(losses)
 
 
-def train_py_run(nanogpt: NanoGPT, spec: TrainPy, data: DataConfig, device: torch.device, checkpoint: Path) -> TimedRun:
-    """train.py's whole run of `spec.iters`, compilation included: both splits evaluated every
+def train_py_run(nanogpt: NanoGPT, spec: TrainPy, device: torch.device, checkpoint: Path) -> TimedRun:
+    """train.py's whole run of `max_iters`, compilation included: both splits evaluated every
     `eval_interval` iterations including 0 and the last, a checkpoint (model + optimizer,
     torch.save) whenever val improves after iteration 0, `train_py_step` between."""
     started = time.time()
     model, optimizer = set_up(nanogpt, spec, device)
-    dtype = read_meta(data.meta_path).numpy_dtype
-    train, val = RowBatches(data.train_path, dtype, spec, device), RowBatches(data.val_path, dtype, spec, device)
+    data, runtime, bf16 = spec.cfg.data, spec.cfg.runtime, spec.cfg.runtime.dtype == "bfloat16"
+    train, val = spec.batches(data.train_path, device), spec.batches(data.val_path, device)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     curve: list[EvalPoint] = []
     batch = train()
-    for it in range(spec.iters + 1):
-        if it % spec.eval_interval == 0 or it == spec.iters:
-            nanogpt_eval(model, train, spec.eval_iters, bf16=spec.bf16)
-            val_loss = nanogpt_eval(model, val, spec.eval_iters, bf16=spec.bf16)
+    for it in range(runtime.max_iters + 1):
+        if it % runtime.eval_interval == 0 or it == runtime.max_iters:
+            nanogpt_eval(model, train, runtime.eval_iters, bf16=bf16)
+            val_loss = nanogpt_eval(model, val, runtime.eval_iters, bf16=bf16)
             if it > 0 and val_loss < min(point.val_loss for point in curve):
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
             curve.append(EvalPoint(seconds=time.time() - started, iter=it, val_loss=val_loss))
-        if it < spec.iters:
+        if it < runtime.max_iters:
             _, batch = train_py_step(model, optimizer, batch, train, it, spec)
     return TimedRun(total_seconds=time.time() - started, curve=tuple(curve))
 

@@ -1,98 +1,144 @@
-"""Case 5: preparation speed (MB/s) and peak RSS on a synthetic corpus, GPT-2 BPE and char-level."""
+"""Case 5: preparation's MB/s and peak RSS on a synthetic corpus (GPT-2 BPE, char-level), and its
+GPT-2 encoder against tiktoken's own. Each runs in a child process (`python -m
+ml_playground.bench.prepare_cases INPUT DATASET_DIR char|tiktoken`, or `INPUT --compare-bpe MB`) that
+prints JSON, so that each peak RSS is its own: nothing imported at the top here imports torch."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import resource
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from ml_playground.bench.context import BenchContext
-from ml_playground.bench.report import BpeComparison, Prepare, Row
+from ml_playground.data.prepare import iter_text, prepare_corpus
 from ml_playground.errors import DataError
+from ml_playground.tokenizers import fast_encoder, load_encoding
 
-_BLOCK_BYTES = 4 << 20
-_DISTINCT_BLOCKS = 4
-_COMPARE_MB = 128.0  # input for the side-by-side row against tiktoken's own GPT-2 encoding
+if TYPE_CHECKING:
+    from ml_playground.bench.context import BenchContext
+    from ml_playground.bench.report import Row
 
-
-def _block(rng: np.random.Generator, words: list[str]) -> str:
-    """About _BLOCK_BYTES of speaker-headed lines of random words."""
-    parts: list[str] = []
-    size = 0
-    while size < _BLOCK_BYTES:
-        picks = rng.integers(0, len(words), size=int(rng.integers(6, 16)))
-        line = " ".join(words[int(i)] for i in picks)
-        text = f"SPEAKER {int(rng.integers(0, 40))}:\n{line.capitalize()}.\n\n"
-        parts.append(text)
-        size += len(text)
-    return "".join(parts)
+BLOCK_BYTES, DISTINCT_BLOCKS = 4 << 20, 4
+COMPARE_MB = 128.0  # input for the side-by-side row against tiktoken's own GPT-2 encoding
+COMPARE_ROUNDS = 4
 
 
 def write_synthetic_corpus(path: Path, megabytes: float, seed: int = 1337) -> int:
-    """A deterministic English-like ASCII text of `megabytes` MB (a few distinct blocks cycled)."""
+    """A deterministic English-like ASCII text of `megabytes` MB: a few distinct blocks of
+    speaker-headed lines of random words, cycled."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
     weights = np.linspace(2.0, 0.1, len(letters))
-    weights /= weights.sum()
-    words = ["".join(rng.choice(letters, size=int(rng.integers(1, 9)), p=weights)) for _ in range(5000)]
-    blocks = [_block(rng, words).encode("ascii") for _ in range(_DISTINCT_BLOCKS)]
-    target = int(megabytes * 1e6)
-    written = 0
+    words = ["".join(rng.choice(letters, size=int(rng.integers(1, 9)), p=weights / weights.sum())) for _ in range(5000)]
+    blocks: list[str] = []
+    for _ in range(DISTINCT_BLOCKS):
+        size = 0
+        while size < BLOCK_BYTES:
+            line = " ".join(words[int(i)] for i in rng.integers(0, len(words), size=int(rng.integers(6, 16))))
+            blocks.append(f"SPEAKER {int(rng.integers(0, 40))}:\n{line.capitalize()}.\n\n")
+            size += len(blocks[-1])
+    data, target = "".join(blocks).encode("ascii"), int(megabytes * 1e6)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:  # scratch input, not an output of the tool: no atomic write needed
-        i = 0
-        while written < target:
-            chunk = blocks[i % len(blocks)][: target - written]
-            out.write(chunk)
-            written += len(chunk)
-            i += 1
-    return written
+        for start in range(0, target, len(data)):
+            out.write(data[: target - start])
+    return target
 
 
-def _in_child(corpus: Path, *args: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "ml_playground.bench.prepare_child", str(corpus), *args]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise DataError(f"{corpus}: {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. Linux: VmHWM of /proc/self/status (ru_maxrss would
+    include the parent's peak from before exec); elsewhere ru_maxrss (bytes on macOS)."""
+    status = Path("/proc/self/status")
+    lines = status.read_text(encoding="ascii", errors="replace").splitlines() if status.is_file() else []
+    if hwm := [line for line in lines if line.startswith("VmHWM:")]:
+        return int(hwm[0].split()[1]) * 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
-def _bpe_against_tiktoken(corpus: Path, megabytes: float) -> Row:
-    """Preparation's GPT-2 encoder vs tiktoken's own on the same first megabytes, side by side."""
-    result = _in_child(corpus, "--compare-bpe", str(megabytes))
+def compare_bpe(input_path: Path, megabytes: float) -> dict[str, Any]:
+    """Seconds of tiktoken's own GPT-2 encoding and of preparation's on the same pieces, all cores,
+    alternating over four interleaved quarters of the pieces so that a drift in machine speed hits
+    both alike; whether their ids are identical."""
+    limit = min(input_path.stat().st_size, int(megabytes * 1e6))
+    pieces = [text for _offset, text in iter_text(input_path, 0, limit)]
+    exact = load_encoding("gpt2")
+    encoders: dict[str, Callable[[str], npt.NDArray[np.uint32]]] = {
+        "tiktoken": lambda text: exact.encode_to_numpy(text, disallowed_special=()),
+        "prepare": fast_encoder("gpt2").encode_array,
+    }
+    seconds = dict.fromkeys(encoders, 0.0)
+    identical = True
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for round_ in range(COMPARE_ROUNDS):
+            part = pieces[round_::COMPARE_ROUNDS]
+            ids: dict[str, list[npt.NDArray[np.uint32]]] = {}
+            for name in sorted(encoders, reverse=round_ % 2 == 1):
+                started = time.perf_counter()
+                ids[name] = list(pool.map(encoders[name], part))
+                seconds[name] += time.perf_counter() - started
+            identical &= all(np.array_equal(a, b) for a, b in zip(ids["tiktoken"], ids["prepare"], strict=True))
+    return {"megabytes": limit / 1e6, **{f"{name}_seconds": s for name, s in seconds.items()}, "identical": identical}
+
+
+def child(argv: list[str]) -> dict[str, Any]:
+    """What the child process measures (its arguments as in the module's docstring)."""
+    if argv[1] == "--compare-bpe":
+        return compare_bpe(Path(argv[0]), float(argv[2]))
+    tokenizer: Literal["char", "tiktoken"] = "char" if argv[2] == "char" else "tiktoken"
+    if argv[2] != tokenizer:
+        raise SystemExit(f"tokenizer must be char or tiktoken, got {argv[2]!r}")
+    started = time.perf_counter()
+    meta = prepare_corpus(Path(argv[0]), Path(argv[1]), tokenizer=tokenizer, encoding="gpt2", val_fraction=0.1)
+    seconds = time.perf_counter() - started
+    tokens = (meta.train_tokens or 0) + (meta.val_tokens or 0)  # a preparation always records both
+    return {"seconds": seconds, "peak_rss_bytes": peak_rss_bytes(), "tokens": tokens}
+
+
+def case5_prepare(ctx: BenchContext) -> list[Row]:
+    # Imported here: both import torch, which the child must not.
+    from ml_playground.bench.report import BpeComparison, Prepare, Row
+    from ml_playground.bench.timing import run_process
+
+    def in_child(*args: str) -> dict[str, Any]:
+        command = [sys.executable, "-m", "ml_playground.bench.prepare_cases", str(corpus), *args]
+        result: dict[str, Any] = json.loads(run_process(command, f"{corpus}: {' '.join(args)}")[1].splitlines()[-1])
+        return result
+
+    corpus = ctx.work_dir / "case5" / "synthetic.txt"
+    mb = write_synthetic_corpus(corpus, ctx.sizes.prepare_mb) / 1e6
+    rows: list[Row] = []
+    for tokenizer, name in (("tiktoken", "GPT-2 BPE"), ("char", "char-level")):
+        result = in_child(str(ctx.work_dir / "case5" / tokenizer), tokenizer)
+        seconds, rss_mb = float(result["seconds"]), int(result["peak_rss_bytes"]) / 2**20
+        metrics = Prepare(
+            input_mb=mb, seconds=seconds, mb_per_s=mb / seconds, peak_rss_mib=rss_mb, tokens=int(result["tokens"])
+        )
+        summary = f"{mb / seconds:7.1f} MB/s, peak RSS {rss_mb:5.0f} MiB ({mb:.0f} MB in {seconds:.1f} s)"
+        rows.append(Row(case=f"5 prepare {mb:.0f} MB", variant=name, summary=summary, metrics=metrics))
+        # Free the disk before the next tokenizer (a GB of char ids is 2 GB of uint16).
+        for produced in (ctx.work_dir / "case5" / tokenizer).glob("*.bin"):
+            produced.unlink()
+    result = in_child("--compare-bpe", str(min(ctx.sizes.prepare_mb, COMPARE_MB)))
     if not result["identical"]:
         raise DataError(f"{corpus}: the GPT-2 ids of preparation differ from tiktoken's")
     size = float(result["megabytes"])
     ours, theirs = size / float(result["prepare_seconds"]), size / float(result["tiktoken_seconds"])
-    metrics = BpeComparison(input_mb=size, mb_per_s=ours, tiktoken_mb_per_s=theirs, ratio=ours / theirs)
+    against = BpeComparison(input_mb=size, mb_per_s=ours, tiktoken_mb_per_s=theirs, ratio=ours / theirs)
     summary = f"{ours:7.1f} MB/s vs {theirs:.1f} MB/s: {ours / theirs:.2f}x, same ids (first {size:.0f} MB)"
-    return Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=metrics)
+    return [
+        *rows,
+        Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=against),
+    ]
 
 
-def case5_prepare(ctx: BenchContext) -> list[Row]:
-    corpus = ctx.work_dir / "case5" / "synthetic.txt"
-    size = write_synthetic_corpus(corpus, ctx.sizes.prepare_mb)
-    rows: list[Row] = []
-    for tokenizer, name in (("tiktoken", "GPT-2 BPE"), ("char", "char-level")):
-        result = _in_child(corpus, str(ctx.work_dir / "case5" / tokenizer), tokenizer)
-        mb_per_s = size / 1e6 / float(result["seconds"])
-        rss_mb = int(result["peak_rss_bytes"]) / 2**20
-        metrics = Prepare(
-            input_mb=size / 1e6,
-            seconds=float(result["seconds"]),
-            mb_per_s=mb_per_s,
-            peak_rss_mib=rss_mb,
-            tokens=int(result["tokens"]),
-        )
-        summary = f"{mb_per_s:7.1f} MB/s, peak RSS {rss_mb:5.0f} MiB ({size / 1e6:.0f} MB in {result['seconds']:.1f} s)"
-        rows.append(Row(case=f"5 prepare {size / 1e6:.0f} MB", variant=name, summary=summary, metrics=metrics))
-        # Free the disk before the next tokenizer (a GB of char ids is 2 GB of uint16).
-        for produced in (ctx.work_dir / "case5" / tokenizer).glob("*.bin"):
-            produced.unlink()
-    rows.append(_bpe_against_tiktoken(corpus, min(ctx.sizes.prepare_mb, _COMPARE_MB)))
-    return rows
+if __name__ == "__main__":
+    print(json.dumps(child(sys.argv[1:])))

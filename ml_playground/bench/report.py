@@ -18,8 +18,6 @@ from pydantic import BaseModel
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import DType, ModelConfig, OptimConfig
 
-Value = float | int | str | bool | None
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Throughput:
@@ -112,7 +110,7 @@ class Quality:
     iters: int
     total_seconds: float
     runs: int
-    seconds_per_run: tuple[float, ...]  # each run's `QualityRun.seconds`
+    seconds_per_run: tuple[float, ...]  # each run's time to the threshold (its whole time if it never got there)
     curves: tuple[Curve, ...]  # each run's evaluations, in run order
     config: str | None = None  # ml-playground's row: the TOML file
     vs_nanogpt: float | None = None  # seconds over nanoGPT's
@@ -193,19 +191,13 @@ class Row:
     metrics: Metrics | None = None
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; otherwise what platform knows)."""
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows), cores, torch and the device."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device) -> dict[str, Value]:
-    info: dict[str, Value] = {
-        "cpu": cpu_model(),
+    lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return {
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -213,45 +205,35 @@ def machine_info(device: torch.device) -> dict[str, Value]:
         "python": platform.python_version(),
         "device": str(device),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
     }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def format_table(rows: list[Row]) -> str:
-    headers = ("case", "variant", "result")
-    cells = [headers, *((row.case, row.variant, row.summary) for row in rows)]
+    cells = [("case", "variant", "result"), *((row.case, row.variant, row.summary) for row in rows)]
     widths = [max(len(cell[i]) for cell in cells) for i in range(2)]
-    lines = [f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]}" for c in cells]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return "\n".join(lines)
+    lines = [f"{case:<{widths[0]}}  {variant:<{widths[1]}}  {result}" for case, variant, result in cells]
+    return "\n".join([lines[0], "-" * max(map(len, lines)), *lines[1:]])
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     """out_dir/bench_<UTC stamp>.json, and latest.json with the same content."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
-    path = out_dir / f"bench_{stamp}.json"
+    path = out_dir / f"bench_{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     write_text_atomic(path, text)
     write_text_atomic(out_dir / "latest.json", text)
     return path
 
 
-def row_dict(row: Row) -> dict[str, Any]:
-    """The row as JSON: every field of its metrics (None as null, tuples as lists)."""
-    metrics = {} if row.metrics is None else dataclasses.asdict(row.metrics)
-    return {"case": row.case, "variant": row.variant, "summary": row.summary, "metrics": metrics}
-
-
 def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: such floats become null. A config model becomes its keys."""
+    """As JSON: a row or its metrics with every field (None as null, tuples as lists), a config
+    model with its keys; inf and nan, which JSON lacks, as null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, BaseModel):
-        return _finite(value.model_dump())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+        value = value.model_dump()
     if isinstance(value, dict):
         return {key: _finite(item) for key, item in value.items()}  # pyright: ignore[reportUnknownVariableType]
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]  # pyright: ignore[reportUnknownVariableType]
-    return value
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -1,67 +1,49 @@
-"""Medians after warm-up: of timed calls, of steps between timestamps, and runs that alternate."""
+"""Timed calls, steps (or windows of steps) between stamps, and runs that alternate two sides; every
+clock is the trainer's own `ThroughputClock` (the device synchronised at each mark)."""
 
 from __future__ import annotations
 
 import itertools
-import statistics
+import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from ml_playground.errors import DataError
+from ml_playground.train.metrics import ThroughputClock
 
 A = TypeVar("A")
 B = TypeVar("B")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timing:
-    """Wall-clock seconds of each timed repetition (warm-up calls excluded)."""
-
-    samples: tuple[float, ...]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_calls(fn: Callable[[], object], *, warmup: int, reps: int, device: torch.device) -> Timing:
-    """Call `fn` warmup + reps times; the timed calls end with a device sync."""
+def time_calls(fn: Callable[[], object], *, warmup: int, reps: int, device: torch.device) -> tuple[float, ...]:
+    """Seconds of each of `reps` calls of `fn` after `warmup` untimed ones, each ending with a device sync."""
     for _ in range(warmup):
         fn()
-    synchronize(device)
+    clock = ThroughputClock.for_device(device)
+    clock.start()
     samples: list[float] = []
     for _ in range(reps):
-        started = time.perf_counter()
         fn()
-        synchronize(device)
-        samples.append(time.perf_counter() - started)
-    return Timing(samples=tuple(samples))
+        samples.append(clock.lap().seconds)
+    return tuple(samples)
 
 
 class StepClock:
-    """A timestamp after a device sync at the end of every `every`-th step; a step's time is the
-    gap between two stamps over the steps between them (so the first step is never timed).
+    """A stamp (a lap of `clock`) at the end of every `every`-th step; a step's time is the gap between
+    two stamps over the steps between them (the first step is never timed). On a GPU a sync per step
+    would keep the host from queueing the next step, which no trainer does: GPU cases stamp windows."""
 
-    every=1 times single steps (CPU: medians of steps); on a GPU a sync per step would keep the
-    host from queueing the next step while the device runs this one, which no trainer does, so
-    GPU cases stamp windows of several steps."""
-
-    def __init__(self, device: torch.device, *, every: int = 1) -> None:
+    def __init__(self, device: torch.device, *, every: int = 1, clock: ThroughputClock | None = None) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.device = device
         self.every = every
         self.calls = 0
-        self.stamps: list[float] = []
+        self.stamps: list[float] = []  # seconds since the first stamp, at the end of steps 0, every, 2 every, ...
+        self.clock = ThroughputClock.for_device(device) if clock is None else clock
 
     def plan(self, warmup: int, reps: int) -> tuple[int, int]:
         """(warm-up steps, all steps) for `reps` timed steps after `warmup`, each rounded up to whole
@@ -72,19 +54,24 @@ class StepClock:
     def stamp(self) -> None:
         self.calls += 1
         if (self.calls - 1) % self.every == 0:
-            synchronize(self.device)
-            self.stamps.append(time.perf_counter())
+            self.clock.start()  # the first stamp opens the clock; later ones are laps of it
+            self.stamps.append(self.stamps[-1] + self.clock.lap().seconds if self.stamps else 0.0)
 
-    def stamped_steps(self) -> dict[int, float]:
-        """Step index (0: the first step) -> the time its end was stamped."""
-        return {i * self.every: stamp for i, stamp in enumerate(self.stamps)}
-
-    def steps(self, warmup: int) -> Timing:
+    def steps(self, warmup: int) -> tuple[float, ...]:
         """Mean seconds per step of each window between stamps; windows that start within the
         first `warmup` steps after the first stamp are left out."""
         gaps = [(b - a) / self.every for a, b in itertools.pairwise(self.stamps)]
-        skip = -(-warmup // self.every)
-        return Timing(samples=tuple(gaps[skip:]))
+        return tuple(gaps[-(-warmup // self.every) :])
+
+
+def run_process(command: list[str], what: str, cwd: Path | None = None) -> tuple[float, str]:
+    """Seconds of a whole child process and its stdout; a failed one stops the bench in one line naming `what`."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise DataError(f"{what} exited {done.returncode}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return seconds, done.stdout
 
 
 def alternate(first: Callable[[], A], second: Callable[[], B] | None, runs: int) -> tuple[list[A], list[B]]:

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.bench.context import BenchContext, Peaks
-from ml_playground.bench.shapes import TINY
+from ml_playground.bench.context import TINY, BenchContext
 from ml_playground.train.metrics import PrecisionProbe
 from tests.support.tiny_training import write_char_dataset
 
@@ -26,7 +25,7 @@ def ctx(tmp_path: Path) -> BenchContext:
         char_dir=char_dir,
         char_meta=write_char_dataset(char_dir),
         work_dir=tmp_path / "work",
-        peaks=Peaks(float32=1e9, bfloat16=2e9),
+        peaks={"float32": 1e9, "bfloat16": 2e9},
         bf16_probe=PrecisionProbe(float32_seconds=0.002, bfloat16_seconds=0.001),
         nanogpt=None,
         compile=False,

@@ -20,8 +20,8 @@ from ml_playground.bench.ablation_case import (
     interpolate,
 )
 from ml_playground.bench.context import BenchContext
-from ml_playground.bench.quality_case import quality_config
-from ml_playground.bench.report import EvalPoint, row_dict, write_report
+from ml_playground.bench.quality_case import shipped_config
+from ml_playground.bench.report import EvalPoint, write_report
 from ml_playground.config import PROJECT_ROOT, ModelConfig
 from ml_playground.train.metrics import TB_SUBDIR, read_scalars
 
@@ -66,7 +66,7 @@ def test_every_option_row_differs_from_the_baseline_in_its_key_alone(ctx: BenchC
 
 
 def test_baseline_is_gpt2_with_adamw_in_the_configs_shape(ctx: BenchContext) -> None:
-    shipped = quality_config(ctx, FAST_CONFIG)
+    shipped = shipped_config(ctx, FAST_CONFIG, ctx.work_dir / "case3")
     fancy = replace(
         shipped, model=shipped.model.replace(position="rope", qk_norm=True, n_kv_head=1, logit_softcap=30.0)
     )
@@ -97,7 +97,7 @@ def test_tiny_ablation_writes_one_row_per_option_with_its_curve(ctx: BenchContex
     logs = tmp_path / "logs"
     (logs / "stale" / "logs" / "tb").mkdir(parents=True)  # an earlier bench's row
     rows = case8_ablation(ctx, FAST_CONFIG, logs)
-    report = json.loads(write_report(tmp_path / "bench", {"rows": [row_dict(row) for row in rows]}).read_text())
+    report = json.loads(write_report(tmp_path / "bench", {"rows": rows}).read_text())
     metrics = {row["variant"]: row["metrics"] for row in report["rows"]}
     assert [row["variant"] for row in report["rows"]][::10] == [BASELINE, BEST]
     assert set(metrics) == {BASELINE, BEST, *OPTIONS}

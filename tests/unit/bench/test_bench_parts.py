@@ -11,10 +11,11 @@ import pytest
 
 from ml_playground.bench.nanogpt import load_nanogpt
 from ml_playground.bench.prepare_cases import write_synthetic_corpus
-from ml_playground.bench.report import EvalPoint, Quality, Row, format_table, row_dict, write_report
+from ml_playground.bench.report import EvalPoint, Quality, Row, format_table, write_report
 from ml_playground.bench.runner import parse_options
 from ml_playground.bench.timing import StepClock, alternate, time_calls
 from ml_playground.errors import ConfigError
+from ml_playground.train.metrics import ThroughputClock
 
 
 def test_cases_option_parses_and_rejects_unknown_numbers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,18 +51,18 @@ def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path:
         seconds_per_run=(1.0, 2.0),
         curves=((EvalPoint(seconds=0.5, iter=0, val_loss=4.2), EvalPoint(seconds=1.5, iter=6, val_loss=3.1)), ()),
     )
-    row = row_dict(Row(case="3", variant="ours", summary="s", metrics=metrics))
-    assert row["metrics"]["seconds_per_run"] == (1.0, 2.0)
-    assert row["metrics"]["vs_nanogpt"] is None
-    data = json.loads(write_report(tmp_path, {"rows": [row]}).read_text())
+    rows = [Row(case="3", variant="ours", summary="s", metrics=metrics), Row(case="1", variant="a", summary="x")]
+    data = json.loads(write_report(tmp_path, {"rows": rows}).read_text())
+    assert [data["rows"][0][key] for key in ("case", "variant", "summary")] == ["3", "ours", "s"]
     assert data["rows"][0]["metrics"]["seconds_per_run"] == [1.0, 2.0]
+    assert data["rows"][0]["metrics"]["vs_nanogpt"] is None
     assert data["rows"][0]["metrics"]["final_val_loss"] is None  # inf has no JSON
     assert data["rows"][0]["metrics"]["seconds_to_threshold"] is None
     assert data["rows"][0]["metrics"]["curves"] == [
         [{"seconds": 0.5, "iter": 0, "val_loss": 4.2}, {"seconds": 1.5, "iter": 6, "val_loss": 3.1}],
         [],
     ]
-    assert row_dict(Row(case="1", variant="a", summary="x"))["metrics"] == {}
+    assert data["rows"][1]["metrics"] is None
 
 
 def test_table_has_one_line_per_row_and_aligned_columns() -> None:
@@ -84,10 +85,10 @@ def test_time_calls_counts_only_timed_repetitions() -> None:
     import torch
 
     calls: list[int] = []
-    timing = time_calls(lambda: calls.append(1), warmup=2, reps=3, device=torch.device("cpu"))
+    seconds = time_calls(lambda: calls.append(1), warmup=2, reps=3, device=torch.device("cpu"))
     assert len(calls) == 5
-    assert len(timing.samples) == 3
-    assert timing.median >= 0
+    assert len(seconds) == 3
+    assert min(seconds) >= 0
 
 
 def test_step_clock_times_the_gaps_between_stamps_after_warmup() -> None:
@@ -96,31 +97,25 @@ def test_step_clock_times_the_gaps_between_stamps_after_warmup() -> None:
     clock = StepClock(torch.device("cpu"))
     for _ in range(5):
         clock.stamp()
-    assert len(clock.steps(warmup=0).samples) == 4  # the first stamp has nothing before it
-    assert len(clock.steps(warmup=1).samples) == 3
-    assert all(gap >= 0 for gap in clock.steps(warmup=0).samples)
+    assert len(clock.steps(warmup=0)) == 4  # the first stamp has nothing before it
+    assert len(clock.steps(warmup=1)) == 3
+    assert all(gap >= 0 for gap in clock.steps(warmup=0))
 
 
-def test_windowed_step_clock_syncs_at_window_ends_and_reports_seconds_per_step(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_windowed_step_clock_syncs_at_window_ends_and_reports_seconds_per_step() -> None:
     import torch
 
     now = iter(float(t) for t in range(100))
     synced: list[int] = []
-    clock = StepClock(torch.device("cpu"), every=4)
-
-    def synchronize(_device: torch.device) -> None:
-        synced.append(clock.calls)
-
-    monkeypatch.setattr("ml_playground.bench.timing.time.perf_counter", lambda: next(now))
-    monkeypatch.setattr("ml_playground.bench.timing.synchronize", synchronize)
+    steps = StepClock(
+        torch.device("cpu"), every=4, clock=ThroughputClock(lambda: synced.append(steps.calls), lambda: next(now))
+    )
     for _ in range(13):  # stamps after steps 1, 5, 9, 13: three windows of four steps
-        clock.stamp()
+        steps.stamp()
     assert synced == [1, 5, 9, 13]
-    assert clock.steps(warmup=0).samples == (0.25, 0.25, 0.25)  # one second per window of four
-    assert len(clock.steps(warmup=4).samples) == 2
-    assert len(clock.steps(warmup=5).samples) == 1  # a window that starts within the warm-up goes
+    assert steps.steps(warmup=0) == (0.25, 0.25, 0.25)  # one second per window of four
+    assert len(steps.steps(warmup=4)) == 2
+    assert len(steps.steps(warmup=5)) == 1  # a window that starts within the warm-up goes
     with pytest.raises(ValueError, match="every"):
         StepClock(torch.device("cpu"), every=0)
 

@@ -9,13 +9,18 @@ from dataclasses import replace
 
 import pytest
 
-from ml_playground.bench.context import BenchContext
-from ml_playground.bench.quality_case import quality_config
+from ml_playground.bench.context import TINY, BenchContext
+from ml_playground.bench.quality_case import shipped_config
 from ml_playground.bench.report import Skipped, Throughput
 from ml_playground.bench.runner import DEFAULT_QUALITY_CONFIG
-from ml_playground.bench.runs import logged_vs_wall, precision, timed_steps, train_config
-from ml_playground.bench.shapes import TINY
-from ml_playground.bench.train_cases import case2_train_mid
+from ml_playground.bench.train_cases import (
+    case2_train_mid,
+    logged_vs_wall,
+    pooled,
+    precision,
+    timed_steps,
+    train_config,
+)
 from ml_playground.config_loader import load_experiment_config, require
 from ml_playground.train.checkpoint import LAST_NAME, load_checkpoint
 from ml_playground.train.metrics import PrecisionProbe
@@ -25,7 +30,7 @@ def test_timed_steps_stamps_every_step_of_a_real_run_and_starts_fresh(ctx: Bench
     cfg = train_config(ctx, TINY.small, batch_size=2)
     out_dir = ctx.work_dir / "steps"
     first = timed_steps(ctx, cfg, out_dir, warmup=1, reps=2)
-    assert len(first.timing.samples) == 2  # 1 + 1 + 2 steps: the first has no stamp before it, one warm-up
+    assert len(first.seconds) == 2  # 1 + 1 + 2 steps: the first has no stamp before it, one warm-up
     assert len(first.losses) == 4
     assert first.flops_per_token > 0
     assert load_checkpoint(out_dir / LAST_NAME).iter_num == 4  # the run's own checkpoint after the last step
@@ -51,11 +56,12 @@ def test_logged_vs_wall_pairs_log_steps_after_warmup() -> None:
     assert agreement is not None
     # Windows (2, 4] and (4, 6]: 2 x 1.5 s each logged, stamps 9 - 3 = 6 s on the wall clock.
     assert (agreement.logged_seconds, agreement.wall_seconds, agreement.steps) == (6.0, 6.0, 4)
-    assert agreement.ratio == 1.0
+    assert pooled([agreement]) == 1.0
     slow_log = logged_vs_wall([(2, 1500.0), (4, 3000.0)], stamps, first=1)
     assert slow_log is not None
-    assert slow_log.ratio == pytest.approx(3.0 / 6.0)  # logged tokens/s half the true ones
-    assert (slow_log + slow_log).ratio == slow_log.ratio
+    assert pooled([slow_log]) == pytest.approx(3.0 / 6.0)  # logged tokens/s half the true ones
+    assert pooled([slow_log, None, agreement]) == pytest.approx(9.0 / 12.0)  # the runs' steps together
+    assert pooled([None]) is None
     assert logged_vs_wall(step_ms, stamps, first=5) is None  # one log step after warm-up
     # Stamps every 4 steps (a windowed clock): the span runs between the stamped log steps 0 and 4.
     windowed = logged_vs_wall(step_ms, {0: 0.0, 4: 6.0}, first=0)
@@ -81,10 +87,10 @@ def test_precision_variant_changes_only_dtype_compile_and_peak(ctx: BenchContext
 
 def test_quality_config_keeps_the_shipped_settings_on_the_bench_corpus(ctx: BenchContext) -> None:
     shipped = require(load_experiment_config(DEFAULT_QUALITY_CONFIG).train, DEFAULT_QUALITY_CONFIG, "train")
-    cfg = quality_config(ctx, DEFAULT_QUALITY_CONFIG)
+    cfg = shipped_config(ctx, DEFAULT_QUALITY_CONFIG, ctx.work_dir / "case3")
     assert cfg.data.dataset_dir == ctx.char_dir
     assert cfg.runtime.out_dir == ctx.work_dir / "case3"
-    assert cfg.runtime.peak_flops == ctx.peaks.float32
+    assert cfg.runtime.peak_flops == ctx.peaks["float32"]
     assert cfg.optim == shipped.optim
     # --tiny: the small shape and a 6-step run
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.data.block_size) == (1, 16, 16)
