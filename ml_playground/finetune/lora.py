@@ -46,6 +46,7 @@ from ml_playground.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
+    weights_mismatch,
 )
 from ml_playground.train.modes import Mode, Start
 
@@ -105,25 +106,6 @@ def load_adapter_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
-
-
-def adapter_mismatch(state: dict[str, Tensor], own: dict[str, Tensor]) -> str:
-    """How saved adapter weights differ from this model's adapter in names and shapes ("" when they fit)."""
-    problems: list[str] = []
-    missing = [name for name in own if name not in state]
-    unexpected = [name for name in state if name not in own]
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-    shapes = [
-        f"{name} {tuple(state[name].shape)} vs {tuple(own[name].shape)} here"
-        for name in own
-        if name in state and state[name].shape != own[name].shape
-    ]
-    if shapes:
-        problems.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
-    return "; ".join(problems)
 
 
 def merged_state_dict(model: GPT, adapter: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -196,7 +178,7 @@ class LoRA(Mode):
             log.warning("no %s in %s (no evaluation saved one): nothing to merge", BEST_NAME, out_dir)
             return
         best = load_checkpoint(best_path)
-        mismatch = adapter_mismatch(best.model, adapter_state(model))
+        mismatch = weights_mismatch(best.model, adapter_state(model))
         if mismatch:
             raise CheckpointError(f"{best_path}: adapter does not fit train.peft: {mismatch}")
         folder = out_dir / MERGED_DIR
@@ -235,7 +217,7 @@ def check_resumable(checkpoint: Checkpoint, path: Path, adapter: dict[str, Tenso
         raise CheckpointError(
             f"{path}: holds a whole model, not a LoRA adapter; give the LoRA run its own train.runtime.out_dir"
         )
-    mismatch = adapter_mismatch(checkpoint.model, adapter)
+    mismatch = weights_mismatch(checkpoint.model, adapter)
     if mismatch:
         raise CheckpointError(
             f"{path}: adapter does not fit train.peft ({mismatch}); resume with the settings it was "

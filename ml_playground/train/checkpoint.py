@@ -337,3 +337,22 @@ def load_checkpoint(path: Path) -> Checkpoint:
         extra=_optional(path, raw, "extra"),
         rank_states=_rank_states(path, raw),
     )
+
+
+def weights_mismatch(saved: dict[str, Tensor], expected: dict[str, Tensor]) -> str:
+    """How saved weights differ from the model's in names and shapes ("" when they fit)."""
+    problems: list[str] = []
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    shapes = [
+        f"{name} {tuple(saved[name].shape)} vs {tuple(expected[name].shape)} here"
+        for name in expected
+        if name in saved and saved[name].shape != expected[name].shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
+    return "; ".join(problems)

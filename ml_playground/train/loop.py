@@ -66,6 +66,7 @@ from ml_playground.train.checkpoint import (
     copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    weights_mismatch,
 )
 from ml_playground.train.distributed import (
     DistInfo,
@@ -546,25 +547,6 @@ def resume(loop: LoopContext, checkpoint: Checkpoint) -> TrainState:
         set_rng_state(rng)
     log.info("resuming from %s at iter %d (best val loss %.4f)", where, checkpoint.iter_num, checkpoint.best_val_loss)
     return TrainState(iter_num=checkpoint.iter_num, best_val_loss=checkpoint.best_val_loss)
-
-
-def weights_mismatch(saved: dict[str, Tensor], expected: dict[str, Tensor]) -> str:
-    """How saved weights differ from the model's in names and shapes ("" when they fit)."""
-    problems: list[str] = []
-    missing = [name for name in expected if name not in saved]
-    unexpected = [name for name in saved if name not in expected]
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-    shapes = [
-        f"{name} {tuple(saved[name].shape)} vs {tuple(expected[name].shape)} here"
-        for name in expected
-        if name in saved and saved[name].shape != expected[name].shape
-    ]
-    if shapes:
-        problems.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
-    return "; ".join(problems)
 
 
 def _own_rank_state(loop: LoopContext, checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
