@@ -117,8 +117,9 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback | None = None) -> TrainResult:
-    """`make train`: train the GPT `mode` builds (default: [train.model] from scratch or its
-    init_from source) on [train.data]; resumes exactly from out_dir's ckpt_last.pt when it exists.
+    """`make train`: train the GPT `mode` builds (default: [train.model] from scratch; the CLI
+    picks Pretrained or LoRA from the config) on [train.data]; resumes exactly from out_dir's
+    ckpt_last.pt when it exists.
 
     Under torchrun every rank runs this. `on_step` is called after every optimizer step."""
     mode = Mode() if mode is None else mode
