@@ -133,7 +133,9 @@ def test_a_fresh_run_keeps_an_earlier_runs_best_model(table: dict[str, Any], cap
     assert len(kept) == 1
     assert _bytes(kept[0]) == trained
     assert f"the earlier run's ckpt_best.pt is kept as {kept[0].name}" in caplog.text
-    assert load_checkpoint(out / "ckpt_best.pt").iter_num <= 12  # the new run's own
+    # The new run's own file (a new inode), not the kept one linked or copied back.
+    assert (out / "ckpt_best.pt").stat().st_ino != kept[0].stat().st_ino
+    assert load_checkpoint(out / "ckpt_best.pt").best_val_loss == load_checkpoint(out / "ckpt_last.pt").best_val_loss
     (out / "ckpt_last.pt").unlink()
     train(cfg)  # a second fresh start keeps both earlier models
     assert len(list(out.glob("ckpt_best.*.pt"))) == 2
