@@ -32,6 +32,11 @@ CFG_ARG = $(if $(CONFIG),--exp-config $(call quote,$(CONFIG)),)
 PORT_ARG = $(if $(PORT),--port $(call quote,$(PORT)),)
 EXP_ARG = $(call quote,$(EXP))
 PYTEST := $(RUN) pytest
+# The test targets spread tests over one pytest-xdist worker per CPU core, test by test; a file
+# whose tests share module-scoped runs carries an xdist_group mark, which keeps it on one worker.
+# TEST_WORKERS=0 runs them in this process (a debugger, `-x`); N picks N workers.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: help setup verify format lint pyright mypy quality quality-ext test unit unit-cov \
 	integration e2e acceptance test-cuda prepare train sample loop export tensorboard lit bench gguf-help clean
@@ -87,24 +92,24 @@ quality-ext: $(DEV) ## mutation testing with cosmic-ray (non-fatal)
 	-@$(RUN) python tools/mutation.py
 
 test: $(DEV) ## all tests
-	$(PYTEST)
+	$(PYTEST_PARALLEL)
 
 unit: $(DEV) ## unit tests
-	$(PYTEST) -m unit
+	$(PYTEST_PARALLEL) -m unit
 
 # Unit tests alone cover ~70% (the integration layer covers distributed, export and TensorBoard code):
 # the floor catches a large drop without failing on small refactors.
 unit-cov: $(DEV) ## unit tests with coverage report (fails below 68%)
-	$(PYTEST) -m unit --cov=ml_playground --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=68
+	$(PYTEST_PARALLEL) -m unit --cov=ml_playground --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=68
 
 integration: $(DEV) ## integration tests
-	$(PYTEST) -m integration
+	$(PYTEST_PARALLEL) -m integration
 
 e2e: $(DEV) ## CLI end-to-end tests
-	$(PYTEST) -m e2e
+	$(PYTEST_PARALLEL) -m e2e
 
 acceptance: $(DEV) ## acceptance tests
-	$(PYTEST) -m acceptance
+	$(PYTEST_PARALLEL) -m acceptance
 
 # ML_PLAYGROUND_REQUIRE_CUDA=1: without a usable GPU the layer fails instead of skipping (make test skips it).
 test-cuda: $(DEV) ## CUDA tests (tests/cuda); they fail where CUDA is absent

@@ -1,17 +1,29 @@
 """For every test: torch's process-wide settings are restored afterwards (support/torch_state.py),
 and the session fails if a process the tests started is still alive at its end
-(support/process_guard.py)."""
+(support/process_guard.py). A pytest-xdist worker (`make test` runs one per core) gives torch one
+intra-op thread, and so the processes its tests start: the workers already fill the cores."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import torch
 
-from tests.support.process_guard import pytest_configure, pytest_sessionfinish
+from tests.support import process_guard
+from tests.support.process_guard import pytest_sessionfinish, pytest_testnodedown
 from tests.support.torch_state import TorchState
 
-__all__ = ["pytest_configure", "pytest_sessionfinish", "torch_state"]
+__all__ = ["pytest_configure", "pytest_sessionfinish", "pytest_testnodedown", "torch_state"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    process_guard.pytest_configure(config)
+    if hasattr(config, "workerinput"):  # an xdist worker
+        # Thread pools that spin on cores another worker uses make tiny models several times slower.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,9 @@ def test_orphans_a_grandchild() -> None:
 
 
 @pytest.mark.slow
-def test_a_process_left_running_fails_the_session_and_is_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
+def test_a_process_left_running_fails_the_session_and_is_stopped(tmp_path: Path, workers: list[str]) -> None:
+    """Under pytest-xdist (`make test`) the workers check, and the controller fails the run."""
     (tmp_path / "test_leaky.py").write_text(_LEAKY_TESTS, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = dict(os.environ)
@@ -85,6 +87,7 @@ def test_a_process_left_running_fails_the_session_and_is_stopped(tmp_path: Path)
         str(tmp_path / "pytest.ini"),
         "-p",
         "tests.support.process_guard",
+        *workers,
         env=env,
     )
     assert "2 passed" in result.stdout, result.stdout[-3000:]
@@ -113,3 +116,12 @@ def test_a_session_whose_processes_all_ended_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "still running" not in result.stdout
+
+
+def test_files_whose_tests_share_runs_stay_on_one_xdist_worker() -> None:
+    """`make test` hands tests to pytest-xdist workers one by one (--dist loadgroup): a file whose
+    tests share a module-scoped fixture carries an xdist_group mark, or each worker would build the
+    fixture again and a test reading what an earlier one wrote there would find nothing."""
+    shared = [path for path in (ROOT / "tests").rglob("test_*.py") if 'scope="module"' in path.read_text("utf-8")]
+    assert shared  # the check sees the files it is about
+    assert [str(path.relative_to(ROOT)) for path in shared if "xdist_group" not in path.read_text("utf-8")] == []

@@ -26,7 +26,8 @@ from tests.support import torchrun
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
 from tests.support.torchrun import write_toml
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share module-scoped runs.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_graceful_stop")]
 
 MAX_ITERS = 24
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

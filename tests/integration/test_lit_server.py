@@ -37,7 +37,8 @@ from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.loop import train
 from tests.support.ports import reserved_port
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share module-scoped runs.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lit_server")]
 
 CORPUS = "the quick brown fox jumps over the lazy dog. " * 40
 PROMPT = "the quick "

@@ -39,7 +39,8 @@ from tests.support.tiny_lora import (
 from tests.support.tiny_training import read_scalars, train_config
 from tests.support.torchrun import run, start, write_toml
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share module-scoped runs.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lora_ddp")]
 
 MAX_ITERS = 120
 KILL_AFTER_ITER = 20

@@ -28,7 +28,8 @@ from tests.support.tiny_lora import (
 from tests.support.tiny_training import read_scalars, train_config
 from tests.support.torchrun import write_toml
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share module-scoped runs.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lora_resume")]
 
 MAX_ITERS = 80
 KILL_AFTER_ITER = 20

@@ -43,7 +43,8 @@ from tests.support.tiny_lora import (
 )
 from tests.support.tiny_training import train_config
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share module-scoped runs.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lora_sample")]
 
 PROMPT = "First Citizen:\n"
 BLOCK_SIZE = 96  # the base's context (tiny_gpt.char_model), and so the merged model's

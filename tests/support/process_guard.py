@@ -4,6 +4,8 @@ At configure time the pytest process becomes a child subreaper (Linux), so a pro
 by a test (a server whose launcher was killed, a daemon that double-forked) is re-parented to
 pytest instead of init and stays its descendant. At the end of the session every descendant
 still alive after a short grace is listed, killed, and the exit status becomes "tests failed".
+Under pytest-xdist each worker checks the processes its own tests started and sends what it found
+to the controller, which lists them and fails the run (a worker's exit status alone would not).
 tests/conftest.py loads it for the suite (`-p tests.support.process_guard` loads it elsewhere).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import Any, Protocol
 
 import psutil
 import pytest
@@ -64,17 +67,14 @@ def _stop_compile_workers() -> None:
         shutdown_compile_workers()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput") and session.config.pluginmanager.hasplugin("dsession"):
-        return  # xdist's controller: each worker checks its own tests' processes
+def _stop_leftovers() -> list[str]:
+    """Kill the descendants still alive after the grace; what they were, one line each."""
     _stop_compile_workers()
     _reap_zombies()
     _, left = psutil.wait_procs(_alive_descendants(), timeout=GRACE_SECONDS)
     if not left:
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"processes started by the tests are still running: {len(left)}", *map(_describe, left)]
+        return []
+    lines = list(map(_describe, left))
     for process in left:
         try:
             process.kill()
@@ -82,7 +82,46 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             continue
     psutil.wait_procs(left, timeout=GRACE_SECONDS)
     _reap_zombies()
-    for line in lines:
+    return lines
+
+
+class _Worker(Protocol):
+    """What the controller sees of a pytest-xdist worker (xdist's WorkerController)."""
+
+    config: pytest.Config
+    workeroutput: dict[str, Any]
+
+
+_WORKER_LINES = "process_guard_leftovers"  # key of a worker's output to the controller
+_reported = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: _Worker, error: object | None) -> None:
+    """xdist's controller, as a worker ends: keep what its check found."""
+    found: list[str] = node.workeroutput.get(_WORKER_LINES, [])
+    node.config.stash.setdefault(_reported, []).extend(found)
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and config.pluginmanager.hasplugin("dsession")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if _is_xdist_controller(config):
+        lines = config.stash.get(_reported, list[str]())  # each worker checked its own tests' processes
+    else:
+        lines = _stop_leftovers()
+        workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports and fails the run
+            workeroutput[_WORKER_LINES] = lines
+            return
+    if not lines:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in [f"processes started by the tests are still running: {len(lines)}", *lines]:
         if reporter is not None:
             reporter.write_line(line, red=True)
         else:
