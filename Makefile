@@ -32,11 +32,11 @@ CFG_ARG = $(if $(CONFIG),--exp-config $(call quote,$(CONFIG)),)
 PORT_ARG = $(if $(PORT),--port $(call quote,$(PORT)),)
 EXP_ARG = $(call quote,$(EXP))
 PYTEST := $(RUN) pytest
-# The test targets spread tests over one pytest-xdist worker per CPU core, test by test; a file
-# whose tests share module-scoped runs carries an xdist_group mark, which keeps it on one worker.
-# TEST_WORKERS=0 runs them in this process (a debugger, `-x`); N picks N workers.
+# The test targets spread the test files over one pytest-xdist worker per CPU core; a file stays
+# on one worker, so its module-scoped runs are built once. TEST_WORKERS=0 runs them in this
+# process (a debugger, `-x`); N picks N workers.
 TEST_WORKERS ?= auto
-PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help setup verify format lint pyright mypy quality quality-ext test unit unit-cov \
 	integration e2e acceptance test-cuda prepare train sample loop export tensorboard lit bench gguf-help clean

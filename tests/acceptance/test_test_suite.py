@@ -116,12 +116,3 @@ def test_a_session_whose_processes_all_ended_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "still running" not in result.stdout
-
-
-def test_files_whose_tests_share_runs_stay_on_one_xdist_worker() -> None:
-    """`make test` hands tests to pytest-xdist workers one by one (--dist loadgroup): a file whose
-    tests share a module-scoped fixture carries an xdist_group mark, or each worker would build the
-    fixture again and a test reading what an earlier one wrote there would find nothing."""
-    shared = [path for path in (ROOT / "tests").rglob("test_*.py") if 'scope="module"' in path.read_text("utf-8")]
-    assert shared  # the check sees the files it is about
-    assert [str(path.relative_to(ROOT)) for path in shared if "xdist_group" not in path.read_text("utf-8")] == []

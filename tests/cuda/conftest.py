@@ -5,14 +5,14 @@ broken cannot pass the GPU check with nothing run."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.cuda.device import REQUIRE_CUDA, layer_runs
+
 _HERE = Path(__file__).parent
-REQUIRE_CUDA = "ML_PLAYGROUND_REQUIRE_CUDA"
 
 
 def _why_no_cuda() -> str:
@@ -23,13 +23,9 @@ def _why_no_cuda() -> str:
     return "torch.cuda.is_available() is false"
 
 
-def _required() -> bool:
-    return os.environ.get(REQUIRE_CUDA) == "1"
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ours = [item for item in items if item.path.is_relative_to(_HERE)]
-    skip = not torch.cuda.is_available() and not _required()
+    skip = not layer_runs()
     reason = f"needs a CUDA GPU ({_why_no_cuda() if skip and ours else ''}); {REQUIRE_CUDA}=1 makes this a failure"
     for item in ours:
         item.add_marker(pytest.mark.cuda)

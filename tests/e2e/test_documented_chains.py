@@ -79,9 +79,16 @@ def test_every_shipped_config_is_in_a_documented_sequence() -> None:
     assert [_rel(path) for path in SHIPPED if path not in used | online] == []
 
 
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Datasets the sequences share: four docs prepare the bundled Shakespeare the same way."""
+    return tmp_path_factory.mktemp("prepared")
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # up to nine CLI processes in a row (the README's sequence)
 @pytest.mark.parametrize("doc", RUNNABLE, ids=_rel)
-def test_documented_sequence_runs_as_written(doc: Path, tmp_path: Path) -> None:
-    result = run_sequence(doc, tmp_path, with_cuda=False)
+def test_documented_sequence_runs_as_written(doc: Path, tmp_path: Path, prepared: Path) -> None:
+    result = run_sequence(doc, tmp_path, with_cuda=False, prepared=prepared)
     if not result.left_for_cuda:  # a sequence with GPU steps names their outputs too: tests/cuda checks it whole
         assert missing_outputs(doc, tmp_path / "root") == [], f"{_rel(doc)} names outputs its sequence did not write"

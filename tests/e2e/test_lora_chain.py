@@ -79,7 +79,7 @@ temperature = 0
 """
 
 
-@pytest.mark.timeout(600)  # a chain of CLI processes and a llama.cpp load
+@pytest.mark.timeout(1200)  # a chain of CLI processes and a llama.cpp load
 def test_train_export_finetune_merge_gguf_llama_cpp(tmp_path: Path) -> None:
     (tmp_path / "play.txt").write_text(PLAY * 30)
     (tmp_path / "comedy.txt").write_text(COMEDY * 30)

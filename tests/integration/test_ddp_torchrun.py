@@ -60,9 +60,6 @@ from tests.support.torchrun import (
 from tests.support.write_audit import read_writes
 from tests.support.write_audit import spec as audit_spec
 
-# One xdist worker runs this file: its tests share module-scoped runs.
-pytestmark = pytest.mark.xdist_group("test_ddp_torchrun")
-
 KILL_SWITCH = "tests.support.kill_switch"
 MAX_ITERS = 120
 EVAL_INTERVAL = 10

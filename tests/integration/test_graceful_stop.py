@@ -26,8 +26,7 @@ from tests.support import torchrun
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
 from tests.support.torchrun import write_toml
 
-# One xdist worker runs this file: its tests share module-scoped runs.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_graceful_stop")]
+pytestmark = pytest.mark.slow
 
 MAX_ITERS = 24
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -37,8 +37,7 @@ from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.loop import train
 from tests.support.ports import reserved_port
 
-# One xdist worker runs this file: its tests share module-scoped runs.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lit_server")]
+pytestmark = pytest.mark.slow
 
 CORPUS = "the quick brown fox jumps over the lazy dog. " * 40
 PROMPT = "the quick "

@@ -43,8 +43,7 @@ from tests.support.tiny_lora import (
 )
 from tests.support.tiny_training import train_config
 
-# One xdist worker runs this file: its tests share module-scoped runs.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lora_sample")]
+pytestmark = pytest.mark.slow
 
 PROMPT = "First Citizen:\n"
 BLOCK_SIZE = 96  # the base's context (tiny_gpt.char_model), and so the merged model's

@@ -19,7 +19,7 @@ from tests.support.kill_switch import spec, train_cli
 from tests.support.tiny_training import read_scalars, tiny_train_table, write_char_dataset
 from tests.support.torchrun import write_toml
 
-MAX_ITERS = 80
+MAX_ITERS = 30  # checkpoints at 10, 20 and 30; the kill comes at 25
 EVAL_INTERVAL = 10
 KILL_AFTER_ITER = 20
 STEPS_PAST_CHECKPOINT = 5

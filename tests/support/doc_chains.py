@@ -13,11 +13,13 @@ run lengths shrink (`ITERATIONS`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -263,6 +265,7 @@ def classify(command: DocCommand) -> Skip | Run | None:
     return None
 
 
+@functools.cache  # one make call per documented line and process: several tests ask about each
 def cli_arguments(run: Run) -> tuple[str, ...]:
     """The CLI's arguments for a documented step: for a make line, what the Makefile passes."""
     if run.cli_args is not None:
@@ -499,14 +502,41 @@ class SequenceRun:
     left_for_cuda: list[str]  # the documented commands on CUDA configs not run (no CUDA wanted)
 
 
-def run_sequence(doc: Path, tmp_path: Path, *, with_cuda: bool) -> SequenceRun:
+# Where a rewritten config's dataset lives (prepared by `prepare` or `loop`, read by `train`).
+DATASET_DIRS: tuple[Key, ...] = (("prepare", "dataset_dir"), ("train", "data", "dataset_dir"))
+
+
+def dataset_dirs(config: Path, scratch: Path) -> set[Path]:
+    """The dataset folders of a rewritten config, relative to the scratch root."""
+    table = read_toml(config)
+    paths = [Path(value) for key in DATASET_DIRS if isinstance(value := _get(table, key), str)]
+    return {path.relative_to(scratch) for path in paths if path.is_relative_to(scratch)}
+
+
+def _share_datasets(folders: set[Path], scratch: Path, prepared: Path) -> None:
+    """Datasets an earlier sequence prepared are copied in; the ones this sequence prepared first are kept."""
+    for folder in sorted(folders):
+        kept, here = prepared / folder, scratch / folder
+        if (kept / "meta.json").is_file():
+            shutil.copytree(kept, here, dirs_exist_ok=True)
+        elif (here / "meta.json").is_file():
+            shutil.copytree(here, kept.with_name(f"{kept.name}.partial"))
+            kept.with_name(f"{kept.name}.partial").rename(kept)
+
+
+def run_sequence(doc: Path, tmp_path: Path, *, with_cuda: bool, prepared: Path | None = None) -> SequenceRun:
     """Run the doc's sequence as written (each step a CLI subprocess on its rewritten config).
 
-    Without `with_cuda`, commands on CUDA configs are left out (tests/cuda runs them)."""
+    Without `with_cuda`, commands on CUDA configs are left out (tests/cuda runs them). With
+    `prepared` (a folder shared by the sequences of a test session), a dataset that an earlier
+    sequence prepared on the same relative path is copied in first, so the sequence's own
+    `prepare` / `loop` finds it up to date (its stamp holds the corpus's sha256 and the settings)
+    instead of encoding the same corpus again; a dataset this sequence prepared is kept there."""
     scratch = tmp_path / "root"
     configs = tmp_path / "configs"
     steps: list[tuple[DocCommand, list[str]]] = []
     left: list[str] = []
+    datasets: set[Path] = set()
     for command, action in plan(doc):
         if isinstance(action, Skip):
             continue
@@ -515,7 +545,10 @@ def run_sequence(doc: Path, tmp_path: Path, *, with_cuda: bool) -> SequenceRun:
             left.append(command.where)
             continue
         config = prepare_config(step, configs, scratch)
+        datasets |= dataset_dirs(config, scratch)
         steps.append((command, [step.command, step.experiment, "--exp-config", str(config), *step.extra]))
+    if prepared is not None:
+        _share_datasets(datasets, scratch, prepared)
 
     # Offline, as the docs promise; one intra-op thread, since spinning thread pools make these
     # small models several times slower on a CPU the test suite shares.
@@ -531,6 +564,8 @@ def run_sequence(doc: Path, tmp_path: Path, *, with_cuda: bool) -> SequenceRun:
             check=False,
         )
         assert result.returncode == 0, f"{command.where} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    if prepared is not None:
+        _share_datasets(datasets, scratch, prepared)
     return SequenceRun(ran=[command.where for command, _ in steps], left_for_cuda=left)
 
 

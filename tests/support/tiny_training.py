@@ -36,11 +36,11 @@ def write_char_dataset(dataset_dir: Path, text: str = TEXT) -> DatasetMeta:
     return meta
 
 
-def text_with_whole_steps(block: int, windows_per_step: int) -> str:
-    """TEXT (repeated) cut so that its train split holds a multiple of `windows_per_step` windows of
-    `block` tokens: every step of a 1-rank and a 2-rank run covers the same windows, across epochs too
-    (sequential sampler)."""
-    text = TEXT * 4
+def text_with_whole_steps(block: int, windows_per_step: int, *, repeats: int = 4) -> str:
+    """TEXT (`repeats` times) cut so that its train split holds a multiple of `windows_per_step`
+    windows of `block` tokens: every step of a 1-rank and a 2-rank run covers the same windows,
+    across epochs too (sequential sampler)."""
+    text = TEXT * repeats
     for length in range(len(text), 0, -1):
         windows = (int(length * 0.9) - 1) // block
         if windows % windows_per_step == 0 and (int(length * 0.9) - 1) % block == 0:
