@@ -61,7 +61,8 @@ from tests.support.write_audit import read_writes
 from tests.support.write_audit import spec as audit_spec
 
 KILL_SWITCH = "tests.support.kill_switch"
-MAX_ITERS = 120
+# 30 steps: 3 epochs of the corpus (9 steps each), checkpoints at 10, 20 and 30, a kill at 25.
+MAX_ITERS = 30
 EVAL_INTERVAL = 10
 KILL_AFTER_ITER = 20
 STEPS_PAST_CHECKPOINT = 5
@@ -101,7 +102,7 @@ def _losses(out_dir: Path) -> list[tuple[int, float]]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The uninterrupted runs both tests compare against: 1 rank (in this process) and 2 ranks."""
     root = tmp_path_factory.mktemp("ddp")
-    write_char_dataset(root / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
+    write_char_dataset(root / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP, repeats=1))
     train(train_config(_table(root / "ds", root / "one_rank", grad_accum_steps=2)))
     config = write_toml(root / "two.toml", {"train": _table(root / "ds", root / "two_ranks", grad_accum_steps=1)})
     (root / "audit").mkdir()
@@ -301,9 +302,9 @@ def test_muon_under_ddp_trains_like_one_rank(tmp_path: Path) -> None:
     """optimizer = "muon" under DDP: gradients are all-reduced before the step, so Muon sees the
     same whole matrices as one rank with doubled accumulation (Muon orthogonalises in bfloat16,
     hence the looser bound)."""
-    write_char_dataset(tmp_path / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP))
+    write_char_dataset(tmp_path / "ds", text_with_whole_steps(BLOCK, WINDOWS_PER_STEP, repeats=1))
     muon = {"optimizer": "muon", "learning_rate": 1e-2, "muon_learning_rate": 0.02}
-    iters = 40
+    iters = MAX_ITERS
 
     def table(out_dir: Path, grad_accum_steps: int) -> dict[str, Any]:
         base = _table(tmp_path / "ds", out_dir, grad_accum_steps=grad_accum_steps)
