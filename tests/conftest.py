@@ -1,16 +1,20 @@
-"""For every test: torch's process-wide settings are restored afterwards (support/torch_state.py),
-and the session fails if a process the tests started is still alive at its end
-(support/process_guard.py). A pytest-xdist worker (`make test` runs one per core) gives torch one
-intra-op thread, and so the processes its tests start: the workers already fill the cores."""
+"""For every test: torch's process-wide settings are restored afterwards (support/torch_state.py);
+a test that leaves a stop-signal handler of the training loop installed fails (the handler is put
+back first, so later tests and a Ctrl-C on pytest still behave); and the session fails if a
+process the tests started is still alive at its end (support/process_guard.py). A pytest-xdist
+worker (`make test` runs one per core) gives torch one intra-op thread, and so the processes its
+tests start: the workers already fill the cores."""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 import torch
 
+from ml_playground.train.faults import STOP_SIGNALS
 from tests.support import process_guard
 from tests.support.process_guard import pytest_sessionfinish, pytest_testnodedown
 from tests.support.torch_state import TorchState
@@ -29,5 +33,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def torch_state() -> Iterator[None]:
     before = TorchState.now()
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     yield
     before.restore()
+    left = [sig.name for sig, handler in handlers.items() if signal.getsignal(sig) is not handler]
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    if left:
+        pytest.fail(f"the test left its own handler for {', '.join(left)} installed", pytrace=False)
