@@ -12,6 +12,7 @@ package), so a config means the same thing from any working directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -59,7 +60,9 @@ class PrepareConfig:
     """[prepare]: where the corpus comes from and how it is tokenized."""
 
     dataset_dir: FolderPath
-    # "bundled" (the experiment's offline corpus), an http(s):// or file:// URL, or a file path.
+    # "bundled" (the experiment's offline corpus), an http(s):// or file:// URL, or a file path: one
+    # text, read as today. A folder, a glob ("corpus/*.parquet"), or a file of documents (.jsonl,
+    # .jsonl.gz, .jsonl.zst, .parquet) is a document corpus, prepared in shards by `workers`.
     source: str = "bundled"
     # A file read when the file `source` names does not exist (a corpus another experiment reads,
     # so that one copy serves both); `source` wins whenever it exists. Only for a file `source`.
@@ -69,6 +72,12 @@ class PrepareConfig:
     tokenizer: Literal["char", "tiktoken"] = "char"
     encoding: str = "gpt2"
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    # Document corpora: the JSON key or parquet column that holds each document's text.
+    text_field: str = Field(default="text", min_length=1)
+    # Document corpora: tokenizing processes (default: one per core); the output is the same for any number.
+    workers: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 1)
+    # Document corpora: tokens per shard file (the last shard of each split holds the rest).
+    shard_tokens: PositiveInt = 100_000_000
 
     @model_validator(mode="after")
     def _fallback_is_a_file(self) -> Self:

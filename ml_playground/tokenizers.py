@@ -97,7 +97,16 @@ class Tokenizer(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    @property
+    def eot_token(self) -> int | None:
+        """The id that ends each document of a document corpus; None: documents are joined as they are."""
+        ...
+
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_array(self, text: str) -> npt.NDArray[Any]:
+        """`encode` as a numpy array of ids."""
+        ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -293,6 +302,11 @@ class CharTokenizer:
     def itos(self) -> list[str]:
         return list(self._itos)
 
+    @property
+    def eot_token(self) -> None:
+        """A character vocabulary has no end-of-text token (every id is a character of the corpus)."""
+        return None
+
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.encode_array(text).tolist()
         return ids
@@ -380,8 +394,15 @@ class HuggingFaceTokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def eot_token(self) -> int | None:
+        return None
+
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text).ids)
+
+    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+        return np.asarray(self.encode(text), dtype=np.uint32)
 
     def decode(self, ids: Sequence[int]) -> str:
         id_list = list(ids)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ml_playground.data.prepare import iter_text, prepare_corpus
+from ml_playground.data.documents import iter_text
+from ml_playground.data.prepare import prepare_corpus
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import fast_encoder, load_encoding
 

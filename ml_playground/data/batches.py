@@ -1,5 +1,9 @@
 """Batches of (input, target) windows drawn from memmapped token files, with resumable state.
 
+A split is one token file or several shards read as their concatenation (`Tokens`): every mode,
+rank split and saved position is that of one file holding the shards one after another, and a
+window may span two shards.
+
 Modes:
 - random: nanoGPT's independent random windows, from a generator owned by this source (never the
   global RNG), so its state is saved in checkpoints and resume continues the same stream.
@@ -21,16 +25,19 @@ resume stays exact.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
 from ml_playground.config import TrainConfig
+from ml_playground.data.checks import split_files
+from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,18 +55,46 @@ class BatchShape:
     block_size: int
 
 
-def _open_tokens(path: Path, dtype: np.dtype[Any], block_size: int) -> np.memmap[Any, np.dtype[Any]]:
+def _map(path: Path, dtype: np.dtype[Any]) -> np.memmap[Any, np.dtype[Any]] | None:
+    """The file's tokens, memory-mapped (None for an empty file, which cannot be mapped)."""
     if not path.is_file():
         raise DataError(f"{path}: token file not found (run `make prepare` first)")
     size = path.stat().st_size
     if size % dtype.itemsize != 0:
         raise DataError(f"{path}: size {size} is not a multiple of {dtype.itemsize} ({dtype})")
-    if size // dtype.itemsize <= block_size:  # before mapping: an empty file cannot be mapped
-        raise DataError(f"{path}: {size // dtype.itemsize} tokens, need more than block_size {block_size}")
+    if size == 0:
+        return None
     try:
         return np.memmap(path, dtype=dtype, mode="r")
     except OSError as exc:
         raise DataError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
+
+
+class Tokens:
+    """The tokens of one or more memory-mapped files, indexed as their concatenation."""
+
+    def __init__(self, paths: Sequence[Path], dtype: np.dtype[Any], block_size: int) -> None:
+        maps = [(path, _map(path, dtype)) for path in paths]
+        self.parts = [tokens for _path, tokens in maps if tokens is not None]
+        lengths = [len(tokens) for tokens in self.parts]
+        self.starts = np.cumsum([0, *lengths])  # starts[i]: the index of part i's first token
+        if int(self.starts[-1]) <= block_size:
+            where = paths[0] if len(paths) == 1 else f"{paths[0].parent}: {len(paths)} shards"
+            raise DataError(f"{where}: {int(self.starts[-1])} tokens, need more than block_size {block_size}")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """The tokens at `index` (any shape), gathered from the parts that hold them."""
+        if len(self.parts) == 1:
+            return self.parts[0][index]
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.parts[0].dtype)
+        for i in np.unique(part).tolist():
+            inside = part == i
+            out[inside] = self.parts[i][index[inside] - self.starts[i]]
+        return out
 
 
 class _SplitStream:
@@ -67,7 +102,7 @@ class _SplitStream:
 
     def __init__(
         self,
-        tokens: np.memmap[Any, np.dtype[Any]],
+        tokens: Tokens,
         mode: SamplerMode,
         *,
         stream_seed: int,
@@ -134,8 +169,8 @@ class BatchSource:
     def __init__(
         self,
         *,
-        train_path: Path,
-        val_path: Path,
+        train_files: Sequence[Path],
+        val_files: Sequence[Path],
         token_dtype: np.dtype[Any],
         batch_size: int,
         block_size: int,
@@ -152,8 +187,8 @@ class BatchSource:
         self.rank = rank
         self.world_size = world_size
         self.tokens = {
-            "train": _open_tokens(train_path, token_dtype, block_size),
-            "val": _open_tokens(val_path, token_dtype, block_size),
+            "train": Tokens(train_files, token_dtype, block_size),
+            "val": Tokens(val_files, token_dtype, block_size),
         }
         self.streams = {
             split: _SplitStream(
@@ -170,13 +205,16 @@ class BatchSource:
 
     @classmethod
     def for_run(
-        cls, cfg: TrainConfig, token_dtype: np.dtype[Any], device: torch.device, *, rank: int = 0, world_size: int = 1
+        cls, cfg: TrainConfig, meta: DatasetMeta, device: torch.device, *, rank: int = 0, world_size: int = 1
     ) -> BatchSource:
-        """The batches a [train] config asks for ([train.data] and the run's seed), for one rank."""
+        """The batches a [train] config asks for ([train.data], the dataset's token files and the
+        run's seed), for one rank."""
+        data = cfg.data
+        files = split_files(meta, data.meta_path, train_path=data.train_path, val_path=data.val_path)
         return cls(
-            train_path=cfg.data.train_path,
-            val_path=cfg.data.val_path,
-            token_dtype=token_dtype,
+            train_files=[file.path for file in files["train"]],
+            val_files=[file.path for file in files["val"]],
+            token_dtype=meta.numpy_dtype,
             batch_size=cfg.data.batch_size,
             block_size=cfg.data.block_size,
             device=device,

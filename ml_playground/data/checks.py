@@ -2,6 +2,7 @@
 the token files are those the metadata describes, their ids fit its vocabulary, and the metadata
 fits its tokenizer.
 
+A split is one token file or, for a dataset prepared from documents, the shards meta.json lists.
 Each token file must exist and be readable; hold exactly the token count the metadata records
 (size = count x dtype width: a file cut short or from another preparation is refused); match the
 sha256 it records (metadata from before token-file hashes has none); hold more than block_size
@@ -25,7 +26,7 @@ import numpy as np
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import DataConfig
-from ml_playground.data.meta import DatasetMeta
+from ml_playground.data.meta import DatasetMeta, Shard
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import tokenizer_from_meta
 
@@ -104,9 +105,40 @@ def max_token_id(path: Path, dtype: np.dtype[Any]) -> int:
     return scan_tokens(path, dtype).max_id
 
 
-def check_token_file(path: Path, split: Split, meta: DatasetMeta, *, meta_path: Path, block_size: int) -> None:
-    """Fail with one line naming the file unless it is the `split` token file `meta` describes."""
-    dtype = meta.numpy_dtype
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenFile:
+    """A token file and what the metadata records of it (None: not recorded)."""
+
+    path: Path
+    tokens: int | None
+    sha256: str | None
+
+
+def split_files(
+    meta: DatasetMeta, meta_path: Path, *, train_path: Path, val_path: Path
+) -> dict[Split, list[TokenFile]]:
+    """Each split's token files, in order: the shards meta.json lists (beside it), else the one file
+    of each split ([train.data]'s `train_bin` / `val_bin`)."""
+    files: dict[Split, list[TokenFile]] = {}
+    rows: tuple[tuple[Split, tuple[Shard, ...] | None, Path, int | None, str | None], ...] = (
+        ("train", meta.train_shards, train_path, meta.train_tokens, meta.train_sha256),
+        ("val", meta.val_shards, val_path, meta.val_tokens, meta.val_sha256),
+    )
+    for split, shards, path, tokens, sha256 in rows:
+        if shards is None:
+            files[split] = [TokenFile(path=path, tokens=tokens, sha256=sha256)]
+        else:
+            files[split] = [
+                TokenFile(path=meta_path.with_name(shard.file), tokens=shard.tokens, sha256=shard.sha256)
+                for shard in shards
+            ]
+    return files
+
+
+def check_file(file: TokenFile, meta: DatasetMeta, *, meta_path: Path) -> int:
+    """Fail with one line naming the file unless it holds what `meta` records of it (size, sha256,
+    ids inside the vocabulary); returns its token count."""
+    path, dtype = file.path, meta.numpy_dtype
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -115,22 +147,16 @@ def check_token_file(path: Path, split: Split, meta: DatasetMeta, *, meta_path: 
         raise DataError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
     if not path.is_file():
         raise DataError(f"{path}: not a file (a token file was expected; run `make prepare`)")
-    tokens = meta.train_tokens if split == "train" else meta.val_tokens
-    if tokens is not None and size != tokens * dtype.itemsize:
+    if file.tokens is not None and size != file.tokens * dtype.itemsize:
         raise DataError(
-            f"{path}: {size} bytes, but {meta_path} records {tokens} {meta.dtype} tokens ({tokens * dtype.itemsize} "
-            "bytes); the file is cut short or comes from another preparation: run `make prepare` again"
+            f"{path}: {size} bytes, but {meta_path} records {file.tokens} {meta.dtype} tokens "
+            f"({file.tokens * dtype.itemsize} bytes); the file is cut short or comes from another preparation: "
+            "run `make prepare` again"
         )
     if size % dtype.itemsize:
         raise DataError(f"{path}: size {size} is not a multiple of {dtype.itemsize} ({meta.dtype}, from {meta_path})")
-    if size // dtype.itemsize <= block_size:
-        raise DataError(
-            f"{path}: {size // dtype.itemsize} tokens, need more than block_size {block_size} "
-            "(a longer corpus, a larger prepare.val_fraction or a smaller block_size)"
-        )
     scan = scan_tokens(path, dtype)
-    expected = meta.train_sha256 if split == "train" else meta.val_sha256
-    if expected is not None and scan.sha256 != expected:
+    if file.sha256 is not None and scan.sha256 != file.sha256:
         raise DataError(
             f"{path}: content differs from the sha256 {meta_path} records; the file was changed or comes from "
             "another preparation: run `make prepare` again"
@@ -141,10 +167,31 @@ def check_token_file(path: Path, split: Split, meta: DatasetMeta, *, meta_path: 
             f"(vocab_size {meta.vocab_size}); the token files and the metadata come from different "
             "preparations: run `make prepare` again"
         )
+    return size // dtype.itemsize
+
+
+def check_split(files: list[TokenFile], split: Split, meta: DatasetMeta, *, meta_path: Path, block_size: int) -> None:
+    """Fail with one line naming the file unless every file of the split is what `meta` records
+    and together they hold more than block_size tokens."""
+    tokens = sum(check_file(file, meta, meta_path=meta_path) for file in files)
+    if tokens <= block_size:
+        where = files[0].path if len(files) == 1 else f"{meta_path}: the {split} split"
+        raise DataError(
+            f"{where}: {tokens} tokens, need more than block_size {block_size} "
+            "(a longer corpus, a larger prepare.val_fraction or a smaller block_size)"
+        )
+
+
+def check_token_file(path: Path, split: Split, meta: DatasetMeta, *, meta_path: Path, block_size: int) -> None:
+    """Fail with one line naming the file unless it is the `split` token file `meta` describes."""
+    tokens, sha256 = (meta.train_tokens, meta.train_sha256) if split == "train" else (meta.val_tokens, meta.val_sha256)
+    check_split(
+        [TokenFile(path=path, tokens=tokens, sha256=sha256)], split, meta, meta_path=meta_path, block_size=block_size
+    )
 
 
 def check_dataset(data: DataConfig, meta: DatasetMeta) -> None:
     """Fail with one line naming the file when the dataset's parts do not fit together."""
     tokenizer_from_meta(meta, where=str(data.meta_path))
-    check_token_file(data.train_path, "train", meta, meta_path=data.meta_path, block_size=data.block_size)
-    check_token_file(data.val_path, "val", meta, meta_path=data.meta_path, block_size=data.block_size)
+    for split, files in split_files(meta, data.meta_path, train_path=data.train_path, val_path=data.val_path).items():
+        check_split(files, split, meta, meta_path=data.meta_path, block_size=data.block_size)

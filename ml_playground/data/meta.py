@@ -2,6 +2,11 @@
 dataset's identity: its tokenizer (kind, encoding or character table, vocabulary size), its token
 counts and the sha256 of each token file and of the corpus.
 
+A dataset prepared from documents is sharded: `train_shards` / `val_shards` list each split's
+token files in order (file name, token count, sha256); the split is their concatenation, its
+`*_tokens` the sum and its `*_sha256` the sha256 of the shards' sha256s (`shards_sha256`), so
+identity comparisons treat both layouts alike. Single-file datasets omit the shard keys.
+
 meta.json is the commit record of a preparation: it is written last, so the counts and hashes it
 names are those of complete token files. Version 1 files (no token-file hashes) are still read.
 
@@ -11,7 +16,9 @@ restricted unpickler that only admits plain containers.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -35,6 +42,23 @@ def dtype_for_vocab(vocab_size: int) -> TokenDType:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Shard:
+    """One token file of a sharded split."""
+
+    file: str  # a name inside the dataset folder
+    tokens: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "tokens": self.tokens, "sha256": self.sha256}
+
+
+def shards_sha256(shards: Sequence[Shard]) -> str:
+    """A split's identity from its shards: the sha256 of their sha256s, in order."""
+    return hashlib.sha256("".join(f"{shard.sha256}\n" for shard in shards).encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DatasetMeta:
     """What a prepared dataset holds and how its ids decode."""
 
@@ -49,6 +73,8 @@ class DatasetMeta:
     source_sha256: str | None = None  # the corpus
     train_sha256: str | None = None  # the token files, as written
     val_sha256: str | None = None
+    train_shards: tuple[Shard, ...] | None = None  # None: one file per split (train.bin, val.bin)
+    val_shards: tuple[Shard, ...] | None = None
 
     @property
     def numpy_dtype(self) -> np.dtype[np.unsignedinteger[Any]]:
@@ -56,6 +82,11 @@ class DatasetMeta:
         return np.dtype("<u2") if self.dtype == "uint16" else np.dtype("<u4")
 
     def to_dict(self) -> dict[str, Any]:
+        shards = {
+            key: [shard.to_dict() for shard in value]
+            for key, value in (("train_shards", self.train_shards), ("val_shards", self.val_shards))
+            if value is not None
+        }
         return {
             "version": self.version,
             "kind": self.kind,
@@ -68,6 +99,7 @@ class DatasetMeta:
             "source_sha256": self.source_sha256,
             "train_sha256": self.train_sha256,
             "val_sha256": self.val_sha256,
+            **shards,
         }
 
     @classmethod
@@ -132,6 +164,8 @@ def _parse(data: object, where: str) -> DatasetMeta:
     if kind == "tiktoken" and encoding is None:
         problems.append("encoding: required for kind 'tiktoken'")
     source_sha256, train_sha256, val_sha256 = (optional_str(f"{key}_sha256") for key in ("source", "train", "val"))
+    train_shards = _shards(d, "train", train_tokens, problems)
+    val_shards = _shards(d, "val", val_tokens, problems)
     if problems:
         raise DataError(f"{where}: " + "; ".join(problems))
     return DatasetMeta(
@@ -146,7 +180,40 @@ def _parse(data: object, where: str) -> DatasetMeta:
         source_sha256=source_sha256,
         train_sha256=train_sha256,
         val_sha256=val_sha256,
+        train_shards=train_shards,
+        val_shards=val_shards,
     )
+
+
+def _shards(d: dict[str, Any], split: str, total: int | None, problems: list[str]) -> tuple[Shard, ...] | None:
+    """The `<split>_shards` list, validated (plain file names, counts summing to `<split>_tokens`)."""
+    key = f"{split}_shards"
+    raw = d.get(key)
+    if raw is None:
+        return None
+    entries = cast("list[object]", raw) if isinstance(raw, list) else []
+    shards: list[Shard] = []
+    for i, entry in enumerate(entries):
+        record = cast("dict[str, object]", entry) if isinstance(entry, dict) else {}
+        file, tokens, sha256 = record.get("file"), record.get("tokens"), record.get("sha256")
+        if (
+            set(record) != {"file", "tokens", "sha256"}
+            or not isinstance(file, str)
+            or not file
+            or Path(file).name != file
+            or not isinstance(tokens, int)
+            or isinstance(tokens, bool)
+            or tokens < 0
+            or not isinstance(sha256, str)
+        ):
+            problems.append(f"{key}[{i}]: expected {{file: a file name, tokens: an integer >= 0, sha256: a string}}")
+            continue
+        shards.append(Shard(file=file, tokens=tokens, sha256=sha256))
+    if not entries:
+        problems.append(f"{key}: expected a non-empty list of shards")
+    elif len(shards) == len(entries) and total is not None and sum(s.tokens for s in shards) != total:
+        problems.append(f"{key}: the shards hold {sum(s.tokens for s in shards)} tokens, {split}_tokens says {total}")
+    return tuple(shards)
 
 
 def write_meta(path: Path, meta: DatasetMeta) -> None:

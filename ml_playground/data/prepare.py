@@ -20,28 +20,58 @@ settings skip all work once the files pass the same checks training makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from ml_playground.atomic import atomic_binary_writer, fsync_dir, write_text_atomic
 from ml_playground.config import PrepareConfig
-from ml_playground.data.checks import Scan, check_token_file, record_scan
-from ml_playground.data.meta import META_FILENAME, DatasetMeta, dtype_for_vocab, read_meta, write_meta
+from ml_playground.data.checks import Scan, check_split, record_scan, split_files
+from ml_playground.data.documents import (
+    DEFAULT_CHUNK_BYTES,
+    Unit,
+    document_files,
+    iter_text,
+    plan_units,
+    unit_documents,
+)
+from ml_playground.data.meta import (
+    META_FILENAME,
+    DatasetMeta,
+    Shard,
+    dtype_for_vocab,
+    read_meta,
+    shards_sha256,
+    write_meta,
+)
+from ml_playground.data.shards import (
+    PROGRESS_FILENAME,
+    SPLITS,
+    Closed,
+    ShardWriter,
+    Split,
+    load_progress,
+    remove_superseded,
+    resume_point,
+    write_progress,
+)
 from ml_playground.data.sources import file_sha256, resolve_input
 from ml_playground.dir_lock import exclusive_lock
 from ml_playground.errors import DataError
 from ml_playground.progress import progress_bar
-from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer, tokenizer_from_meta
 
 log = logging.getLogger(__name__)
 
@@ -50,72 +80,10 @@ STAMP_FILENAME = ".prepare-stamp.json"
 LOCK_FILENAME = ".prepare.lock"
 TRAIN_FILENAME = "train.bin"
 VAL_FILENAME = "val.bin"
-DEFAULT_CHUNK_BYTES = 1 << 20
-# A piece with no safe cut point grows up to this many blocks before it is cut at a space.
-_MAX_BLOCKS_PER_PIECE = 16
 _MIN_SPLIT_TOKENS = 2  # one (input, target) pair
 
 # Writes the experiment's bundled corpus to the given path.
 BundledCorpus = Callable[[Path], None]
-
-
-def _is_printable_ascii(byte: int) -> bool:
-    return 0x21 <= byte <= 0x7E
-
-
-def _last_safe_cut(buf: bytes) -> int:
-    """Index just after the last "\\n" with printable ASCII on both sides; 0 if none."""
-    i = buf.rfind(b"\n", 1, len(buf) - 1)
-    while i > 0:
-        if _is_printable_ascii(buf[i - 1]) and _is_printable_ascii(buf[i + 1]):
-            return i + 1
-        i = buf.rfind(b"\n", 1, i)
-    return 0
-
-
-def _fallback_cut(buf: bytes) -> int:
-    """A cut for a piece without safe points: after the last whitespace, else a char boundary."""
-    space = max(buf.rfind(b" "), buf.rfind(b"\n"))
-    if space > 0:
-        return space + 1
-    end = len(buf) - 1
-    while end > 0 and (buf[end] & 0xC0) == 0x80:  # step back over UTF-8 continuation bytes
-        end -= 1
-    return end if end > 0 else len(buf)
-
-
-def _decode(piece: bytes, offset: int, path: Path) -> str:
-    try:
-        return piece.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {offset + exc.start}") from None
-
-
-def iter_text(path: Path, start: int, end: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, str]]:
-    """Decoded pieces (byte offset, text) covering bytes [start, end) of `path`, cut at safe points."""
-    with path.open("rb") as handle:
-        handle.seek(start)
-        offset = start
-        buf = b""
-        while True:
-            want = min(chunk_bytes, end - offset - len(buf))
-            if want > 0:
-                buf += handle.read(want)
-            at_end = offset + len(buf) >= end
-            if at_end:
-                cut = len(buf)
-            else:
-                cut = _last_safe_cut(buf)
-                if cut == 0:
-                    if len(buf) < _MAX_BLOCKS_PER_PIECE * chunk_bytes:
-                        continue
-                    cut = _fallback_cut(buf)
-            if cut:
-                yield offset, _decode(buf[:cut], offset, path)
-            offset += cut
-            buf = buf[cut:]
-            if at_end:
-                return
 
 
 def split_offset(path: Path, size: int, val_fraction: float) -> int:
@@ -200,16 +168,19 @@ def _stamp(input_sha256: str, tokenizer: str, encoding: str | None, val_fraction
 
 
 def _up_to_date(dataset_dir: Path, stamp: dict[str, Any]) -> DatasetMeta | None:
-    """The existing metadata when the stamp agrees with `stamp` and the files pass training's
-    checks; else None."""
+    """The existing metadata when the stamp agrees with `stamp` and the token files (one per split,
+    or the shards) pass training's checks; else None."""
     stamp_path = dataset_dir / STAMP_FILENAME
     meta_path = dataset_dir / META_FILENAME
     try:
         if json.loads(stamp_path.read_text(encoding="utf-8")) != stamp:
             return None
         meta = read_meta(meta_path)
-        check_token_file(dataset_dir / TRAIN_FILENAME, "train", meta, meta_path=meta_path, block_size=1)
-        check_token_file(dataset_dir / VAL_FILENAME, "val", meta, meta_path=meta_path, block_size=1)
+        files = split_files(
+            meta, meta_path, train_path=dataset_dir / TRAIN_FILENAME, val_path=dataset_dir / VAL_FILENAME
+        )
+        for split, of_split in files.items():
+            check_split(of_split, split, meta, meta_path=meta_path, block_size=1)
     except (OSError, ValueError):
         return None
     except DataError as exc:
@@ -221,8 +192,8 @@ def _up_to_date(dataset_dir: Path, stamp: dict[str, Any]) -> DatasetMeta | None:
 def _remove_stale_files(dataset_dir: Path) -> None:
     """Temp files a killed run left behind (atomic writers clean up only on exceptions); safe under
     the dataset's lock, which no other preparation holds."""
-    for name in (TRAIN_FILENAME, VAL_FILENAME, META_FILENAME, STAMP_FILENAME):
-        for stale in dataset_dir.glob(f".{name}.*.tmp"):
+    for name in (TRAIN_FILENAME, VAL_FILENAME, META_FILENAME, STAMP_FILENAME, PROGRESS_FILENAME, "train-", "val-"):
+        for stale in dataset_dir.glob(f".{name}*.tmp"):  # a shard's temp file: .train-<key>-<n>.bin.<random>.tmp
             stale.unlink(missing_ok=True)
         dataset_dir.joinpath(f".{name}.maxid.json").unlink(missing_ok=True)  # the cache's former name
 
@@ -270,6 +241,7 @@ def _commit(dataset_dir: Path, meta: DatasetMeta, stamp: dict[str, Any], scans: 
         record_scan(dataset_dir / name, meta.numpy_dtype, scan)
     write_meta(dataset_dir / META_FILENAME, meta)
     write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
+    remove_superseded(dataset_dir, meta)
 
 
 def _encoder(
@@ -373,8 +345,8 @@ def prepare_corpus(
 
 
 def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorpus | None = None) -> DatasetMeta:
-    """The preparer every experiment shares: resolve [prepare].source, then tokenize it (as
-    `prepare_corpus`), all under the dataset folder's lock."""
+    """The preparer every experiment shares: resolve [prepare].source, then tokenize it (one text as
+    `prepare_corpus`, a document corpus in shards), all under the dataset folder's lock."""
     with _preparing(cfg.dataset_dir):
         if cfg.source == "bundled":
             if bundled is None:
@@ -384,6 +356,8 @@ def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorp
                 )
             input_path = cfg.dataset_dir / f"{experiment}_bundled.txt"
             bundled(input_path)
+        elif (files := document_files(cfg.source)) is not None:
+            return _prepare_documents_locked(files, cfg)
         else:
             input_path = resolve_input(
                 cfg.source,
@@ -400,3 +374,217 @@ def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorp
             val_fraction=cfg.val_fraction,
             chunk_bytes=DEFAULT_CHUNK_BYTES,
         )
+
+
+# ---- document corpora: worker processes, shards, resume -------------------------------------------
+
+
+def is_val_document(ordinal: int, row: int, val_fraction: float) -> bool:
+    """Whether document (file `ordinal`, `row`) belongs to the val split: a hash of its identity,
+    so the choice is reproducible and independent of units and workers."""
+    digest = hashlib.blake2b(f"{ordinal}:{row}".encode("ascii"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2**64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Job:
+    """What a worker needs for one unit; the tokenizer travels as its description (picklable)."""
+
+    unit: Unit
+    text_field: str
+    tokenizer: DatasetMeta
+    val_fraction: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Encoded:
+    splits: dict[Split, npt.NDArray[Any]]
+    documents: int
+
+
+_worker_tokenizer: list[tuple[DatasetMeta, Tokenizer]] = []  # one per process, rebuilt when the description changes
+
+
+def _tokenizer_in_worker(description: DatasetMeta) -> Tokenizer:
+    if not _worker_tokenizer or _worker_tokenizer[0][0] != description:
+        _worker_tokenizer[:] = [(description, tokenizer_from_meta(description))]
+    return _worker_tokenizer[0][1]
+
+
+def _encode_unit(job: _Job) -> _Encoded:
+    """A unit's documents as token ids, each followed by the end-of-text id, in its split's array."""
+    tokenizer = _tokenizer_in_worker(job.tokenizer)
+    dtype, eot = job.tokenizer.numpy_dtype, tokenizer.eot_token
+    parts: dict[Split, list[npt.NDArray[Any]]] = {split: [] for split in SPLITS}
+    documents = 0
+    for document in unit_documents(job.unit, job.text_field):
+        split: Split = "val" if is_val_document(document.ordinal, document.row, job.val_fraction) else "train"
+        parts[split].append(tokenizer.encode_array(document.text).astype(dtype, copy=False))
+        if document.last:
+            documents += 1
+            if eot is not None:
+                parts[split].append(np.array([eot], dtype=dtype))
+    splits: dict[Split, npt.NDArray[Any]] = {
+        split: np.concatenate(arrays) if arrays else np.zeros(0, dtype) for split, arrays in parts.items()
+    }
+    return _Encoded(splits=splits, documents=documents)
+
+
+def _unit_characters(job: _Job) -> str:
+    """The distinct characters of a unit's documents."""
+    seen: set[str] = set()
+    for document in unit_documents(job.unit, job.text_field):
+        seen.update(document.text)
+    return "".join(seen)
+
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def _in_order(work: Callable[[J], R], jobs: Iterator[J], workers: int) -> Iterator[R]:
+    """`work` of each job, in order: in this process for one worker, else in `workers` processes
+    with at most 2 x workers jobs in flight (bounded memory)."""
+    if workers == 1:
+        yield from map(work, jobs)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending: deque[Future[R]] = deque()
+        for job in jobs:
+            pending.append(pool.submit(work, job))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _tokenizer_description(cfg: PrepareConfig, units: list[Unit]) -> DatasetMeta:
+    """The dataset's tokenizer as metadata (what workers rebuild it from); the char vocabulary is
+    collected from the corpus by the workers."""
+    if cfg.tokenizer == "char":
+        jobs = (
+            _Job(unit=unit, text_field=cfg.text_field, tokenizer=_PLACEHOLDER, val_fraction=cfg.val_fraction)
+            for unit in units
+        )
+        seen: set[str] = set()
+        for characters in _in_order(_unit_characters, jobs, cfg.workers):
+            seen.update(characters)
+        if not seen:
+            raise DataError(f"{cfg.source}: corpus is empty (no document has text)")
+        itos = sorted(seen)
+        return DatasetMeta(kind="char", vocab_size=len(itos), dtype=dtype_for_vocab(len(itos)), itos=itos)
+    encoder = TiktokenTokenizer(cfg.encoding)
+    vocab = encoder.vocab_size
+    return DatasetMeta(kind="tiktoken", vocab_size=vocab, dtype=dtype_for_vocab(vocab), encoding=encoder.encoding_name)
+
+
+_PLACEHOLDER = DatasetMeta(kind="tiktoken", vocab_size=1, dtype="uint16", encoding="gpt2")
+
+
+def _documents_stamp(cfg: PrepareConfig, corpus_sha256: str) -> dict[str, Any]:
+    return {
+        **_stamp(corpus_sha256, cfg.tokenizer, cfg.encoding if cfg.tokenizer == "tiktoken" else None, cfg.val_fraction),
+        "documents": {"text_field": cfg.text_field, "shard_tokens": cfg.shard_tokens},
+    }
+
+
+def _prepare_documents_locked(files: list[Path], cfg: PrepareConfig) -> DatasetMeta:
+    """Tokenize a document corpus into shards (see shards.py), resuming a killed run's finished shards."""
+    dataset_dir = cfg.dataset_dir
+    units, corpus_sha256 = plan_units(files)
+    stamp = _documents_stamp(cfg, corpus_sha256)
+    _remove_stale_files(dataset_dir)
+    existing = _up_to_date(dataset_dir, stamp)
+    if existing is not None:
+        log.info("%s is up to date for %s; skipping", dataset_dir, cfg.source)
+        return existing
+    description = _tokenizer_description(cfg, units)
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    done = load_progress(dataset_dir, key, description.numpy_dtype)
+    resume = {split: resume_point(done[split]) for split in SPLITS}
+    start = min(unit for unit, _skip in resume.values())
+    shards, documents = _write_shards(units, start, cfg, description, key, done)
+    for split in SPLITS:
+        tokens = sum(shard.tokens for shard in shards[split])
+        if tokens < _MIN_SPLIT_TOKENS:
+            raise DataError(
+                f"{cfg.source}: corpus too small: the {split} split has {tokens} token(s) from {documents} "
+                f"document(s) (prepare.val_fraction {cfg.val_fraction} chooses whole documents)"
+            )
+    meta = dataclasses.replace(
+        description,
+        train_tokens=sum(shard.tokens for shard in shards["train"]),
+        val_tokens=sum(shard.tokens for shard in shards["val"]),
+        source_sha256=corpus_sha256,
+        train_sha256=shards_sha256(shards["train"]),
+        val_sha256=shards_sha256(shards["val"]),
+        train_shards=tuple(shards["train"]),
+        val_shards=tuple(shards["val"]),
+    )
+    write_meta(dataset_dir / META_FILENAME, meta)
+    write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
+    remove_superseded(dataset_dir, meta)
+    log.info(
+        "prepared %s: %d documents, %d train + %d val tokens in %d + %d shards (%s, vocab %d, %s)",
+        dataset_dir,
+        documents,
+        meta.train_tokens,
+        meta.val_tokens,
+        len(shards["train"]),
+        len(shards["val"]),
+        meta.encoding or meta.kind,
+        meta.vocab_size,
+        meta.dtype,
+    )
+    return meta
+
+
+def _write_shards(
+    units: list[Unit],
+    start: int,
+    cfg: PrepareConfig,
+    description: DatasetMeta,
+    key: str,
+    done: dict[Split, list[Closed]],
+) -> tuple[dict[Split, list[Shard]], int]:
+    """Encode units[start:] on the workers and append each split's tokens to its shards; the shards
+    of each split and the number of documents encoded."""
+    dataset_dir, dtype = cfg.dataset_dir, description.numpy_dtype
+    resume = {split: resume_point(done[split]) for split in SPLITS}
+    writers: dict[Split, ShardWriter] = {
+        split: ShardWriter(
+            dataset_dir,
+            split,
+            key=key,
+            shard_tokens=cfg.shard_tokens,
+            dtype=dtype,
+            closed=done[split],
+            on_close=lambda: write_progress(dataset_dir, key, done),
+        )
+        for split in SPLITS
+    }
+    jobs = (
+        _Job(unit=unit, text_field=cfg.text_field, tokenizer=description, val_fraction=cfg.val_fraction)
+        for unit in units[start:]
+    )
+    documents = 0
+    total = sum(unit.size for unit in units)
+    try:
+        with progress_bar(total, "encode", unit="B", unit_scale=True) as bar:
+            bar.update(sum(unit.size for unit in units[:start]))
+            for index, encoded in enumerate(_in_order(_encode_unit, jobs, cfg.workers), start=start):
+                for split, writer in writers.items():
+                    resume_unit, skip = resume[split]
+                    if index >= resume_unit:
+                        skipped = skip if index == resume_unit else 0
+                        writer.add(encoded.splits[split][skipped:], unit=index, skipped=skipped)
+                documents += encoded.documents
+                bar.update(units[index].size)
+                bar.set_postfix(documents=documents, refresh=False)
+        return {split: writer.finish(len(units)) for split, writer in writers.items()}, documents
+    finally:
+        for writer in writers.values():
+            writer.abandon()

@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
         parallel = Parallel(model, kind=kind, compile=cfg.runtime.compile)
         if dist.rank != 0:
             seed_everything(cfg.runtime.seed + dist.rank)
-        batches = BatchSource.for_run(cfg, meta.numpy_dtype, runtime.device, rank=dist.rank, world_size=dist.world_size)
+        batches = BatchSource.for_run(cfg, meta, runtime.device, rank=dist.rank, world_size=dist.world_size)
         loop = build_loop(cfg, parallel, batches, runtime, dist=dist, mode=mode, dataset_meta=meta.to_dict(), stop=stop)
         state = TrainState() if checkpoint is None else resume(loop, checkpoint)
         log_run(loop)

@@ -67,9 +67,19 @@ def _stop_compile_workers() -> None:
         shutdown_compile_workers()
 
 
+def _stop_resource_tracker() -> None:
+    """multiprocessing's resource tracker (started by the first spawned pool, e.g. a preparation's
+    workers) lives until interpreter exit by design; it is not a leak."""
+    from multiprocessing import resource_tracker
+
+    tracker: Any = resource_tracker._resource_tracker  # pyright: ignore[reportPrivateUsage]  # no public handle
+    tracker._stop()  # a private method: no public way to stop it
+
+
 def _stop_leftovers() -> list[str]:
     """Kill the descendants still alive after the grace; what they were, one line each."""
     _stop_compile_workers()
+    _stop_resource_tracker()
     _reap_zombies()
     _, left = psutil.wait_procs(_alive_descendants(), timeout=GRACE_SECONDS)
     if not left:

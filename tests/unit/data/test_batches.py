@@ -22,11 +22,14 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     return train, val
 
 
-def _source(tmp_path: Path, mode: SamplerMode = "random", rank: int = 0, world_size: int = 1) -> BatchSource:
-    train, val = _files(tmp_path)
+def _source(
+    tmp_path: Path, mode: SamplerMode = "random", rank: int = 0, world_size: int = 1, train: list[Path] | None = None
+) -> BatchSource:
+    """A source over `_files` (or over `train`, holding the same train tokens)."""
+    one_file, val = _files(tmp_path)
     return BatchSource(
-        train_path=train,
-        val_path=val,
+        train_files=train or [one_file],
+        val_files=[val],
         token_dtype=np.dtype("<u2"),
         batch_size=4,
         block_size=10,
@@ -145,8 +148,8 @@ def test_missing_and_too_short_files_are_data_errors(tmp_path: Path) -> None:
     train, val = _files(tmp_path)
     with pytest.raises(DataError, match=r"nope\.bin: token file not found"):
         BatchSource(
-            train_path=tmp_path / "nope.bin",
-            val_path=val,
+            train_files=[tmp_path / "nope.bin"],
+            val_files=[val],
             token_dtype=np.dtype("<u2"),
             batch_size=1,
             block_size=4,
@@ -154,8 +157,8 @@ def test_missing_and_too_short_files_are_data_errors(tmp_path: Path) -> None:
         )
     with pytest.raises(DataError, match=r"val\.bin: 60 tokens, need more than block_size 64"):
         BatchSource(
-            train_path=train,
-            val_path=val,
+            train_files=[train],
+            val_files=[val],
             token_dtype=np.dtype("<u2"),
             batch_size=1,
             block_size=64,
@@ -167,3 +170,28 @@ def test_changed_mode_is_an_error(tmp_path: Path) -> None:
     state = _source(tmp_path, "random").state_dict()
     with pytest.raises(DataError, match="saved with sampler 'random'"):
         _source(tmp_path, "sequential").load_state_dict(state)
+
+
+def _sharded(tmp_path: Path, mode: SamplerMode, cuts: list[int], rank: int = 0, world_size: int = 1) -> BatchSource:
+    """The same tokens as `_files`, the train split cut into shards at `cuts` (an empty shard included)."""
+    tokens = np.arange(N_TRAIN, dtype="<u2")
+    bounds = [0, *cuts, N_TRAIN]
+    shards = [tmp_path / f"train-{i}.bin" for i in range(len(bounds) - 1)]
+    for shard, start, end in zip(shards, bounds[:-1], bounds[1:], strict=True):
+        tokens[start:end].tofile(shard)
+    return _source(tmp_path, mode, rank=rank, world_size=world_size, train=shards)
+
+
+@pytest.mark.parametrize("mode", ["random", "shuffled", "sequential"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_shards_give_the_batches_and_resume_of_one_file(tmp_path: Path, mode: SamplerMode, rank: int) -> None:
+    one = _source(tmp_path, mode, rank=rank, world_size=2)
+    sharded = _sharded(tmp_path, mode, cuts=[37, 37, 120, 121], rank=rank, world_size=2)
+    for _ in range(12):  # past an epoch; windows that span shard boundaries included
+        assert all(torch.equal(a, b) for a, b in zip(one.get_batch("train"), sharded.get_batch("train"), strict=True))
+    sharded.prefetch("train")
+    resumed = _sharded(tmp_path, mode, cuts=[37, 37, 120, 121], rank=rank, world_size=2)
+    resumed.load_state_dict(sharded.state_dict())
+    assert torch.equal(resumed.get_batch("train")[0], one.get_batch("train")[0])
+    evals = zip(one.eval_batches("train", 2), sharded.eval_batches("train", 2), strict=True)
+    assert all(torch.equal(a[0], b[0]) for a, b in evals)

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml_playground.data.documents import iter_text
 from ml_playground.data.meta import read_meta
-from ml_playground.data.prepare import STAMP_FILENAME, iter_text, prepare_corpus, split_offset
+from ml_playground.data.prepare import STAMP_FILENAME, prepare_corpus, split_offset
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
 

@@ -12,6 +12,7 @@ import ml_playground
 from ml_playground import cli
 from ml_playground.config import GPTConfig
 from ml_playground.data.batches import BatchSource
+from ml_playground.data.meta import read_meta
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.train import loop as loop_module
@@ -37,8 +38,8 @@ def _loop_for(table: dict[str, Any], *, always: bool) -> LoopContext:
     torch.manual_seed(0)
     model = GPT(GPTConfig(**table["model"], vocab_size=VOCAB))
     batches = BatchSource(
-        train_path=cfg.data.train_path,
-        val_path=cfg.data.val_path,
+        train_files=[cfg.data.train_path],
+        val_files=[cfg.data.val_path],
         token_dtype=np.dtype("<u2"),
         batch_size=2,
         block_size=16,
@@ -84,7 +85,7 @@ def _gradients_of_train_steps(table: dict[str, Any], *, batch_size: int, accum: 
     cfg = train_config(table)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**table["model"], vocab_size=VOCAB))
-    batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"))
+    batches = BatchSource.for_run(cfg, read_meta(cfg.data.meta_path), torch.device("cpu"))
     runtime = Runtime(torch.device("cpu"), "float32")
     loop = build_loop(cfg, Parallel(model), batches, runtime, dist=DistInfo(), dataset_meta=None)
     seen: list[dict[str, torch.Tensor]] = []

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
 from ml_playground.config import GPTConfig
 from ml_playground.data.batches import BatchSource
+from ml_playground.data.meta import read_meta
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.train import loop as loop_module
@@ -91,7 +91,7 @@ def test_a_step_counts_every_micro_step_of_every_rank(table: dict[str, Any]) -> 
     table["data"] = {**table["data"], "grad_accum_steps": 3}
     cfg = train_config(table)
     model = GPT(GPTConfig(**table["model"], vocab_size=len(set(TEXT))))
-    batches = BatchSource.for_run(cfg, np.dtype("<u2"), torch.device("cpu"), rank=1, world_size=2)
+    batches = BatchSource.for_run(cfg, read_meta(cfg.data.meta_path), torch.device("cpu"), rank=1, world_size=2)
     runtime = Runtime(torch.device("cpu"), "float32")
     loop = build_loop(cfg, Parallel(model), batches, runtime, dist=DistInfo(rank=1, world_size=2), dataset_meta=None)
     assert loop.tokens_per_step == 4 * 16 * 3 * 2  # what the loop counts into each window
