@@ -1,25 +1,31 @@
-"""Case 5: preparation's MB/s and peak RSS on a synthetic corpus (GPT-2 BPE, char-level), and its
-GPT-2 encoder against tiktoken's own. Each runs in a child process (`python -m
-ml_playground.bench.prepare_cases INPUT DATASET_DIR char|tiktoken`, or `INPUT --compare-bpe MB`) that
-prints JSON, so that each peak RSS is its own: nothing imported at the top here imports torch."""
+"""Case 5: preparation's MB/s and peak RSS on a synthetic corpus (GPT-2 BPE, char-level), its GPT-2
+encoder against tiktoken's own, and the same text as a document corpus (JSON Lines and parquet)
+prepared with GPT-2 BPE by 1 and 2 worker processes. Each runs in a child process (`python -m
+ml_playground.bench.prepare_cases INPUT DATASET_DIR char|tiktoken`, `INPUT --compare-bpe MB`, or
+`SOURCE --documents DATASET_DIR WORKERS`) that prints JSON, so that each peak RSS is its own: nothing
+imported at the top here imports torch."""
 
 from __future__ import annotations
 
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ml_playground.config import PrepareConfig
 from ml_playground.data.documents import iter_text
-from ml_playground.data.prepare import prepare_corpus
+from ml_playground.data.prepare import prepare_corpus, prepare_dataset
 from ml_playground.errors import DataError
 from ml_playground.tokenizers import fast_encoder, load_encoding
 
@@ -52,6 +58,34 @@ def write_synthetic_corpus(path: Path, megabytes: float, seed: int = 1337) -> in
         for start in range(0, target, len(data)):
             out.write(data[: target - start])
     return target
+
+
+def write_synthetic_documents(text: Path, jsonl: Path, parquet: Path, documents_per_row_group: int = 1000) -> int:
+    """The synthetic text as documents (runs of 20 paragraphs, a few KB each, as web documents
+    are), in a .jsonl file and in a parquet file, read and written a row group at a time; the bytes
+    of text they hold."""
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    schema = cast("Any", pa.schema([("text", pa.string())]))
+    total = 0
+    with text.open(encoding="ascii") as source, jsonl.open("w", encoding="utf-8") as out:
+        writer: Any = pq.ParquetWriter(parquet, schema)
+        rest = ""
+        while block := source.read(BLOCK_BYTES):
+            paragraphs = (rest + block).split("\n\n")
+            rest = paragraphs.pop()
+            docs = ["\n\n".join(paragraphs[i : i + 20]) for i in range(0, len(paragraphs), 20)]
+            for start in range(0, len(docs), documents_per_row_group):
+                group = docs[start : start + documents_per_row_group]
+                out.writelines(json.dumps({"text": doc}) + "\n" for doc in group)
+                writer.write_table(pa.table({"text": group}, schema=schema))
+                total += sum(len(doc) for doc in group)
+        if rest:
+            out.write(json.dumps({"text": rest}) + "\n")
+            writer.write_table(pa.table({"text": [rest]}, schema=schema))
+            total += len(rest)
+        writer.close()
+    return total
 
 
 def peak_rss_bytes() -> int:
@@ -90,10 +124,29 @@ def compare_bpe(input_path: Path, megabytes: float) -> dict[str, Any]:
     return {"megabytes": limit / 1e6, **{f"{name}_seconds": s for name, s in seconds.items()}, "identical": identical}
 
 
+def prepare_documents(source: Path, dataset_dir: Path, workers: int) -> dict[str, Any]:
+    """A document corpus prepared with GPT-2 BPE by `workers` processes: seconds, this process's
+    peak RSS and the largest worker's."""
+    cfg = PrepareConfig(dataset_dir=dataset_dir, source=str(source), tokenizer="tiktoken", workers=workers)
+    started = time.perf_counter()
+    meta = prepare_dataset(cfg, experiment="bench")
+    seconds = time.perf_counter() - started
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    tokens = (meta.train_tokens or 0) + (meta.val_tokens or 0)
+    return {
+        "seconds": seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "worker_peak_rss_bytes": worker_peak,
+        "tokens": tokens,
+    }
+
+
 def child(argv: list[str]) -> dict[str, Any]:
     """What the child process measures (its arguments as in the module's docstring)."""
     if argv[1] == "--compare-bpe":
         return compare_bpe(Path(argv[0]), float(argv[2]))
+    if argv[1] == "--documents":
+        return prepare_documents(Path(argv[0]), Path(argv[2]), int(argv[3]))
     tokenizer: Literal["char", "tiktoken"] = "char" if argv[2] == "char" else "tiktoken"
     if argv[2] != tokenizer:
         raise SystemExit(f"tokenizer must be char or tiktoken, got {argv[2]!r}")
@@ -109,9 +162,10 @@ def case5_prepare(ctx: BenchContext) -> list[Row]:
     from ml_playground.bench.report import BpeComparison, Prepare, Row
     from ml_playground.bench.timing import run_process
 
-    def in_child(*args: str) -> dict[str, Any]:
-        command = [sys.executable, "-m", "ml_playground.bench.prepare_cases", str(corpus), *args]
-        result: dict[str, Any] = json.loads(run_process(command, f"{corpus}: {' '.join(args)}")[1].splitlines()[-1])
+    def in_child(*args: str, source: Path | None = None) -> dict[str, Any]:
+        first = str(source or corpus)
+        command = [sys.executable, "-m", "ml_playground.bench.prepare_cases", first, *args]
+        result: dict[str, Any] = json.loads(run_process(command, f"{first}: {' '.join(args)}")[1].splitlines()[-1])
         return result
 
     corpus = ctx.work_dir / "case5" / "synthetic.txt"
@@ -135,10 +189,45 @@ def case5_prepare(ctx: BenchContext) -> list[Row]:
     ours, theirs = size / float(result["prepare_seconds"]), size / float(result["tiktoken_seconds"])
     against = BpeComparison(input_mb=size, mb_per_s=ours, tiktoken_mb_per_s=theirs, ratio=ours / theirs)
     summary = f"{ours:7.1f} MB/s vs {theirs:.1f} MB/s: {ours / theirs:.2f}x, same ids (first {size:.0f} MB)"
-    return [
-        *rows,
-        Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=against),
-    ]
+    rows.append(
+        Row(case=f"5 prepare {size:.0f} MB", variant="GPT-2 BPE vs tiktoken's", summary=summary, metrics=against)
+    )
+    return rows + _document_rows(ctx, corpus, in_child)
+
+
+def _document_rows(ctx: BenchContext, corpus: Path, in_child: Callable[..., dict[str, Any]]) -> list[Row]:
+    """The synthetic text as JSON Lines and as parquet documents, prepared by 1 and 2 workers."""
+    from ml_playground.bench.report import PrepareDocuments, Row
+
+    folder = ctx.work_dir / "case5" / "documents"
+    jsonl, parquet = folder / "jsonl" / "corpus.jsonl", folder / "parquet" / "corpus.parquet"
+    mb = write_synthetic_documents(corpus, jsonl, parquet) / 1e6
+    corpus.unlink()  # the disk holds the text twice more now
+    rows: list[Row] = []
+    for source, label in ((jsonl, "JSONL"), (parquet, "parquet")):
+        for workers in (1, 2):
+            dataset = folder / f"{label}-{workers}"
+            result = in_child("--documents", str(dataset), str(workers), source=source)
+            seconds = float(result["seconds"])
+            rss, worker_rss = int(result["peak_rss_bytes"]) / 2**20, int(result["worker_peak_rss_bytes"]) / 2**20
+            metrics = PrepareDocuments(
+                input_mb=mb,
+                source_format=label,
+                workers=workers,
+                seconds=seconds,
+                mb_per_s=mb / seconds,
+                peak_rss_mib=rss,
+                worker_peak_rss_mib=worker_rss,
+                tokens=int(result["tokens"]),
+            )
+            memory = f"+ {worker_rss:4.0f} MiB per worker" if workers > 1 else "(encodes in-process)"
+            summary = (
+                f"{mb / seconds:7.1f} MB/s, peak RSS {rss:4.0f} MiB {memory} ({mb:.0f} MB of text in {seconds:.1f} s)"
+            )
+            variant = f"GPT-2 BPE, {label}, {workers} worker{'s' if workers > 1 else ''}"
+            rows.append(Row(case=f"5 prepare documents {mb:.0f} MB", variant=variant, summary=summary, metrics=metrics))
+            shutil.rmtree(dataset)
+    return rows
 
 
 if __name__ == "__main__":

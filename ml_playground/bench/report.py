@@ -167,6 +167,20 @@ class Prepare:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareDocuments:
+    """Case 5: the synthetic text as a document corpus, prepared by `workers` processes."""
+
+    input_mb: float  # text, whatever the file format
+    source_format: str
+    workers: int
+    seconds: float
+    mb_per_s: float
+    peak_rss_mib: float  # the preparing process
+    worker_peak_rss_mib: float  # the largest worker process
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BpeComparison:
     """Case 5: preparation's GPT-2 encoder against tiktoken's own on the same text (same ids)."""
 
@@ -177,7 +191,17 @@ class BpeComparison:
 
 
 Metrics = (
-    Throughput | Skipped | GpuSkipped | Quality | WholeRun | Ablation | Sampling | Prepare | BpeComparison | StartUp
+    Throughput
+    | Skipped
+    | GpuSkipped
+    | Quality
+    | WholeRun
+    | Ablation
+    | Sampling
+    | Prepare
+    | PrepareDocuments
+    | BpeComparison
+    | StartUp
 )
 
 

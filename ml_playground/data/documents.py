@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from ml_playground.data.sources import file_sha256, local_path
+from ml_playground.data.sources import HUB_DATASET_PREFIX, file_sha256, hub_dataset, local_path
 from ml_playground.errors import DataError
 
 Format = Literal["txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
@@ -357,12 +357,18 @@ def _visible(path: Path, root: Path) -> bool:
 
 def document_files(source: str) -> list[Path] | None:
     """The files of a document corpus, in order: every corpus file under a folder (hidden ones
-    aside) or matching a glob, or one file of documents (.jsonl, .jsonl.gz, .jsonl.zst, .parquet);
-    None for a single text (a file path, URL or "bundled"), which is prepared as one text."""
+    aside), matching a glob or a Hugging Face dataset's file pattern, or one file of documents
+    (.jsonl, .jsonl.gz, .jsonl.zst, .parquet); None for a single text (a file path, URL or
+    "bundled"), which is prepared as one text."""
     if source == "bundled" or source.startswith(("http://", "https://")):
         return None
-    if any(char in source for char in "*?["):
-        pattern = local_path(source)
+    hub = source.startswith(HUB_DATASET_PREFIX)
+    if hub or any(char in source for char in "*?["):
+        if hub:
+            snapshot, relative = hub_dataset(source)
+            pattern = snapshot / relative
+        else:
+            pattern = local_path(source)
         files = sorted(Path(name) for name in glob.glob(str(pattern), recursive=True) if Path(name).is_file())
         if not files:
             raise DataError(f"prepare.source {source!r}: no file matches {pattern}")

@@ -1,4 +1,5 @@
-"""Where a corpus comes from: a local file, a file:// URL, or an http(s):// URL cached locally.
+"""Where a corpus comes from: a local file, a file:// URL, or an http(s):// URL cached locally; or
+files of a Hugging Face dataset (hf://datasets/...), downloaded with huggingface_hub.
 
 Downloads stream to disk with a timeout, are checked against an optional sha256 pin and are
 written atomically; a cached copy is reused when it came from the same URL (and matches the pin).
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ml_playground.atomic import atomic_binary_writer, write_text_atomic
 from ml_playground.config import project_path
-from ml_playground.errors import DataError
+from ml_playground.errors import DataError, summary
 from ml_playground.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -100,3 +101,26 @@ def resolve_input(
     if sha256 is not None and file_sha256(path) != sha256:
         raise DataError(f"{path}: sha256 does not match prepare.source_sha256 ({sha256})")
     return path
+
+
+HUB_DATASET_PREFIX = "hf://datasets/"
+
+
+def hub_dataset(source: str) -> tuple[Path, str]:
+    """An `hf://datasets/<owner>/<name>/<pattern>` source: the snapshot folder holding the files
+    that match `pattern` (downloaded into huggingface_hub's cache when missing; HF_ENDPOINT, HF_HOME
+    and HF_HUB_OFFLINE apply) and the pattern."""
+    from huggingface_hub import snapshot_download  # pyright: ignore[reportUnknownVariableType]  # a dict[Unknown] parameter in its overloads
+
+    parts = source[len(HUB_DATASET_PREFIX) :].split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise DataError(f"prepare.source {source!r}: expected hf://datasets/<owner>/<name>/<file pattern>")
+    repo_id, pattern = f"{parts[0]}/{parts[1]}", parts[2]
+    log.info("prepare.source: fetching %s from the Hugging Face dataset %s", pattern, repo_id)
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=[pattern])), pattern
+    except (OSError, ValueError) as exc:  # offline, unreachable, unknown or gated repository
+        raise DataError(
+            f"prepare.source {source!r}: cannot download it from the Hugging Face hub "
+            f"({type(exc).__name__}: {summary(exc)}); a hub dataset needs the network (or its files in the cache)"
+        ) from None

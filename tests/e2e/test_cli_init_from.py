@@ -8,9 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Generator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,10 +16,10 @@ from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.interop import hf
 from ml_playground.model import GPT
+from tests.support.tiny_hub import tiny_hub
 from tests.support.tiny_training import TEXT, write_char_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-HUB_SECONDS = 240  # the hub stops by itself after this, even if this test cannot stop it
 
 
 def cli(*args: str, home: Path, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -117,28 +114,6 @@ def test_a_model_id_offline_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "init_from 'gpt2': cannot download it from the Hugging Face hub" in result.stderr.strip().splitlines()[-1]
-
-
-@contextmanager
-def tiny_hub(root: Path, log: Path) -> Generator[str]:
-    """The tiny hub serving `root` on 127.0.0.1 (bounded in time, stopped by its PID); yields its URL."""
-    port_file = root.parent / "hub.port"
-    with log.open("w", encoding="utf-8") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.tiny_hub", str(root), str(port_file), str(HUB_SECONDS)],
-            cwd=ROOT,
-            stderr=log_file,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not port_file.is_file() or not port_file.read_text(encoding="utf-8"):
-                assert server.poll() is None, "the tiny hub exited"
-                assert time.monotonic() < deadline, "the tiny hub did not start"
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port_file.read_text(encoding='utf-8')}"
-        finally:
-            server.kill()  # the hub itself, by its PID (a wrapper such as timeout would orphan it)
-            server.wait(timeout=10)
 
 
 def test_a_model_id_is_downloaded_only_when_asked_then_found_offline(tmp_path: Path) -> None:

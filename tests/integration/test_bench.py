@@ -65,6 +65,14 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert startup["vs_nanogpt"] is None  # no checkout: nothing to set it against
     assert by_variant[("5", "GPT-2 BPE")]["peak_rss_mib"] > 0
     assert by_variant[("5", "char-level")]["tokens"] == 50_000  # one id per ASCII byte
+    documents = [metrics for (case, variant), metrics in by_variant.items() if case == "5" and "worker" in variant]
+    assert [(m["source_format"], m["workers"]) for m in documents] == [
+        ("JSONL", 1),
+        ("JSONL", 2),
+        ("parquet", 1),
+        ("parquet", 2),
+    ]
+    assert len({m["tokens"] for m in documents}) == 1  # the same documents whatever the format and workers
     against = by_variant[("5", "GPT-2 BPE vs tiktoken's")]  # present only when the ids were identical
     assert against["input_mb"] == 0.05
     assert against["ratio"] == pytest.approx(against["mb_per_s"] / against["tiktoken_mb_per_s"])

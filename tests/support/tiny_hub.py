@@ -1,5 +1,6 @@
 """A tiny Hugging Face hub on 127.0.0.1 for tests: serves the folders under ROOT as model repos
-(ROOT/<owner>/<name>/...) with the endpoints huggingface_hub's `snapshot_download` calls.
+(ROOT/<owner>/<name>/...) and dataset repos (ROOT/datasets/<owner>/<name>/...) with the endpoints
+huggingface_hub's `snapshot_download` calls.
 
   python -m tests.support.tiny_hub ROOT PORT_FILE SECONDS
 
@@ -15,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Generator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -34,6 +38,9 @@ def commit_of(repo: Path) -> str:
     return digest.hexdigest()
 
 
+HUB_SECONDS = 240  # the hub stops by itself after this, even if its test cannot stop it
+
+
 class Hub(BaseHTTPRequestHandler):
     root: Path
 
@@ -41,13 +48,19 @@ class Hub(BaseHTTPRequestHandler):
         print(f"{self.command} {self.path}", file=sys.stderr, flush=True)
 
     def repo_and_rest(self, prefix: str, marker: str) -> tuple[Path, str, str] | None:
-        """(repo folder, revision, rest) of `<prefix><owner>/<name><marker><rev>[/rest]`."""
+        """(repo folder, revision, rest) of `<prefix><owner>/<name><marker><rev>[/rest]`; a dataset
+        repository (`/api/datasets/...`, `/datasets/...`) lives in ROOT/datasets/<owner>/<name>."""
         path = unquote(urlsplit(self.path).path)
+        folder = self.root
+        for kind in ("/api/datasets/", "/datasets/"):
+            if prefix in ("/api/models/", "/") and path.startswith(kind):
+                path, folder = (prefix + path[len(kind) :], self.root / "datasets")
+                break
         if not path.startswith(prefix) or marker not in path:
             return None
         repo_id, _, tail = path[len(prefix) :].partition(marker)
         revision, _, rest = tail.partition("/")
-        repo = self.root / repo_id
+        repo = folder / repo_id
         return (repo, revision, rest) if repo_id and repo.is_dir() else None
 
     def send_json(self, data: object) -> None:
@@ -76,7 +89,8 @@ class Hub(BaseHTTPRequestHandler):
         if info is not None and with_body:
             repo = info[0]
             siblings = [{"rfilename": name} for name in files_of(repo)]
-            self.send_json({"id": repo.relative_to(self.root).as_posix(), "sha": commit_of(repo), "siblings": siblings})
+            repo_id = "/".join(repo.parts[-2:])
+            self.send_json({"id": repo_id, "sha": commit_of(repo), "siblings": siblings})
             return
         tree = self.repo_and_rest("/api/models/", "/tree/")
         if tree is not None and with_body:
@@ -105,6 +119,28 @@ class Hub(BaseHTTPRequestHandler):
                 self.wfile.write(body)
             return
         self.not_found()
+
+
+@contextmanager
+def tiny_hub(root: Path, log: Path) -> Generator[str]:
+    """The tiny hub serving `root` on 127.0.0.1 (bounded in time, stopped by its PID); yields its URL."""
+    port_file = root.parent / "hub.port"
+    with log.open("w", encoding="utf-8") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.tiny_hub", str(root), str(port_file), str(HUB_SECONDS)],
+            cwd=Path(__file__).resolve().parents[2],
+            stderr=log_file,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not port_file.is_file() or not port_file.read_text(encoding="utf-8"):
+                assert server.poll() is None, "the tiny hub exited"
+                assert time.monotonic() < deadline, "the tiny hub did not start"
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port_file.read_text(encoding='utf-8')}"
+        finally:
+            server.kill()  # the hub itself, by its PID (a wrapper such as timeout would orphan it)
+            server.wait(timeout=10)
 
 
 def stop_when_done(server: ThreadingHTTPServer, seconds: float, parent: int) -> None:
