@@ -26,6 +26,8 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -448,7 +450,9 @@ def _in_order(work: Callable[[J], R], jobs: Iterator[J], workers: int) -> Iterat
     if workers == 1:
         yield from map(work, jobs)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+    )
     try:
         pending: deque[Future[R]] = deque()
         for job in jobs:
@@ -459,6 +463,21 @@ def _in_order(work: Callable[[J], R], jobs: Iterator[J], workers: int) -> Iterat
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: end this process as soon as the preparing process is gone (killed with SIGKILL,
+    it cannot stop its pool, and a worker waiting for work would wait forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+_PARENT_POLL_S = 0.2
 
 
 def _tokenizer_description(cfg: PrepareConfig, units: list[Unit]) -> DatasetMeta:

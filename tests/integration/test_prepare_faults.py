@@ -1,12 +1,14 @@
 """`ml-playground prepare` under real faults: SIGKILL at each step of the commit, a second
 preparation of the same folder, a full disk, a read-only dataset folder. Each leaves the old
 dataset intact, the new one complete, or files training refuses, and errors are one line (exit 4).
-Unreadable corpus, meta.json and token files are one line too."""
+Unreadable corpus, meta.json and token files are one line too. A document corpus's preparation
+killed after some shards keeps the old dataset whole and resumes with those shards."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import resource
 import signal
@@ -269,3 +271,56 @@ def test_unreadable_corpus_meta_json_and_token_files_areone_line_error(tmp_path:
     assert checked() == f"{ds / 'train.bin'}: cannot read the token file (Permission denied)"
     (ds / "meta.json").chmod(0o000)
     assert checked() == f"{ds / 'meta.json'}: cannot read the dataset metadata (Permission denied)"
+
+
+def _documents(folder: Path, seed: int) -> None:
+    """A .jsonl corpus of 150 short documents (several shards of 200 tokens per split)."""
+    words = ["speak", "hear", "citizen", "famish", "resolved", "die", "proceed", "further"]
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"text": " ".join(words[(seed + i * j) % len(words)] for j in range(5 + i % 30))})
+        for i in range(150)
+    ]
+    (folder / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _documents_config(tmp_path: Path, corpus: Path, ds: Path) -> Path:
+    path = tmp_path / "docs.toml"
+    path.write_text(
+        f'[prepare]\ndataset_dir = "{ds}"\nsource = "{corpus}"\ntokenizer = "tiktoken"\nval_fraction = 0.2\n'
+        "workers = 2\nshard_tokens = 200\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_killed_document_preparation_keeps_the_old_dataset_and_resumes_its_shards(tmp_path: Path) -> None:
+    corpus, ds = tmp_path / "corpus", tmp_path / "ds"
+    _documents(corpus, seed=1)
+    config = _documents_config(tmp_path, corpus, ds)
+    assert _prepare(config).returncode == 0
+    old = read_meta(ds / "meta.json")
+    _documents(corpus, seed=2)
+    (tmp_path / "ref").mkdir()
+    reference = _documents_config(tmp_path / "ref", corpus, tmp_path / "ref" / "ds")
+    assert _prepare(reference).returncode == 0
+
+    killed = _prepare(config, signal_after.spec("ml_playground.data.prepare:write_progress:3", "SIGKILL"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert read_meta(ds / "meta.json") == old  # the old dataset is whole until the new one commits
+    assert _accepted(ds) == old
+    finished = {path.name: path.stat().st_ino for path in ds.glob("*.bin") if path.name not in _shard_files(old)}
+    assert len(finished) == 3
+
+    again = _prepare(config)
+    assert again.returncode == 0, again.stderr
+    assert "3 finished shard(s) kept" in again.stderr
+    new = read_meta(ds / "meta.json")
+    assert new == read_meta(tmp_path / "ref" / "ds" / "meta.json")
+    assert all((ds / name).stat().st_ino == inode for name, inode in finished.items())  # kept, not rewritten
+    assert sorted(path.name for path in ds.glob("*.bin")) == sorted(_shard_files(new))  # the old shards went
+    assert not list(ds.glob(".*.tmp"))
+
+
+def _shard_files(meta: DatasetMeta) -> set[str]:
+    return {shard.file for shards in (meta.train_shards, meta.val_shards) if shards is not None for shard in shards}

@@ -1,5 +1,6 @@
 """Exact resume: a training process killed with SIGKILL mid-run and restarted reproduces the
-uninterrupted run bit for bit (per-step losses and final weights) on CPU, and the restarted run
+uninterrupted run bit for bit (per-step losses and final weights) on CPU, from one token file per
+split or from shards, and the restarted run
 marks its TensorBoard events so that what the killed run logged past its checkpoint is purged.
 
 The kill comes from tests/support/kill_switch.py at a fixed point (5 steps past the checkpoint at
@@ -65,11 +66,14 @@ def _session_starts(events: list[Any]) -> list[tuple[int, int]]:
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
+    """The killed and resumed run reads the same tokens as 3 shards per split: reading across
+    shards and resuming there are both checked against the one-file reference."""
     write_char_dataset(tmp_path / "ds")
+    write_char_dataset(tmp_path / "sharded", shards=3)
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     train_cli(write_toml(tmp_path / "reference.toml", {"train": _table(tmp_path / "ds", reference_dir)}))
 
-    config = write_toml(tmp_path / "resumed.toml", {"train": _table(tmp_path / "ds", resumed_dir)})
+    config = write_toml(tmp_path / "resumed.toml", {"train": _table(tmp_path / "sharded", resumed_dir)})
     kill = spec(rank=0, after_iter=KILL_AFTER_ITER, steps=STEPS_PAST_CHECKPOINT, marker=tmp_path / "killed")
     train_cli(config, killed=True, env=kill)
     assert load_checkpoint(resumed_dir / "ckpt_last.pt").iter_num == KILL_AFTER_ITER

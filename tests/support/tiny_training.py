@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ml_playground.config import TrainConfig
 from ml_playground.config_loader import parse_experiment_config
-from ml_playground.data.meta import DatasetMeta, write_meta
+from ml_playground.data.meta import DatasetMeta, Shard, shards_sha256, write_meta
 from ml_playground.train.metrics import read_scalars
 
 __all__ = ["TEXT", "read_scalars", "text_with_whole_steps", "tiny_train_table", "train_config", "write_char_dataset"]
@@ -21,19 +24,42 @@ TEXT = (
 ) * 8
 
 
-def write_char_dataset(dataset_dir: Path, text: str = TEXT) -> DatasetMeta:
-    """train.bin / val.bin (uint16 ids) and meta.json for a char-level corpus (90/10 split)."""
+def write_char_dataset(dataset_dir: Path, text: str = TEXT, shards: int = 1) -> DatasetMeta:
+    """train.bin / val.bin (uint16 ids) and meta.json for a char-level corpus (90/10 split); with
+    `shards` > 1 the same ids, each split cut into that many shard files listed in meta.json."""
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], dtype="<u2")
     cut = int(len(ids) * 0.9)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    ids[:cut].tofile(dataset_dir / "train.bin")
-    ids[cut:].tofile(dataset_dir / "val.bin")
     meta = DatasetMeta(
         kind="char", vocab_size=len(chars), dtype="uint16", itos=chars, train_tokens=cut, val_tokens=len(ids) - cut
     )
+    if shards == 1:
+        ids[:cut].tofile(dataset_dir / "train.bin")
+        ids[cut:].tofile(dataset_dir / "val.bin")
+    else:
+        listed = {
+            split: _shards(dataset_dir, split, part, shards)
+            for split, part in (("train", ids[:cut]), ("val", ids[cut:]))
+        }
+        meta = replace(
+            meta,
+            train_shards=listed["train"],
+            val_shards=listed["val"],
+            train_sha256=shards_sha256(listed["train"]),
+            val_sha256=shards_sha256(listed["val"]),
+        )
     write_meta(dataset_dir / "meta.json", meta)
     return meta
+
+
+def _shards(dataset_dir: Path, split: str, ids: npt.NDArray[np.uint16], count: int) -> tuple[Shard, ...]:
+    shards: list[Shard] = []
+    for i, part in enumerate(np.array_split(ids, count)):
+        name = f"{split}-{i:05d}.bin"
+        part.tofile(dataset_dir / name)
+        shards.append(Shard(file=name, tokens=len(part), sha256=hashlib.sha256(part.tobytes()).hexdigest()))
+    return tuple(shards)
 
 
 def text_with_whole_steps(block: int, windows_per_step: int, *, repeats: int = 4) -> str:
