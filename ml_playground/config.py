@@ -109,6 +109,13 @@ def _mlp_width(data: dict[str, Any]) -> int:
     return -(-(8 * n_embd) // (3 * multiple)) * multiple
 
 
+def _split_width(data: dict[str, Any]) -> int:
+    """n_embd / n_head (the shape rules refuse a width that does not divide)."""
+    n_embd: int = data["n_embd"]
+    n_head: int = data["n_head"]
+    return n_embd // n_head
+
+
 def _one_kv_head_per_head(data: dict[str, Any]) -> int:
     n_head: int = data["n_head"]
     return n_head
@@ -117,6 +124,29 @@ def _one_kv_head_per_head(data: dict[str, Any]) -> int:
 def _every_row_a_token(data: dict[str, Any]) -> int:
     vocab_size: int = data["vocab_size"]
     return vocab_size
+
+
+class RopeScaling(BaseModel):
+    """Llama 3's rule for a longer context (Hugging Face `rope_type = "llama3"`): rotary frequencies
+    whose wavelength exceeds original_max_position_embeddings / low_freq_factor are divided by
+    `factor`, those below original_max_position_embeddings / high_freq_factor kept, the ones between
+    blended smoothly. The values are Llama 3.2's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = Field(default=32.0, gt=0)
+    low_freq_factor: float = Field(default=1.0, gt=0)
+    high_freq_factor: float = Field(default=4.0, gt=0)
+    original_max_position_embeddings: PositiveInt = 8192
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"high_freq_factor ({self.high_freq_factor}) must exceed low_freq_factor ({self.low_freq_factor})"
+            )
+        return self
 
 
 class GPTConfig(BaseModel):
@@ -136,10 +166,13 @@ class GPTConfig(BaseModel):
     vocab_size: PositiveInt = 50304
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
+    # Biases on the query, key and value projections only (Qwen2); `bias` puts them on every linear.
+    qkv_bias: bool = False
     # Positions: "learned" embeddings (GPT-2) or "rope" (rotary, on queries and keys; needs an even
-    # head size n_embd / n_head) with base rope_theta.
+    # head_dim) with base rope_theta, its frequencies rescaled by rope_scaling (Llama 3's rule) when set.
     position: Position = "learned"
     rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: RopeScaling | None = None
     # "layernorm" (GPT-2; with a bias when bias = true) or "rmsnorm" (Llama); norm_eps for both.
     norm: Norm = "layernorm"
     norm_eps: float = Field(default=1e-5, gt=0)
@@ -151,6 +184,9 @@ class GPTConfig(BaseModel):
     mlp_hidden: PositiveInt = Field(default_factory=_mlp_width)
     # RMSNorm of each head's queries and keys before attention (Qwen3's q_norm / k_norm).
     qk_norm: bool = False
+    # Width of each attention head; default n_embd / n_head. Set, the attention is n_head x head_dim
+    # wide whatever n_embd is (Qwen3-0.6B: 16 heads of 128 in a width of 1024).
+    head_dim: PositiveInt = Field(default_factory=_split_width)
     # Key/value heads (grouped-query attention; must divide n_head); default: one per query head.
     n_kv_head: PositiveInt = Field(default_factory=_one_kv_head_per_head)
     # false: the output head has its own weights instead of sharing the token embedding's.
@@ -172,19 +208,18 @@ class GPTConfig(BaseModel):
     def _shape_problems(self) -> list[str]:
         """The cross-key rules, each broken one as a line."""
         problems: list[str] = []
-        if self.n_embd % self.n_head != 0:
-            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        elif self.position == "rope" and self.head_size % 2 != 0:
-            problems.append(f"position = 'rope' needs an even head size, but n_embd / n_head = {self.head_size}")
+        if "head_dim" not in self.model_fields_set and self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}), or set head_dim")
+        elif self.position == "rope" and self.head_dim % 2 != 0:
+            given = "head_dim" if "head_dim" in self.model_fields_set else "n_embd / n_head"
+            problems.append(f"position = 'rope' needs an even head size, but {given} = {self.head_dim}")
+        if self.rope_scaling is not None and self.position != "rope":
+            problems.append("rope_scaling needs position = 'rope'")
         if self.n_head % self.n_kv_head != 0:
             problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.real_vocab_size > self.vocab_size:
             problems.append(f"real_vocab_size ({self.real_vocab_size}) exceeds vocab_size ({self.vocab_size})")
         return problems
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
 
     def replace(self, **changes: Any) -> Self:
         """This configuration with `changes`, validated again; a size that was left to its default
@@ -199,7 +234,7 @@ class ModelConfig(GPTConfig):
 
     # Initial weights (nanoGPT's name): "scratch" (random), or a pretrained source whose weights are
     # all finetuned: a Hugging Face model id (downloaded; needs the network), a local Hugging Face
-    # directory (GPT-2, Llama, Qwen3) or a checkpoint file (ours, or nanoGPT's ckpt.pt). The
+    # directory (GPT-2, Llama, Qwen2, Qwen3) or a checkpoint file (ours, or nanoGPT's ckpt.pt). The
     # architecture is the source's: the keys set here must agree with it, except dropout, which
     # overrides it. ckpt_last.pt in out_dir still wins (resume).
     init_from: str = Field(default="scratch", min_length=1)
@@ -331,7 +366,7 @@ class TrainRuntimeConfig:
 # fixed order. `c_proj` is both attn.c_proj and mlp.c_proj.
 LORA_MODULES = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "lm_head")
 LORA_ALIASES: dict[str, tuple[str, ...]] = {"c_proj": ("attn.c_proj", "mlp.c_proj")}
-# Hugging Face Llama/Qwen3 names: fused modules of ours need the whole group that they fuse.
+# Hugging Face Llama/Qwen2/Qwen3 names: fused modules of ours need the whole group that they fuse.
 HF_LORA_GROUPS: dict[tuple[str, ...], str] = {
     ("q_proj", "k_proj", "v_proj"): "c_attn",
     ("o_proj",): "attn.c_proj",

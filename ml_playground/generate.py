@@ -138,7 +138,7 @@ def generate(
         dtype = cache_dtype if cache_dtype is not None else model.wte.weight.dtype
         config = model.config
         heads = f"{config.n_layer} layers x 2 x {config.n_kv_head} heads"
-        shape = f"{batch} x {heads} x {config.block_size} x {config.head_size}, {dtype}"
+        shape = f"{batch} x {heads} x {config.block_size} x {config.head_dim}, {dtype}"
         with memory_for(f"the KV cache ({shape})", prompt.device):
             cache = KVCache(batch, config, prompt.device, dtype)
     start = -1  # no context yet: the first step fills it

@@ -3,10 +3,10 @@
 Only the network lives here: optimizer setup, generation loops and checkpoint I/O are elsewhere.
 The defaults are GPT-2's block (learned positions, LayerNorm, GELU MLP, tied head);
 `config.GPTConfig` (also [train.model]'s schema) switches on the newer parts one by one: rotary
-positions, RMSNorm, SwiGLU or ReLU² MLPs, QK-norm, grouped-query attention, an untied head and
-logit soft-capping. Parameter names match nanoGPT
-(`transformer.wte`, `transformer.h.0.attn.c_attn`, ...) so nanoGPT checkpoints load directly and
-Hugging Face / GGUF exports are key maps with transposes.
+positions (with Llama 3's frequency scaling), RMSNorm, SwiGLU or ReLU² MLPs, QK-norm, grouped-query
+attention, heads of any width, biases on q/k/v only, an untied head and logit soft-capping.
+Parameter names match nanoGPT (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...) so nanoGPT
+checkpoints load directly and Hugging Face / GGUF exports are key maps with transposes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class LayerKV:
     """Preallocated keys/values of one layer: (B, n_kv_head, max_len, hs) each."""
 
     def __init__(self, batch: int, config: GPTConfig, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.n_kv_head, max_len, config.head_size)
+        shape = (batch, config.n_kv_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -65,6 +65,25 @@ class KVCache:
         self.length = 0
 
 
+def rope_frequencies(config: GPTConfig) -> Tensor:
+    """(head_dim / 2,) angular frequencies of the rotation: rope_theta ** (-2i / head_dim), rescaled
+    by Llama 3's rule when `rope_scaling` is set (long wavelengths divided by `factor`, short ones
+    kept, a smooth blend between; Hugging Face's `_compute_llama3_parameters`)."""
+    hs = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    context = scaling.original_max_position_embeddings
+    wavelength = 2 * math.pi / inv_freq
+    long = wavelength > context / scaling.low_freq_factor
+    short = wavelength < context / scaling.high_freq_factor
+    # 0 at the long-wavelength end of the blend, 1 at the short one.
+    smooth = (context / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    return torch.where(long, inv_freq / scaling.factor, torch.where(short, inv_freq, blended))
+
+
 class Rotary(nn.Module):
     """Rotary position embedding in Hugging Face Llama's layout (the two halves of each head
     rotate together), so exported weights need no permutation."""
@@ -74,9 +93,9 @@ class Rotary(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        hs = config.head_size
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
-        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        angles = torch.outer(
+            torch.arange(config.block_size, dtype=torch.float32), rope_frequencies(config)
+        )  # (T, hs/2)
         angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
         # Not saved: derived from the config (and absent from nanoGPT-style state dicts).
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -96,24 +115,25 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
-        self.head_size = config.head_size
+        self.head_dim = config.head_dim
         self.dropout = config.dropout
-        # One projection for q (n_head heads), k and v (n_kv_head heads each), in that order.
+        # One projection for q (n_head heads), k and v (n_kv_head heads each), in that order; the
+        # attention is n_head x head_dim wide, which need not be n_embd.
         self.c_attn = nn.Linear(
-            config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias
+            config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias or config.qkv_bias
         )
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # QK-norm as Qwen3: RMSNorm over each head's dims, before the rotation.
-        self.q_norm = nn.RMSNorm(config.head_size, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(config.head_size, eps=config.norm_eps) if config.qk_norm else None
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.rotary = Rotary(config) if config.position == "rope" else None
 
     def heads(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (B, nh, T, hs), keys and values (B, nkv, T, hs) of x (B, T, C) at positions
         start..start+T-1, normed and rotated as the options say."""
         B, T, _ = x.size()
-        hs = self.head_size
+        hs = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, nh*hs) -> (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)
@@ -125,7 +145,7 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: Tensor, kv: LayerKV | None = None, start: int = 0) -> Tensor:
-        B, T, C = x.size()
+        B, T, _ = x.size()
         q, k, v = self.heads(x, start)
         # Grouped-query attention: each key/value head serves n_head / n_kv_head query heads.
         gqa = self.n_kv_head != self.n_head
@@ -144,7 +164,7 @@ class CausalSelfAttention(nn.Module):
                 rows = torch.arange(start, start + T, device=x.device).unsqueeze(1)
                 cols = torch.arange(start + T, device=x.device).unsqueeze(0)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows, enable_gqa=gqa)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # (B, nh, T, hs) -> (B, T, nh*hs)
         out: Tensor = self.resid_dropout(self.c_proj(y))
         return out
 

@@ -1,6 +1,6 @@
 """LoRA finetuning of our GPT as a mode of the one loop: `train.loop.train(cfg, LoRA(cfg))`.
 
-The base comes through the importer of `init_from` (a Hugging Face GPT-2, Llama or Qwen3 model,
+The base comes through the importer of `init_from` (a Hugging Face GPT-2, Llama, Qwen2 or Qwen3 model,
 by directory or hub id, or a checkpoint of ours or nanoGPT's); PEFT injects LoRA layers into its
 linear modules (`[train.peft] target_modules`, our names), and only their weights train (with
 `bias`, biases too). What differs from the loop's default mode: the optimizer sees the adapter

@@ -39,7 +39,7 @@ def source_model(cfg: TrainConfig, meta: DatasetMeta, source: Source) -> GPT:
     """The GPT of `source` with its weights, as [train] finetunes it on the dataset of `meta`."""
     model = GPT(finetune_architecture(cfg, meta, source))
     try:
-        model.load_state_dict(source.state_dict)
+        source.load_into(model)
     except RuntimeError as exc:
         raise CheckpointError(
             f"train.model.init_from = {source.name!r}: weights do not fit its architecture ({summary(exc)})"

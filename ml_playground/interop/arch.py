@@ -4,8 +4,11 @@ Our options (`[train.model]`) combine freely; another implementation has a handf
 architectures. `counterpart(config)` names the one whose computation equals ours, or raises one
 `ExportError` line naming every option that has no equivalent, before anything is written:
 
-  gpt2   learned positions, LayerNorm, GELU MLP, one KV head per query head, tied head
-  llama  RoPE, RMSNorm, SwiGLU MLP, no biases (grouped-query attention and an untied head allowed)
+  gpt2   learned positions, LayerNorm, GELU MLP, one KV head per query head, tied head,
+         heads of n_embd / n_head
+  llama  RoPE (Llama 3's frequency scaling allowed), RMSNorm, SwiGLU MLP, no biases (grouped-query
+         attention, any head_dim and an untied head allowed)
+  qwen2  llama plus biases on the query, key and value projections (qkv_bias)
   qwen3  llama plus QK-norm (RMSNorm over each head's queries and keys before RoPE)
 
 None of them has a logit soft-cap. The same table gives an importer the options each one fixes
@@ -20,7 +23,7 @@ from typing import Any, Literal
 from ml_playground.config import GPTConfig
 from ml_playground.errors import ExportError
 
-Counterpart = Literal["gpt2", "llama", "qwen3"]
+Counterpart = Literal["gpt2", "llama", "qwen2", "qwen3"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +34,36 @@ class Same:
 
 
 @dataclass(frozen=True, slots=True)
+class PerHead:
+    """n_embd / n_head: heads that split the model's width."""
+
+
+@dataclass(frozen=True, slots=True)
 class Need:
     """One option's value an architecture has: `train.model.<key>` must be `value`."""
 
     key: str
-    value: bool | float | str | Same
+    value: bool | float | str | Same | PerHead | None
 
     def holds(self, config: GPTConfig) -> bool:
-        wanted = getattr(config, self.value.key) if isinstance(self.value, Same) else self.value
+        wanted: object = self.value
+        if isinstance(self.value, Same):
+            wanted = getattr(config, self.value.key)
+        elif isinstance(self.value, PerHead):
+            wanted = config.n_embd // config.n_head if config.n_embd % config.n_head == 0 else None
         return bool(getattr(config, self.key) == wanted)
 
     @property
     def wanted(self) -> str:
         """What the architecture needs, for the error line."""
-        return self.value.key if isinstance(self.value, Same) else toml_text(self.value)
+        if isinstance(self.value, Same):
+            return self.value.key
+        return "n_embd / n_head" if isinstance(self.value, PerHead) else toml_text(self.value)
+
+    @property
+    def fixed(self) -> bool:
+        """A value of its own (not one that follows other keys)."""
+        return not isinstance(self.value, Same | PerHead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +80,15 @@ GPT2 = Family(
         Need("mlp", "gelu"),
         Need("qk_norm", False),
         Need("n_kv_head", Same("n_head")),
+        Need("head_dim", PerHead()),
         Need("tie_embeddings", True),
         Need("logit_softcap", 0),
     ),
 )
-# Llama and Qwen3 differ only in QK-norm, which therefore is no requirement of the family.
+# Llama, Qwen2 and Qwen3 differ only in qkv_bias and QK-norm (counterpart picks by them), which
+# therefore are no requirement of the family; one model has one or neither.
 LLAMA = Family(
-    "Llama/Qwen3",
+    "Llama/Qwen2/Qwen3",
     (
         Need("position", "rope"),
         Need("norm", "rmsnorm"),
@@ -91,7 +112,12 @@ def counterpart(config: GPTConfig) -> Counterpart:
     if not unmet(GPT2, config):
         return "gpt2"
     if not unmet(LLAMA, config):
-        return "qwen3" if config.qk_norm else "llama"
+        if config.qk_norm and config.qkv_bias:
+            raise ExportError(
+                "export: no equivalent in Hugging Face / llama.cpp for train.model.qkv_bias = true with "
+                "qk_norm = true (Qwen2 has the biases, Qwen3 the QK-norm, none both)"
+            )
+        return "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
     closest = min(FAMILIES, key=lambda family: len(unmet(family, config)))
     options = "; ".join(
         f"train.model.{need.key} = {option_value(config, need.key)} ({closest.name} needs {need.wanted})"
@@ -99,15 +125,15 @@ def counterpart(config: GPTConfig) -> Counterpart:
     )
     raise ExportError(
         f"export: no equivalent in Hugging Face / llama.cpp for {options}; exportable are GPT-2 "
-        "(learned + layernorm + gelu) and Llama/Qwen3 (rope + rmsnorm + swiglu, no bias)"
+        "(learned + layernorm + gelu) and Llama/Qwen2/Qwen3 (rope + rmsnorm + swiglu, no bias but qkv_bias)"
     )
 
 
 def options_of(kind: Counterpart) -> dict[str, Any]:
     """The options of `kind` as our GPTConfig keys, for an importer (its sizes come from its files)."""
     family = GPT2 if kind == "gpt2" else LLAMA
-    fixed = {need.key: need.value for need in family.needs if not isinstance(need.value, Same)}
-    return fixed | ({} if family is GPT2 else {"qk_norm": kind == "qwen3"})
+    fixed = {need.key: need.value for need in family.needs if need.fixed}
+    return fixed | ({} if family is GPT2 else {"qk_norm": kind == "qwen3", "qkv_bias": kind == "qwen2"})
 
 
 def option_value(config: GPTConfig, key: str) -> str:

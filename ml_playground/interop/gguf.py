@@ -1,16 +1,20 @@
-"""GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama` or `qwen3`
-architecture (which one: `interop.arch.counterpart`).
+"""GGUF writer (in-process, `gguf` package): our GPT -> llama.cpp's `gpt2`, `llama`, `qwen2` or
+`qwen3` architecture (which one: `interop.arch.counterpart`).
 
 The GGUF column of hf.py's key map names every tensor (`hf.key_rules`: `GPT2_KEY_MAP` for gpt2,
-`LLAMA_KEY_MAP` for llama and qwen3, with the row blocks of our fused q|k|v and gate|up weights).
+`LLAMA_KEY_MAP` for llama, qwen2 and qwen3, with the row blocks of our fused q|k|v and gate|up
+weights and biases).
 No transposes are needed: numpy shape (out, in) of our `nn.Linear` weights is ggml's {in, out},
 which is what llama.cpp's graphs expect. A tied output projection is not written: llama.cpp ties
 it to `token_embd.weight` when `output.weight` is absent.
 
-RoPE: ours rotates the two halves of a head (Hugging Face's rotate_half), as llama.cpp's `qwen3`
-("neox" rope) does. Its `llama` rotates adjacent pairs, so for `llama` the rows of each query and
-key head are reordered from halves to pairs (`halves_to_pairs`, the reordering llama.cpp's own
-converter applies to Hugging Face Llama weights; key heads counted as the KV heads).
+RoPE: ours rotates the two halves of a head (Hugging Face's rotate_half), as llama.cpp's `qwen2`
+and `qwen3` ("neox" rope) do. Its `llama` rotates adjacent pairs, so for `llama` the rows of each
+query and key head are reordered from halves to pairs (`halves_to_pairs`, the reordering llama.cpp's
+own converter applies to Hugging Face Llama weights; key heads counted as the KV heads). Llama 3's
+frequency scaling (`rope_scaling`) is written as llama.cpp's converter writes it: a `rope_freqs`
+tensor of the factor each frequency is divided by; llama.cpp reads it in `llama` only, so other
+architectures with rope_scaling are refused.
 
 Tokenizers: GPT-2 BPE is written as llama.cpp's "gpt2" model with the "gpt-2" pre-tokenizer
 (tokens, merges, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
@@ -37,6 +41,7 @@ from ml_playground.data.meta import DatasetMeta
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.interop.hf import GPT2_EOT_ID, key_rules, refuse_unnamed, rows_of, tensor_for, tokens_only
+from ml_playground.model import rope_frequencies
 from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
 
 FloatType = Literal["f32", "f16"]
@@ -63,6 +68,14 @@ def named_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counte
             block = halves_to_pairs(block, config.n_head if rule.rows == "q" else config.n_kv_head)
         out.append((rule.gguf, block))
     refuse_unnamed(state_dict, rules, config, "GGUF")
+    if config.rope_scaling is not None:
+        if arch != "llama":
+            raise ExportError(
+                f"GGUF: llama.cpp's {arch} has no Llama 3 rope scaling; train.model.rope_scaling needs the llama "
+                "architecture (no qkv_bias, no qk_norm)"
+            )
+        plain = rope_frequencies(config.replace(rope_scaling=None))
+        out.append(("rope_freqs.weight", plain / rope_frequencies(config)))  # llama.cpp divides by these
     return out
 
 
@@ -141,9 +154,9 @@ def add_architecture(writer: gguf.GGUFWriter, config: GPTConfig, arch: Counterpa
         writer.add_layer_norm_eps(config.norm_eps)
         return
     writer.add_head_count_kv(config.n_kv_head)
-    writer.add_key_length(config.head_size)
-    writer.add_value_length(config.head_size)
-    writer.add_rope_dimension_count(config.head_size)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.vocab_size)

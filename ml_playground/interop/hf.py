@@ -1,12 +1,12 @@
-"""Hugging Face interop: our GPT <-> a `transformers` GPT2LMHeadModel, LlamaForCausalLM or
-Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
+"""Hugging Face interop: our GPT <-> a `transformers` GPT2LMHeadModel, LlamaForCausalLM,
+Qwen2ForCausalLM or Qwen3ForCausalLM directory (which one: `interop.arch.counterpart`).
 
 Two explicit key maps of one `KeyRule` type name every tensor three ways (ours, Hugging Face's,
 llama.cpp's GGUF name, which interop.gguf writes); `key_rules` expands the one of a model's
 architecture, and export, import and the GGUF writer all read it:
 - `GPT2_KEY_MAP`: ours = Hugging Face's names, and transposes. GPT-2's Hugging Face checkpoints
   store linear layers as `Conv1D` with weight (in, out), ours are `nn.Linear` with weight (out, in).
-- `LLAMA_KEY_MAP` (Llama and Qwen3): row blocks. Our fused `c_attn` (rows q | k | v) and
+- `LLAMA_KEY_MAP` (Llama, Qwen2, Qwen3): row blocks. Our fused `c_attn` (rows q | k | v) and
   SwiGLU `c_fc` (rows gate | up) are HF's separate q/k/v and gate/up projections. No transposes
   and no permutation: our RoPE is Hugging Face Llama's (rotate_half on the two halves of a head).
 
@@ -20,23 +20,25 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from tokenizers import Tokenizer
 from torch import Tensor
 
 from ml_playground.atomic import write_bytes_atomic, write_text_atomic
-from ml_playground.config import GPTConfig
+from ml_playground.config import GPTConfig, RopeScaling
 from ml_playground.config_loader import format_validation_error
 from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart, options_of
+from ml_playground.model import GPT
 from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges, hf_char_tokenizer, hf_gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,9 @@ GPT2_EOT_ID = 50256
 
 # Which rows of our tensor a tensor of the other format holds: all, or one block of a fused weight.
 RowBlock = Literal["all", "q", "k", "v", "gate", "up"]
-# When a tensor exists: always, in Qwen3 (its QK-norm), or with an untied output head.
-When = Literal["always", "qwen3", "untied"]
+# When a tensor exists: always, in Qwen3 (its QK-norm), in Qwen2 (its q/k/v biases), or with an
+# untied output head.
+When = Literal["always", "qwen3", "qwen2", "untied"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ def _gpt2_block(name: str, gguf: str, *, transpose: bool = False, is_bias: bool 
 
 
 def _llama_block(ours: str, hf: str, gguf: str, rows: RowBlock = "all", when: When = "always") -> KeyRule:
-    """A tensor of every Llama/Qwen3 block, named within the block."""
+    """A tensor of every Llama/Qwen2/Qwen3 block, named within the block."""
     return KeyRule(f"transformer.h.{{i}}.{ours}", f"model.layers.{{i}}.{hf}", f"blk.{{i}}.{gguf}", rows=rows, when=when)
 
 
@@ -108,14 +111,18 @@ GPT2_KEY_MAP: tuple[KeyRule, ...] = (
     KeyRule("transformer.ln_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
     KeyRule("transformer.ln_f.bias", "transformer.ln_f.bias", "output_norm.bias", is_bias=True),
 )
-# Llama and Qwen3 (= Llama + q_norm/k_norm): ours, Hugging Face's, GGUF's. Blocks of one fused
-# tensor are listed in their row order. A tied head has no tensor of its own in either format.
+# Llama, Qwen2 (= Llama + q/k/v biases) and Qwen3 (= Llama + q_norm/k_norm): ours, Hugging Face's,
+# GGUF's. Blocks of one fused tensor are listed in their row order. A tied head has no tensor of its
+# own in either format.
 LLAMA_KEY_MAP: tuple[KeyRule, ...] = (
     KeyRule("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight"),
     _llama_block("ln_1.weight", "input_layernorm.weight", "attn_norm.weight"),
     _llama_block("attn.c_attn.weight", "self_attn.q_proj.weight", "attn_q.weight", rows="q"),
     _llama_block("attn.c_attn.weight", "self_attn.k_proj.weight", "attn_k.weight", rows="k"),
     _llama_block("attn.c_attn.weight", "self_attn.v_proj.weight", "attn_v.weight", rows="v"),
+    _llama_block("attn.c_attn.bias", "self_attn.q_proj.bias", "attn_q.bias", rows="q", when="qwen2"),
+    _llama_block("attn.c_attn.bias", "self_attn.k_proj.bias", "attn_k.bias", rows="k", when="qwen2"),
+    _llama_block("attn.c_attn.bias", "self_attn.v_proj.bias", "attn_v.bias", rows="v", when="qwen2"),
     _llama_block("attn.q_norm.weight", "self_attn.q_norm.weight", "attn_q_norm.weight", when="qwen3"),
     _llama_block("attn.k_norm.weight", "self_attn.k_norm.weight", "attn_k_norm.weight", when="qwen3"),
     _llama_block("attn.c_proj.weight", "self_attn.o_proj.weight", "attn_output.weight"),
@@ -129,6 +136,7 @@ LLAMA_KEY_MAP: tuple[KeyRule, ...] = (
 KEY_MAPS: dict[Counterpart, tuple[KeyRule, ...]] = {
     "gpt2": GPT2_KEY_MAP,
     "llama": LLAMA_KEY_MAP,
+    "qwen2": LLAMA_KEY_MAP,
     "qwen3": LLAMA_KEY_MAP,
 }
 # Our tied output projection: the same tensor as the token embedding, so it is not stored twice.
@@ -138,7 +146,12 @@ OURS_WTE = "transformer.wte.weight"
 
 def exists(when: When, kind: Counterpart, config: GPTConfig) -> bool:
     """Whether a tensor of that kind is in the files of this architecture (whose counterpart is `kind`)."""
-    present: dict[When, bool] = {"always": True, "qwen3": kind == "qwen3", "untied": not config.tie_embeddings}
+    present: dict[When, bool] = {
+        "always": True,
+        "qwen3": kind == "qwen3",
+        "qwen2": kind == "qwen2",
+        "untied": not config.tie_embeddings,
+    }
     return present[when]
 
 
@@ -160,7 +173,7 @@ def key_rules(config: GPTConfig) -> list[KeyRule]:
 
 def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
     """The shape of a bias our model omits when `bias = false` (HF GPT-2 always has them)."""
-    width = {"c_attn": 3 * config.n_embd, "c_fc": config.mlp_hidden}
+    width = {"c_attn": (config.n_head + 2 * config.n_kv_head) * config.head_dim, "c_fc": config.mlp_hidden}
     for part, size in width.items():
         if f".{part}." in rule.ours:
             return (size,)
@@ -169,8 +182,8 @@ def bias_shape(rule: KeyRule, config: GPTConfig) -> tuple[int]:
 
 def row_span(rows: RowBlock, config: GPTConfig) -> tuple[int, int] | None:
     """[start, end) of a block's rows in our fused tensor; None for the whole tensor."""
-    q = config.n_head * config.head_size
-    kv = config.n_kv_head * config.head_size
+    q = config.n_head * config.head_dim
+    kv = config.n_kv_head * config.head_dim
     hidden = config.mlp_hidden
     spans: dict[RowBlock, tuple[int, int] | None] = {
         "all": None,
@@ -236,55 +249,73 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], config: GPTConfig) -> dict[s
     return out
 
 
-def gpt2_names(hf: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF GPT-2 weights under the names of GPT2LMHeadModel's state dict (original GPT-2 files store
-    the trunk without the "transformer." prefix; some writers add "model.")."""
-    hf = {name.removeprefix("model."): tensor for name, tensor in hf.items()}
-    if OURS_WTE in hf:
-        return hf
-    return {f"transformer.{name}" if not name.startswith("lm_head") else name: t for name, t in hf.items()}
+def stored_names(names: Iterable[str], kind: Counterpart) -> dict[str, str]:
+    """The Hugging Face name of each stored tensor -> its name in the files. Original GPT-2 files
+    store the trunk without the "transformer." prefix, and some writers add "model."."""
+    names = list(names)
+    if kind != "gpt2":
+        return {name: name for name in names}
+    stripped = {name.removeprefix("model."): name for name in names}
+    if OURS_WTE in stripped:
+        return stripped
+    return {name if name.startswith("lm_head") else f"transformer.{name}": file for name, file in stripped.items()}
 
 
-def from_hf_state_dict(hf: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
-    """HF weights of `config`'s counterpart architecture -> ours (row blocks joined into our fused
-    tensors; GPT-2's biases dropped when `config.bias` is false)."""
-    if counterpart(config) == "gpt2":
-        hf = gpt2_names(hf)
-    blocks: dict[str, list[Tensor]] = {}
-    missing: list[str] = []
-    for rule in key_rules(config):
-        if rule.is_bias and not config.bias:
-            continue
-        tensor = hf.get(rule.hf)
-        if tensor is None:
-            missing.append(rule.hf)
-            continue
-        span = row_span(rule.rows, config)
-        if span is not None and tensor.size(0) != span[1] - span[0]:
-            raise ExportError(f"{where}: {rule.hf} has {tensor.size(0)} rows, config.json gives {span[1] - span[0]}")
-        blocks.setdefault(rule.ours, []).append(tensor.t() if rule.transpose else tensor)
-    if missing:
-        raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
-    out = {
-        name: torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
-        for name, parts in blocks.items()
-    }
+def empty_state_dict(config: GPTConfig) -> dict[str, Tensor]:
+    """Uninitialised float32 tensors of our GPT's state dict for `config` (a tied head shares the
+    embedding's tensor), to be filled by `from_hf_state_dict`."""
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in GPT(config).state_dict().items()}
+    out = {name: torch.empty(shape) for name, shape in shapes.items() if name != OURS_TIED}
     if config.tie_embeddings:
-        head = hf.get("lm_head.weight")
-        if head is not None and not torch.equal(head, out[OURS_WTE]):
-            raise ExportError(f"{where}: lm_head.weight differs from the token embedding but config.json ties them")
         out[OURS_TIED] = out[OURS_WTE]
+    elif OURS_TIED in shapes:
+        out[OURS_TIED] = torch.empty(shapes[OURS_TIED])
     return out
 
 
-def biases_are_zero(hf: dict[str, Tensor], config: GPTConfig) -> bool:
+def from_hf_state_dict(
+    hf: Mapping[str, Tensor], config: GPTConfig, where: str, into: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """HF weights of `config`'s counterpart architecture -> ours (row blocks copied into our fused
+    tensors; GPT-2's biases skipped when `config.bias` is false), written into `into` (a model's own
+    state dict: its parameters) or new float32 tensors. Tensors are read one at a time, so with a
+    lazy `hf` (`SafetensorsWeights`) no second copy of the model is ever held."""
+    names = stored_names(hf, counterpart(config))
+    rules = [rule for rule in key_rules(config) if not (rule.is_bias and not config.bias)]
+    missing = [rule.hf for rule in rules if rule.hf not in names]
+    if missing:
+        raise ExportError(f"{where}: tensors missing: {', '.join(missing[:5])}")
+    out = empty_state_dict(config) if into is None else into
+    with torch.no_grad():
+        for rule in rules:
+            tensor = hf[names[rule.hf]]
+            span = row_span(rule.rows, config)
+            if span is not None and tensor.size(0) != span[1] - span[0]:
+                raise ExportError(
+                    f"{where}: {rule.hf} has {tensor.size(0)} rows, config.json gives {span[1] - span[0]}"
+                )
+            target = out[rule.ours] if span is None else out[rule.ours][span[0] : span[1]]
+            tensor = tensor.t() if rule.transpose else tensor
+            if tensor.shape != target.shape:
+                raise ExportError(
+                    f"{where}: {rule.hf} has shape {tuple(tensor.shape)}, config.json gives {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+    head = names.get("lm_head.weight")
+    if config.tie_embeddings and head is not None and not torch.equal(hf[head].to(out[OURS_WTE].dtype), out[OURS_WTE]):
+        raise ExportError(f"{where}: lm_head.weight differs from the token embedding but config.json ties them")
+    return out
+
+
+def biases_are_zero(hf: Mapping[str, Tensor], config: GPTConfig) -> bool:
     """True when every bias of HF GPT-2 weights is zero: such a model is exactly our `bias = false`
     architecture."""
-    named = gpt2_names(hf)
+    names = stored_names(hf, "gpt2")
     for rule in key_rules(config):
         if rule.is_bias:
-            tensor = named.get(rule.hf)
-            if tensor is None or bool(tensor.any()):
+            name = names.get(rule.hf)
+            if name is None or bool(hf[name].any()):
                 return False
     return True
 
@@ -328,12 +359,24 @@ def gpt2_hf_config(config: GPTConfig, meta: DatasetMeta) -> dict[str, Any]:
     }
 
 
-LLAMA_ARCHITECTURES: dict[Counterpart, str] = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+LLAMA_ARCHITECTURES: dict[Counterpart, str] = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def rope_parameters(config: GPTConfig) -> dict[str, Any]:
+    """transformers' `rope_parameters` of our rotary positions (plain, or Llama 3's scaling)."""
+    if config.rope_scaling is None:
+        return {"rope_type": "default", "rope_theta": config.rope_theta}
+    return {"rope_theta": config.rope_theta} | config.rope_scaling.model_dump()
 
 
 def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> dict[str, Any]:
-    """config.json for LlamaForCausalLM / Qwen3ForCausalLM (every default that differs from ours
-    is written out: Qwen3's head_dim is 128 and both default to rms_norm_eps 1e-6)."""
+    """config.json for LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM (every default that
+    differs from ours is written out: Qwen3's head_dim is 128 and all default to rms_norm_eps 1e-6).
+    Qwen2 always has its q/k/v biases, so it has no `attention_bias` key."""
     eos = special_token_id(meta)
     out: dict[str, Any] = {
         "architectures": [LLAMA_ARCHITECTURES[kind]],
@@ -344,12 +387,11 @@ def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> 
         "num_hidden_layers": config.n_layer,
         "num_attention_heads": config.n_head,
         "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_size,
+        "head_dim": config.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "attention_bias": False,
+        "rope_parameters": rope_parameters(config),
         "attention_dropout": 0.0,
         "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": 0.02,
@@ -360,9 +402,11 @@ def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> 
         "dtype": "float32",
     }
     if kind == "llama":
-        out |= {"mlp_bias": False, "pretraining_tp": 1}
+        out |= {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
     else:
         out |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
+    if kind == "qwen3":
+        out |= {"attention_bias": False}
     return out
 
 
@@ -465,22 +509,24 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: cannot read ({exc})") from None
 
 
-IMPORTABLE = ("gpt2", "llama", "qwen3")
+IMPORTABLE: tuple[Counterpart, ...] = ("gpt2", "llama", "qwen2", "qwen3")
 
 
 def gpt_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfig:
-    """Our architecture for an HF config.json (GPT-2, Llama or Qwen3). `bias` is GPT-2's (HF GPT-2
-    always stores biases; all-zero ones are our `bias = false`); Llama and Qwen3 state theirs."""
+    """Our architecture for an HF config.json (GPT-2, Llama, Qwen2 or Qwen3). `bias` is GPT-2's (HF
+    GPT-2 always stores biases; all-zero ones are our `bias = false`); the others state theirs."""
     model_type = hf.get("model_type")
     try:
         if model_type == "gpt2":
             return gpt2_config_from_hf(hf, bias, where)
-        if model_type in ("llama", "qwen3"):
-            return llama_config_from_hf(hf, where)
+        if model_type in ("llama", "qwen2", "qwen3"):
+            return llama_config_from_hf(hf, model_type, where)
     except ValidationError as exc:  # sizes our GPT cannot be built with
         raise ExportError(format_validation_error(where, exc)) from None
-    except ValueError as exc:  # a size that is no number
+    except (ValueError, TypeError) as exc:  # a size that is no number
         raise ExportError(f"{where}: {exc}") from None
+    except KeyError as exc:
+        raise ExportError(f"{where}: missing key {exc}") from None
     raise ExportError(f"{where}: model_type: expected one of {', '.join(map(repr, IMPORTABLE))}, got {model_type!r}")
 
 
@@ -503,38 +549,115 @@ def gpt2_config_from_hf(hf: dict[str, Any], bias: bool, where: Path) -> GPTConfi
     )
 
 
-def rope_theta_of(hf: dict[str, Any], where: Path) -> float:
-    """Plain RoPE's base (transformers 5 `rope_parameters`, or the older top-level `rope_theta`)."""
-    params = cast("dict[str, Any]", hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+# config.json keys of Llama, Qwen2 and Qwen3 that do not change what the model computes: special
+# token ids, training-only and caching settings, bookkeeping, and the sliding window's sizes (read
+# only with use_sliding_window, which is refused). interop/Readme.md lists every key.
+INERT_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "initializer_range",
+        "use_cache",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "attention_dropout",
+        "pretraining_tp",
+        "sliding_window",
+        "max_window_layers",
+    }
+)
+# Keys read into our options (the rest of the known ones are refused when they ask for more).
+READ_KEYS = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "tie_word_embeddings",
+        "hidden_act",
+        "attention_bias",
+        "mlp_bias",
+        "use_sliding_window",
+        "layer_types",
+    }
+)
+# head_dim when config.json leaves it out: transformers' Qwen3Config default; else hidden / heads.
+QWEN3_HEAD_DIM = 128
+
+
+def rope_of(hf: dict[str, Any], where: Path) -> tuple[float, RopeScaling | None]:
+    """RoPE's base and scaling from transformers 5 `rope_parameters` or the older top-level
+    `rope_theta` with `rope_scaling`: plain ("default") or Llama 3's ("llama3")."""
+    params = cast("dict[str, Any]", hf.get("rope_scaling") or {}) | cast(
+        "dict[str, Any]", hf.get("rope_parameters") or {}
+    )
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise ExportError(f"{where}: rope_parameters.rope_type {rope_type!r}: our GPT has plain RoPE ('default')")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ExportError(f"{where}: partial_rotary_factor: our RoPE rotates whole heads (1.0)")
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "llama3":
+        raise ExportError(
+            f"{where}: rope_parameters.rope_type {rope_type!r}: our GPT has plain RoPE ('default') and "
+            "Llama 3's scaling ('llama3')"
+        )
+    scaling = RopeScaling(
+        factor=float(params["factor"]),
+        low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(
+            params.get("original_max_position_embeddings", hf["max_position_embeddings"])
+        ),
+    )
+    return theta, scaling
 
 
-def llama_config_from_hf(hf: dict[str, Any], where: Path) -> GPTConfig:
-    """Llama / Qwen3 config.json -> our options (HF's defaults where a key is absent)."""
+def llama_config_from_hf(hf: dict[str, Any], kind: Counterpart, where: Path) -> GPTConfig:
+    """Llama / Qwen2 / Qwen3 config.json -> our options (HF's defaults where a key is absent); a key
+    that asks for what our GPT lacks is refused, each in the one line."""
     n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     problems: list[str] = []
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act: our SwiGLU uses 'silu', got {hf.get('hidden_act')!r}")
-    head_dim = hf.get("head_dim")
-    if head_dim is not None and int(head_dim) * n_head != n_embd:
-        problems.append(f"head_dim: our GPT uses hidden_size / heads ({n_embd // n_head}), got {head_dim}")
     for key in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if hf.get(key):
             problems.append(f"{key}: our Llama-style GPT has none, got {hf.get(key)!r}")
+    layer_types = cast("list[str]", hf.get("layer_types") or [])
+    if any(layer != "full_attention" for layer in layer_types):
+        problems.append("layer_types: our GPT has full attention in every layer, got " + ", ".join(set(layer_types)))
     if problems:
         raise ExportError(f"{where}: " + "; ".join(problems))
+    unknown = sorted(set(hf) - INERT_KEYS - READ_KEYS)
+    if unknown:
+        log.warning(
+            "%s: keys not read (not Llama/Qwen2/Qwen3 options transformers uses): %s", where, ", ".join(unknown)
+        )
+    rope_theta, rope_scaling = rope_of(hf, where)
+    head_dim = hf.get("head_dim", QWEN3_HEAD_DIM if kind == "qwen3" else None)
     return GPTConfig(
-        **options_of("qwen3" if hf.get("model_type") == "qwen3" else "llama"),
+        **options_of(kind),
         block_size=int(hf["max_position_embeddings"]),
         vocab_size=int(hf["vocab_size"]),
         n_layer=int(hf["num_hidden_layers"]),
         n_head=n_head,
         n_embd=n_embd,
+        head_dim=n_embd // n_head if head_dim is None else int(head_dim),
         dropout=0.0,
-        rope_theta=rope_theta_of(hf, where),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         mlp_hidden=int(hf["intermediate_size"]),
         n_kv_head=int(hf.get("num_key_value_heads") or n_head),
@@ -542,17 +665,42 @@ def llama_config_from_hf(hf: dict[str, Any], where: Path) -> GPTConfig:
     )
 
 
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """Every tensor of one safetensors file, as float32."""
-    try:
-        return {name: tensor.float() for name, tensor in load(path.read_bytes()).items()}
-    except (OSError, SafetensorError) as exc:
-        raise ExportError(f"{path}: cannot read safetensors weights ({exc})") from None
+class SafetensorsWeights(Mapping[str, Tensor]):
+    """The tensors of safetensors files by name, each read from its (memory-mapped) file only when
+    asked for: iterating over them holds one tensor at a time."""
+
+    def __init__(self, files: list[Path]):
+        self.files: dict[str, Path] = {}
+        for path in files:
+            with self._open(path) as handle:
+                self.files |= dict.fromkeys(handle.keys(), path)
+
+    @staticmethod
+    def _open(path: Path) -> Any:
+        try:
+            return safe_open(path, framework="pt")
+        except (OSError, SafetensorError) as exc:
+            raise ExportError(f"{path}: cannot read safetensors weights ({exc})") from None
+
+    def __getitem__(self, name: str) -> Tensor:
+        path = self.files[name]
+        try:
+            with self._open(path) as handle:
+                tensor: Tensor = handle.get_tensor(name)
+        except (OSError, SafetensorError) as exc:
+            raise ExportError(f"{path}: cannot read tensor {name} ({exc})") from None
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
-def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
-    """The weights (our names) and architecture of an HF GPT-2, Llama or Qwen3 directory
-    (config.json + model.safetensors, or shards listed in model.safetensors.index.json)."""
+def hf_architecture(model_dir: Path) -> tuple[SafetensorsWeights, GPTConfig]:
+    """The weights (lazily, HF names) and our architecture of an HF GPT-2, Llama, Qwen2 or Qwen3
+    directory (config.json + model.safetensors, or shards listed in model.safetensors.index.json)."""
     hf_cfg = _read_config(model_dir / CONFIG_FILE)
     weights_path = model_dir / WEIGHTS_FILE
     index_path = model_dir / WEIGHTS_INDEX_FILE
@@ -560,10 +708,17 @@ def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
         raise ExportError(f"{weights_path}: not found (only safetensors weights are read)")
     config = gpt_config_from_hf(hf_cfg, True, model_dir / CONFIG_FILE)  # architecture errors before reading weights
     if weights_path.is_file():
-        hf_weights = read_safetensors(weights_path)
+        files = [weights_path]
     else:
         shards = sorted(set(cast("dict[str, str]", _read_config(index_path).get("weight_map", {})).values()))
-        hf_weights = {name: t for shard in shards for name, t in read_safetensors(model_dir / shard).items()}
+        files = [model_dir / shard for shard in shards]
+    weights = SafetensorsWeights(files)
     if hf_cfg.get("model_type") == "gpt2":
-        config = config.replace(bias=not biases_are_zero(hf_weights, config))
-    return from_hf_state_dict(hf_weights, config, str(model_dir)), config
+        config = config.replace(bias=not biases_are_zero(weights, config))
+    return weights, config
+
+
+def import_hf_weights(model_dir: Path) -> tuple[dict[str, Tensor], GPTConfig]:
+    """The weights (our names, float32) and architecture of an HF directory (`hf_architecture`)."""
+    weights, config = hf_architecture(model_dir)
+    return from_hf_state_dict(weights, config, str(model_dir)), config

@@ -1,5 +1,5 @@
-"""Pretrained sources (`init_from`): a Hugging Face model id, a local Hugging Face directory or a
-checkpoint file, read into our format with the source's tokenizer.
+"""Pretrained sources (`init_from`): a Hugging Face model id, a local Hugging Face directory (GPT-2,
+Llama, Qwen2, Qwen3) or a checkpoint file, read into our format with the source's tokenizer.
 
 A model id is downloaded only here, when a config names one: `hub_download` fetches the config,
 safetensors weights and tokenizer files (nothing else) through huggingface_hub's cache, and
@@ -22,7 +22,13 @@ from ml_playground.config import GPTConfig, ModelConfig, SampleConfig, TrainConf
 from ml_playground.data.meta import DatasetMeta, identity_difference
 from ml_playground.errors import CheckpointError, ConfigError, DataError, ExportError, summary
 from ml_playground.interop.arch import option_value, toml_text
-from ml_playground.interop.hf import TOKENIZER_FILE, import_hf_weights, meta_from_tokenizer_json
+from ml_playground.interop.hf import (
+    TOKENIZER_FILE,
+    SafetensorsWeights,
+    from_hf_state_dict,
+    hf_architecture,
+    meta_from_tokenizer_json,
+)
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import run_sampling
@@ -59,13 +65,16 @@ Downloader = Callable[[str], Path]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Source:
-    """A pretrained model in our format: weights (nanoGPT names), architecture and tokenizer.
+    """A pretrained model: its architecture, tokenizer and a way to put its weights into a GPT.
 
     `meta` is the tokenizer as a dataset can hold it (char or GPT-2 BPE); None for another
-    Hugging Face tokenizer, which `tokenizer_file` then holds."""
+    Hugging Face tokenizer, which `tokenizer_file` then holds. `weights` are our (nanoGPT-named)
+    tensors of a checkpoint, or a Hugging Face directory's files, read one tensor at a time into
+    the model's own parameters (`load_into`): a source in bfloat16 never stands beside a float32
+    copy of itself."""
 
     name: str  # init_from as written
-    state_dict: dict[str, Tensor]
+    weights: dict[str, Tensor] | SafetensorsWeights
     config: GPTConfig
     meta: DatasetMeta | None
     tokenizer_file: Path | None = None
@@ -75,6 +84,14 @@ class Source:
             return tokenizer_from_meta(self.meta, where=f"init_from {self.name!r}")
         assert self.tokenizer_file is not None  # Source is built with one or the other
         return HuggingFaceTokenizer(self.tokenizer_file)
+
+    def load_into(self, model: GPT) -> None:
+        """The source's weights into `model` (a GPT of `config`, dropout aside); a RuntimeError or an
+        ExportError when they do not fit."""
+        if isinstance(self.weights, SafetensorsWeights):
+            from_hf_state_dict(self.weights, self.config, self.name, into=model.state_dict())
+        else:
+            model.load_state_dict(self.weights)
 
     def describe_tokenizer(self) -> str:
         return describe(self.meta) if self.meta is not None else f"the Hugging Face tokenizer {self.tokenizer_file}"
@@ -112,14 +129,14 @@ def load_source(init_from: str, key: str, download: Downloader = hub_download) -
     try:
         if path.is_file():
             checkpoint, meta = load_model_checkpoint(path)
-            return Source(name=init_from, state_dict=checkpoint.model, config=checkpoint.arch, meta=meta)
+            return Source(name=init_from, weights=checkpoint.model, config=checkpoint.arch, meta=meta)
         return _hf_source(init_from, path)
     except (ExportError, CheckpointError, DataError) as exc:
         raise type(exc)(f"{key} = {init_from!r}: {exc}") from None
 
 
 def _hf_source(name: str, path: Path) -> Source:
-    state_dict, config = import_hf_weights(path)
+    weights, config = hf_architecture(path)
     tokenizer_file = path / TOKENIZER_FILE
     if not tokenizer_file.is_file():
         raise ExportError(f"{tokenizer_file}: not found (the source's tokenizer)")
@@ -132,7 +149,7 @@ def _hf_source(name: str, path: Path) -> Source:
         raise ExportError(f"{tokenizer_file}: {tokens} tokens, but the model has {config.vocab_size} rows")
     return Source(
         name=name,
-        state_dict=state_dict,
+        weights=weights,
         config=config.replace(real_vocab_size=tokens),
         meta=meta,
         tokenizer_file=tokenizer_file,
@@ -192,7 +209,7 @@ def source_for_inference(
     """The source as an eval-mode model on the runtime's device, with its own tokenizer."""
     source = load_source(init_from, "sample.runtime.init_from", download)
     model = GPT(source.config.replace(dropout=0.0))
-    model.load_state_dict(source.state_dict)
+    source.load_into(model)
     log.info("sampling from init_from %r (%.2fM parameters)", init_from, model.num_params() / 1e6)
     return model.to(runtime.device).eval(), source.tokenizer(), init_from
 

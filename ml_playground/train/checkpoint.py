@@ -110,9 +110,12 @@ def model_args_of(config: GPTConfig) -> dict[str, Any]:
     GPT-2 checkpoint stays loadable by nanoGPT (`GPTConfig(**model_args)`), and nanoGPT refuses
     any other architecture instead of running it as GPT-2."""
     args = {key: getattr(config, key) for key in MODEL_ARG_KEYS}
-    gpt2 = GPTConfig(**args)  # GPT-2's block in the same sizes
+    gpt2 = GPTConfig(**args).model_dump()  # GPT-2's block in the same sizes
     skipped = MODEL_ARG_KEYS + _NOT_MODEL_ARGS
-    return args | {key: value for key, value in config if key not in skipped and value != getattr(gpt2, key)}
+    # Plain values (a nested option such as rope_scaling as a dict): the file loads without our classes.
+    return args | {
+        key: value for key, value in config.model_dump().items() if key not in skipped and value != gpt2[key]
+    }
 
 
 def strip_compile_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

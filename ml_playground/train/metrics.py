@@ -44,7 +44,7 @@ TB_SUBDIR = Path("logs") / "tb"
 def flops_per_token(model: GPT, context: int) -> float:
     """Forward + backward FLOPs per trained token (PaLM appendix B) of `model` at `context` tokens."""
     arch = model.config
-    return 6.0 * model.num_params() + 12.0 * arch.n_layer * arch.n_head * arch.head_size * context
+    return 6.0 * model.num_params() + 12.0 * arch.n_layer * arch.n_head * arch.head_dim * context
 
 
 def _sync(device: torch.device) -> None:

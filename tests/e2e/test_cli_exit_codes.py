@@ -104,7 +104,7 @@ def test_architecture_without_a_counterpart_is_exit_7(tmp_path: Path) -> None:
     line = one_line_error(cli("export", "shakespeare", "--exp-config", str(export_toml(tmp_path))), 7)
     assert line.startswith(
         "error: export: no equivalent in Hugging Face / llama.cpp for train.model.mlp = 'relu2' "
-        "(Llama/Qwen3 needs 'swiglu'); exportable are GPT-2"
+        "(Llama/Qwen2/Qwen3 needs 'swiglu'); exportable are GPT-2"
     )
     assert not (tmp_path / "export").exists()
 

@@ -176,7 +176,7 @@ def test_a_base_of_another_architecture_is_one_line(tmp_path: Path) -> None:
         finetune(cfg)
     assert str(error.value) == (
         f"train.model.init_from = {str(base_dir)!r}: {base_dir / 'config.json'}: model_type: expected one of "
-        "'gpt2', 'llama', 'qwen3', got 'mistral'"
+        "'gpt2', 'llama', 'qwen2', 'qwen3', got 'mistral'"
     )
 
 

@@ -62,7 +62,7 @@ def test_attention_weights_reproduce_the_attention_output(model: GPT) -> None:
     x = torch.randn(1, 6, TINY.n_embd)
     weights = attention_weights(attn, x)  # (1, nh, T, T)
     _, _, v = attn.c_attn(x).split(TINY.n_embd, dim=2)
-    v = v.view(1, 6, TINY.n_head, TINY.head_size).transpose(1, 2)
+    v = v.view(1, 6, TINY.n_head, TINY.head_dim).transpose(1, 2)
     y = (weights @ v).transpose(1, 2).reshape(1, 6, TINY.n_embd)
     with torch.no_grad():
         torch.testing.assert_close(attn.c_proj(y), attn(x))

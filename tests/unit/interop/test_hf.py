@@ -122,7 +122,9 @@ def test_gpt2_export_writes_slow_tokenizer_files(tmp_path: Path) -> None:
 def test_import_refuses_other_architectures(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "hidden_size": 8}))
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ExportError, match="model_type: expected one of 'gpt2', 'llama', 'qwen3', got 'mistral'"):
+    with pytest.raises(
+        ExportError, match="model_type: expected one of 'gpt2', 'llama', 'qwen2', 'qwen3', got 'mistral'"
+    ):
         hf.import_hf_weights(tmp_path)
 
 
@@ -215,8 +217,11 @@ def test_llama_export_imports_back(tmp_path: Path, options: dict[str, Any]) -> N
     [
         ({"hidden_act": "gelu"}, "hidden_act: our SwiGLU uses 'silu'"),
         ({"attention_bias": True}, "attention_bias: our Llama-style GPT has none"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "rope_type 'llama3'"),
-        ({"head_dim": 4}, "head_dim: our GPT uses hidden_size / heads"),
+        ({"mlp_bias": True}, "mlp_bias: our Llama-style GPT has none"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_type 'yarn'"),
+        ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
+        ({"use_sliding_window": True}, "use_sliding_window: our Llama-style GPT has none"),
+        ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types: our GPT has full attention"),
         ({"num_key_value_heads": 3}, r"n_head \(4\) must be divisible by n_kv_head \(3\)"),
     ],
 )
