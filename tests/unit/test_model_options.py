@@ -1,6 +1,6 @@
-"""model: each architecture option past GPT-2 (rope, rmsnorm, swiglu/relu2, qk_norm, GQA, untied
-head, logit soft-capping) pinned down by a property or a direct formula, and the KV cache for
-every combination."""
+"""model: each architecture option past GPT-2 (rope and its Llama 3 scaling, rmsnorm, swiglu/relu2,
+qk_norm, GQA, head_dim, qkv_bias, untied head, logit soft-capping) pinned down by a property or a
+direct formula, and the KV cache for every combination."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml_playground.config import GPTConfig
+from ml_playground.config import GPTConfig, RopeScaling
 from ml_playground.generate import SamplingParams, generate
-from ml_playground.model import GPT, MLP, CausalSelfAttention, KVCache, Rotary
+from ml_playground.model import GPT, MLP, CausalSelfAttention, KVCache, Rotary, rope_frequencies
+from ml_playground.train.checkpoint import model_args_of
 
 BASE = GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=4, n_embd=32)
 LLAMA = BASE.replace(position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48)
@@ -31,6 +32,9 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "mqa": {"n_kv_head": 1},
     "untied": {"tie_embeddings": False},
     "softcap": {"logit_softcap": 3.0},
+    "head_dim": {"position": "rope", "head_dim": 16, "n_kv_head": 2},  # attention 64 wide in a width of 32
+    "qkv_bias": {"qkv_bias": True},
+    "rope_scaling": {"position": "rope", "rope_scaling": RopeScaling(original_max_position_embeddings=16)},
     "llama": {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "mlp_hidden": 48, "n_kv_head": 2},
     "all": {
         "position": "rope",
@@ -248,6 +252,75 @@ class TestKVCache:
         uncached = generate(model, prompt, 30, params, keep=10, use_cache=False)
         assert torch.equal(cached, uncached)
         assert len({int(v) for v in cached[0, 3:]}) > 3  # a real sequence, not one repeated token
+
+
+class TestQwenAndLlama3Options:
+    def test_head_dim_sets_the_attention_width_whatever_n_embd(self) -> None:
+        config = BASE.replace(position="rope", head_dim=16, n_kv_head=2)
+        attn = attention(config)
+        assert attn.c_attn.weight.shape == ((4 + 2 * 2) * 16, 32)
+        assert attn.c_proj.weight.shape == (32, 4 * 16)
+        x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+        q, k, _ = attn.heads(x)
+        assert (q.shape, k.shape) == ((2, 4, 5, 16), (2, 2, 5, 16))
+        assert attn(x).shape == x.shape
+
+    def test_qkv_bias_is_on_the_query_key_value_projection_only(self) -> None:
+        model = GPT(BASE.replace(qkv_bias=True))
+        biases = {name for name, _ in model.named_parameters() if name.endswith(".bias")}
+        assert biases == {f"transformer.h.{i}.attn.c_attn.bias" for i in range(2)}
+
+    def test_llama3_frequencies_are_transformers(self) -> None:
+        from transformers import LlamaConfig
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaling = RopeScaling(
+            factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
+        )
+        config = BASE.replace(position="rope", rope_theta=500000.0, head_dim=16, rope_scaling=scaling)
+        theirs = LlamaConfig(
+            hidden_size=32,
+            num_attention_heads=4,
+            head_dim=16,
+            max_position_embeddings=16,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0} | scaling.model_dump(exclude={"rope_type"}),
+        )
+        inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](theirs, None)
+        ours = rope_frequencies(config)
+        assert attention_factor == 1.0
+        assert torch.equal(ours, inv_freq.float())
+        plain = rope_frequencies(config.replace(rope_scaling=None))
+        assert ours[0] == plain[0]
+        assert ours[-1] == plain[-1] / 8
+
+    def test_defaults_are_the_earlier_architecture(self) -> None:
+        """A checkpoint written before these options (its gpt_config without them) means what it meant."""
+        earlier = {
+            key: value
+            for key, value in LLAMA.model_dump().items()
+            if key not in ("head_dim", "qkv_bias", "rope_scaling")
+        }
+        loaded = GPTConfig.model_validate(earlier, strict=True)
+        assert (loaded.head_dim, loaded.qkv_bias, loaded.rope_scaling) == (8, False, None)
+        assert loaded == LLAMA
+        assert set(model_args_of(BASE)) == {
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "block_size",
+            "bias",
+            "vocab_size",
+            "dropout",
+        }
+        scaled = model_args_of(LLAMA.replace(rope_scaling=RopeScaling()))
+        assert scaled["rope_scaling"] == RopeScaling().model_dump()  # a plain dict in the file
+
+    def test_head_dim_and_rope_scaling_rules(self) -> None:
+        assert GPTConfig(n_embd=30, n_head=4, head_dim=8).head_dim == 8  # a width n_head does not divide
+        with pytest.raises(ValueError, match="rope_scaling needs position = 'rope'"):
+            BASE.replace(rope_scaling=RopeScaling())
+        with pytest.raises(ValueError, match="must exceed low_freq_factor"):
+            RopeScaling(low_freq_factor=4.0, high_freq_factor=1.0)
 
 
 class TestConfig:
