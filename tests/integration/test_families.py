@@ -28,9 +28,9 @@ from ml_playground.model import GPT
 from ml_playground.tokenizers import CharTokenizer
 from ml_playground.train.checkpoint import BEST_NAME, load_checkpoint
 from ml_playground.train.loop import train
-from tests.e2e.test_cli_init_from import tiny_hub
 from tests.integration.test_gguf_llama_cpp import F32_BOUND, LlamaRun, our_logits
 from tests.integration.tiny_gpt import greedy
+from tests.support.tiny_hub import tiny_hub
 from tests.support.tiny_lora import LLAMA_TARGETS, finetune, lora_train_table, peft_compat, torch_threads
 from tests.support.tiny_training import TEXT, read_scalars, tiny_train_table, train_config, write_char_dataset
 
