@@ -127,6 +127,24 @@ def test_a_key_that_fails_is_named_alone(tmp_path: Path) -> None:
     assert message == f"{tmp_path / 'cfg.toml'}: train.model.n_head: Input should be greater than 0 (got int 0)"
 
 
+def test_keys_after_a_skipped_size_are_still_named(tmp_path: Path) -> None:
+    """A size skipped after its failing key does not end the list: later keys are still named."""
+    text = VALID.replace("n_head = 2", "n_head = 0").replace("learning_rate = 1", 'learning_rate = "x"')
+    message = load_error(tmp_path, text + TRAIN_TAIL)
+    assert "train.model.n_head" in message
+    assert "train.optim.learning_rate" in message
+
+
+@pytest.mark.parametrize(
+    ("length", "shown"),
+    [(58, "'" + "a" * 58 + "'"), (59, "'" + "a" * 56 + "...")],
+)
+def test_a_long_bad_value_is_cut_to_sixty_characters(tmp_path: Path, length: int, shown: str) -> None:
+    """A value whose repr is up to 60 characters is shown whole; a longer one as its first 57 and '...'."""
+    message = load_error(tmp_path, VALID.replace("n_layer = 2", f'n_layer = "{"a" * length}"') + TRAIN_TAIL)
+    assert message.endswith(f"train.model.n_layer: Input should be a valid integer (got str {shown})")
+
+
 def test_init_from_leaves_the_shape_rules_to_the_source(tmp_path: Path) -> None:
     """Keys set beside init_from are checked against the source's architecture, not against the
     defaults of the keys left out (n_head 2 here, which 3 key/value heads would not divide)."""
@@ -162,6 +180,11 @@ def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_experiment_config(tmp_path / "nope.toml")
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_experiment_config(tmp_path)  # a folder: reading it is an OSError other than "not found"
 
 
 def test_a_command_requires_its_table(tmp_path: Path) -> None:
