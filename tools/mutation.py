@@ -19,6 +19,7 @@ Ray session (out/cosmic-ray/<module>.sqlite). In order:
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -113,7 +114,7 @@ def session_name(module: str) -> str:
 
 def fingerprint(module: str, tests: Sequence[str], settings: Settings) -> str:
     """sha256 of what a session's results depend on: the module, its tests (with the conftest.py
-    files above them and tests/support/), the operators, equivalents and timeout, Cosmic Ray's version."""
+    files above them and tests/support/), the operators, its equivalents, the timeout, Cosmic Ray's version."""
     files = {ROOT / module, *(ROOT / test for test in tests), *sorted((ROOT / "tests" / "support").rglob("*.py"))}
     for test in tests:
         for folder in (ROOT / test).parents:
@@ -124,7 +125,8 @@ def fingerprint(module: str, tests: Sequence[str], settings: Settings) -> str:
     digest = hashlib.sha256()
     for path in sorted(files):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    options = [settings.exclude_operators, settings.timeout, [e.__dict__ for e in settings.equivalents]]
+    equivalents = [e.__dict__ for e in settings.equivalents if e.module == module]
+    options = [settings.exclude_operators, settings.timeout, equivalents]
     digest.update(json.dumps([options, version("cosmic-ray")], sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -164,15 +166,42 @@ def skip_unwanted(db: WorkDB, module: str, settings: Settings) -> None:
     excluded = re.compile("|".join(f"(?:{pattern})" for pattern in settings.exclude_operators))
     source = (ROOT / module).read_text(encoding="utf-8")
     lines = source.splitlines()
+    annotations = function_annotations(source)
     for item in db.pending_work_items:
         (mutation,) = item.mutations
         if excluded.fullmatch(mutation.operator_name):
             db.set_result(item.job_id, WorkResult(output="excluded operator", worker_outcome=WorkerOutcome.SKIPPED))
             continue
+        reason = next((UNEVALUATED for span in annotations if span[0] <= tuple(mutation.start_pos) < span[1]), None)
         equivalent = match_equivalent(mutation, module, source, lines, settings.equivalents)
-        if equivalent is not None:
-            result = WorkResult(output=f"equivalent: {equivalent.reason}", worker_outcome=WorkerOutcome.SKIPPED)
+        reason = reason or (equivalent.reason if equivalent is not None else None)
+        if reason is not None:
+            result = WorkResult(output=f"equivalent: {reason}", worker_outcome=WorkerOutcome.SKIPPED)
             db.set_result(item.job_id, result)
+
+
+UNEVALUATED = "a function's annotation: under `from __future__ import annotations` it is never evaluated"
+
+
+def function_annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) (line, column) of every parameter and return annotation of the module's
+    functions, if the module postpones annotations; class fields are not among them (pydantic and
+    dataclasses evaluate those)."""
+    tree = ast.parse(source)
+    future = [node for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "__future__"]
+    if not any(alias.name == "annotations" for node in future for alias in node.names):
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args
+            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]
+            annotations = [a.annotation for a in every if a is not None and a.annotation is not None]
+            for annotation in [*annotations, node.returns]:
+                if annotation is not None and annotation.end_lineno is not None:
+                    start = (annotation.lineno, annotation.col_offset)
+                    spans.append((start, (annotation.end_lineno, annotation.end_col_offset or 0)))
+    return spans
 
 
 def match_equivalent(

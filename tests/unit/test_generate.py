@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -98,6 +99,30 @@ class TestFilters:
         with pytest.raises(ValueError, match="greedy"):
             logits_to_probs(torch.zeros(1, 3), SamplingParams(temperature=0.0))
 
+    def test_filters_and_probabilities_work_on_the_last_dimension(self) -> None:
+        """(B, T, vocab) logits: every (b, t) row is filtered and normalised on its own."""
+        logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+        rows = logits.reshape(6, 5)
+        assert torch.equal(top_k_filter(logits, 2).reshape(6, 5), top_k_filter(rows, 2))
+        assert torch.equal(top_p_filter(logits, 0.6).reshape(6, 5), top_p_filter(rows, 0.6))
+        params = SamplingParams(temperature=0.7, top_k=3)
+        probs = logits_to_probs(logits, params)
+        assert torch.allclose(probs.reshape(6, 5), logits_to_probs(rows, params))
+        assert torch.allclose(probs.sum(-1), torch.ones(2, 3))
+
+    def test_default_params_sample_the_model_distribution(self) -> None:
+        logits = torch.tensor([[0.5, 0.2, 0.3]]).log()
+        assert SamplingParams().greedy is False
+        assert logits_to_probs(logits, SamplingParams())[0].tolist() == pytest.approx([0.5, 0.2, 0.3])
+
+    def test_params_are_frozen_keyword_only_and_slotted(self) -> None:
+        params = SamplingParams(temperature=0.5)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            params.temperature = 1.0  # type: ignore[misc]  # the point: assignment is refused
+        assert not hasattr(params, "__dict__")
+        with pytest.raises(TypeError):
+            SamplingParams(0.5)  # type: ignore[call-arg]  # the point: positional arguments are refused
+
 
 class TestNextToken:
     def test_greedy_is_argmax(self) -> None:
@@ -116,6 +141,19 @@ class TestNextToken:
         draws = [int(next_token(logits, SamplingParams(temperature=1.0), gen)) for _ in range(3000)]
         assert draws.count(0) / 3000 == pytest.approx(0.7, abs=0.04)
         assert draws.count(2) / 3000 == pytest.approx(0.1, abs=0.03)
+
+    @pytest.mark.parametrize("batch", [1, 3])
+    @pytest.mark.parametrize("temperature", [0.0, 1.0])
+    def test_one_token_per_row(self, batch: int, temperature: float) -> None:
+        logits = torch.randn(batch, 7, generator=torch.Generator().manual_seed(2))
+        token = next_token(logits, SamplingParams(temperature=temperature))  # no generator: torch's default
+        assert token.shape == (batch,)
+        assert token.dtype == torch.long
+        assert ((token >= 0) & (token < 7)).all()
+
+    def test_greedy_is_argmax_of_each_row_of_any_batch_shape(self) -> None:
+        logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(4))
+        assert torch.equal(next_token(logits, SamplingParams(temperature=0.0)), logits.argmax(-1))
 
     def test_same_seed_same_draws(self) -> None:
         logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3))
@@ -265,3 +303,38 @@ class TestDecodeLoop:
     def test_empty_prompt_is_rejected(self) -> None:
         with pytest.raises(ValueError, match="non-empty"):
             generate(tiny_model(), torch.empty((1, 0), dtype=torch.long), 3, SamplingParams())
+
+    @pytest.mark.parametrize("shape", [(3,), (1, 1, 3)])
+    def test_a_prompt_that_is_not_batch_by_time_is_rejected(self, shape: tuple[int, ...]) -> None:
+        with pytest.raises(ValueError, match=r"\(B, T\) tensor"):
+            generate(tiny_model(), torch.ones(shape, dtype=torch.long), 3, SamplingParams())
+
+    def test_options_are_keyword_only(self) -> None:
+        with pytest.raises(TypeError):
+            # The point: generator (like every option) is keyword-only.
+            generate(tiny_model(), torch.tensor([[1]]), 3, SamplingParams(), None)  # type: ignore[call-arg]
+
+    def test_vocab_size_keeps_draws_among_the_tokenizers_ids(self) -> None:
+        model = tiny_model(vocab_size=29)
+        params = SamplingParams(temperature=0.0)
+        unrestricted = generate(model, torch.tensor([[1, 2]]), 20, params)
+        assert max(ids(unrestricted[0, 2:])) >= 8  # the model on its own picks ids past 8
+        restricted = generate(model, torch.tensor([[1, 2]]), 20, params, vocab_size=8)
+        assert max(ids(restricted[0, 2:])) < 8
+
+    def test_the_cache_takes_the_models_dtype_unless_told(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        made: list[torch.dtype] = []
+
+        class RecordingCache(KVCache):
+            def __init__(self, batch: int, config: GPTConfig, device: torch.device, dtype: torch.dtype) -> None:
+                made.append(dtype)
+                super().__init__(batch, config, device, dtype)
+
+        def autocast() -> torch.autocast:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+        monkeypatch.setattr("ml_playground.generate.KVCache", RecordingCache)
+        greedy = SamplingParams(temperature=0.0)
+        generate(tiny_model().double(), torch.tensor([[1]]), 2, greedy)
+        generate(tiny_model(), torch.tensor([[1]]), 2, greedy, cache_dtype=torch.bfloat16, autocast=autocast)
+        assert made == [torch.float64, torch.bfloat16]
