@@ -100,6 +100,8 @@ class Tally:
     survived: list[tuple[WorkItem, WorkResult]] = field(default_factory=list)
     equivalent: int = 0
     excluded: int = 0
+    # Mutants Cosmic Ray's operator failed to write (its parser's limits), never tested.
+    unwritable: list[tuple[WorkItem, WorkResult]] = field(default_factory=list)
     broken: list[tuple[WorkItem, WorkResult]] = field(default_factory=list)
 
     @property
@@ -283,6 +285,8 @@ def tally(session: Path) -> Tally:
                     counts.equivalent += 1
                 else:
                     counts.excluded += 1
+            elif result.worker_outcome == WorkerOutcome.EXCEPTION and "cosmic_ray/operators/" in (result.output or ""):
+                counts.unwritable.append((item, result))
             elif result.worker_outcome != WorkerOutcome.NORMAL or result.test_outcome == TestOutcome.INCOMPETENT:
                 counts.broken.append((item, result))
             elif result.test_outcome == TestOutcome.SURVIVED:
@@ -328,6 +332,10 @@ def report(tallies: dict[str, Tally], settings: Settings, seconds: float, cores:
     for counts in tallies.values():
         for item, result in counts.survived:
             print("SURVIVED " + describe(item, result))
+    for counts in tallies.values():
+        for item, result in counts.unwritable:
+            last = (result.output or "").strip().splitlines()[-1:]
+            print(f"NOT WRITTEN {describe(item, result)} (Cosmic Ray: {''.join(last)})")
     broken = [pair for counts in tallies.values() for pair in counts.broken]
     for item, result in broken:
         print("ERROR " + describe(item, result) + "\n" + (result.output or "")[-2000:])

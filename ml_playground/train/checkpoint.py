@@ -9,6 +9,7 @@ before the architecture was stored whole (`model_args` alone).
 
 from __future__ import annotations
 
+import codecs
 import math
 import pickle
 import re
@@ -202,7 +203,8 @@ def _what_it_is(head: bytes) -> str:
     if not head:
         return "an empty file"
     try:
-        head[:56].decode("utf-8")  # short of the end, where a character may be cut in two
+        # Incremental: a character cut in two at the end of the bytes read is still text.
+        codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
         return "an unknown binary format"
     return "a text file"

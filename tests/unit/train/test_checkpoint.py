@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +18,14 @@ from ml_playground.errors import CheckpointError
 from ml_playground.model import GPT
 from ml_playground.train.checkpoint import (
     Checkpoint,
+    copy_checkpoint,
     find_checkpoint,
     load_checkpoint,
+    load_model_checkpoint,
     model_args_of,
     save_checkpoint,
     strip_compile_prefix,
+    weights_mismatch,
 )
 
 TINY = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
@@ -98,6 +103,9 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     ("content", "what"),
     [
         (b"not a checkpoint at all", "a text file"),
+        # Two-byte characters, one of them cut in two by the bytes read: still text.
+        (("a" + "é" * 40).encode(), "a text file"),
+        (("é" * 40).encode(), "a text file"),
         (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "a Git LFS pointer: fetch the file"),
         (b"", "an empty file"),
         (bytes(range(200, 256)), "an unknown binary format"),
@@ -150,7 +158,7 @@ def test_objects_outside_weights_only_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
     assert str(error.value).startswith(f"{path}: refused: it holds Python objects (")
-    assert "_Payload" in str(error.value)
+    assert f"objects ({__name__}._Payload) that a safe load" in str(error.value)
     assert "weights_only=False" not in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -167,6 +175,110 @@ def test_missing_key_and_unknown_schema_are_errors(tmp_path: Path) -> None:
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="schema_version 99 is not supported"):
         load_checkpoint(path)
+    raw["schema_version"] = 0  # a number, not a legacy file (those have no schema_version)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="schema_version 0 is not supported"):
+        load_checkpoint(path)
+
+
+def _saved(tmp_path: Path, raw: dict[str, Any]) -> Path:
+    path = tmp_path / "ckpt_last.pt"
+    torch.save(raw, path)
+    return path
+
+
+MALFORMED: list[tuple[str, object, str]] = [
+    ("rank_states", {"rng": {}}, "'rank_states' is not a list of per-rank dicts"),
+    ("rank_states", [{"rng": {}}, 3], "'rank_states' is not a list of per-rank dicts"),
+    ("model", {"wte.weight": "not a tensor"}, "'model' is not a state dict of tensors"),
+    ("model", {3: torch.zeros(1)}, "'model' is not a state dict of tensors"),
+    ("extra", [1], "'extra' has type list"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), MALFORMED)
+def test_malformed_parts_are_named(tmp_path: Path, key: str, value: object, message: str) -> None:
+    raw = _checkpoint(GPT(TINY)).to_dict() | {key: value}
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(_saved(tmp_path, raw))
+
+
+def test_rank_states_round_trip(tmp_path: Path) -> None:
+    states = [{"rng": {"seed": 1}, "data_state": {"cursor": 2}}, {"rng": {"seed": 3}, "data_state": {"cursor": 4}}]
+    path = tmp_path / "ckpt_last.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY), rank_states=states))
+    assert load_checkpoint(path).rank_states == states
+
+
+def test_the_whole_architecture_is_read_strictly(tmp_path: Path) -> None:
+    """gpt_config is ours, written exactly: a number stored as text is a damaged file, not coerced."""
+    raw = _checkpoint(GPT(TINY)).to_dict()
+    raw["gpt_config"] = raw["gpt_config"] | {"n_layer": "1"}
+    with pytest.raises(CheckpointError, match="gpt_config: n_layer: Input should be a valid integer"):
+        load_checkpoint(_saved(tmp_path, raw))
+
+
+def test_the_checkpoint_is_frozen_keyword_only_and_slotted() -> None:
+    checkpoint = _checkpoint(GPT(TINY))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        checkpoint.iter_num = 8  # type: ignore[misc]  # the point: assignment is refused
+    assert not hasattr(checkpoint, "__dict__")
+
+
+def test_a_refused_write_or_copy_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x", encoding="utf-8")
+    target = blocker / "ckpt_last.pt"  # inside a file: the OS refuses
+    with pytest.raises(CheckpointError, match=re.escape(f"{target}: cannot write checkpoint ({blocker} is a file")):
+        save_checkpoint(target, _checkpoint(GPT(TINY)))
+    best = tmp_path / "ckpt_best.pt"
+    absent = re.escape(f"{best}: cannot write checkpoint (No such file or directory)")
+    with pytest.raises(CheckpointError, match=absent):
+        copy_checkpoint(tmp_path / "absent.pt", best)
+
+
+def test_a_model_checkpoint_comes_with_its_tokenizer(tmp_path: Path) -> None:
+    chars = list("abcdefghijk")
+    meta = {"version": 1, "kind": "char", "vocab_size": 11, "dtype": "uint16", "encoding": None, "itos": chars}
+    meta |= {"train_tokens": 5, "val_tokens": 2, "source_sha256": None}
+    path = tmp_path / "ckpt_best.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY), dataset_meta=meta))
+    checkpoint, dataset_meta = load_model_checkpoint(path)
+    assert not checkpoint.is_adapter
+    assert dataset_meta.itos == chars
+    save_checkpoint(path, _checkpoint(GPT(TINY), dataset_meta=None))
+    with pytest.raises(CheckpointError, match="'dataset_meta' is missing; cannot decode tokens"):
+        load_model_checkpoint(path)
+
+
+@pytest.mark.parametrize("extra", [{"kind": "lora"}, {"kind": "lora", "r": 4}])
+def test_an_adapter_is_not_a_model(tmp_path: Path, extra: dict[str, Any]) -> None:
+    path = tmp_path / "ckpt_best.pt"
+    save_checkpoint(path, _checkpoint(GPT(TINY), extra=extra))
+    assert load_checkpoint(path).is_adapter
+    with pytest.raises(CheckpointError, match=re.escape(f"sample or export its merged model in {tmp_path / 'merged'}")):
+        load_model_checkpoint(path)
+
+
+@pytest.mark.parametrize("extra", [None, {}, {"kind": "full"}, {"kind": "lorb"}, {"kind": "lor"}])
+def test_only_a_lora_kind_is_an_adapter(extra: dict[str, Any] | None) -> None:
+    assert not _checkpoint(GPT(TINY), extra=extra).is_adapter
+
+
+def test_weights_mismatch_names_the_first_of_each_kind() -> None:
+    expected = {name: torch.zeros(2) for name in ("a", "b", "c", "d", "e")} | {"f": torch.zeros(3), "g": torch.zeros(3)}
+    saved = {"c": torch.zeros(2), "d": torch.zeros(2), "e": torch.zeros(2), "x": torch.zeros(1), "y": torch.zeros(1)}
+    saved |= {"f": torch.zeros(4), "g": torch.zeros(1)}
+    assert weights_mismatch(saved, expected) == (
+        "2 tensor(s) missing, e.g. a; 2 unexpected tensor(s), e.g. x; 2 shape(s) differ, e.g. f (4,) vs (3,) here"
+    )
+    assert weights_mismatch(expected, expected) == ""
+    assert weights_mismatch({"a": torch.zeros(2)}, {"a": torch.zeros(2), "b": torch.zeros(1)}) == (
+        "1 tensor(s) missing, e.g. b"
+    )
+    assert weights_mismatch({"a": torch.zeros(2), "z": torch.zeros(1)}, {"a": torch.zeros(2)}) == (
+        "1 unexpected tensor(s), e.g. z"
+    )
 
 
 def test_strip_compile_prefix() -> None:
@@ -212,8 +324,18 @@ def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
     assert loaded.data_state is None
     # nanoGPT's rule without a meta.pkl: GPT-2 BPE.
     assert loaded.dataset_meta is not None
-    assert loaded.dataset_meta["kind"] == "tiktoken"
-    assert loaded.dataset_meta["encoding"] == "gpt2"
+    assert loaded.dataset_meta == {
+        "version": 1,
+        "kind": "tiktoken",
+        "vocab_size": 50257,
+        "dtype": "uint16",
+        "encoding": "gpt2",
+        "itos": None,
+        "train_tokens": 0,
+        "val_tokens": 0,
+        "source_sha256": None,
+    }
+    assert loaded.schema_version == 0
 
     restored = GPT(loaded.arch)
     restored.load_state_dict(loaded.model)  # strict: every key matches without prefixes
@@ -221,6 +343,13 @@ def test_legacy_nanogpt_checkpoint_migrates(tmp_path: Path) -> None:
     model.eval()
     restored.eval()
     assert torch.equal(restored(idx).logits, model(idx).logits)
+
+
+def test_a_legacy_checkpoint_without_a_step_starts_at_zero(tmp_path: Path) -> None:
+    config = TINY.replace(vocab_size=50257, real_vocab_size=50257)
+    path = _saved(tmp_path, {"model": GPT(config).state_dict(), "model_args": model_args_of(config)})
+    loaded = load_checkpoint(path)
+    assert (loaded.iter_num, loaded.best_val_loss, loaded.config) == (0, math.inf, {})
 
 
 def test_legacy_small_vocab_without_meta_is_an_error(tmp_path: Path) -> None:
@@ -358,6 +487,19 @@ def test_model_args_without_sizes_load_as_the_sizes_they_meant(tmp_path: Path, s
     assert (loaded.arch.mlp_hidden, loaded.arch.n_kv_head, loaded.arch.real_vocab_size) == (64, 4, 9)
     assert loaded.arch == config
     GPT(loaded.arch).load_state_dict(loaded.model)  # strict: every shape is the one it was saved with
+
+
+@pytest.mark.parametrize(("tokens", "real"), [(-1, 16), (0, 16), (1, 1), (9, 9), (16, 16), (17, 16)])
+def test_model_args_take_the_tokens_that_fit_the_rows(tmp_path: Path, tokens: int, real: int) -> None:
+    """The dataset's vocabulary becomes real_vocab_size when it is a count of 1..vocab_size."""
+    config = TINY.replace(vocab_size=16, real_vocab_size=16)
+    path = _saved(tmp_path, _model_args_only(config, model_args_of(config), tokens=tokens))
+    assert load_checkpoint(path).arch.real_vocab_size == real
+
+
+def test_model_args_take_numbers_as_older_writers_stored_them(tmp_path: Path) -> None:
+    args = model_args_of(TINY) | {"n_embd": 16.0, "block_size": 8.0}  # floats from a JSON-like config
+    assert load_checkpoint(_saved(tmp_path, _model_args_only(TINY, args, tokens=11))).arch == TINY
 
 
 def test_model_args_with_every_option_load_whole(tmp_path: Path) -> None:
