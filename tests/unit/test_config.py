@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,8 @@ DEFAULTS: dict[str, tuple[Callable[[], object], dict[str, Any]]] = {
     "prepare": (
         prepare,
         {"source": "bundled", "fallback_source": None, "source_sha256": None, "download_timeout_s": 60.0}
-        | {"tokenizer": "char", "encoding": "gpt2", "val_fraction": 0.1},
+        | {"tokenizer": "char", "encoding": "gpt2", "val_fraction": 0.1, "text_field": "text"}
+        | {"workers": os.cpu_count(), "shard_tokens": 100_000_000},
     ),
     "train.model": (
         ModelConfig,
@@ -189,6 +191,7 @@ def test_paths_are_taken_from_the_project_root() -> None:
 RANGES: list[tuple[Callable[..., object], str, list[object], list[object]]] = [
     (prepare, "download_timeout_s", [0.5], [0.0]),
     (prepare, "val_fraction", [0.5], [0.0, 1.0]),
+    (prepare, "text_field", ["t"], [""]),
     (data, "batch_size", [1], [0]),  # every PositiveInt
     (ScheduleConfig, "warmup_iters", [0], [-1]),  # every NonNegativeInt
     (GPTConfig, "dropout", [0.0, 0.5], [-0.5, 1.0]),
