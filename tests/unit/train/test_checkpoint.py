@@ -223,6 +223,8 @@ def test_the_checkpoint_is_frozen_keyword_only_and_slotted() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         checkpoint.iter_num = 8  # type: ignore[misc]  # the point: assignment is refused
     assert not hasattr(checkpoint, "__dict__")
+    with pytest.raises(TypeError):
+        Checkpoint(1, {}, TINY, 0, 0.0, {})  # type: ignore[call-arg]  # the point: positional arguments are refused
 
 
 def test_a_refused_write_or_copy_is_one_line_naming_the_file(tmp_path: Path) -> None:
@@ -350,6 +352,15 @@ def test_a_legacy_checkpoint_without_a_step_starts_at_zero(tmp_path: Path) -> No
     path = _saved(tmp_path, {"model": GPT(config).state_dict(), "model_args": model_args_of(config)})
     loaded = load_checkpoint(path)
     assert (loaded.iter_num, loaded.best_val_loss, loaded.config) == (0, math.inf, {})
+
+
+def test_a_legacy_padded_gpt2_checkpoint_without_meta_is_gpt2_bpe(tmp_path: Path) -> None:
+    """nanoGPT pads GPT-2's 50257 ids to 50304 rows: any vocabulary of at least 50257 is GPT-2 BPE."""
+    config = TINY.replace(vocab_size=50304, real_vocab_size=50304)
+    path = _saved(tmp_path, {"model": GPT(config).state_dict(), "model_args": model_args_of(config)})
+    loaded = load_checkpoint(path)
+    assert loaded.dataset_meta is not None
+    assert (loaded.dataset_meta["encoding"], loaded.arch.real_vocab_size) == ("gpt2", 50257)
 
 
 def test_legacy_small_vocab_without_meta_is_an_error(tmp_path: Path) -> None:
