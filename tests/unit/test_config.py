@@ -256,10 +256,10 @@ def test_real_vocab_size_may_not_exceed_vocab_size() -> None:
     assert GPTConfig(vocab_size=64, real_vocab_size=64).real_vocab_size == 64
 
 
-def test_head_size_is_an_integer() -> None:
-    head_size = GPTConfig(n_embd=12, n_head=4).head_size
-    assert head_size == 3
-    assert type(head_size) is int  # a tensor dimension
+def test_head_dim_defaults_to_an_integer_split_of_the_width() -> None:
+    head_dim = GPTConfig(n_embd=12, n_head=4).head_dim
+    assert head_dim == 3
+    assert type(head_dim) is int  # a tensor dimension
 
 
 @pytest.mark.parametrize(("mlp", "hidden"), [("gelu", 256), ("relu2", 256), ("swiglu", 192)])
