@@ -1,7 +1,8 @@
 # Every workflow is a target; targets that need the environment depend on a stamp file, so a
 # fresh clone sets itself up. Two stamps, two install sets: runtime targets (prepare, train,
 # sample, loop, ...) need only the package and its dependencies ($(RUNTIME)); `bench` adds the bench
-# group ($(BENCH): matplotlib for its chart); quality and test targets add every group ($(DEV):
+# group ($(BENCH): matplotlib for its chart), `eval` the eval group ($(EVAL): lm-evaluation-harness
+# and its datasets/metrics stack); quality and test targets add every group ($(DEV):
 # linters, type checkers, pytest, llama-cpp-python, which builds from source). Runtime targets only
 # call the CLI (ml-playground).
 SHELL := /bin/bash
@@ -18,6 +19,7 @@ CLI := $(RUN) ml-playground
 RUNTIME := .venv/.runtime-stamp
 DEV := .venv/.dev-stamp
 BENCH := .venv/.bench-stamp
+EVAL := .venv/.eval-stamp
 
 EXP ?=
 CONFIG ?=
@@ -39,7 +41,7 @@ TEST_WORKERS ?= auto
 PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help setup verify format lint pyright mypy quality quality-ext test unit unit-cov \
-	integration e2e acceptance test-cuda prepare train sample loop export tensorboard lit bench gguf-help clean
+	integration e2e acceptance test-cuda prepare train sample loop export eval tensorboard lit bench gguf-help clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -61,11 +63,17 @@ $(BENCH): pyproject.toml uv.lock
 	$(UV) sync --no-dev --group bench --inexact --locked --python $(PYTHON)
 	@touch $@ $(RUNTIME)
 
-# Every group; the runtime and bench sets are part of it, so their stamps are current too.
+# The runtime set and the eval group (lm-evaluation-harness), for `make eval` alone.
+$(EVAL): pyproject.toml uv.lock
+	$(ensure_uv)
+	$(UV) sync --no-dev --group eval --inexact --locked --python $(PYTHON)
+	@touch $@ $(RUNTIME)
+
+# Every group; the runtime, bench and eval sets are part of it, so their stamps are current too.
 $(DEV): pyproject.toml uv.lock
 	$(ensure_uv)
 	$(UV) sync --all-groups --locked --python $(PYTHON)
-	@touch $@ $(RUNTIME) $(BENCH)
+	@touch $@ $(RUNTIME) $(BENCH) $(EVAL)
 
 setup: $(DEV) ## install uv if missing, create .venv, sync all dependency groups (runtime + dev)
 
@@ -143,6 +151,10 @@ loop: $(RUNTIME) ## prepare, train, sample (default: shakespeare_char, under a m
 export: $(RUNTIME) ## export HF / GGUF / Ollama: make export EXP=.. [CONFIG=..]
 	$(need_exp)
 	$(CLI) export $(EXP_ARG) $(CFG_ARG)
+
+eval: $(EVAL) ## evaluate the best checkpoint with lm-evaluation-harness ([eval]): make eval EXP=.. [CONFIG=..]
+	$(need_exp)
+	$(CLI) eval $(EXP_ARG) $(CFG_ARG)
 
 tensorboard: $(RUNTIME) ## serve TensorBoard on 127.0.0.1: make tensorboard LOGDIR=out/<run>/logs/tb, or LOGDIR=out for every run under out/ [PORT=6006]
 	@if [ -z $(call quote,$(LOGDIR)) ]; then echo "error: LOGDIR is required, e.g. make tensorboard LOGDIR=out/shakespeare/logs/tb (one run) or LOGDIR=out (every run under out/)" >&2; exit 2; fi

@@ -92,6 +92,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     run_export(require(cfg.export, path, "export.ollama"), cfg, path)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    cfg, path = _load(args)
+    eval_cfg = require(cfg.eval, path, "eval")
+    from ml_playground.evaluation.run import run_eval
+
+    run_eval(eval_cfg)
+
+
 def cmd_lit(args: argparse.Namespace) -> None:
     cfg, path = _load(args)
     from ml_playground.analysis.lit_launcher import run_lit
@@ -133,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample": (cmd_sample, "generate text from the best checkpoint (or [sample.runtime] init_from) with [sample]"),
         "loop": (cmd_loop, "prepare, then train, then sample"),
         "export": (cmd_export, "export to Hugging Face / GGUF / Ollama from [export.ollama]"),
+        "eval": (cmd_eval, "evaluate the best checkpoint with lm-evaluation-harness on [eval]'s tasks and text"),
     }
     for name, (func, help_text) in experiment_commands.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

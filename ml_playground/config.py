@@ -426,6 +426,32 @@ class PeftConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class EvalSettings:
+    """What lm-evaluation-harness runs on a model: `tasks` are lm-eval task, group or tag names
+    (`hellaswag`, `arc_easy`; the hub's datasets need the network) or task YAML files; `text` a
+    UTF-8 file whose bits per byte are measured."""
+
+    tasks: tuple[str, ...] = ()
+    num_fewshot: NonNegativeInt | None = None  # None: each task's own
+    limit: PositiveInt | None = None  # documents per task; None: all
+    batch_size: PositiveInt = 8
+    text: ProjectPath | None = None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Self:
+        if not self.tasks and self.text is None:
+            raise ValueError("name tasks, a text file, or both")
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class TrainEvalConfig(EvalSettings):
+    """[train.eval]: the same evaluation every `every` steps of training (rank 0; the others wait)."""
+
+    every: PositiveInt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class TrainConfig:
     """[train]: the generic trainer; [train.model] init_from finetunes a pretrained model, wholly,
     or with LoRA when [train.peft] is present."""
@@ -436,6 +462,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     peft: PeftConfig | None = None
+    eval: TrainEvalConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -457,6 +484,10 @@ class TrainConfig:
             problems.append('runtime.parallel: "fsdp" is not supported for LoRA finetuning ([train.peft]); use "ddp"')
         if self.optim.optimizer == "muon" and self.runtime.parallel == "fsdp":
             problems.append('optim.optimizer: "muon" needs whole matrices; use runtime.parallel = "ddp"')
+        if self.eval is not None and self.runtime.parallel == "fsdp":
+            problems.append(
+                'eval: rank 0 evaluates the whole model alone, which "fsdp" shards; use runtime.parallel = "ddp"'
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -524,6 +555,16 @@ class ExportConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class EvalConfig(EvalSettings):
+    """[eval]: `make eval` evaluates the checkpoint found in out_dir (as the sampler finds it) and
+    writes out_dir/eval/<step>.json."""
+
+    out_dir: FolderPath
+    device: Device = "cpu"
+    dtype: DType = "float32"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class ExperimentConfig:
     """One experiment TOML file. Each command requires the tables it uses."""
 
@@ -531,3 +572,4 @@ class ExperimentConfig:
     train: TrainConfig | None = None
     sample: SampleConfig | None = None
     export: ExportConfig | None = None
+    eval: EvalConfig | None = None

@@ -82,6 +82,19 @@ def load_experiment_config(path: Path) -> ExperimentConfig:
     return parse_experiment_config(data, path)
 
 
+def read_named_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a file a config key names; `what` ("sample.sample.start: prompt file")
+    opens each one-line error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+
+
 def require(table: T | None, path: Path, name: str) -> T:
     """The table `name` of the config file at `path`, which the command needs (None: it is absent)."""
     if table is None:

@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from ml_playground.atomic import write_text_atomic
 from ml_playground.config import SampleConfig, SampleSettings, project_path
+from ml_playground.config_loader import read_named_text
 from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError, os_reason, summary
 from ml_playground.generate import SamplingParams, generate
 from ml_playground.model import GPT
 from ml_playground.progress import progress_bar
 from ml_playground.runtime import Runtime, resolve_runtime, seed_everything
 from ml_playground.tokenizers import Tokenizer, tokenizer_from_meta
-from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
+from ml_playground.train.checkpoint import Checkpoint, find_checkpoint, load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,16 @@ ModelLoader = Callable[[Runtime], tuple[GPT, Tokenizer, str]]
 def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Tokenizer, Path]:
     """The discovered checkpoint as an eval-mode model on the runtime's device, its tokenizer, its path."""
     path = find_checkpoint(out_dir)
+    model, tokenizer, _checkpoint = model_from_checkpoint(path, runtime, purpose="sampling from")
+    return model, tokenizer, path
+
+
+def model_from_checkpoint(path: Path, runtime: Runtime, *, purpose: str) -> tuple[GPT, Tokenizer, Checkpoint]:
+    """The checkpoint at `path` as an eval-mode model on the runtime's device, its tokenizer and the
+    checkpoint itself (step, run config); `purpose` names the use in the log line."""
     checkpoint, meta = load_model_checkpoint(path)
     kind = "legacy nanoGPT checkpoint" if checkpoint.is_legacy else f"checkpoint schema v{checkpoint.schema_version}"
-    log.info("sampling from %s (%s, iter %d)", path, kind, checkpoint.iter_num)
+    log.info("%s %s (%s, iter %d)", purpose, path, kind, checkpoint.iter_num)
     model = GPT(checkpoint.arch.replace(dropout=0.0))
     try:
         model.load_state_dict(checkpoint.model)
@@ -60,22 +68,14 @@ def load_model_for_inference(out_dir: Path, runtime: Runtime) -> tuple[GPT, Toke
         raise CheckpointError(
             f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
         )
-    return model, tokenizer, path
+    return model, tokenizer, checkpoint
 
 
 def read_prompt(start: str) -> str:
     """`start` itself, or the contents of `FILE:path` (relative paths resolve against the project root)."""
     if not start.startswith(FILE_PREFIX):
         return start
-    path = project_path(start.removeprefix(FILE_PREFIX))
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"sample.sample.start: prompt file {path} not found") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"sample.sample.start: prompt file {path} is not UTF-8 (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"sample.sample.start: cannot read prompt file {path} ({exc.strerror})") from None
+    return read_named_text(project_path(start.removeprefix(FILE_PREFIX)), "sample.sample.start: prompt file")
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -49,6 +49,7 @@ from ml_playground.data.batches import BatchSource
 from ml_playground.data.checks import check_dataset
 from ml_playground.data.meta import DatasetMeta, identity_difference, read_meta
 from ml_playground.errors import CheckpointError, DataError, TrainingStoppedError
+from ml_playground.evaluation.training import evaluate_tasks
 from ml_playground.model import GPT
 from ml_playground.runtime import (
     Runtime,
@@ -175,6 +176,7 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
                     if cfg.runtime.eval_only:
                         break
                     maybe_save(loop, state, last_eval["val"])
+                evaluate_tasks(loop, clock, state.iter_num)  # [train.eval]: lm-eval tasks every N steps
                 if state.iter_num >= cfg.runtime.max_iters:
                     break
                 signum = loop.agreed_stop if dist.is_distributed else (stop.signum or 0)

@@ -320,6 +320,12 @@ class MetricsSink:
             self.writer.add_scalar("val/loss", losses["val"], iter_num)
             self.writer.add_scalar("eval/train_loss", losses["train"], iter_num)
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars under their own tags (an evaluation's `eval/<task>/<metric>`)."""
+        with self._writing():
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
     def flush(self) -> None:
         with self._writing():
             self.writer.flush()

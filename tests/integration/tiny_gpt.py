@@ -83,11 +83,11 @@ def char_model(
     return train_briefly(model, tokenizer.encode(CORPUS), steps), tokenizer, meta
 
 
-def gpt2_model(steps: int = 30, vocab_multiple: int = 1) -> tuple[GPT, TiktokenTokenizer, DatasetMeta]:
+def gpt2_model(steps: int = 30, vocab_multiple: int = 1, **options: Any) -> tuple[GPT, TiktokenTokenizer, DatasetMeta]:
     tokenizer = TiktokenTokenizer("gpt2")
     meta = DatasetMeta(kind="tiktoken", vocab_size=50257, dtype="uint16", encoding="gpt2")
     torch.manual_seed(0)
-    model = GPT(tiny_config(50257, vocab_multiple, bias=False))
+    model = GPT(tiny_config(50257, vocab_multiple, options.pop("bias", False), **options))
     return train_briefly(model, tokenizer.encode(CORPUS * 3), steps), tokenizer, meta
 
 
