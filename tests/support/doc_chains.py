@@ -39,11 +39,11 @@ DOCS: tuple[Path, ...] = (
     *sorted((PROJECT_ROOT / "ml_playground").glob("**/Readme.md")),
 )
 
-# The Makefile's environment stamps (runtime install set, dev install set).
-MAKE_STAMPS: tuple[str, ...] = (".venv/.runtime-stamp", ".venv/.dev-stamp")
+# The Makefile's environment stamps (runtime, eval and dev install sets).
+MAKE_STAMPS: tuple[str, ...] = (".venv/.runtime-stamp", ".venv/.eval-stamp", ".venv/.dev-stamp")
 
 # The CLI commands that take an experiment and a config (`ml_playground/cli.py`).
-EXPERIMENT_COMMANDS = frozenset({"prepare", "train", "sample", "loop", "export"})
+EXPERIMENT_COMMANDS = frozenset({"prepare", "train", "sample", "loop", "export", "eval"})
 
 Table = dict[str, Any]
 Key = tuple[str, ...]
@@ -66,6 +66,7 @@ OUTPUT_PATHS: tuple[Key, ...] = (
     ("train", "runtime", "out_dir"),
     ("sample", "runtime", "out_dir"),
     ("export", "ollama", "export_dir"),
+    ("eval", "out_dir"),
 )
 SOURCE: Key = ("prepare", "source")
 FALLBACK_SOURCE: Key = ("prepare", "fallback_source")

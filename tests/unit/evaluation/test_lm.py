@@ -20,10 +20,10 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 BLOCK = 16
 
 
-def tiny_lm(batch_size: int = 4, text: str = TEXT) -> PlaygroundLM:
+def tiny_lm(batch_size: int = 4, text: str = TEXT, block: int = BLOCK) -> PlaygroundLM:
     tokenizer = CharTokenizer(sorted(set(text)))
     torch.manual_seed(0)
-    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tokenizer.vocab_size)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=block, vocab_size=tokenizer.vocab_size)
     model = GPT(config).eval()
     with torch.no_grad():  # logits far from flat, so that every position's choice matters
         model.lm_head.weight.mul_(40)
