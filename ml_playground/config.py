@@ -358,7 +358,7 @@ class TrainRuntimeConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     # Seconds any collective may wait for the other ranks before the job fails (no hang).
     dist_timeout_s: float = Field(default=300.0, gt=0)
-    # Peak FLOP/s for MFU; None: measured once per run with a matmul probe of the used dtype.
+    # Peak FLOP/s for MFU; None: a matmul probe of the used dtype, measured once per machine (cached).
     peak_flops: float | None = Field(default=None, gt=0)
 
 

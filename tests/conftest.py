@@ -1,15 +1,17 @@
 """For every test: torch's process-wide settings are restored afterwards (support/torch_state.py);
 a test that leaves a stop-signal handler of the training loop installed fails (the handler is put
-back first, so later tests and a Ctrl-C on pytest still behave); and the session fails if a
-process the tests started is still alive at its end (support/process_guard.py). A pytest-xdist
-worker (`make test` runs one per core) gives torch one intra-op thread, and so the processes its
-tests start: the workers already fill the cores."""
+back first, so later tests and a Ctrl-C on pytest still behave); runs (and the processes a test
+starts) keep what they cache in a folder of the test's own; and the session fails if a process
+the tests started is still alive at its end (support/process_guard.py). A pytest-xdist worker
+(`make test` runs one per core) gives torch one intra-op thread, and so the processes its tests
+start: the workers already fill the cores."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +43,11 @@ def torch_state() -> Iterator[None]:
         signal.signal(sig, handler)
     if left:
         pytest.fail(f"the test left its own handler for {', '.join(left)} installed", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ML_PLAYGROUND_CACHE (measured peaks), never the user's cache folder."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ML_PLAYGROUND_CACHE", str(folder))
+    return folder

@@ -88,7 +88,8 @@ from ml_playground.train.metrics import (
     ThroughputClock,
     check_cpu_bfloat16,
     flops_per_token,
-    measure_peak_flops,
+    peak_cache_file,
+    peak_flops,
 )
 from ml_playground.train.modes import Mode, Start
 from ml_playground.train.optim import block_matrices, build_optimizer, set_learning_rate
@@ -163,10 +164,16 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
             loop.sink = MetricsSink(cfg.runtime.out_dir, purge_step=state.iter_num if checkpoint is not None else None)
         clock = ThroughputClock.for_device(runtime.device)  # paused until the first step
         start, last_eval = state.iter_num, None
+        # The first step is evaluated only where something is compared with it: a resumed run did so
+        # (and saved) before the interruption, and a fresh run from scratch would measure and save
+        # its random weights (the first step logs their loss anyway); from init_from it is the base's
+        # val loss, the baseline the finetune must beat. The last step is always evaluated.
+        evaluates_start = checkpoint is None and cfg.model.init_from != "scratch"
         try:
             while True:
-                # The eval at the resumed step already happened (and was saved) before the interruption.
-                evaluates = is_eval_step(cfg, state.iter_num) and (state.iter_num != start or checkpoint is None)
+                evaluates = is_eval_step(cfg, state.iter_num) and (
+                    state.iter_num != start or evaluates_start or state.iter_num == cfg.runtime.max_iters
+                )
                 if evaluates or cfg.runtime.eval_only:
                     clock.pause()  # evaluating and saving is not training throughput
                     check_point(loop)  # never evaluate and save the weights of a non-finite step
@@ -202,7 +209,7 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
                     )
                     if not stats.mfu_known and cfg.runtime.peak_flops is None:
                         clock.pause()  # the probe ran slow (a busy machine): measure again, keep the larger
-                        peak = max(peak, _measured_peak(runtime) * dist.world_size)
+                        peak = max(peak, _measured_peak(runtime, again=True) * dist.world_size)
                         stats = replace(stats, peak_flops=peak)
                     if loop.sink is not None:
                         loop.sink.log_step(stats)
@@ -571,9 +578,16 @@ def _own_rank_state(loop: LoopContext, checkpoint: Checkpoint) -> tuple[dict[str
     return own.get("rng"), own.get("data_state")
 
 
-def _measured_peak(runtime: Runtime) -> float:
-    peak = measure_peak_flops(runtime.device, runtime.torch_dtype)
-    log.info("peak for MFU: %.1f GFLOP/s (%s matmul probe on %s)", peak / 1e9, runtime.dtype, runtime.device)
+def _measured_peak(runtime: Runtime, *, again: bool = False) -> float:
+    cache = peak_cache_file()
+    peak = peak_flops(runtime.device, runtime.torch_dtype, cache, again=again)
+    log.info(
+        "peak for MFU: %.1f GFLOP/s (%s matmul probe on %s, kept in %s)",
+        peak / 1e9,
+        runtime.dtype,
+        runtime.device,
+        cache,
+    )
     return peak
 
 

@@ -3,8 +3,9 @@
 MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow the PaLM paper's
 appendix B: 6·N + 12·L·H·Q·T (N parameters without position embeddings, L layers, H heads, Q
 head size, T context). The peak is `train.runtime.peak_flops` when set, otherwise measured once
-per run by timing square matmuls in the dtype the run computes in on its device (so MFU is
-relative to what this machine actually achieves, not a datasheet number).
+per machine by timing square matmuls in the dtype the run computes in on its device (so MFU is
+relative to what this machine actually achieves, not a datasheet number), and kept in the
+user's cache folder for the next run (`peak_flops`).
 
 Throughput is measured over windows, not single steps (`ThroughputClock`): a device queues work
 ahead of the host, so one step timed on the host measures when it was queued, not how long the
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -31,8 +33,10 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from pydantic import TypeAdapter
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
 
+from ml_playground.atomic import write_bytes_atomic
 from ml_playground.errors import MLPlaygroundError, os_reason
 from ml_playground.model import GPT
 
@@ -78,6 +82,50 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 
         if seconds >= 0.02 or size >= 4096:
             return best
         size *= 2
+
+
+def peak_cache_file() -> Path:
+    """Where measured peaks are kept: peak_flops.json in $ML_PLAYGROUND_CACHE, by default in
+    ml-playground/ of the user's cache folder ($XDG_CACHE_HOME, else ~/.cache)."""
+    own = os.environ.get("ML_PLAYGROUND_CACHE")
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return (Path(own) if own else user / "ml-playground") / "peak_flops.json"
+
+
+def machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    """What a measured peak depends on: the host, the device's model (a CPU's architecture, vector
+    instructions and torch's thread count), the torch build and the dtype."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} x{torch.get_num_threads()}"
+    else:
+        name = device.type
+    return f"{platform.node()}: {device.type} {name}, torch {torch.__version__}, {dtype}"
+
+
+_PEAKS: TypeAdapter[dict[str, float]] = TypeAdapter(dict[str, float])
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, cache: Path, *, again: bool = False) -> float:
+    """The peak `measure_peak_flops` finds for this machine (`machine_key`), read from `cache` once
+    measured: the probe costs a run's start-up about as much as a few training steps. `again`
+    (the last probe ran on a busy machine) measures anyway; the cache keeps the larger peak. A
+    cache that cannot be read is measured again, one that cannot be written is logged and skipped."""
+    key = machine_key(device, dtype)
+    try:
+        known = _PEAKS.validate_json(cache.read_bytes())
+    except (OSError, ValueError):  # none yet, or not a cache of ours: measured again and rewritten
+        known = {}
+    if key in known and not again:
+        return known[key]
+    peak = max(measure_peak_flops(device, dtype), known.get(key, 0.0))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(cache, _PEAKS.dump_json({**known, key: peak}, indent=1))
+    except OSError as exc:
+        log.warning("%s: cannot keep the measured peak (%s); the next run measures it again", cache, os_reason(exc))
+    return peak
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -123,6 +123,8 @@ def test_finetuning_from_a_source_trains_every_weight_resumes_and_exports(tmp_pa
     start = GPT(source.config)
     source.load_into(start)
     assert all(not torch.equal(last.model[name], tensor) for name, tensor in start.state_dict().items())
+    # The source's val loss at iter 0 first: the baseline the finetune is compared with.
+    assert [step for step, _ in read_scalars(out / "logs" / "tb")["val/loss"]] == [0, 8]
     first_eval = _val_losses(out)[0]
     assert result.last_eval is not None
     assert result.last_eval["val"] < first_eval

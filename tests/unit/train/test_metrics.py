@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 from ml_playground.config import GPTConfig
 from ml_playground.model import GPT
+from ml_playground.train import metrics
 from ml_playground.train.metrics import (
     MetricsSink,
     PrecisionProbe,
@@ -15,7 +17,10 @@ from ml_playground.train.metrics import (
     ThroughputClock,
     Window,
     flops_per_token,
+    machine_key,
     measure_peak_flops,
+    peak_cache_file,
+    peak_flops,
     probe_bfloat16,
     read_scalars,
     warn_if_bfloat16_slower,
@@ -43,6 +48,76 @@ def test_peak_probe_measures_without_touching_the_global_rng() -> None:
     peak = measure_peak_flops(torch.device("cpu"), torch.float32, repeats=1)
     assert peak > 1e6
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def _probes(monkeypatch: pytest.MonkeyPatch, peaks: list[float]) -> list[float]:
+    """The peak probe returns `peaks` in turn; returns the list of what it returned."""
+    returned: list[float] = []
+
+    def probe(device: torch.device, dtype: torch.dtype) -> float:
+        returned.append(peaks[len(returned)])
+        return returned[-1]
+
+    monkeypatch.setattr(metrics, "measure_peak_flops", probe)
+    return returned
+
+
+def test_the_peak_is_measured_once_per_machine_and_the_larger_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache" / "peak_flops.json"
+    cpu = torch.device("cpu")
+    probes = _probes(monkeypatch, [2e9, 5e9, 1e9, 3e9])
+    assert peak_flops(cpu, torch.float32, cache) == 2e9  # measured, and kept
+    assert peak_flops(cpu, torch.float32, cache) == 2e9  # read back
+    assert probes == [2e9]
+    assert peak_flops(cpu, torch.bfloat16, cache) == 5e9  # another dtype: measured
+    assert peak_flops(cpu, torch.float32, cache, again=True) == 2e9  # a slower probe does not lower it
+    assert peak_flops(cpu, torch.float32, cache, again=True) == 3e9  # a faster one raises it
+    assert json.loads(cache.read_text()) == {
+        machine_key(cpu, torch.float32): 3e9,
+        machine_key(cpu, torch.bfloat16): 5e9,
+    }
+    assert probes == [2e9, 5e9, 1e9, 3e9]
+
+
+def test_the_machine_key_changes_with_the_torch_build_threads_and_dtype() -> None:
+    cpu = torch.device("cpu")
+    key = machine_key(cpu, torch.float32)
+    assert torch.__version__ in key
+    assert key != machine_key(cpu, torch.bfloat16)
+    torch.set_num_threads(torch.get_num_threads() + 1)  # restored after the test (tests/conftest.py)
+    assert key != machine_key(cpu, torch.float32)
+
+
+def test_a_cache_that_is_not_ours_is_measured_again_and_one_that_cannot_be_written_is_logged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpu = torch.device("cpu")
+    _probes(monkeypatch, [2e9, 4e9])
+    cache = tmp_path / "peak_flops.json"
+    cache.write_text('{"a key": "not a number"')
+    assert peak_flops(cpu, torch.float32, cache) == 2e9
+    assert json.loads(cache.read_text()) == {machine_key(cpu, torch.float32): 2e9}
+    blocked = tmp_path / "a file" / "peak_flops.json"
+    blocked.parent.write_text("in the way")
+    with caplog.at_level(logging.WARNING, logger="ml_playground.train.metrics"):
+        assert peak_flops(cpu, torch.float32, blocked) == 4e9
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{blocked}: cannot keep the measured peak ({blocked.parent} is a file, not a folder); "
+        "the next run measures it again"
+    ]
+
+
+def test_the_peak_cache_is_in_the_user_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ML_PLAYGROUND_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert peak_cache_file() == tmp_path / "ml-playground" / "peak_flops.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert peak_cache_file() == tmp_path / "home" / ".cache" / "ml-playground" / "peak_flops.json"
+    monkeypatch.setenv("ML_PLAYGROUND_CACHE", str(tmp_path / "own"))
+    assert peak_cache_file() == tmp_path / "own" / "peak_flops.json"
 
 
 class FakeDevice:

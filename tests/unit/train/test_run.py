@@ -213,13 +213,25 @@ def test_bfloat16_autocast_trains_on_cpu_like_float32(table: dict[str, Any], tmp
     assert bf16 != fp32
 
 
+def test_a_zero_step_run_from_scratch_evaluates_and_saves_its_initial_weights(
+    table: dict[str, Any], tmp_path: Path
+) -> None:
+    """Its first step is its last: evaluated and saved (the benchmark's sampling models are such runs)."""
+    table["runtime"] |= {"max_iters": 0}
+    result = train(train_config(table))
+    assert result.iter_num == 0
+    assert result.last_eval is not None
+    assert load_checkpoint(tmp_path / "out" / "ckpt_best.pt").iter_num == 0
+    assert [step for step, _ in read_scalars(tmp_path / "out" / "logs" / "tb")["val/loss"]] == [0]
+
+
 def test_tensorboard_scalars_are_written(table: dict[str, Any], tmp_path: Path) -> None:
     train(train_config(table))
     scalars = read_scalars(tmp_path / "out" / "logs" / "tb")
     expected = {"train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/step_time_ms", "train/mfu"}
     assert expected <= set(scalars)
     assert [step for step, _ in scalars["train/loss"]] == list(range(6))
-    assert [step for step, _ in scalars["val/loss"]] == [0, 3, 6]
+    assert [step for step, _ in scalars["val/loss"]] == [3, 6]  # a fresh run from scratch: not its random weights
     assert scalars["train/lr"][0][1] == pytest.approx(1e-2 / 3)
     assert all(value > 0 for _, value in scalars["train/tokens_per_sec"] + scalars["train/mfu"])
 
