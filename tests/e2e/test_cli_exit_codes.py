@@ -23,7 +23,7 @@ import torch
 from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.model import GPT
-from ml_playground.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ml_playground.train.checkpoint import Checkpoint, save_checkpoint
 from ml_playground.train.lock import out_dir_lock
 from tests.support.tiny_training import TEXT, tiny_train_table, write_char_dataset
 from tests.support.torchrun import agent_store, write_toml
@@ -191,7 +191,7 @@ def test_an_out_dir_another_run_holds_is_exit_10(tmp_path: Path) -> None:
 
 def test_a_diverging_run_is_exit_11_and_saves_nothing_of_it(tmp_path: Path) -> None:
     """A learning rate no model survives: the first non-finite step stops the run before any
-    checkpoint could hold it (the one at iter 0 holds the initial weights)."""
+    checkpoint could hold it (a fresh run from scratch writes none before its first evaluation)."""
     write_char_dataset(tmp_path / "ds")
     table = tiny_train_table(tmp_path / "ds", tmp_path / "out")
     table["optim"] |= {"learning_rate": 1e30}
@@ -199,4 +199,4 @@ def test_a_diverging_run_is_exit_11_and_saves_nothing_of_it(tmp_path: Path) -> N
     config = write_toml(tmp_path / "train.toml", {"train": table})
     line = one_line_error(cli("train", "shakespeare", "--exp-config", str(config)), 11)
     assert re.fullmatch(r"error: training diverged at iter \d+: .*", line), line
-    assert load_checkpoint(tmp_path / "out" / "ckpt_last.pt").iter_num == 0
+    assert not list((tmp_path / "out").glob("ckpt_*.pt"))
