@@ -3,6 +3,8 @@
 logits -> temperature / top-k / top-p -> probabilities -> next token (argmax when greedy)
 -> decode loop. The loop prefills the context in one forward, then feeds one token per step
 through the cache, so N new tokens cost N one-token forwards instead of N full-context ones.
+The cache holds prompt + new tokens (at most `block_size`), not a whole block of a long-context
+model: 2 x n_layer x n_kv_head x head_dim x that length x the dtype's bytes, per sequence.
 
 Contexts longer than `block_size`: once the sequence no longer fits, the context is cropped
 to its last `keep` tokens and the cache is rebuilt from them. `keep = block_size` is nanoGPT's
@@ -137,10 +139,12 @@ def generate(
     if use_cache:
         dtype = cache_dtype if cache_dtype is not None else model.wte.weight.dtype
         config = model.config
+        # Room for the whole sequence, or for one block when the window will slide.
+        capacity = min(block_size, tokens.size(1))
         heads = f"{config.n_layer} layers x 2 x {config.n_kv_head} heads"
-        shape = f"{batch} x {heads} x {config.block_size} x {config.head_dim}, {dtype}"
+        shape = f"{batch} x {heads} x {capacity} x {config.head_dim}, {dtype}"
         with memory_for(f"the KV cache ({shape})", prompt.device):
-            cache = KVCache(batch, config, prompt.device, dtype)
+            cache = KVCache(batch, config, prompt.device, dtype, capacity)
     start = -1  # no context yet: the first step fills it
     with torch.inference_mode(), autocast():
         for _ in range(max_new_tokens):

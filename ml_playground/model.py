@@ -58,10 +58,16 @@ class LayerKV:
 
 
 class KVCache:
-    """One `LayerKV` per block; `length` tokens are cached."""
+    """One `LayerKV` per block, room for `capacity` tokens (default and at most block_size: a
+    sampler sizes it to prompt + new tokens); `length` tokens are cached."""
 
-    def __init__(self, batch: int, config: GPTConfig, device: torch.device, dtype: torch.dtype):
-        self.layers = [LayerKV(batch, config, config.block_size, device, dtype) for _ in range(config.n_layer)]
+    def __init__(
+        self, batch: int, config: GPTConfig, device: torch.device, dtype: torch.dtype, capacity: int | None = None
+    ):
+        self.capacity = config.block_size if capacity is None else capacity
+        if not 1 <= self.capacity <= config.block_size:
+            raise ValueError(f"KV cache capacity must be in [1, block_size={config.block_size}], got {self.capacity}")
+        self.layers = [LayerKV(batch, config, self.capacity, device, dtype) for _ in range(config.n_layer)]
         self.length = 0
 
 
@@ -86,7 +92,8 @@ def rope_frequencies(config: GPTConfig) -> Tensor:
 
 class Rotary(nn.Module):
     """Rotary position embedding in Hugging Face Llama's layout (the two halves of each head
-    rotate together), so exported weights need no permutation."""
+    rotate together), so exported weights need no permutation. A GPT builds one and shares it
+    between its layers: the (block_size, head_dim) tables exist once per model, not per layer."""
 
     cos: Tensor
     sin: Tensor
@@ -111,7 +118,8 @@ class Rotary(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, rotary: Rotary | None = None):
+        """`rotary`: the model's shared rotation (rope positions); a lone layer builds its own."""
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
@@ -127,7 +135,9 @@ class CausalSelfAttention(nn.Module):
         # QK-norm as Qwen3: RMSNorm over each head's dims, before the rotation.
         self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.rotary = Rotary(config) if config.position == "rope" else None
+        if config.position == "rope" and rotary is None:
+            rotary = Rotary(config)
+        self.rotary = rotary if config.position == "rope" else None
 
     def heads(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (B, nh, T, hs), keys and values (B, nkv, T, hs) of x (B, T, C) at positions
@@ -196,10 +206,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, rotary: Rotary | None = None):
         super().__init__()
         self.ln_1 = norm_layer(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, rotary)
         self.ln_2 = norm_layer(config, config.n_embd)
         self.mlp = MLP(config)
 
@@ -216,9 +226,11 @@ class GPT(nn.Module):
         modules: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
         if config.position == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        # One rotation for all layers: its buffers are not saved, so state dicts are unchanged.
+        rotary = Rotary(config) if config.position == "rope" else None
         modules |= {
             "drop": nn.Dropout(config.dropout),
-            "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            "h": nn.ModuleList([Block(config, rotary) for _ in range(config.n_layer)]),
             "ln_f": norm_layer(config, config.n_embd),
         }
         self.transformer = nn.ModuleDict(modules)
@@ -274,6 +286,8 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+        if cache is not None and start + T > cache.capacity:
+            raise ValueError(f"sequence length {start + T} exceeds the KV cache's capacity {cache.capacity}")
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))

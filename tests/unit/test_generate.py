@@ -223,6 +223,26 @@ class TestDecodeLoop:
             full = model(ids).logits
         assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
+    @pytest.mark.parametrize(("prompt_len", "new", "capacity"), [(3, 5, 8), (3, 20, 16), (20, 4, 16)])
+    def test_cache_holds_the_sequence_at_most_a_block(
+        self, monkeypatch: pytest.MonkeyPatch, prompt_len: int, new: int, capacity: int
+    ) -> None:
+        built: list[KVCache] = []
+
+        class Recorded(KVCache):
+            def __init__(self, *args: Any) -> None:
+                super().__init__(*args)
+                built.append(self)
+
+        monkeypatch.setattr("ml_playground.generate.KVCache", Recorded)
+        model = tiny_model(block_size=16)
+        prompt = torch.arange(prompt_len).unsqueeze(0) % 29
+        params = SamplingParams(temperature=0.0)
+        cached = generate(model, prompt, new, params)
+        assert [cache.capacity for cache in built] == [capacity]
+        assert built[0].layers[0].k.size(2) == capacity
+        assert torch.equal(cached, generate(model, prompt, new, params, use_cache=False))
+
     def test_cache_prefills_once_then_feeds_one_token_per_step(self) -> None:
         model = tiny_model(block_size=16)
         lengths = record_forward_lengths(model)

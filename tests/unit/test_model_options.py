@@ -138,6 +138,16 @@ class TestRotary:
         assert float(slow.sin[1, 3]) == pytest.approx(math.sin(1e6**-0.75))
         assert float(fast.sin[1, 3]) == pytest.approx(math.sin(1e4**-0.75))
 
+    def test_one_table_per_model_moved_with_it_and_never_saved(self) -> None:
+        model = GPT(BASE.replace(position="rope", n_layer=3))
+        rotations = {id(block.attn.rotary) for block in model.blocks}
+        assert len(rotations) == 1  # every layer rotates with the same module
+        tables = [name for name, _ in model.named_buffers() if name.endswith((".cos", ".sin"))]
+        assert len(tables) == 2
+        model.to(torch.float64)  # buffers follow the model (as to(device) does) ...
+        assert {str(buffer.dtype) for _, buffer in model.named_buffers()} == {"torch.float64"}
+        assert not any(name.endswith((".cos", ".sin")) for name in model.state_dict())  # ... and stay out of it
+
     def test_rope_model_sees_order_without_position_embeddings(self) -> None:
         model = model_with(position="rope")
         with torch.no_grad():
@@ -230,6 +240,17 @@ class TestKVCache:
     def test_cache_holds_kv_heads_only(self) -> None:
         cache = KVCache(3, BASE.replace(n_kv_head=1), torch.device("cpu"), torch.float32)
         assert cache.layers[0].k.shape == (3, 1, 16, 8)
+
+    def test_capacity_bounds_the_cache_and_the_sequence(self) -> None:
+        model = model_with(**COMBINATIONS["llama"])
+        cache = KVCache(1, model.config, torch.device("cpu"), torch.float32, capacity=6)
+        assert cache.layers[0].k.shape == (1, 2, 6, 8)
+        with torch.inference_mode():
+            model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+            with pytest.raises(ValueError, match="capacity 6"):
+                model(torch.tensor([[5, 6, 7]]), cache=cache)
+        with pytest.raises(ValueError, match="block_size=16"):
+            KVCache(1, model.config, torch.device("cpu"), torch.float32, capacity=17)
 
     @pytest.mark.parametrize("name", list(COMBINATIONS))
     def test_cached_logits_match_full_forward(self, name: str) -> None:
