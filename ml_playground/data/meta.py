@@ -1,6 +1,10 @@
 """Dataset metadata: how to decode `train.bin` / `val.bin` (meta.json, versioned), and the
-dataset's identity: its tokenizer (kind, encoding or character table, vocabulary size), its token
-counts and the sha256 of each token file and of the corpus.
+dataset's identity: its tokenizer (kind, encoding, character table or the sha256 of its
+tokenizer.json, vocabulary size), its token counts and the sha256 of each token file and of the corpus.
+
+A tokenizer.json (kinds "bpe" and "huggingface") lies beside meta.json, which names it by sha256;
+`read_meta` reads it into the metadata (`tokenizer_json`), and so a checkpoint's copy of the
+metadata carries the tokenizer itself.
 
 A dataset prepared from documents is sharded: `train_shards` / `val_shards` list each split's
 token files in order (file name, token count, sha256); the split is their concatenation, its
@@ -19,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -31,8 +35,11 @@ from ml_playground.errors import DataError
 
 META_VERSION = 2
 META_FILENAME = "meta.json"
+TOKENIZER_FILENAME = "tokenizer.json"
 
-TokenKind = Literal["char", "tiktoken"]
+TokenKind = Literal["char", "tiktoken", "bpe", "huggingface"]
+TOKEN_KINDS: tuple[TokenKind, ...] = ("char", "tiktoken", "bpe", "huggingface")
+JSON_KINDS: tuple[TokenKind, ...] = ("bpe", "huggingface")  # kinds whose tokenizer is a tokenizer.json
 TokenDType = Literal["uint16", "uint32"]
 
 
@@ -68,6 +75,9 @@ class DatasetMeta:
     dtype: TokenDType
     encoding: str | None = None  # tiktoken encoding name (kind "tiktoken")
     itos: list[str] | None = None  # id -> character (kind "char")
+    tokenizer_sha256: str | None = None  # of the tokenizer.json (kinds "bpe" and "huggingface")
+    tokenizer_json: str | None = None  # its text: in memory and in checkpoints, not in meta.json
+    tokenizer_from: str | None = None  # kind "huggingface": the directory or hub id it came from
     train_tokens: int | None = None  # None: not recorded (a metadata built in code, not prepared)
     val_tokens: int | None = None
     source_sha256: str | None = None  # the corpus
@@ -94,6 +104,9 @@ class DatasetMeta:
             "dtype": self.dtype,
             "encoding": self.encoding,
             "itos": None if self.itos is None else list(self.itos),
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "tokenizer_json": self.tokenizer_json,
+            "tokenizer_from": self.tokenizer_from,
             "train_tokens": self.train_tokens,
             "val_tokens": self.val_tokens,
             "source_sha256": self.source_sha256,
@@ -141,8 +154,8 @@ def _parse(data: object, where: str) -> DatasetMeta:
     train_tokens = optional_int("train_tokens")
     val_tokens = optional_int("val_tokens")
     kind = d.get("kind")
-    if kind not in ("char", "tiktoken"):
-        problems.append(f"kind: expected 'char' or 'tiktoken', got {kind!r}")
+    if kind not in TOKEN_KINDS:
+        problems.append(f"kind: expected one of {', '.join(map(repr, TOKEN_KINDS))}, got {kind!r}")
     dtype = d.get("dtype")
     if dtype not in ("uint16", "uint32"):
         problems.append(f"dtype: expected 'uint16' or 'uint32', got {dtype!r}")
@@ -166,11 +179,18 @@ def _parse(data: object, where: str) -> DatasetMeta:
     source_sha256, train_sha256, val_sha256 = (optional_str(f"{key}_sha256") for key in ("source", "train", "val"))
     train_shards = _shards(d, "train", train_tokens, problems)
     val_shards = _shards(d, "val", val_tokens, problems)
+    tokenizer_sha256, tokenizer_json, tokenizer_from = (
+        optional_str(key) for key in ("tokenizer_sha256", "tokenizer_json", "tokenizer_from")
+    )
+    if kind in JSON_KINDS and tokenizer_sha256 is None:
+        problems.append(f"tokenizer_sha256: required for kind {kind!r}")
+    if tokenizer_json is not None and tokenizer_sha256 is not None and text_sha256(tokenizer_json) != tokenizer_sha256:
+        problems.append(f"tokenizer_json: its sha256 is not tokenizer_sha256 {tokenizer_sha256[:12]}")
     if problems:
         raise DataError(f"{where}: " + "; ".join(problems))
     return DatasetMeta(
         version=version,
-        kind="char" if kind == "char" else "tiktoken",
+        kind=next(k for k in TOKEN_KINDS if k == kind),
         vocab_size=vocab_size,
         dtype="uint16" if dtype == "uint16" else "uint32",
         encoding=encoding,
@@ -182,6 +202,9 @@ def _parse(data: object, where: str) -> DatasetMeta:
         val_sha256=val_sha256,
         train_shards=train_shards,
         val_shards=val_shards,
+        tokenizer_sha256=tokenizer_sha256,
+        tokenizer_json=tokenizer_json,
+        tokenizer_from=tokenizer_from,
     )
 
 
@@ -216,9 +239,34 @@ def _shards(d: dict[str, Any], split: str, total: int | None, problems: list[str
     return tuple(shards)
 
 
+def text_sha256(text: str) -> str:
+    """sha256 of a text's UTF-8 bytes (a tokenizer.json's identity)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_meta(path: Path, meta: DatasetMeta) -> None:
-    """Write meta.json atomically."""
-    write_text_atomic(path, json.dumps(meta.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    """Write meta.json atomically; a tokenizer.json is named by its sha256, not copied in (the
+    preparation writes it beside, before meta.json)."""
+    fields = meta.to_dict()
+    del fields["tokenizer_json"]
+    write_text_atomic(path, json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
+
+
+def _with_tokenizer_json(meta: DatasetMeta, meta_path: Path) -> DatasetMeta:
+    """`meta` holding the tokenizer.json beside `meta_path`, checked against the recorded sha256."""
+    path = meta_path.with_name(TOKENIZER_FILENAME)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; {meta_path} (kind {meta.kind!r}) names it: run `make prepare`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the tokenizer ({exc})") from None
+    if text_sha256(text) != meta.tokenizer_sha256:
+        raise DataError(
+            f"{path}: sha256 {text_sha256(text)[:12]} differs from the {str(meta.tokenizer_sha256)[:12]} that "
+            f"{meta_path} records: the tokenizer changed after preparation; run `make prepare` again"
+        )
+    return replace(meta, tokenizer_json=text)
 
 
 def _legacy_meta(path: Path) -> DatasetMeta:
@@ -274,13 +322,18 @@ def read_meta(path: Path) -> DatasetMeta:
         raise DataError(f"{path}: cannot read the dataset metadata ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
-    return _parse(data, str(path))
+    meta = _parse(data, str(path))
+    return _with_tokenizer_json(meta, path) if meta.kind in JSON_KINDS and meta.tokenizer_json is None else meta
 
 
 def _tokenizer_difference(a: DatasetMeta, b: DatasetMeta) -> str:
     """How a's tokenizer differs from b's ("" when every id decodes alike)."""
-    if (a.kind, a.encoding) != (b.kind, b.encoding):
+    # A tokenizer.json is the same tokenizer whether trained here or a pretrained model's.
+    both_json = a.kind in JSON_KINDS and b.kind in JSON_KINDS
+    if not both_json and (a.kind, a.encoding) != (b.kind, b.encoding):
         return f"tokenizer {a.encoding or a.kind} vs {b.encoding or b.kind}"
+    if a.tokenizer_sha256 != b.tokenizer_sha256:
+        return f"tokenizer.json sha256 {str(a.tokenizer_sha256)[:12]} vs {str(b.tokenizer_sha256)[:12]}"
     if a.vocab_size != b.vocab_size:
         return f"vocab_size {a.vocab_size} vs {b.vocab_size}"
     pairs = enumerate(zip(a.itos or [], b.itos or [], strict=False))
@@ -305,7 +358,8 @@ def identity_difference(
 ) -> str:
     """One line saying how two datasets' identities differ, or "" when they are the same dataset.
 
-    The identity is the tokenizer (kind, encoding or character table, vocabulary size) and, unless
+    The identity is the tokenizer (kind, encoding, character table or tokenizer.json sha256,
+    vocabulary size) and, unless
     `tokenizer_only`, the data: token counts and sha256 of the token files and of the corpus, each
     compared where both record it (older metadata lacks the token-file hashes). Sampling and
     fine-tuning on other data need only the tokenizer; a resume needs the same data too."""

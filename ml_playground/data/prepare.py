@@ -45,14 +45,17 @@ from ml_playground.data.documents import (
     DEFAULT_CHUNK_BYTES,
     Unit,
     document_files,
+    iter_documents,
     iter_text,
     plan_units,
     unit_documents,
 )
 from ml_playground.data.meta import (
     META_FILENAME,
+    TOKENIZER_FILENAME,
     DatasetMeta,
     Shard,
+    TokenKind,
     dtype_for_vocab,
     read_meta,
     shards_sha256,
@@ -73,7 +76,16 @@ from ml_playground.data.sources import file_sha256, resolve_input
 from ml_playground.dir_lock import exclusive_lock
 from ml_playground.errors import DataError
 from ml_playground.progress import progress_bar
-from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer, tokenizer_from_meta
+from ml_playground.tokenizers import (
+    CharTokenizer,
+    HuggingFaceTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    meta_of,
+    pretrained_tokenizer_json,
+    tokenizer_from_meta,
+    train_bpe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +126,8 @@ def char_vocabulary(path: Path, size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTE
     return [chr(point) for point in np.flatnonzero(seen).tolist()]
 
 
-Encoder = CharTokenizer | TiktokenTokenizer
-
-
 def _encode_pieces(
-    pieces: Iterator[tuple[int, str]], tokenizer: Encoder, on_bytes: Callable[[int], object]
+    pieces: Iterator[tuple[int, str]], tokenizer: Tokenizer, on_bytes: Callable[[int], object]
 ) -> Iterator[npt.NDArray[Any]]:
     """Encode pieces on one thread per core, in order, while this thread reads the next ones.
 
@@ -143,7 +152,7 @@ def _encode_pieces(
 def _write_split(
     out: BinaryIO,
     pieces: Iterator[tuple[int, str]],
-    tokenizer: Encoder,
+    tokenizer: Tokenizer,
     dtype: np.dtype[Any],
     on_bytes: Callable[[int], object],
 ) -> tuple[int, Scan]:
@@ -159,12 +168,13 @@ def _write_split(
     return count, Scan(max_id=largest, sha256=digest.hexdigest())
 
 
-def _stamp(input_sha256: str, tokenizer: str, encoding: str | None, val_fraction: float) -> dict[str, Any]:
+def _stamp(input_sha256: str, tokenizer: TokenizerChoice, val_fraction: float) -> dict[str, Any]:
     return {
         "format": PREPARE_FORMAT,
         "input_sha256": input_sha256,
-        "tokenizer": tokenizer,
-        "encoding": encoding,
+        "tokenizer": tokenizer.kind,
+        "encoding": tokenizer.encoding if tokenizer.kind == "tiktoken" else None,
+        **tokenizer.settings(),
         "val_fraction": val_fraction,
     }
 
@@ -238,28 +248,79 @@ def _retract(dataset_dir: Path) -> None:
 
 
 def _commit(dataset_dir: Path, meta: DatasetMeta, stamp: dict[str, Any], scans: dict[str, Scan]) -> None:
-    """meta.json names the installed token files; the stamp follows."""
+    """meta.json names the installed token files (and the tokenizer.json); the stamp follows."""
     for name, scan in scans.items():
         record_scan(dataset_dir / name, meta.numpy_dtype, scan)
+    if meta.tokenizer_json is not None:
+        write_text_atomic(dataset_dir / TOKENIZER_FILENAME, meta.tokenizer_json)
     write_meta(dataset_dir / META_FILENAME, meta)
     write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
     remove_superseded(dataset_dir, meta)
 
 
-def _encoder(
-    tokenizer: Literal["char", "tiktoken"], encoding: str, input_path: Path, size: int, chunk_bytes: int
-) -> Encoder:
-    if tokenizer == "char":
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenizerChoice:
+    """[prepare]'s tokenizer keys: which tokenizer encodes the corpus and how it is made."""
+
+    kind: TokenKind = "char"
+    encoding: str = "gpt2"  # tiktoken
+    vocab_size: int | None = None  # bpe
+    special_tokens: tuple[str, ...] = ()  # bpe
+    train_bytes: int = 100_000_000  # bpe: how much of the train split it learns from
+    tokenizer_from: str | None = None  # huggingface
+
+    @classmethod
+    def of(cls, cfg: PrepareConfig) -> TokenizerChoice:
+        return cls(
+            kind=cfg.tokenizer,
+            encoding=cfg.encoding,
+            vocab_size=cfg.vocab_size,
+            special_tokens=cfg.special_tokens,
+            train_bytes=cfg.tokenizer_train_bytes,
+            tokenizer_from=cfg.tokenizer_from,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the ids besides the corpus, for the up-to-date stamp (empty for char and tiktoken)."""
+        if self.kind == "bpe":
+            return {
+                "vocab_size": self.vocab_size,
+                "special_tokens": list(self.special_tokens),
+                "train_bytes": self.train_bytes,
+            }
+        if self.kind == "huggingface":
+            return {"tokenizer_from": self.tokenizer_from}
+        return {}
+
+
+def _encoder(choice: TokenizerChoice, input_path: Path, split: int, size: int, chunk_bytes: int) -> Tokenizer:
+    """The tokenizer of `choice`; a char vocabulary is the corpus's, a BPE is trained on the train split."""
+    if choice.kind == "char":
         return CharTokenizer(char_vocabulary(input_path, size, chunk_bytes))
-    return TiktokenTokenizer(encoding)
+    if choice.kind == "tiktoken":
+        return TiktokenTokenizer(choice.encoding)
+    documents = (text for _offset, text in iter_text(input_path, 0, split, chunk_bytes))
+    return _json_tokenizer(choice, documents, str(input_path))
+
+
+def _json_tokenizer(choice: TokenizerChoice, documents: Iterator[str], corpus: str) -> HuggingFaceTokenizer:
+    """A BPE trained on the first `train_bytes` of `documents`, or the pretrained model's tokenizer."""
+    if choice.kind == "bpe":
+        assert choice.vocab_size is not None  # PrepareConfig requires it for "bpe"
+        log.info("training a BPE of %d tokens on up to %d bytes of %s", choice.vocab_size, choice.train_bytes, corpus)
+        return train_bpe(
+            documents, vocab_size=choice.vocab_size, special_tokens=choice.special_tokens, max_bytes=choice.train_bytes
+        )
+    assert choice.tokenizer_from is not None  # PrepareConfig requires it for "huggingface"
+    text, where = pretrained_tokenizer_json(choice.tokenizer_from)
+    return HuggingFaceTokenizer.from_json(text, kind="huggingface", where=where)
 
 
 def _prepare_locked(
     input_path: Path,
     dataset_dir: Path,
     *,
-    tokenizer: Literal["char", "tiktoken"],
-    encoding: str,
+    tokenizer: TokenizerChoice,
     val_fraction: float,
     chunk_bytes: int,
 ) -> DatasetMeta:
@@ -270,17 +331,17 @@ def _prepare_locked(
     if size == 0:
         raise DataError(f"{input_path}: corpus is empty")
     input_sha256 = file_sha256(input_path)
-    stamp = _stamp(input_sha256, tokenizer, encoding if tokenizer == "tiktoken" else None, val_fraction)
+    stamp = _stamp(input_sha256, tokenizer, val_fraction)
     _remove_stale_files(dataset_dir)
     existing = _up_to_date(dataset_dir, stamp)
     if existing is not None:
         log.info("%s is up to date for %s; skipping", dataset_dir, input_path)
         return existing
 
-    encoder = _encoder(tokenizer, encoding, input_path, size, chunk_bytes)
-    dtype = dtype_for_vocab(encoder.vocab_size)
-    np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
     split = split_offset(input_path, size, val_fraction)
+    encoder = _encoder(tokenizer, input_path, split, size, chunk_bytes)
+    tokenizer_meta = meta_of(encoder, tokenizer_from=tokenizer.tokenizer_from)
+    dtype, np_dtype = tokenizer_meta.dtype, tokenizer_meta.numpy_dtype
     with (
         progress_bar(size, "encode", unit="B", unit_scale=True) as bar,
         atomic_binary_writer(dataset_dir / TRAIN_FILENAME) as train_out,
@@ -300,12 +361,8 @@ def _prepare_locked(
             out.flush()  # a full disk fails here, with the old dataset whole
             os.fsync(out.fileno())
         _retract(dataset_dir)  # leaving this block replaces val.bin, then train.bin
-    meta = DatasetMeta(
-        kind="char" if isinstance(encoder, CharTokenizer) else "tiktoken",
-        vocab_size=encoder.vocab_size,
-        dtype=dtype,
-        encoding=encoder.encoding_name if isinstance(encoder, TiktokenTokenizer) else None,
-        itos=encoder.itos if isinstance(encoder, CharTokenizer) else None,
+    meta = dataclasses.replace(
+        tokenizer_meta,
         train_tokens=train_tokens,
         val_tokens=val_tokens,
         source_sha256=input_sha256,
@@ -329,18 +386,19 @@ def prepare_corpus(
     input_path: Path,
     dataset_dir: Path,
     *,
-    tokenizer: Literal["char", "tiktoken"],
-    encoding: str,
+    tokenizer: Literal["char", "tiktoken"] | TokenizerChoice,
+    encoding: str = "gpt2",
     val_fraction: float,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> DatasetMeta:
-    """Tokenize `input_path` into dataset_dir/{train.bin,val.bin,meta.json}; skip if up to date."""
+    """Tokenize `input_path` into dataset_dir/{train.bin,val.bin,meta.json}; skip if up to date.
+    `tokenizer` is a kind ("char", or "tiktoken" with `encoding`) or every tokenizer key."""
+    choice = tokenizer if isinstance(tokenizer, TokenizerChoice) else TokenizerChoice(kind=tokenizer, encoding=encoding)
     with _preparing(dataset_dir):
         return _prepare_locked(
             input_path,
             dataset_dir,
-            tokenizer=tokenizer,
-            encoding=encoding,
+            tokenizer=choice,
             val_fraction=val_fraction,
             chunk_bytes=chunk_bytes,
         )
@@ -371,8 +429,7 @@ def prepare_dataset(cfg: PrepareConfig, *, experiment: str, bundled: BundledCorp
         return _prepare_locked(
             input_path,
             cfg.dataset_dir,
-            tokenizer=cfg.tokenizer,
-            encoding=cfg.encoding,
+            tokenizer=TokenizerChoice.of(cfg),
             val_fraction=cfg.val_fraction,
             chunk_bytes=DEFAULT_CHUNK_BYTES,
         )
@@ -480,9 +537,13 @@ def _exit_with_parent(parent: int) -> None:
 _PARENT_POLL_S = 0.2
 
 
-def _tokenizer_description(cfg: PrepareConfig, units: list[Unit]) -> DatasetMeta:
+def _tokenizer_description(cfg: PrepareConfig, files: list[Path], units: list[Unit]) -> DatasetMeta:
     """The dataset's tokenizer as metadata (what workers rebuild it from); the char vocabulary is
-    collected from the corpus by the workers."""
+    collected from the corpus by the workers, a BPE trained on its first documents."""
+    if cfg.tokenizer in ("bpe", "huggingface"):
+        choice = TokenizerChoice.of(cfg)
+        documents = iter_documents(files, cfg.text_field)
+        return meta_of(_json_tokenizer(choice, documents, cfg.source), tokenizer_from=cfg.tokenizer_from)
     if cfg.tokenizer == "char":
         jobs = (
             _Job(unit=unit, text_field=cfg.text_field, tokenizer=_PLACEHOLDER, val_fraction=cfg.val_fraction)
@@ -505,7 +566,7 @@ _PLACEHOLDER = DatasetMeta(kind="tiktoken", vocab_size=1, dtype="uint16", encodi
 
 def _documents_stamp(cfg: PrepareConfig, corpus_sha256: str) -> dict[str, Any]:
     return {
-        **_stamp(corpus_sha256, cfg.tokenizer, cfg.encoding if cfg.tokenizer == "tiktoken" else None, cfg.val_fraction),
+        **_stamp(corpus_sha256, TokenizerChoice.of(cfg), cfg.val_fraction),
         "documents": {"text_field": cfg.text_field, "shard_tokens": cfg.shard_tokens},
     }
 
@@ -520,7 +581,7 @@ def _prepare_documents_locked(files: list[Path], cfg: PrepareConfig) -> DatasetM
     if existing is not None:
         log.info("%s is up to date for %s; skipping", dataset_dir, cfg.source)
         return existing
-    description = _tokenizer_description(cfg, units)
+    description = _tokenizer_description(cfg, files, units)
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode("utf-8")).hexdigest()[:12]
     done = load_progress(dataset_dir, key, description.numpy_dtype)
     resume = {split: resume_point(done[split]) for split in SPLITS}
@@ -543,6 +604,8 @@ def _prepare_documents_locked(files: list[Path], cfg: PrepareConfig) -> DatasetM
         train_shards=tuple(shards["train"]),
         val_shards=tuple(shards["val"]),
     )
+    if meta.tokenizer_json is not None:
+        write_text_atomic(dataset_dir / TOKENIZER_FILENAME, meta.tokenizer_json)
     write_meta(dataset_dir / META_FILENAME, meta)
     write_text_atomic(dataset_dir / STAMP_FILENAME, json.dumps(stamp, indent=2) + "\n")
     remove_superseded(dataset_dir, meta)

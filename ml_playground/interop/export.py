@@ -44,8 +44,7 @@ from ml_playground.errors import ConfigError, ExportError, MissingDependencyErro
 from ml_playground.interop import ollama
 from ml_playground.interop.arch import counterpart
 from ml_playground.interop.gguf import FloatType, write_gguf
-from ml_playground.interop.hf import export_hf
-from ml_playground.tokenizers import ENDOFTEXT
+from ml_playground.interop.hf import eot_text, export_hf
 from ml_playground.train.checkpoint import find_checkpoint, load_model_checkpoint
 
 log = logging.getLogger(__name__)
@@ -218,7 +217,7 @@ def write_export(
     export_hf(model.state_dict, model.config, model.meta, hf_dir)
     log.info("export: GGUF (%s)", export.quant)
     write_model_gguf(export, model, hf_dir, gguf_path)
-    stop = ENDOFTEXT if model.meta.kind == "tiktoken" else None
+    stop = eot_text(model.meta)
     write_text_atomic(folder / ollama.MODELFILE, ollama.modelfile(export, sample, model.config.block_size, stop))
     write_text_atomic(folder / ollama.README, ollama.readme(export))
     outputs = [gguf_path, folder / ollama.MODELFILE, folder / ollama.README]

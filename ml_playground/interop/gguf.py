@@ -17,7 +17,9 @@ tensor of the factor each frequency is divided by; llama.cpp reads it in `llama`
 architectures with rope_scaling are refused.
 
 Tokenizers: GPT-2 BPE is written as llama.cpp's "gpt2" model with the "gpt-2" pre-tokenizer
-(tokens, merges, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
+(tokens, merges, <|endoftext|> as BOS/EOS). A BPE trained at preparation is the same "gpt2" model
+with the "llama-bpe" pre-tokenizer, whose pattern it was trained with (special tokens as control
+tokens, <|endoftext|> as BOS/EOS). A char vocabulary is written as the same byte-level
 BPE where each character is one token: single-byte characters need no merge, two-byte characters
 get one merge of their two bytes (characters of three or more UTF-8 bytes are not supported).
 The vocabulary is the tokenizer's: embedding rows padded past it are not written (`hf.tokens_only`).
@@ -25,9 +27,10 @@ The vocabulary is the tokenizer's: embedding rows padded past it are not written
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import gguf
 import numpy as np
@@ -42,7 +45,14 @@ from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart
 from ml_playground.interop.hf import GPT2_EOT_ID, key_rules, refuse_unnamed, rows_of, tensor_for, tokens_only
 from ml_playground.model import rope_frequencies
-from ml_playground.tokenizers import byte_to_unicode, gpt2_vocab_and_merges
+from ml_playground.tokenizers import (
+    LLAMA_CPP_BPE_PRE,
+    HuggingFaceTokenizer,
+    byte_to_unicode,
+    gpt2_vocab_and_merges,
+    new_bpe_tokenizer,
+    tokenizer_from_meta,
+)
 
 FloatType = Literal["f32", "f16"]
 
@@ -87,6 +97,7 @@ class GGUFVocab:
     token_types: list[gguf.TokenType]
     merges: list[str]
     eos_id: int | None
+    pre: str = "gpt-2"  # llama.cpp's pre-tokenizer (split pattern) name
 
 
 def byte_level(text: str) -> str:
@@ -122,7 +133,34 @@ def gpt2_vocab() -> GGUFVocab:
     return GGUFVocab(tokens=tokens, token_types=types, merges=[f"{a} {b}" for a, b in merges], eos_id=GPT2_EOT_ID)
 
 
+def trained_bpe_vocab(meta: DatasetMeta) -> GGUFVocab:
+    """A BPE trained by `train_bpe`: its tokens, merges and special tokens, split by llama.cpp's
+    "llama-bpe" pre-tokenizer (the same pattern). Another tokenizer.json (a pretrained model's,
+    whose split llama.cpp knows under a name of its own) is refused."""
+    tokenizer = tokenizer_from_meta(meta)
+    assert isinstance(tokenizer, HuggingFaceTokenizer)  # the kinds with a tokenizer.json
+    data = json.loads(tokenizer.backend.to_str())
+    reference = json.loads(new_bpe_tokenizer().to_str())
+    model = data.get("model", {})
+    if model.get("type") != "BPE" or data.get("pre_tokenizer") != reference["pre_tokenizer"]:
+        raise ExportError(
+            f"dataset metadata: a {meta.kind} tokenizer.json other than a trained byte-level BPE cannot be "
+            "exported to GGUF; export to Hugging Face and convert that with llama.cpp's convert_hf_to_gguf.py"
+        )
+    backend = tokenizer.backend
+    tokens = [str(backend.id_to_token(i)) for i in range(tokenizer.vocab_size)]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    for token_id, added in backend.get_added_tokens_decoder().items():
+        types[token_id] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
+    # tokenizer.json writes each merge as a pair ["a", "b"] (older files: "a b").
+    pairs = cast("list[list[str] | str]", model.get("merges", []))
+    merges = [pair if isinstance(pair, str) else " ".join(pair) for pair in pairs]
+    return GGUFVocab(tokens=tokens, token_types=types, merges=merges, eos_id=tokenizer.eot_token, pre=LLAMA_CPP_BPE_PRE)
+
+
 def vocab_for(meta: DatasetMeta) -> GGUFVocab:
+    if meta.tokenizer_json is not None:
+        return trained_bpe_vocab(meta)
     if meta.kind == "char":
         if meta.itos is None:
             raise ExportError("dataset metadata: kind 'char' has no 'itos'")
@@ -185,7 +223,7 @@ def write_gguf(
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         add_architecture(writer, config, arch)
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
+        writer.add_tokenizer_pre(vocab.pre)
         writer.add_token_list(vocab.tokens)
         writer.add_token_types(vocab.token_types)
         writer.add_token_merges(vocab.merges)

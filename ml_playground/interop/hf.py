@@ -39,7 +39,13 @@ from ml_playground.data.meta import DatasetMeta, dtype_for_vocab
 from ml_playground.errors import ExportError
 from ml_playground.interop.arch import Counterpart, counterpart, options_of
 from ml_playground.model import GPT
-from ml_playground.tokenizers import ENDOFTEXT, gpt2_vocab_and_merges, hf_char_tokenizer, hf_gpt2_tokenizer
+from ml_playground.tokenizers import (
+    ENDOFTEXT,
+    gpt2_vocab_and_merges,
+    hf_char_tokenizer,
+    hf_gpt2_tokenizer,
+    tokenizer_from_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,8 +417,19 @@ def llama_hf_config(config: GPTConfig, meta: DatasetMeta, kind: Counterpart) -> 
 
 
 def special_token_id(meta: DatasetMeta) -> int | None:
-    """GPT-2's <|endoftext|> for GPT-2 BPE; char vocabularies have none."""
+    """The end-of-text id: GPT-2's <|endoftext|> for GPT-2 BPE, a tokenizer.json's own (a trained
+    BPE's <|endoftext|>); char vocabularies have none."""
+    if meta.tokenizer_json is not None:
+        return tokenizer_from_meta(meta).eot_token
     return GPT2_EOT_ID if meta.kind == "tiktoken" else None
+
+
+def eot_text(meta: DatasetMeta) -> str | None:
+    """The end-of-text token as text (an Ollama stop string, tokenizer_config's eos_token)."""
+    eot = special_token_id(meta)
+    if eot is None:
+        return None
+    return ENDOFTEXT if meta.tokenizer_json is None else tokenizer_for(meta).id_to_token(eot)
 
 
 def generation_config(meta: DatasetMeta) -> dict[str, Any]:
@@ -424,6 +441,8 @@ def generation_config(meta: DatasetMeta) -> dict[str, Any]:
 
 
 def tokenizer_for(meta: DatasetMeta) -> Tokenizer:
+    if meta.tokenizer_json is not None:  # a trained BPE or a pretrained model's: the file as it is
+        return Tokenizer.from_str(meta.tokenizer_json)
     if meta.kind == "char":
         if meta.itos is None:
             raise ExportError("dataset metadata: kind 'char' has no 'itos'")
@@ -444,6 +463,9 @@ def tokenizer_config(meta: DatasetMeta, block_size: int) -> dict[str, Any]:
     }
     if meta.kind == "tiktoken":
         config |= {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    eot = eot_text(meta)
+    if meta.tokenizer_json is not None and eot is not None:
+        config |= {"eos_token": eot}
     return config
 
 

@@ -32,7 +32,7 @@ from ml_playground.interop.hf import (
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
 from ml_playground.sample import run_sampling
-from ml_playground.tokenizers import HuggingFaceTokenizer, Tokenizer, tokenizer_from_meta
+from ml_playground.tokenizers import HuggingFaceTokenizer, Tokenizer, meta_of, tokenizer_from_meta
 from ml_playground.train.checkpoint import load_model_checkpoint
 
 log = logging.getLogger(__name__)
@@ -67,23 +67,20 @@ Downloader = Callable[[str], Path]
 class Source:
     """A pretrained model: its architecture, tokenizer and a way to put its weights into a GPT.
 
-    `meta` is the tokenizer as a dataset can hold it (char or GPT-2 BPE); None for another
-    Hugging Face tokenizer, which `tokenizer_file` then holds. `weights` are our (nanoGPT-named)
-    tensors of a checkpoint, or a Hugging Face directory's files, read one tensor at a time into
-    the model's own parameters (`load_into`): a source in bfloat16 never stands beside a float32
-    copy of itself."""
+    `meta` is the tokenizer as a dataset holds it: char or GPT-2 BPE when the source's is one of
+    those, else its tokenizer.json (kind "huggingface"); `tokenizer_file` is a Hugging Face
+    directory's tokenizer.json. `weights` are our (nanoGPT-named) tensors of a checkpoint, or a
+    Hugging Face directory's files, read one tensor at a time into the model's own parameters
+    (`load_into`): a source in bfloat16 never stands beside a float32 copy of itself."""
 
     name: str  # init_from as written
     weights: dict[str, Tensor] | SafetensorsWeights
     config: GPTConfig
-    meta: DatasetMeta | None
+    meta: DatasetMeta
     tokenizer_file: Path | None = None
 
     def tokenizer(self) -> Tokenizer:
-        if self.meta is not None:
-            return tokenizer_from_meta(self.meta, where=f"init_from {self.name!r}")
-        assert self.tokenizer_file is not None  # Source is built with one or the other
-        return HuggingFaceTokenizer(self.tokenizer_file)
+        return tokenizer_from_meta(self.meta, where=f"init_from {self.name!r}")
 
     def load_into(self, model: GPT) -> None:
         """The source's weights into `model` (a GPT of `config`, dropout aside); a RuntimeError or an
@@ -92,9 +89,6 @@ class Source:
             from_hf_state_dict(self.weights, self.config, self.name, into=model.state_dict())
         else:
             model.load_state_dict(self.weights)
-
-    def describe_tokenizer(self) -> str:
-        return describe(self.meta) if self.meta is not None else f"the Hugging Face tokenizer {self.tokenizer_file}"
 
 
 def hub_download(model_id: str) -> Path:
@@ -141,10 +135,10 @@ def _hf_source(name: str, path: Path) -> Source:
     if not tokenizer_file.is_file():
         raise ExportError(f"{tokenizer_file}: not found (the source's tokenizer)")
     try:
-        meta: DatasetMeta | None = meta_from_tokenizer_json(tokenizer_file)
-    except ExportError:  # a tokenizer of its own (Llama's, Qwen's): sampled through `tokenizers`
-        meta = None
-    tokens = meta.vocab_size if meta is not None else HuggingFaceTokenizer(tokenizer_file).vocab_size
+        meta = meta_from_tokenizer_json(tokenizer_file)
+    except ExportError:  # a tokenizer of its own (Llama's, Qwen's, a trained BPE): kept as its tokenizer.json
+        meta = meta_of(HuggingFaceTokenizer.from_file(tokenizer_file), tokenizer_from=name)
+    tokens = meta.vocab_size
     if tokens > config.vocab_size:
         raise ExportError(f"{tokenizer_file}: {tokens} tokens, but the model has {config.vocab_size} rows")
     return Source(
@@ -159,7 +153,12 @@ def _hf_source(name: str, path: Path) -> Source:
 def describe(meta: DatasetMeta) -> str:
     if meta.kind == "char":
         return f"a char vocabulary of {meta.vocab_size} characters"
-    return f"tiktoken {meta.encoding}"
+    if meta.kind == "tiktoken":
+        return f"tiktoken {meta.encoding}"
+    digest = str(meta.tokenizer_sha256)[:12]
+    if meta.kind == "bpe":
+        return f"a BPE trained at preparation (tokenizer.json sha256 {digest})"
+    return f"the Hugging Face tokenizer of {meta.tokenizer_from} (tokenizer.json sha256 {digest})"
 
 
 def contradictions(model: ModelConfig, arch: GPTConfig) -> list[str]:
@@ -188,12 +187,17 @@ def finetune_architecture(cfg: TrainConfig, meta: DatasetMeta, source: Source) -
     found = contradictions(cfg.model, source.config)
     if found:
         raise ConfigError(f"train.model: keys contradict init_from {name!r}: {'; '.join(found)}")
-    if source.meta is None or identity_difference(
+    if identity_difference(
         source.meta, meta, a_name=f"init_from {name!r}", b_name=str(cfg.data.meta_path), tokenizer_only=True
     ):
         raise DataError(
-            f"train.model.init_from {name!r} uses {source.describe_tokenizer()}, but the dataset "
+            f"train.model.init_from {name!r} uses {describe(source.meta)}, but the dataset "
             f"{cfg.data.meta_path} is {describe(meta)}; prepare the dataset with the source's tokenizer"
+            + (
+                f' ([prepare] tokenizer = "huggingface", tokenizer_from = {name!r})'
+                if source.meta.tokenizer_json is not None
+                else ""
+            )
         )
     if cfg.data.block_size > source.config.block_size:
         raise ConfigError(

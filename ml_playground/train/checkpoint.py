@@ -65,8 +65,11 @@ class Checkpoint:
     # (see model_args_of).
     arch: GPTConfig
     iter_num: int
-    best_val_loss: float
+    best_val_loss: float  # the best metric is the val loss; `evaluation` adds bits per byte
     config: dict[str, Any]
+    # The evaluation this checkpoint was saved at: {"train", "val"} losses and, where the tokenizer
+    # is known, {"train_bpb", "val_bpb"}.
+    evaluation: dict[str, float] | None = None
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
@@ -97,6 +100,7 @@ class Checkpoint:
             "scaler": self.scaler,
             "iter_num": self.iter_num,
             "best_val_loss": self.best_val_loss,
+            "evaluation": self.evaluation,
             "config": self.config,
             "rng": self.rng,
             "data_state": self.data_state,
@@ -333,6 +337,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         arch=_arch(path, raw, dataset_meta),
         iter_num=int(_field(path, raw, "iter_num", int)),
         best_val_loss=float(_field(path, raw, "best_val_loss", (int, float))),
+        evaluation=_optional(path, raw, "evaluation"),
         config=_field(path, raw, "config", dict),
         optimizer=_optional(path, raw, "optimizer"),
         scaler=_optional(path, raw, "scaler"),

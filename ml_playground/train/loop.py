@@ -60,6 +60,7 @@ from ml_playground.runtime import (
     seed_everything,
     set_rng_state,
 )
+from ml_playground.tokenizers import tokenizer_from_meta
 from ml_playground.train.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -86,10 +87,12 @@ from ml_playground.train.metrics import (
     MetricsSink,
     StepStats,
     ThroughputClock,
+    bits_per_byte,
     check_cpu_bfloat16,
     flops_per_token,
     peak_cache_file,
     peak_flops,
+    token_bytes_of,
 )
 from ml_playground.train.modes import Mode, Start
 from ml_playground.train.optim import block_matrices, build_optimizer, set_learning_rate
@@ -109,6 +112,7 @@ StepCallback = Callable[[int, Tensor], None]
 class TrainState:
     iter_num: int = 0
     best_val_loss: float = math.inf
+    last_eval: dict[str, float] | None = None  # losses and bits per byte of the latest evaluation
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +181,7 @@ def train(cfg: TrainConfig, mode: Mode | None = None, *, on_step: StepCallback |
                 if evaluates or cfg.runtime.eval_only:
                     clock.pause()  # evaluating and saving is not training throughput
                     check_point(loop)  # never evaluate and save the weights of a non-finite step
-                    last_eval = evaluate(loop)
+                    last_eval = state.last_eval = evaluate(loop)
                     if loop.sink is not None:
                         loop.sink.log_eval(state.iter_num, last_eval)
                     if cfg.runtime.eval_only:
@@ -321,6 +325,7 @@ class LoopContext:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dataset_meta: dict[str, Any] | None
+    token_bytes: Tensor | None  # (vocab,) UTF-8 bytes per id of the dataset's tokenizer, for bits per byte
     sink: MetricsSink | None
     guard: NonFiniteGuard
     stop: StopRequest
@@ -367,6 +372,9 @@ def build_loop(
         optimizer=build_optimizer(trainable, cfg.optim, runtime.device_type, hidden_matrices=block_matrices(model)),
         scaler=torch.amp.GradScaler(runtime.device_type, enabled=runtime.uses_grad_scaler),
         dataset_meta=dataset_meta,
+        token_bytes=None
+        if dataset_meta is None
+        else token_bytes_of(tokenizer_from_meta(DatasetMeta.from_dict(dataset_meta)), runtime.device),
         sink=None,
         guard=NonFiniteGuard(runtime.device),
         stop=stop if stop is not None else StopRequest(),
@@ -460,7 +468,8 @@ def eval_batches_per_forward(loop: LoopContext) -> int:
 
 @torch.no_grad()
 def evaluate(loop: LoopContext) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks.
+    """Mean loss over eval_iters fixed batches of each split (model in eval mode), over all ranks,
+    and in bits per byte ("train_bpb", "val_bpb") when the dataset's tokenizer is known.
     Batches of equal size: the mean of per-forward means weighted by their batch counts."""
     loop.model.train(False)
     per_forward = eval_batches_per_forward(loop)
@@ -468,12 +477,20 @@ def evaluate(loop: LoopContext) -> dict[str, float]:
     for split in ("train", "val"):
         batches = list(loop.batches.eval_batches(split, loop.cfg.runtime.eval_iters))
         total = torch.zeros((), dtype=torch.float64, device=loop.runtime.device)
+        text_bytes = torch.zeros((), dtype=torch.float64, device=loop.runtime.device)
         for first in range(0, len(batches), per_forward):
             part = batches[first : first + per_forward]
             x, y = torch.cat([x for x, _ in part]), torch.cat([y for _, y in part])  # (k*B, T)
             with loop.runtime.autocast():
                 total += loop.parallel.loss(x, y).double() * len(part)
+            if loop.token_bytes is not None:
+                text_bytes += loop.token_bytes[y].sum()
         losses[split] = all_reduce_mean(loop.dist, total / len(batches)).item()
+        if loop.token_bytes is not None:
+            targets = sum(y.numel() for _, y in batches)
+            losses[f"{split}_bpb"] = bits_per_byte(
+                losses[split], all_reduce_mean(loop.dist, text_bytes / targets).item()
+            )
     loop.model.train(True)
     return losses
 
@@ -494,6 +511,7 @@ def build_checkpoint(loop: LoopContext, state: TrainState) -> Checkpoint:
         scaler=loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
         iter_num=state.iter_num,
         best_val_loss=state.best_val_loss,
+        evaluation=state.last_eval,
         config=_CONFIG_ADAPTER.dump_python(loop.cfg, mode="json"),
         rng=rng_state(),
         data_state=loop.batches.state_dict(),

@@ -1,4 +1,10 @@
-"""Training metrics: FLOPs/MFU, throughput windows, the console line per log_interval, TensorBoard scalars.
+"""Training metrics: FLOPs/MFU, throughput windows, bits per byte, the console line per
+log_interval, TensorBoard scalars.
+
+Bits per byte: a loss in nats per token over the text's UTF-8 bytes, in bits (as nanochat reports
+it): sum(loss over targets) / ln 2 / sum(token_bytes[targets]), where `token_bytes` gives each id
+the bytes of text it stands for (0 for special tokens). It does not depend on the tokenizer, so
+char, GPT-2 BPE and trained-BPE models on the same text compare directly.
 
 MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow the PaLM paper's
 appendix B: 6·N + 12·L·H·Q·T (N parameters without position embeddings, L layers, H heads, Q
@@ -34,11 +40,13 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from pydantic import TypeAdapter
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter  # pyright: ignore[reportPrivateImportUsage]
 
 from ml_playground.atomic import write_bytes_atomic
 from ml_playground.errors import MLPlaygroundError, os_reason
 from ml_playground.model import GPT
+from ml_playground.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,37 @@ def flops_per_token(model: GPT, context: int) -> float:
     """Forward + backward FLOPs per trained token (PaLM appendix B) of `model` at `context` tokens."""
     arch = model.config
     return 6.0 * model.num_params() + 12.0 * arch.n_layer * arch.n_head * arch.head_dim * context
+
+
+def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """A mean loss in nats per target token as bits per UTF-8 byte (NaN when the targets hold no bytes)."""
+    return nats_per_token / math.log(2) / bytes_per_token if bytes_per_token > 0 else math.nan
+
+
+def token_bytes_of(tokenizer: Tokenizer, device: torch.device) -> Tensor:
+    """(vocab,) UTF-8 bytes per id, on `device`, for indexing with target batches."""
+    return torch.from_numpy(tokenizer.token_bytes()).to(device)
+
+
+@torch.no_grad()
+def text_bits_per_byte(model: GPT, tokenizer: Tokenizer, text: str, *, device: torch.device) -> float:
+    """The model's loss on `text` in bits per byte: the text's ids in windows of the model's
+    block_size (each window predicted from its own start; the first id of the text is context
+    only), summed nats over every predicted id / ln 2 / those ids' bytes."""
+    ids = torch.from_numpy(tokenizer.encode_array(text).astype("int64")).to(device)
+    token_bytes = token_bytes_of(tokenizer, device)
+    was_training = model.training
+    model.train(False)
+    nats, nbytes = 0.0, 0
+    block = model.config.block_size
+    for start in range(0, max(ids.numel() - 1, 0), block):
+        x, y = ids[start : start + block], ids[start + 1 : start + block + 1]
+        x = x[: y.numel()]
+        logits = model(x.unsqueeze(0)).logits.float()  # (1, T, vocab)
+        nats += F.cross_entropy(logits[0], y, reduction="sum").item()
+        nbytes += int(token_bytes[y].sum().item())
+    model.train(was_training)
+    return bits_per_byte(nats, nbytes)
 
 
 def _sync(device: torch.device) -> None:
@@ -363,10 +402,15 @@ class MetricsSink:
                 self.writer.add_scalar("train/mfu", stats.mfu, step)
 
     def log_eval(self, iter_num: int, losses: dict[str, float]) -> None:
-        log.info("eval at iter %d: train loss %.4f, val loss %.4f", iter_num, losses["train"], losses["val"])
+        """`losses`: "train" and "val" mean losses, and "train_bpb" / "val_bpb" where the tokenizer is known."""
+        bpb = f" (bpb: train {losses['train_bpb']:.4f}, val {losses['val_bpb']:.4f})" if "val_bpb" in losses else ""
+        log.info("eval at iter %d: train loss %.4f, val loss %.4f%s", iter_num, losses["train"], losses["val"], bpb)
         with self._writing():
             self.writer.add_scalar("val/loss", losses["val"], iter_num)
             self.writer.add_scalar("eval/train_loss", losses["train"], iter_num)
+            if "val_bpb" in losses:
+                self.writer.add_scalar("val/bpb", losses["val_bpb"], iter_num)
+                self.writer.add_scalar("eval/train_bpb", losses["train_bpb"], iter_num)
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         """Scalars under their own tags (an evaluation's `eval/<task>/<metric>`)."""

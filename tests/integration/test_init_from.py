@@ -6,6 +6,7 @@ under torchrun (DDP, FSDP) two ranks finetune a source like one rank with double
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ml_playground.config import SampleConfig, SampleRuntimeConfig, SampleSettings
 from ml_playground.data.meta import DatasetMeta
+from ml_playground.data.prepare import TokenizerChoice, prepare_corpus
 from ml_playground.errors import ConfigError, DataError, ExportError
 from ml_playground.finetune.pretrained import Pretrained
 from ml_playground.interop import hf
@@ -232,12 +234,24 @@ def test_a_source_samples_as_it_is_with_its_own_hugging_face_tokenizer(tmp_path:
     (record,) = (tmp_path / "samples" / "samples").glob("*.json")
     assert json.loads(record.read_text(encoding="utf-8"))["checkpoint"] == str(folder)
 
-    # Training needs a dataset prepared with the source's tokenizer, which char/tiktoken cannot be.
+    # Training needs a dataset prepared with the source's tokenizer: a char dataset is refused, one
+    # prepared with tokenizer = "huggingface" from the source trains.
     write_char_dataset(tmp_path / "data")
     table = tiny_train_table(tmp_path / "data", tmp_path / "out")
     table["model"] = {"init_from": str(folder)}
-    with pytest.raises(DataError, match=r"uses the Hugging Face tokenizer .*tokenizer\.json, but the dataset"):
+    with pytest.raises(DataError, match=r"uses the Hugging Face tokenizer of .*, but the dataset .* is a char"):
         train(train_config(table), Pretrained())
+    (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    choice = TokenizerChoice(kind="huggingface", tokenizer_from=str(folder))
+    meta = prepare_corpus(tmp_path / "corpus.txt", tmp_path / "own", tokenizer=choice, val_fraction=0.1)
+    assert meta.train_tokens is not None
+    assert meta.train_tokens > 0
+    table = tiny_train_table(tmp_path / "own", tmp_path / "out")
+    table["model"] = {"init_from": str(folder)}
+    table["runtime"]["max_iters"] = 2
+    result = train(train_config(table), Pretrained())
+    assert result.last_eval is not None
+    assert math.isfinite(result.last_eval["val_bpb"])
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

@@ -9,7 +9,7 @@ import torch
 from ml_playground.config import GPTConfig
 from ml_playground.data.meta import DatasetMeta
 from ml_playground.model import GPT
-from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer
+from ml_playground.tokenizers import CharTokenizer, HuggingFaceTokenizer, TiktokenTokenizer, meta_of, train_bpe
 from ml_playground.train.modes import padded_vocab_size
 
 CORPUS = (
@@ -89,6 +89,14 @@ def gpt2_model(steps: int = 30, vocab_multiple: int = 1, **options: Any) -> tupl
     torch.manual_seed(0)
     model = GPT(tiny_config(50257, vocab_multiple, options.pop("bias", False), **options))
     return train_briefly(model, tokenizer.encode(CORPUS * 3), steps), tokenizer, meta
+
+
+def bpe_model(steps: int = 60, vocab: int = 320, **options: Any) -> tuple[GPT, HuggingFaceTokenizer, DatasetMeta]:
+    """A byte-level BPE trained on CORPUS (with a special token besides <|endoftext|>) and a model on it."""
+    tokenizer = train_bpe([CORPUS], vocab_size=vocab, special_tokens=["<|user|>"], max_bytes=1 << 20)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab, 1, **({"bias": False} | options)))
+    return train_briefly(model, tokenizer.encode(CORPUS * 3), steps), tokenizer, meta_of(tokenizer)
 
 
 @torch.no_grad()

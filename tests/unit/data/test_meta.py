@@ -42,7 +42,7 @@ def test_dtype_for_vocab() -> None:
 
 def test_invalid_json_meta_names_file_and_keys(tmp_path: Path) -> None:
     path = tmp_path / "meta.json"
-    path.write_text(json.dumps({"version": 1, "kind": "bpe", "vocab_size": 70000, "dtype": "uint16", "bogus": 1}))
+    path.write_text(json.dumps({"version": 1, "kind": "wordpiece", "vocab_size": 70000, "dtype": "uint16", "bogus": 1}))
     with pytest.raises(DataError) as info:
         read_meta(path)
     message = str(info.value)
