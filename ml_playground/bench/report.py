@@ -190,6 +190,21 @@ class BpeComparison:
     ratio: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenizerRun:
+    """Case 10: one tokenizer on the case's corpus: its bytes per token, and the val loss of the same
+    model trained for the same wall time, per token and in bits per byte."""
+
+    corpus: str
+    vocab_size: int
+    bytes_per_token: float  # corpus bytes over its tokens (train and val)
+    prepare_seconds: float  # preparation, a trained tokenizer's training included
+    iters: int
+    train_seconds: float  # steps x measured seconds per step (evaluations excluded)
+    val_loss: float
+    val_bpb: float
+
+
 Metrics = (
     Throughput
     | Skipped
@@ -202,6 +217,7 @@ Metrics = (
     | PrepareDocuments
     | BpeComparison
     | StartUp
+    | TokenizerRun
 )
 
 

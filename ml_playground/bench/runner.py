@@ -26,6 +26,7 @@ from ml_playground.bench.quality_case import case3_time_to_quality
 from ml_playground.bench.report import Row, format_table, machine_info, write_report
 from ml_playground.bench.sample_cases import case4_sampling
 from ml_playground.bench.startup_case import case9_startup
+from ml_playground.bench.tokenizer_case import case10_tokenizers
 from ml_playground.bench.train_cases import case1_train_small, case2_train_mid
 from ml_playground.config import PROJECT_ROOT, Device
 from ml_playground.data.prepare import prepare_corpus
@@ -34,7 +35,7 @@ from ml_playground.experiments.shakespeare.corpus import write_bundled_corpus
 from ml_playground.runtime import TORCH_DTYPES, resolve_runtime
 from ml_playground.train.metrics import measure_peak_flops, probe_bfloat16
 
-ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ALL_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 GPU_CASES = (6, 7)  # skipped rows on other devices, except in a --tiny smoke run
 SETTINGS = ("warmup", "reps", "quality_runs", "startup_runs", "tiny", "compile", "force_bf16")  # in the report
 DEFAULT_QUALITY_CONFIG = PROJECT_ROOT / "ml_playground" / "configs" / "shakespeare_char_fast_cpu.toml"
@@ -76,13 +77,18 @@ def parse_options(argv: list[str]) -> Options:
     add("--corpus", type=Path, help="text corpus (default: the bundled Shakespeare plays)")
     add("--out-dir", type=Path, default=PROJECT_ROOT / "out" / "bench", help="JSON reports go here")
     add("--nanogpt-dir", type=Path, help="a karpathy/nanoGPT checkout to time side by side")
-    add("--cases", type=_cases, help="comma-separated case numbers (default: 1-5, 8, 9; 6-7 too with cuda or --tiny)")
+    add("--cases", type=_cases, help="comma-separated case numbers (default: 1-5, 8-10; 6-7 too with cuda or --tiny)")
     add("--warmup", type=int, default=5, help="untimed warm-up repetitions per variant")
     add("--reps", type=int, default=30, help="timed repetitions per variant (medians reported)")
     add("--device", choices=("cpu", "cuda", "mps"), default="cpu")
     add("--no-compile", dest="compile", action="store_false", help="skip torch.compile variants")
     add("--force-bf16", action="store_true", help="run bf16 variants even where bf16 autocast trains slower")
-    add("--quality-config", type=Path, default=DEFAULT_QUALITY_CONFIG, help="case 3's config, and case 8's best row")
+    add(
+        "--quality-config",
+        type=Path,
+        default=DEFAULT_QUALITY_CONFIG,
+        help="case 3's config, case 8's best row, case 10's model",
+    )
     add("--quality-runs", type=int, default=2, help="case 3 runs per side, alternating (means reported)")
     add("--startup-runs", type=int, default=5, help="case 9 processes per side, alternating (medians reported)")
     add("--prepare-mb", type=float, help="case 5 input size in MB (default 1024)")
@@ -142,6 +148,7 @@ def run(options: Options) -> dict[str, Any]:
             # Case 8 keeps its runs' TensorBoard events under --out-dir: one run per row.
             8: lambda ctx: case8_ablation(ctx, options.quality_config, options.out_dir / "ablation"),
             9: lambda ctx: case9_startup(ctx, options.startup_runs),
+            10: lambda ctx: case10_tokenizers(ctx, options.quality_config),
         }
         for case in options.cases:
             print(f"case {case} ...", file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     assert report["peak_flops"]["float32"] > 0
     assert report["peak_flops"]["bfloat16"] > 0
     cases = {row["case"].split()[0] for row in report["rows"]}
-    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
+    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
     by_variant = {(row["case"].split()[0], row["variant"]): row["metrics"] for row in report["rows"]}
     assert by_variant[("1", "ml-playground fp32")]["tokens_per_s"] > 0
     assert by_variant[("1", "ml-playground fp32")]["nanogpt_baseline"] == "reference"
@@ -59,6 +59,11 @@ def test_tiny_bench_writes_a_report_for_every_case(tmp_path: Path, capsys: pytes
     kept = sorted(path.name for path in (out_dir / "ablation").iterdir())  # TensorBoard events, one run per row
     assert kept == sorted(variant for case, variant in by_variant if case == "8")
     assert by_variant[("4", "KV cache")]["ms_per_token_last_10pct"] > 0
+    char, bpe = by_variant[("10", "char")], by_variant[("10", "trained BPE 270")]
+    assert char["bytes_per_token"] == 1.0  # an ASCII corpus
+    assert bpe["bytes_per_token"] > 1.0
+    assert bpe["vocab_size"] == 270
+    assert all(math.isfinite(row["val_bpb"]) for row in (char, bpe, by_variant[("10", "tiktoken cl100k_base")]))
     startup = by_variant[("9", "ml-playground train")]  # a whole `ml-playground train` process
     assert startup["runs"] == 1
     assert startup["seconds"] > 0
