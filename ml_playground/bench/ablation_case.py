@@ -112,7 +112,8 @@ def interpolate(curve: Curve, seconds: float) -> float | None:
 
 
 def _summary(row: Ablation) -> str:
-    final = f"val {row.final_val_loss:.4f}"
+    bpb = row.curve[-1].val_bpb if row.curve else None
+    final = f"val {row.final_val_loss:.4f}" + ("" if bpb is None else f", {bpb:.4f} bits/byte")
     at = "-" if row.val_loss_at_equal_time is None else f"{row.val_loss_at_equal_time:.4f}"
     equal = f"at {row.equal_time_seconds:.1f} s val {at}"
     if row.final_val_vs_baseline is not None and row.time_vs_baseline is not None:

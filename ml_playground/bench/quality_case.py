@@ -59,7 +59,13 @@ def timed_training(cfg: TrainConfig) -> TimedRun:
     events = EventAccumulator(str(cfg.runtime.out_dir / TB_SUBDIR))
     events.Reload()
     scalars = cast("list[Any]", events.Scalars("val/loss"))
-    curve = (EvalPoint(seconds=e.wall_time - started, iter=int(e.step), val_loss=float(e.value)) for e in scalars)
+    bpb = {int(e.step): float(e.value) for e in cast("list[Any]", events.Scalars("val/bpb"))}
+    curve = (
+        EvalPoint(
+            seconds=e.wall_time - started, iter=int(e.step), val_loss=float(e.value), val_bpb=bpb.get(int(e.step))
+        )
+        for e in scalars
+    )
     return TimedRun(total_seconds=total, curve=tuple(curve))
 
 
@@ -91,7 +97,9 @@ def quality(runs: list[TimedRun], iters: int) -> Quality:
 def _row(variant: str, metrics: Quality) -> Row:
     seconds = metrics.seconds_to_threshold
     at = "not reached" if seconds is None else f"{seconds:.1f} s (iter {metrics.iter_at_threshold})"
-    text = f"{at}; final val {metrics.final_val_loss:.4f} after {metrics.iters} iters in {metrics.total_seconds:.1f} s"
+    bpb = metrics.curves[0][-1].val_bpb if metrics.curves and metrics.curves[0] else None
+    final = f"{metrics.final_val_loss:.4f}" + ("" if bpb is None else f" ({bpb:.4f} bits/byte, first run)")
+    text = f"{at}; final val {final} after {metrics.iters} iters in {metrics.total_seconds:.1f} s"
     if metrics.runs > 1:
         text += f"; mean of {metrics.runs} runs: {', '.join(f'{s:.1f}' for s in metrics.seconds_per_run)} s"
     if metrics.vs_nanogpt is not None:

@@ -81,11 +81,13 @@ class StartUp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvalPoint:
-    """One evaluation of a training run: seconds since the run started, its iteration, val loss."""
+    """One evaluation of a training run: seconds since the run started, its iteration, val loss
+    (and in bits per byte where the run reports it: ours, not nanoGPT's)."""
 
     seconds: float
     iter: int
     val_loss: float
+    val_bpb: float | None = None
 
 
 Curve = tuple[EvalPoint, ...]

@@ -49,7 +49,10 @@ def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path:
         total_seconds=1.5,
         runs=2,
         seconds_per_run=(1.0, 2.0),
-        curves=((EvalPoint(seconds=0.5, iter=0, val_loss=4.2), EvalPoint(seconds=1.5, iter=6, val_loss=3.1)), ()),
+        curves=(
+            (EvalPoint(seconds=0.5, iter=0, val_loss=4.2, val_bpb=6.0), EvalPoint(seconds=1.5, iter=6, val_loss=3.1)),
+            (),
+        ),
     )
     rows = [Row(case="3", variant="ours", summary="s", metrics=metrics), Row(case="1", variant="a", summary="x")]
     data = json.loads(write_report(tmp_path, {"rows": rows}).read_text())
@@ -59,7 +62,10 @@ def test_row_json_has_every_metric_field_typed_values_and_none_as_null(tmp_path:
     assert data["rows"][0]["metrics"]["final_val_loss"] is None  # inf has no JSON
     assert data["rows"][0]["metrics"]["seconds_to_threshold"] is None
     assert data["rows"][0]["metrics"]["curves"] == [
-        [{"seconds": 0.5, "iter": 0, "val_loss": 4.2}, {"seconds": 1.5, "iter": 6, "val_loss": 3.1}],
+        [
+            {"seconds": 0.5, "iter": 0, "val_loss": 4.2, "val_bpb": 6.0},
+            {"seconds": 1.5, "iter": 6, "val_loss": 3.1, "val_bpb": None},
+        ],
         [],
     ]
     assert data["rows"][1]["metrics"] is None
