@@ -33,7 +33,8 @@ def test_hf_export_tokenizes_and_computes_as_ours(tmp_path: Path) -> None:
     hf_tokenizer: Any = AutoTokenizer.from_pretrained(tmp_path)  # pyright: ignore[reportUnknownVariableType]  # untyped
     assert hf_tokenizer(TEXT)["input_ids"] == tokenizer.encode(TEXT)
     assert hf_tokenizer.eos_token_id == tokenizer.eot_token == 0
-    theirs: Any = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    theirs: Any = AutoModelForCausalLM.from_pretrained(tmp_path)
+    theirs.eval()
     window = torch.tensor([tokenizer.encode(CORPUS)[:90]])
     with torch.no_grad():
         diff = (theirs(input_ids=window).logits - model(window).logits).abs().max().item()
