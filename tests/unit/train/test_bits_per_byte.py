@@ -18,6 +18,7 @@ from ml_playground.data.meta import read_meta
 from ml_playground.data.prepare import TokenizerChoice, prepare_corpus
 from ml_playground.model import GPT
 from ml_playground.runtime import Runtime
+from ml_playground.sample import load_model_for_inference
 from ml_playground.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer, tokenizer_from_meta, train_bpe
 from ml_playground.train.checkpoint import load_checkpoint
 from ml_playground.train.distributed import DistInfo
@@ -109,3 +110,8 @@ def test_training_logs_and_saves_bits_per_byte(tmp_path: Path, caplog: pytest.Lo
     checkpoint = load_checkpoint(cfg.runtime.out_dir / "ckpt_last.pt")
     assert checkpoint.evaluation == result.last_eval
     assert checkpoint.best_val_loss <= result.last_eval["val"]  # the best metric stays the loss
+    # The sampler takes the trained BPE from the checkpoint alone.
+    (dataset / "tokenizer.json").unlink()
+    _model, tokenizer, _path = load_model_for_inference(cfg.runtime.out_dir, Runtime(torch.device("cpu"), "float32"))
+    assert tokenizer.kind == "bpe"
+    assert tokenizer.decode(tokenizer.encode(SAMPLE)) == SAMPLE
