@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml_playground.config import PrepareConfig
 from ml_playground.config_loader import load_experiment_config
 from ml_playground.data.meta import identity_difference, read_meta, text_sha256
 from ml_playground.data.prepare import TokenizerChoice, prepare_corpus, prepare_dataset
@@ -131,3 +132,43 @@ def test_prepare_config_keys(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=problem.replace("|", r"\|")):
             load(keys)
+
+
+def test_a_document_corpus_with_a_trained_bpe(tmp_path: Path) -> None:
+    """Documents end with the trained BPE's <|endoftext|> (id 0); the shards decode to the documents."""
+    docs = [f"Dokument {i}: Größe, Übermaß und {'Wörter ' * (i % 7)}Ende." for i in range(40)]
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = PrepareConfig(
+        dataset_dir=tmp_path / "ds",
+        source=str(tmp_path / "corpus"),
+        tokenizer="bpe",
+        vocab_size=300,
+        val_fraction=0.2,
+        shard_tokens=500,
+        workers=1,
+    )
+    meta = prepare_dataset(cfg, experiment="test")
+    assert meta.kind == "bpe"
+    assert (tmp_path / "ds" / "tokenizer.json").is_file()
+    tokenizer = tokenizer_from_meta(read_meta(tmp_path / "ds" / "meta.json"))
+    assert tokenizer.eot_token == 0
+    ids: list[int] = []
+    for shards in (meta.train_shards, meta.val_shards):
+        assert shards is not None
+        ids += np.concatenate([np.fromfile(tmp_path / "ds" / s.file, dtype=meta.numpy_dtype) for s in shards]).tolist()
+    assert ids.count(0) == len(docs)  # one end-of-text per document
+    texts = sorted(tokenizer.decode(piece) for piece in _pieces(ids))
+    assert texts == sorted(docs)
+
+
+def _pieces(ids: list[int]) -> list[list[int]]:
+    pieces: list[list[int]] = []
+    current: list[int] = []
+    for token in ids:
+        if token == 0:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(token)
+    return pieces

@@ -76,8 +76,8 @@ def test_evaluation_reports_bits_per_byte(tmp_path: Path, choice: TokenizerChoic
     meta = read_meta(dataset / "meta.json")
     cfg = train_config(tiny_train_table(dataset, tmp_path / "out"))
     batches = BatchSource(
-        train_path=dataset / "train.bin",
-        val_path=dataset / "val.bin",
+        train_files=[dataset / "train.bin"],
+        val_files=[dataset / "val.bin"],
         token_dtype=meta.numpy_dtype,
         batch_size=2,
         block_size=16,
