@@ -50,7 +50,7 @@ def source_model(source: Any) -> Any:
     from ml_playground.model import GPT
 
     model = GPT(source.config)
-    model.load_state_dict(source.state_dict)
+    source.load_into(model)
     return model.eval()
 
 
