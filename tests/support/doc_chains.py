@@ -422,8 +422,14 @@ def resolved_paths(cfg: object, prefix: Key = ()) -> Iterator[tuple[Key, Path]]:
 _OUT_PATH = re.compile(r"(?<![\w/<])out/[\w./-]*[\w/]")
 
 
+# `make bench` writes here; the sequences skip the benchmark (its tests run every case).
+BENCH_OUT = "out/bench"
+
+
 def named_outputs(doc: Path) -> list[str]:
-    return sorted({match.group(0).rstrip("/") for match in _OUT_PATH.finditer(bash_text(doc))} - {"out"})
+    """The out/ paths the doc's bash blocks name, the benchmark's reports aside."""
+    paths = {match.group(0).rstrip("/") for match in _OUT_PATH.finditer(bash_text(doc))} - {"out"}
+    return sorted(path for path in paths if not (path == BENCH_OUT or path.startswith(f"{BENCH_OUT}/")))
 
 
 # Where a config trains or samples; a command on a CUDA config runs only where CUDA is (tests/cuda).

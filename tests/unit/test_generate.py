@@ -346,9 +346,16 @@ class TestDecodeLoop:
         made: list[torch.dtype] = []
 
         class RecordingCache(KVCache):
-            def __init__(self, batch: int, config: GPTConfig, device: torch.device, dtype: torch.dtype) -> None:
+            def __init__(
+                self,
+                batch: int,
+                config: GPTConfig,
+                device: torch.device,
+                dtype: torch.dtype,
+                capacity: int | None = None,
+            ) -> None:
                 made.append(dtype)
-                super().__init__(batch, config, device, dtype)
+                super().__init__(batch, config, device, dtype, capacity)
 
         def autocast() -> torch.autocast:
             return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
