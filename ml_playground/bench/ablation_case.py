@@ -42,7 +42,7 @@ class Option:
 
     @property
     def name(self) -> str:
-        """As the key reads in TOML: `tie_embeddings=false`, `optimizer=muon`, `logit_softcap=15`."""
+        """As the key reads in TOML: `tie_embeddings=false`, `optimizer=muon`, `n_kv_head=1`."""
         value = self.value
         if isinstance(value, float) and value.is_integer():
             value = int(value)

@@ -82,7 +82,7 @@ def named_tensors(state_dict: dict[str, Tensor], config: GPTConfig, arch: Counte
         if arch != "llama":
             raise ExportError(
                 f"GGUF: llama.cpp's {arch} has no Llama 3 rope scaling; train.model.rope_scaling needs the llama "
-                "architecture (no qkv_bias, no qk_norm)"
+                "architecture (no qkv_bias, no per-head q/k norms)"
             )
         plain = rope_frequencies(config.replace(rope_scaling=None))
         out.append(("rope_freqs.weight", plain / rope_frequencies(config)))  # llama.cpp divides by these
